@@ -1,0 +1,50 @@
+"""hierlmm: linear mixed models in hierarchical form, fitted by exact REML/ML and by MCMC.
+
+The public surface::
+
+    import hierlmm as hl
+    df = hl.datasets.load("sleepstudy")
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+    print(fit.summary())
+
+The pipeline stages (:func:`build_design`, :func:`make_deviance`, :func:`optimize_theta`,
+:class:`LMMResult`) are exported too, so a user can stop after any of them.
+"""
+
+from hierlmm import datasets
+from hierlmm.design import Design, build_design
+from hierlmm.deviance import Deviance, make_deviance
+from hierlmm.errors import (
+    ConvergenceWarning,
+    DataError,
+    FormulaError,
+    HierlmmError,
+    HierlmmWarning,
+    RankDeficiencyWarning,
+    SingularFitWarning,
+)
+from hierlmm.formula import parse_formula
+from hierlmm.model import LMM
+from hierlmm.optimize import optimize_theta
+from hierlmm.results import LMMResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LMM",
+    "LMMResult",
+    "Design",
+    "Deviance",
+    "build_design",
+    "make_deviance",
+    "optimize_theta",
+    "parse_formula",
+    "datasets",
+    "HierlmmError",
+    "FormulaError",
+    "DataError",
+    "HierlmmWarning",
+    "SingularFitWarning",
+    "ConvergenceWarning",
+    "RankDeficiencyWarning",
+]

@@ -1,0 +1,284 @@
+"""Stage 2 of the pipeline (lme4's ``lFormula``): from formula and data to the design.
+
+:func:`build_design` checks the data against the formula, drops incomplete rows, builds
+the response ``y``, the fixed-effects model matrix ``X`` (through formulaic) and one
+:class:`~hierlmm.reterms.ReTerm` per random-effects term, sorted by decreasing number of
+levels (lme4's order, which also puts the largest block first in the blocked Cholesky).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning
+from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
+from hierlmm.reterms import ReTerm
+
+__all__ = ["Design", "build_design"]
+
+
+@dataclass(eq=False)
+class Design:
+    """Everything the deviance needs, and the labels the results need.
+
+    Attributes
+    ----------
+    parsed : ParsedFormula
+    y : ndarray, shape (n,)
+    X : ndarray, shape (n, p)
+        Fixed-effects model matrix, aliased columns dropped.
+    fixef_names : list of str
+    dropped_columns : list of str
+        Columns of X dropped as linear combinations of earlier ones.
+    terms : list of ReTerm
+        Sorted by decreasing number of levels.
+    data : DataFrame
+        The rows used (complete cases), with their original index.
+    n_missing : int
+        Number of rows dropped for missing values (lme4's ``na.action``).
+    """
+
+    parsed: ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    fixef_names: list[str]
+    dropped_columns: list[str]
+    terms: list[ReTerm]
+    data: pd.DataFrame
+    n_missing: int
+    fixed_spec: object = None  # formulaic ModelSpec of X (before dropping aliased columns)
+    all_fixef_names: list[str] | None = None  # names of X's columns before dropping
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def p(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def q(self) -> int:
+        return sum(t.q for t in self.terms)
+
+    @property
+    def n_theta(self) -> int:
+        return sum(t.n_theta for t in self.terms)
+
+    def theta_slices(self) -> list[slice]:
+        """The slice of θ that belongs to each term."""
+        out, start = [], 0
+        for t in self.terms:
+            out.append(slice(start, start + t.n_theta))
+            start += t.n_theta
+        return out
+
+    @property
+    def response(self) -> str:
+        return self.parsed.response
+
+
+def _rename(name: str) -> str:
+    return "(Intercept)" if name == "Intercept" else name
+
+
+def _required(expr: str, where: str) -> set[str]:
+    from formulaic import Formula
+
+    try:
+        return set(Formula(expr).required_variables)
+    except Exception as exc:  # formulaic's parser errors
+        raise FormulaError(f"cannot parse {where} {expr!r}: {exc}") from None
+
+
+def _model_matrix(spec: str, data: pd.DataFrame, where: str):
+    from formulaic import model_matrix
+
+    try:
+        return model_matrix(spec, data, na_action="ignore")
+    except Exception as exc:
+        raise FormulaError(f"cannot evaluate {where} {spec!r}: {exc}") from None
+
+
+def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, list[str]]:
+    """Codes and labels of the grouping factor ``a`` or interaction ``a:b`` (R's order)."""
+    codes = np.zeros(len(data), dtype=np.int64)
+    labels: list[list[str]] = [[]]
+    nlev = 1
+    for name in spec.factors:
+        col = data[name]
+        if pd.api.types.is_float_dtype(col) and not np.all(np.mod(col.to_numpy(), 1) == 0):
+            raise DataError(
+                f"grouping variable {name!r} in {spec.source} holds non-integer numbers; "
+                "a grouping factor must be categorical (convert it with astype('category'))"
+            )
+        cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
+        cat = cat.cat.remove_unused_categories()
+        lev = [str(c) for c in cat.cat.categories]
+        codes = codes * len(lev) + cat.cat.codes.to_numpy().astype(np.int64)
+        labels = [a + [b] for a in labels for b in lev]
+        nlev *= len(lev)
+    used, codes = np.unique(codes, return_inverse=True)
+    return codes.astype(np.intp), [":".join(labels[u]) for u in used]
+
+
+def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Drop columns that are linear combinations of earlier ones (lme4 drops them too)."""
+    import scipy.linalg
+
+    if X.shape[1] == 0:
+        return X, names, []
+    R = scipy.linalg.qr(X, mode="r", check_finite=False)[0]
+    diag = np.abs(np.diag(R))
+    norms = np.linalg.norm(X, axis=0)
+    keep = diag > 1e-7 * np.maximum(norms, 1e-300)
+    if keep.all():
+        return X, names, []
+    # re-check sequentially: the QR diagonal is exact for 'in span of the earlier columns'
+    dropped = [n for n, k in zip(names, keep) if not k]
+    return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
+
+
+def build_design(formula: str, data: pd.DataFrame) -> Design:
+    """Evaluate an lme4 formula on a data frame.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``.
+    data : pandas.DataFrame
+        Factor columns as ``Categorical`` keep their category order (the first is the
+        reference level); string columns are categorical in sorted order.
+
+    Returns
+    -------
+    Design
+
+    Raises
+    ------
+    FormulaError, DataError
+        Naming the term, column or level at fault.
+    """
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    parsed = parse_formula(formula)
+
+    # which columns does each piece use?
+    fixed_vars = _required(parsed.fixed_formula, "fixed part")
+    used = set(fixed_vars)
+    for spec in parsed.random:
+        used |= _required(spec.expr, f"random-effects term {spec.source}")
+        used |= set(spec.factors)
+    missing = sorted(v for v in used if v not in data.columns)
+    if missing:
+        where = []
+        for v in missing:
+            pieces = [s.source for s in parsed.random if v in s.factors or v in _required(s.expr, "")]
+            where.append(f"{v!r} (in {pieces[0]})" if pieces else repr(v))
+        raise FormulaError(
+            f"formula {formula!r} refers to column(s) not in the data: {', '.join(where)}; "
+            f"the data has {', '.join(map(str, data.columns))}"
+        )
+
+    cols = [c for c in data.columns if c in used]
+    frame = data[cols]
+    complete = ~frame.isna().any(axis=1).to_numpy()
+    n_missing = int((~complete).sum())
+    frame = frame.loc[complete].copy()
+    if len(frame) == 0:
+        raise DataError("no complete rows: every row has a missing value in a variable of the formula")
+    for c in frame.columns:
+        if isinstance(frame[c].dtype, pd.CategoricalDtype):
+            frame[c] = frame[c].cat.remove_unused_categories()
+
+    # fixed part through formulaic
+    mm = _model_matrix(parsed.fixed_formula, frame, "fixed part")
+    y = np.asarray(mm.lhs, dtype=float)
+    if y.ndim == 2:
+        if y.shape[1] != 1:
+            raise FormulaError(
+                f"response {parsed.response!r} must be one numeric column, got {y.shape[1]} "
+                f"columns ({', '.join(mm.lhs.columns)})"
+            )
+        y = y[:, 0]
+    X = np.asarray(mm.rhs, dtype=float)
+    names = [_rename(c) for c in mm.rhs.columns]
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"response {parsed.response!r} has non-finite values (inf)")
+    if not np.all(np.isfinite(X)):
+        bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
+        raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
+    all_names = list(names)
+    X, names, dropped = _drop_aliased(X, names)
+    if dropped:
+        warnings.warn(
+            f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+            f"column(s): {', '.join(dropped)}",
+            RankDeficiencyWarning,
+            stacklevel=3,
+        )
+
+    terms = []
+    n = len(y)
+    for spec in parsed.random:
+        codes, levels = _grouping_codes(frame, spec)
+        zmm = _model_matrix(spec.expr, frame, f"random-effects term {spec.source}")
+        Z = np.asarray(zmm, dtype=float)
+        if Z.shape[1] == 0:
+            raise FormulaError(f"random-effects term {spec.source} has no columns")
+        znames = [_rename(c) for c in zmm.columns]
+        term = ReTerm(
+            group=spec.group,
+            factors=spec.factors,
+            expr=spec.expr,
+            codes=codes,
+            levels=levels,
+            Z=np.ascontiguousarray(Z),
+            names=znames,
+            source=spec.source,
+            model_spec=zmm.model_spec,
+        )
+        if term.m < 2:
+            raise DataError(
+                f"grouping factor {spec.group!r} of {spec.source} has a single level "
+                f"({levels[0]!r}); grouping factors must have > 1 sampled level"
+            )
+        if term.m >= n:
+            raise DataError(
+                f"grouping factor {spec.group!r} of {spec.source} has {term.m} levels for {n} "
+                "observations: the number of levels of each grouping factor must be < number "
+                "of observations"
+            )
+        if n <= term.q:
+            raise DataError(
+                f"number of observations (={n}) <= number of random effects (={term.q}) for "
+                f"term {spec.source}; the random-effects parameters and the residual variance "
+                "are probably unidentifiable"
+            )
+        terms.append(term)
+
+    # lme4's order: by decreasing number of levels (stable)
+    order = sorted(range(len(terms)), key=lambda i: -terms[i].m)
+    terms = [terms[i] for i in order]
+    seen: dict[str, int] = {}
+    for t in terms:
+        count = seen.get(t.group, 0)
+        t.label = t.group if count == 0 else f"{t.group}.{count}"
+        seen[t.group] = count + 1
+
+    return Design(
+        parsed=parsed,
+        y=y,
+        X=np.asfortranarray(X),
+        fixef_names=names,
+        dropped_columns=dropped,
+        terms=terms,
+        data=frame,
+        n_missing=n_missing,
+        fixed_spec=mm.rhs.model_spec,
+        all_fixef_names=all_names,
+    )

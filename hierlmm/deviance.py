@@ -1,0 +1,151 @@
+"""Stage 3 of the pipeline (lme4's ``mkLmerDevfun``): the profiled deviance of θ.
+
+With ``L_θ`` the blocked Cholesky factor (:mod:`hierlmm.cholesky`), ``r²(θ)`` the penalised
+residual sum of squares, ``n`` observations and ``p`` fixed effects,
+
+.. math::
+
+    -2\\ell_{ML}(θ) = \\log|L_θ|^2 + n\\left[1 + \\log\\frac{2π r^2(θ)}{n}\\right]
+
+    -2\\ell_{REML}(θ) = \\log|L_θ|^2 + \\log|R_X|^2 + (n-p)\\left[1 + \\log\\frac{2π r^2(θ)}{n-p}\\right]
+
+β and σ² are profiled out: ``β̂(θ)`` solves the penalised least-squares problem and
+``σ̂² = r²/n`` (ML) or ``r²/(n-p)`` (REML). These are Bates et al. (2015, JSS 67(1)) eqs.
+(34) and (41). The unprofiled REML log-likelihood at (θ, σ²), used by the Bayesian side, is
+``-½[log|L|² + log|R_X|² + (n-p) log(2πσ²) + r²/σ²]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+from hierlmm.cholesky import BlockedCholesky, BlockedFactor
+from hierlmm.crossprod import CrossProduct, crossproduct
+from hierlmm.design import Design
+
+__all__ = ["Deviance", "Solution", "make_deviance"]
+
+_LOG2PI = float(np.log(2 * np.pi))
+
+
+@dataclass(eq=False)
+class Solution:
+    """Everything that follows from the factorisation at one θ.
+
+    Attributes
+    ----------
+    theta : ndarray
+    factor : BlockedFactor
+    beta : ndarray, shape (p,)
+        ``β̂(θ)``.
+    u : list of ndarray, shape (m_t, k_t) per term
+        Spherical conditional modes.
+    b : list of ndarray, shape (m_t, k_t) per term
+        Conditional modes of the random effects, ``b = Λ_θ u`` (BLUPs).
+    sigma2 : float
+        Profiled residual variance (REML or ML denominator, as the deviance).
+    deviance : float
+        The objective at θ (REML criterion or ML deviance).
+    """
+
+    theta: np.ndarray
+    factor: BlockedFactor
+    beta: np.ndarray
+    u: list[np.ndarray]
+    b: list[np.ndarray]
+    sigma2: float
+    deviance: float
+
+
+class Deviance:
+    """The profiled deviance of a design: call it with θ.
+
+    Parameters
+    ----------
+    design : Design
+    reml : bool
+        REML criterion (default) or ML deviance.
+
+    Attributes
+    ----------
+    lower : ndarray
+        Lower bounds of θ (0 on the diagonals of the relative covariance factors).
+    theta0 : ndarray
+        lme4's start, identity factors.
+    evaluations : int
+        Number of calls so far.
+    """
+
+    def __init__(self, design: Design, reml: bool = True, cp: CrossProduct | None = None):
+        self.design = design
+        self.reml = bool(reml)
+        self.cp = cp if cp is not None else crossproduct(design)
+        self.chol = BlockedCholesky(self.cp, design.terms)
+        self.slices = self.chol.slices
+        self.lower = np.concatenate([t.theta_lower() for t in design.terms])
+        self.theta0 = np.concatenate([t.theta_start() for t in design.terms])
+        self.n, self.p = design.n, design.p
+        self.evaluations = 0
+
+    def from_parts(self, factor: BlockedFactor) -> float:
+        """The objective from a factor."""
+        r2 = factor.r2
+        if self.reml:
+            nmp = self.n - self.p
+            return factor.logdet_L() + factor.logdet_RX() + nmp * (1.0 + _LOG2PI + np.log(r2 / nmp))
+        return factor.logdet_L() + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n))
+
+    def __call__(self, theta) -> float:
+        self.evaluations += 1
+        factor = self.chol.factor(theta)
+        if factor is None or not factor.r2 > 0:
+            return np.inf
+        return self.from_parts(factor)
+
+    def sigma2(self, factor: BlockedFactor) -> float:
+        return factor.r2 / (self.n - self.p if self.reml else self.n)
+
+    def solve(self, theta) -> Solution:
+        """β̂, the conditional modes and σ̂² at θ (lme4's ``updateXwts``/``solve`` step)."""
+        theta = np.asarray(theta, dtype=float)
+        f = self.chol.factor(theta)
+        if f is None:
+            raise np.linalg.LinAlgError("the penalised system is not positive definite at this theta")
+        q, p = f.q_rest, f.p
+        c2 = f.L22[-1, :-1]
+        x2 = scipy.linalg.solve_triangular(f.L22[:-1, :-1], c2, trans="T", lower=True, check_finite=False)
+        L21 = f.L21[:-1]
+        c1 = np.asarray(f.L21[-1].toarray()).ravel() if sp.issparse(f.L21) else f.L21[-1]
+        v = c1 - np.asarray(L21.T @ x2).ravel()
+        first = self.design.terms[0]
+        if first.k == 1:
+            u1 = (v / f.L11)[:, None]
+        else:
+            v = v.reshape(first.m, first.k)
+            # L_j' u_j = v_j
+            u1 = np.linalg.solve(np.transpose(f.L11, (0, 2, 1)), v[..., None])[..., 0]
+        us = [u1]
+        start = 0
+        for t in self.design.terms[1:]:
+            us.append(x2[start : start + t.q].reshape(t.m, t.k))
+            start += t.q
+        beta = x2[q : q + p].copy()
+        bs = [u @ t.template(theta[s]).T for t, u, s in zip(self.design.terms, us, self.slices)]
+        return Solution(
+            theta=theta,
+            factor=f,
+            beta=beta,
+            u=us,
+            b=bs,
+            sigma2=self.sigma2(f),
+            deviance=self.from_parts(f),
+        )
+
+
+def make_deviance(design: Design, reml: bool = True) -> Deviance:
+    """lme4's ``mkLmerDevfun``: the profiled deviance function of a design."""
+    return Deviance(design, reml=reml)

@@ -1,0 +1,36 @@
+"""Errors and warnings raised by hierlmm.
+
+Every error is a subclass of :class:`HierlmmError`, itself a :class:`ValueError`,
+so ``except ValueError`` keeps working for callers who do not know hierlmm.
+Messages name the formula term, column or level at fault.
+"""
+
+from __future__ import annotations
+
+
+class HierlmmError(ValueError):
+    """Base class of every error hierlmm raises on bad input."""
+
+
+class FormulaError(HierlmmError):
+    """The model formula cannot be parsed or refers to something unusable."""
+
+
+class DataError(HierlmmError):
+    """The data cannot support the model (missing columns, too few levels, ...)."""
+
+
+class HierlmmWarning(UserWarning):
+    """Base class of hierlmm's warnings."""
+
+
+class SingularFitWarning(HierlmmWarning):
+    """The fit lies on the boundary of the parameter space (lme4's ``isSingular``)."""
+
+
+class ConvergenceWarning(HierlmmWarning):
+    """The optimiser stopped, but the convergence checks failed."""
+
+
+class RankDeficiencyWarning(HierlmmWarning):
+    """Columns of the fixed-effects model matrix were aliased and dropped."""

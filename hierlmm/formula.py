@@ -1,0 +1,238 @@
+"""Stage 1 of the pipeline: split an lme4 formula into its fixed and random parts.
+
+formulaic parses the fixed part (``a*b``, ``C(x)``, ``I(x**2)``, ``np.log(x)``, splines);
+it rejects lme4's ``(expr | group)`` terms, so these are split off here first.
+
+Grammar of a random-effects term, as lme4's ``findbars``/``expandDoubleVerts``:
+
+* ``(expr | g)``   one term with correlated effects for the columns of ``expr``
+  (``1``, ``x``, ``1 + x + z``, ``0 + x``, ``-1 + x``, ``0 + f`` with a factor ``f``);
+* ``(expr || g)``  uncorrelated: one term per formula term of ``expr``;
+* ``g`` may be ``a:b`` (the interaction of grouping factors) or ``a/b`` (nested:
+  ``(expr | a) + (expr | b:a)``; ``a/b/c`` likewise).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hierlmm.errors import FormulaError
+
+__all__ = ["RandomSpec", "ParsedFormula", "parse_formula"]
+
+_NAME = re.compile(r"^[A-Za-z_.][A-Za-z0-9_.]*$|^`[^`]+`$")
+
+
+@dataclass(frozen=True)
+class RandomSpec:
+    """One random-effects term before it meets the data.
+
+    Attributes
+    ----------
+    expr : str
+        The left of the bar, e.g. ``"1 + Days"`` or ``"0 + age"``.
+    factors : tuple of str
+        The grouping variables; more than one for an interaction ``a:b``.
+    source : str
+        The term as the user wrote it, for error messages.
+    """
+
+    expr: str
+    factors: tuple[str, ...]
+    source: str
+
+    @property
+    def group(self) -> str:
+        """lme4's name of the grouping factor (``cask:batch`` for ``batch/cask``)."""
+        return ":".join(self.factors)
+
+
+@dataclass(frozen=True)
+class ParsedFormula:
+    """A formula split into response, fixed part and random terms."""
+
+    formula: str
+    response: str
+    fixed: str
+    random: tuple[RandomSpec, ...]
+
+    @property
+    def fixed_formula(self) -> str:
+        """The formulaic formula of the fixed part, ``response ~ fixed``."""
+        return f"{self.response} ~ {self.fixed}"
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split ``text`` at top-level (parenthesis depth 0) occurrences of ``sep``."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and text.startswith(sep, i):
+            parts.append(text[start:i])
+            i += len(sep)
+            start = i
+            continue
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+def _check_parentheses(formula: str) -> None:
+    depth = 0
+    for pos, ch in enumerate(formula):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise FormulaError(
+                    f"unbalanced parentheses in formula {formula!r}: ')' at position {pos} "
+                    "closes nothing"
+                )
+    if depth:
+        raise FormulaError(f"unbalanced parentheses in formula {formula!r}: {depth} '(' not closed")
+
+
+def _find_bar(inner: str) -> tuple[int, int] | None:
+    """Position and width of the top-level ``|`` or ``||`` inside a parenthesised group."""
+    depth = 0
+    for i, ch in enumerate(inner):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            return i, 2 if inner[i + 1 : i + 2] == "|" else 1
+    return None
+
+
+def _grouping(text: str, source: str) -> list[tuple[str, ...]]:
+    """Expand the grouping side of a bar into the factor tuples of its terms."""
+    text = text.strip()
+    if not text:
+        raise FormulaError(f"random-effects term {source!r} has no grouping factor after '|'")
+    nested = [p.strip() for p in text.split("/")]
+    groups: list[tuple[str, ...]] = []
+    outer: tuple[str, ...] = ()
+    for piece in nested:
+        factors = tuple(f.strip().strip("`") for f in piece.split(":"))
+        for f in factors:
+            if not f or not _NAME.match(f):
+                raise FormulaError(
+                    f"grouping factor {f!r} in random-effects term {source!r} is not a column "
+                    "name: write a variable, an interaction a:b or a nesting a/b"
+                )
+        # lme4 names a nested factor inner:outer (batch/cask -> cask:batch)
+        outer = factors + outer
+        groups.append(outer)
+    return groups
+
+
+def _random_terms(inner: str, source: str) -> list[RandomSpec]:
+    pos, width = _find_bar(inner)
+    expr, group = inner[:pos].strip(), inner[pos + width :]
+    if not expr:
+        raise FormulaError(
+            f"random-effects term {source!r} has nothing before '|': write (1 | g) for a "
+            "random intercept"
+        )
+    specs = []
+    for factors in _grouping(group, source):
+        if width == 1:
+            specs.append(RandomSpec(expr, factors, source))
+        else:
+            specs.extend(RandomSpec(e, factors, source) for e in _uncorrelated(expr))
+    return specs
+
+
+def _uncorrelated(expr: str) -> list[str]:
+    """``(1 + x + z || g)`` -> ``(1|g) + (0 + x|g) + (0 + z|g)``, as lme4's expandDoubleVerts."""
+    pieces = [p.strip() for p in _split_top(expr.replace("-", "+-"), "+") if p.strip()]
+    intercept = True
+    terms = []
+    for p in pieces:
+        if p in ("0", "-1"):
+            intercept = False
+        elif p == "1":
+            continue
+        elif p.startswith("-"):
+            raise FormulaError(f"cannot remove {p[1:]!r} inside an uncorrelated term ({expr} || g)")
+        else:
+            terms.append(p)
+    out = ["1"] if intercept else []
+    out.extend(f"0 + {t}" for t in terms)
+    return out
+
+
+def parse_formula(formula: str) -> ParsedFormula:
+    """Split an lme4 formula into response, fixed part and random-effects terms.
+
+    Parameters
+    ----------
+    formula : str
+        e.g. ``"Reaction ~ Days + (Days | Subject)"``.
+
+    Returns
+    -------
+    ParsedFormula
+        The fixed part defaults to ``1`` (an intercept) when nothing but random terms is given.
+
+    Raises
+    ------
+    FormulaError
+        Naming the piece at fault: a missing ``~``, unbalanced parentheses, ``(x |)``,
+        ``(| g)``, an unusable grouping variable, or no random-effects term at all.
+    """
+    if not isinstance(formula, str):
+        raise FormulaError(f"the formula must be a string, got {type(formula).__name__}")
+    _check_parentheses(formula)
+    sides = _split_top(formula, "~")
+    if len(sides) != 2 or not sides[0].strip():
+        raise FormulaError(f"formula {formula!r} must have the form 'response ~ terms'")
+    response, rhs = sides[0].strip(), sides[1].strip()
+    if not rhs:
+        raise FormulaError(f"formula {formula!r} has nothing to the right of '~'")
+
+    fixed_parts: list[str] = []
+    random: list[RandomSpec] = []
+    # split the right-hand side into top-level '+' pieces, keeping '-' pieces with the fixed part
+    for piece in _split_top(rhs, "+"):
+        stripped = piece.strip()
+        if not stripped:
+            raise FormulaError(f"empty term (a stray '+') in formula {formula!r}")
+        if stripped.startswith("(") and stripped.endswith(")") and _matching(stripped) == len(stripped) - 1:
+            inner = stripped[1:-1]
+            if _find_bar(inner) is not None:
+                random.extend(_random_terms(inner, stripped))
+                continue
+        if "|" in stripped:
+            raise FormulaError(
+                f"term {stripped!r} of formula {formula!r} uses '|' outside a parenthesised "
+                "random-effects term: write (expr | group)"
+            )
+        fixed_parts.append(stripped)
+    if not random:
+        raise FormulaError(
+            f"formula {formula!r} has no random-effects term such as (1 | group); "
+            "a linear mixed model needs at least one"
+        )
+    fixed = " + ".join(fixed_parts) if fixed_parts else "1"
+    return ParsedFormula(formula=formula, response=response, fixed=fixed, random=tuple(random))
+
+
+def _matching(text: str) -> int:
+    """Index of the parenthesis closing the one at position 0."""
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1

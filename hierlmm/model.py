@@ -1,0 +1,112 @@
+"""The user's entry point: ``LMM(formula, data).fit()`` runs the pipeline.
+
+========================  =====================================  ======================
+stage                     hierlmm                                lme4
+========================  =====================================  ======================
+formula -> design         :func:`hierlmm.design.build_design`    ``lFormula``
+design -> deviance        :func:`hierlmm.deviance.make_deviance` ``mkLmerDevfun``
+deviance -> optimum       :func:`hierlmm.optimize.optimize_theta` ``optimizeLmer``
+optimum -> result         :class:`hierlmm.results.LMMResult`     ``mkMerMod``
+========================  =====================================  ======================
+
+Each stage is a plain function a user may call and stop after.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+
+from hierlmm.deviance import Deviance, make_deviance
+from hierlmm.design import Design, build_design
+from hierlmm.errors import HierlmmError, SingularFitWarning
+from hierlmm.optimize import optimize_theta, warn_messages
+from hierlmm.results import LMMResult
+
+__all__ = ["LMM"]
+
+
+class LMM:
+    """A linear mixed model in hierarchical form.
+
+    ``y | b ~ N(Xβ + Zb, σ²I)``, ``b ~ N(0, D)``, with ``D`` block diagonal: one
+    unstructured block per random-effects term, repeated over its levels.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``.
+    data : pandas.DataFrame
+        Rows with a missing value in any variable of the formula are dropped (the count is
+        reported as ``n_missing``).
+
+    Examples
+    --------
+    >>> import hierlmm as hl
+    >>> df = hl.datasets.load("sleepstudy")
+    >>> fit = hl.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+    >>> round(fit.sigma, 3)
+    25.592
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame):
+        self.formula = formula
+        self.data = data
+        self.design: Design = build_design(formula, data)
+        self._deviance: dict[bool, Deviance] = {}
+
+    def deviance_function(self, reml: bool = True) -> Deviance:
+        """The profiled deviance of θ (REML criterion or ML deviance), cached."""
+        if reml not in self._deviance:
+            other = self._deviance.get(not reml)
+            self._deviance[reml] = Deviance(self.design, reml=reml, cp=other.cp if other else None)
+        return self._deviance[reml]
+
+    def fit(self, method: str = "REML", theta0=None, check_convergence: bool | None = None,
+            maxeval: int = 100_000) -> LMMResult:
+        """Fit by REML (default) or ML.
+
+        Parameters
+        ----------
+        method : {"REML", "ML"}
+        theta0 : array_like, optional
+            Starting θ (lme4's identity factors by default).
+        check_convergence : bool, optional
+            Run lme4's gradient/Hessian checks; default when n < 10000.
+
+        Returns
+        -------
+        LMMResult
+
+        Warns
+        -----
+        SingularFitWarning
+            When the estimate is on the boundary (a variance 0 or a correlation ±1).
+        ConvergenceWarning
+            When the convergence checks fail; the result is still returned.
+        """
+        method = str(method).upper()
+        if method not in ("REML", "ML"):
+            raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
+        dev = self.deviance_function(reml=method == "REML")
+        opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
+        fit = LMMResult(self, dev, opt)
+        if fit.singular:
+            warnings.warn(
+                "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1 "
+                f"(theta = {fit.solution.theta.round(5).tolist()})",
+                SingularFitWarning,
+                stacklevel=2,
+            )
+        elif opt.messages:
+            warn_messages(opt.messages, stacklevel=3)
+        return fit
+
+    def __repr__(self) -> str:
+        d = self.design
+        return (
+            f"LMM({self.formula!r}; n={d.n}, p={d.p}, "
+            + ", ".join(f"{t.label}: {t.m} levels x {t.k}" for t in d.terms)
+            + ")"
+        )

@@ -1,0 +1,188 @@
+"""Stage 4 of the pipeline (lme4's ``optimizeLmer``): minimise the profiled deviance over θ.
+
+The optimiser is BOBYQA (Powell 2009), a derivative-free trust-region method with bounds,
+through nlopt, with lme4's ``nloptwrap`` settings (``xtol_abs = ftol_abs = 1e-8``). After it
+stops, :func:`check_convergence` repeats lme4's ``checkConv``: a finite-difference gradient
+and Hessian at the optimum over the parameters not on the boundary, the Newton step
+``H⁻¹g`` compared with a tolerance, and the Hessian's positive definiteness.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hierlmm.errors import ConvergenceWarning
+
+__all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian"]
+
+# lme4's isSingular tolerance on θ's bounded entries
+SINGULAR_TOL = 1e-4
+# lme4's check.conv.grad tolerance
+GRAD_TOL = 2e-3
+
+
+@dataclass
+class OptResult:
+    """What the optimiser found.
+
+    Attributes
+    ----------
+    theta : ndarray
+    fun : float
+        The deviance at ``theta``.
+    evaluations : int
+    converged : bool
+        The optimiser's own stop criterion and the convergence checks all passed.
+    messages : list of str
+        Why convergence is in doubt, if it is.
+    """
+
+    theta: np.ndarray
+    fun: float
+    evaluations: int
+    converged: bool = True
+    messages: list[str] = field(default_factory=list)
+    gradient: np.ndarray | None = None
+    hessian: np.ndarray | None = None
+
+
+def _nlopt_bobyqa(f, x0, lower, maxeval, xtol, ftol):
+    import nlopt
+
+    opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
+    opt.set_lower_bounds(lower)
+    opt.set_xtol_abs(xtol)
+    opt.set_ftol_abs(ftol)
+    opt.set_maxeval(maxeval)
+    best = [np.inf, np.asarray(x0, dtype=float).copy()]
+
+    def objective(x, grad):
+        val = float(f(x))
+        if val < best[0]:
+            best[0], best[1] = val, x.copy()
+        return val
+
+    opt.set_min_objective(objective)
+    messages = []
+    try:
+        opt.optimize(np.asarray(x0, dtype=float))
+        code = opt.last_optimize_result()
+    except nlopt.RoundoffLimited:
+        code = nlopt.ROUNDOFF_LIMITED
+    if code == nlopt.MAXEVAL_REACHED:
+        messages.append(f"the optimiser reached its limit of {maxeval} evaluations")
+    elif code < 0 and code != nlopt.ROUNDOFF_LIMITED:
+        messages.append(f"nlopt's BOBYQA stopped with code {code}")
+    return best[1], best[0], opt.get_numevals(), messages
+
+
+def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 1e-8,
+                   ftol: float = 1e-8, check: bool | None = None) -> OptResult:
+    """Minimise ``deviance(θ)`` subject to ``θ >= deviance.lower``.
+
+    Parameters
+    ----------
+    deviance : callable with attributes ``lower`` and ``theta0``
+        e.g. :class:`hierlmm.deviance.Deviance`.
+    theta0 : array_like, optional
+        Starting θ; lme4's (identity relative factors) by default.
+    check : bool, optional
+        Run :func:`check_convergence`; by default when ``n < 10000`` (as lme4's
+        ``calc.derivs``), since it costs ``O(len(θ)²)`` further evaluations.
+
+    Returns
+    -------
+    OptResult
+    """
+    lower = np.asarray(deviance.lower, dtype=float)
+    x0 = np.asarray(deviance.theta0 if theta0 is None else theta0, dtype=float)
+    x0 = np.maximum(x0, lower)
+    x, fun, nev, messages = _nlopt_bobyqa(deviance, x0, lower, maxeval, xtol, ftol)
+    res = OptResult(theta=x, fun=float(fun), evaluations=int(nev), messages=messages)
+    if check is None:
+        check = getattr(deviance, "n", 0) < 10_000
+    if check:
+        more, g, H = check_convergence(deviance, x, lower)
+        # BOBYQA stops on small steps; in a flat valley that can leave a visible gradient.
+        # Polish with (at most two) Newton steps on the free parameters, kept if they help.
+        for _ in range(2):
+            if not more or H.size == 0 or np.any(np.linalg.eigvalsh(H) <= 0):
+                break
+            free = ~(np.isfinite(lower) & (x - lower < SINGULAR_TOL))
+            trial = x.copy()
+            trial[free] -= np.linalg.solve(H, g)
+            trial = np.maximum(trial, lower)
+            f_trial = float(deviance(trial))
+            if not f_trial < res.fun:
+                break
+            x, res.theta, res.fun = trial, trial, f_trial
+            more, g, H = check_convergence(deviance, x, lower)
+        res.messages.extend(more)
+        res.gradient, res.hessian = g, H
+    res.converged = not res.messages
+    return res
+
+
+def fd_hessian(f, x, h: float = 1e-4, free=None):
+    """Central finite-difference gradient and Hessian of ``f`` at ``x`` over ``free``."""
+    x = np.asarray(x, dtype=float)
+    idx = np.arange(len(x)) if free is None else np.flatnonzero(free)
+    d = len(idx)
+    f0 = f(x)
+    g = np.zeros(d)
+    H = np.zeros((d, d))
+
+    def at(*steps):
+        z = x.copy()
+        for i, s in steps:
+            z[idx[i]] += s
+        return f(z)
+
+    fp = np.array([at((i, h)) for i in range(d)])
+    fm = np.array([at((i, -h)) for i in range(d)])
+    g = (fp - fm) / (2 * h)
+    H[np.arange(d), np.arange(d)] = (fp - 2 * f0 + fm) / h**2
+    for i in range(d):
+        for j in range(i):
+            v = (at((i, h), (j, h)) - at((i, h), (j, -h)) - at((i, -h), (j, h)) + at((i, -h), (j, -h))) / (4 * h * h)
+            H[i, j] = H[j, i] = v
+    return g, H
+
+
+def check_convergence(deviance, theta, lower):
+    """lme4's ``checkConv`` on the parameters not on the boundary.
+
+    Returns
+    -------
+    messages : list of str
+        Empty when the gradient test passes and the Hessian is positive definite.
+    gradient, hessian : ndarray
+    """
+    theta = np.asarray(theta, dtype=float)
+    free = ~(np.isfinite(lower) & (theta - lower < SINGULAR_TOL))
+    if not free.any():
+        return [], np.zeros(0), np.zeros((0, 0))
+    g, H = fd_hessian(deviance, theta, free=free)
+    messages = []
+    try:
+        c = np.linalg.cholesky(H)
+        # lme4: scgrad <- solve(chol(Hessian), gradient); max(pmin(|scgrad|, |gradient|)) < tol
+        scgrad = np.linalg.solve(c.T, g)
+        worst = float(np.max(np.minimum(np.abs(scgrad), np.abs(g))))
+        if worst > GRAD_TOL:
+            messages.append(f"Model failed to converge with max|grad| = {worst:.4g} (tol = {GRAD_TOL})")
+    except np.linalg.LinAlgError:
+        ev = np.linalg.eigvalsh(H)
+        messages.append(
+            "Model failed to converge: the Hessian of the deviance is not positive definite "
+            f"(smallest eigenvalue {ev.min():.3g}); the model may be nearly unidentifiable"
+        )
+    return messages, g, H
+
+
+def warn_messages(messages, stacklevel=3):
+    for m in messages:
+        warnings.warn(m, ConvergenceWarning, stacklevel=stacklevel)

@@ -1,0 +1,309 @@
+"""Stage 5 of the pipeline (lme4's ``mkMerMod``): the fitted model a user reads.
+
+:class:`LMMResult` is built from the design, the deviance function and the optimum θ̂.
+Every quantity follows from the blocked factor at θ̂; nothing is refitted. Printing lives in
+:mod:`hierlmm.summary`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from hierlmm.deviance import Deviance, Solution
+from hierlmm.errors import DataError, HierlmmError
+from hierlmm.optimize import SINGULAR_TOL, OptResult
+from hierlmm.posterior_b import RanefPosterior, ranef_posterior_blocks
+
+__all__ = ["LMMResult"]
+
+
+class LMMResult:
+    """A linear mixed model fitted by REML or ML.
+
+    Attributes
+    ----------
+    model : LMM
+    design : Design
+    deviance_function : Deviance
+    opt : OptResult
+    solution : Solution
+    method : {"REML", "ML"}
+    """
+
+    def __init__(self, model, deviance_function: Deviance, opt: OptResult):
+        self.model = model
+        self.design = deviance_function.design
+        self.deviance_function = deviance_function
+        self.opt = opt
+        self.solution: Solution = deviance_function.solve(opt.theta)
+        self.method = "REML" if deviance_function.reml else "ML"
+
+    # ---------------------------------------------------------------- basic quantities
+    @property
+    def nobs(self) -> int:
+        """Number of observations used (after dropping incomplete rows)."""
+        return self.design.n
+
+    @property
+    def n_missing(self) -> int:
+        """Number of rows dropped for missing values."""
+        return self.design.n_missing
+
+    @property
+    def ngroups(self) -> dict[str, int]:
+        """Number of levels of each grouping factor (lme4's ``ngrps``)."""
+        out: dict[str, int] = {}
+        for t in self.design.terms:
+            out.setdefault(t.group, t.m)
+        return out
+
+    @property
+    def theta(self) -> pd.Series:
+        """θ̂, the relative covariance factors' entries, with lme4's names."""
+        names = []
+        for t in self.design.terms:
+            k = t.k
+            for c in range(k):
+                for r in range(c, k):
+                    names.append(f"{t.label}.{t.names[r]}" if r == c else f"{t.label}.{t.names[r]}.{t.names[c]}")
+        return pd.Series(self.solution.theta, index=names, name="theta")
+
+    @property
+    def fixef(self) -> pd.Series:
+        """β̂, indexed by coefficient name."""
+        return pd.Series(self.solution.beta, index=self.design.fixef_names, name="fixef")
+
+    @property
+    def sigma(self) -> float:
+        """Residual standard deviation σ̂."""
+        return float(np.sqrt(self.solution.sigma2))
+
+    @cached_property
+    def _rx_inv(self) -> np.ndarray:
+        import scipy.linalg
+
+        f = self.solution.factor
+        q, p = f.q_rest, f.p
+        RX = f.L22[q : q + p, q : q + p]
+        Rinv = scipy.linalg.solve_triangular(RX, np.eye(p), lower=True)
+        return Rinv.T @ Rinv
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        """Covariance matrix of β̂, ``σ̂² (X'V⁻¹X)⁻¹`` with V in units of σ²."""
+        names = self.design.fixef_names
+        return pd.DataFrame(self.solution.sigma2 * self._rx_inv, index=names, columns=names)
+
+    @property
+    def se(self) -> pd.Series:
+        """Standard errors of β̂."""
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="se")
+
+    def covariance_matrices(self) -> dict[str, pd.DataFrame]:
+        """``D_t = σ̂² T_t T_t'`` for each term, labelled by term columns."""
+        out = {}
+        for t, s in zip(self.design.terms, self.design.theta_slices()):
+            D = self.solution.sigma2 * t.relcov(self.solution.theta[s])
+            out[t.label] = pd.DataFrame(D, index=t.names, columns=t.names)
+        return out
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """Variance components in lme4's ``as.data.frame(VarCorr(fit))`` layout.
+
+        Columns ``grp, var1, var2, vcov, sdcor``: one row per variance (``var2`` missing,
+        ``sdcor`` the SD), one per covariance (``sdcor`` the correlation), then the residual.
+        """
+        rows = []
+        for label, D in self.covariance_matrices().items():
+            names = list(D.index)
+            Dm = D.to_numpy()
+            sd = np.sqrt(np.clip(np.diag(Dm), 0, None))
+            for i, n in enumerate(names):
+                rows.append((label, n, None, Dm[i, i], sd[i]))
+            for c in range(len(names)):
+                for r in range(c + 1, len(names)):
+                    denom = sd[r] * sd[c]
+                    corr = Dm[r, c] / denom if denom > 0 else np.nan
+                    rows.append((label, names[c], names[r], Dm[r, c], corr))
+        rows.append(("Residual", None, None, self.solution.sigma2, self.sigma))
+        return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
+
+    # ------------------------------------------------------------------ likelihood
+    @property
+    def deviance(self) -> float:
+        """−2 logLik for ML; the REML criterion for REML (as lme4's ``deviance``/``REMLcrit``)."""
+        return self.solution.deviance
+
+    @property
+    def loglik(self) -> float:
+        """The maximised log-likelihood; for a REML fit the REML log-likelihood (as lme4)."""
+        return -0.5 * self.solution.deviance
+
+    @property
+    def df_model(self) -> int:
+        """Number of parameters: ``p`` fixed effects, θ, and σ."""
+        return self.design.p + self.design.n_theta + 1
+
+    @property
+    def aic(self) -> float:
+        return -2 * self.loglik + 2 * self.df_model
+
+    @property
+    def bic(self) -> float:
+        return -2 * self.loglik + np.log(self.nobs) * self.df_model
+
+    @property
+    def singular(self) -> bool:
+        """lme4's ``isSingular``: a bounded θ entry within 1e-4 of its bound."""
+        lower = self.deviance_function.lower
+        bounded = np.isfinite(lower)
+        return bool(np.any(self.solution.theta[bounded] - lower[bounded] < SINGULAR_TOL))
+
+    @property
+    def converged(self) -> bool:
+        return self.opt.converged
+
+    # ---------------------------------------------------------------- random effects
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        """Conditional modes (BLUPs) of the random effects: grouping factor -> levels x terms."""
+        out: dict[str, pd.DataFrame] = {}
+        for t, b in zip(self.design.terms, self.solution.b):
+            df = pd.DataFrame(b, index=pd.Index(t.levels, name=t.group), columns=t.names)
+            out[t.group] = pd.concat([out[t.group], df], axis=1) if t.group in out else df
+        return out
+
+    def ranef_posterior(self, beta: str = "fixed") -> dict[str, RanefPosterior]:
+        """Gaussian posterior of each level's random effects given θ̂ and σ̂.
+
+        Parameters
+        ----------
+        beta : {"fixed", "integrated"}
+            ``"fixed"``: β held at β̂, ``N(b̂_i, D − D Z_i'V_i⁻¹Z_iD)`` (lme4's ``condVar``).
+            ``"integrated"``: β integrated out under a flat prior, covariance
+            ``D − D Z'PZ D`` (Henderson's prediction-error variance; ``D Z'PZ D`` alone is the
+            sampling variance of the BLUP, not a posterior variance).
+
+        Returns
+        -------
+        dict
+            grouping factor -> :class:`~hierlmm.posterior_b.RanefPosterior`
+        """
+        return ranef_posterior_blocks(self, beta=beta)
+
+    # ------------------------------------------------------------ fitted and residuals
+    def _zb(self, terms_b, codes_list, Z_list) -> np.ndarray:
+        out = 0.0
+        for b, codes, Z in zip(terms_b, codes_list, Z_list):
+            out = out + np.einsum("ik,ik->i", Z, b[codes])
+        return out
+
+    def fitted(self, kind: str = "conditional") -> pd.Series:
+        """Fitted values: ``Xβ̂ + Zb̂`` (conditional) or ``Xβ̂`` (marginal), in data order."""
+        kind = _check_kind(kind)
+        mu = self.design.X @ self.solution.beta
+        if kind == "conditional":
+            ts = self.design.terms
+            mu = mu + self._zb(self.solution.b, [t.codes for t in ts], [t.Z for t in ts])
+        return pd.Series(mu, index=self.design.data.index, name="fitted")
+
+    def residuals(self, kind: str = "conditional", scaled: bool = False) -> pd.Series:
+        """Response minus fitted values; ``scaled=True`` divides by σ̂ (lme4's scaled Pearson)."""
+        r = self.design.y - self.fitted(kind).to_numpy()
+        if scaled:
+            r = r / self.sigma
+        return pd.Series(r, index=self.design.data.index, name="residuals")
+
+    def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional") -> pd.Series:
+        """Predictions for new data; levels not seen in the fit get the population prediction.
+
+        Parameters
+        ----------
+        newdata : DataFrame, optional
+            Needs the fixed-effects covariates and, for ``kind="conditional"``, the grouping
+            columns and random-effect covariates. Defaults to the fitted data.
+        kind : {"conditional", "marginal"}
+        """
+        kind = _check_kind(kind)
+        if newdata is None:
+            return self.fitted(kind)
+        if not isinstance(newdata, pd.DataFrame):
+            raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+        newdata = self._align_categories(newdata)
+        try:
+            Xall = self.design.fixed_spec.get_model_matrix(newdata, na_action="ignore")
+        except Exception as exc:
+            raise DataError(f"cannot build the fixed-effects matrix for newdata: {exc}") from None
+        Xall.columns = ["(Intercept)" if c == "Intercept" else c for c in Xall.columns]
+        X = np.asarray(Xall[self.design.fixef_names], dtype=float)
+        mu = X @ self.solution.beta
+        if kind == "conditional":
+            for t, b in zip(self.design.terms, self.solution.b):
+                missing = [f for f in t.factors if f not in newdata.columns]
+                if missing:
+                    raise DataError(f"newdata lacks grouping column(s) {', '.join(missing)} of {t.source}")
+                labels = newdata[list(t.factors)].astype(str).agg(":".join, axis=1)
+                lookup = pd.Series(np.arange(t.m), index=t.levels)
+                codes = lookup.reindex(labels.to_numpy()).to_numpy()
+                seen = ~np.isnan(codes)
+                Z = np.asarray(t.model_spec.get_model_matrix(newdata, na_action="ignore"), dtype=float)
+                contrib = np.zeros(len(newdata))
+                if seen.any():
+                    ci = codes[seen].astype(int)
+                    contrib[seen] = np.einsum("ik,ik->i", Z[seen], b[ci])
+                mu = mu + contrib
+        return pd.Series(mu, index=newdata.index, name="predicted")
+
+    def _align_categories(self, newdata: pd.DataFrame) -> pd.DataFrame:
+        """Give newdata's factor columns the fit's categories, so contrasts match."""
+        newdata = newdata.copy()
+        for c in self.design.data.columns:
+            col = self.design.data[c]
+            if c in newdata.columns and isinstance(col.dtype, pd.CategoricalDtype):
+                group_cols = {f for t in self.design.terms for f in t.factors}
+                if c in group_cols and not any(c in _vars(t.expr) for t in self.design.terms):
+                    continue
+                newdata[c] = pd.Categorical(newdata[c].astype(str) if not isinstance(newdata[c].dtype, pd.CategoricalDtype) else newdata[c], categories=col.cat.categories)
+        return newdata
+
+    def icc(self) -> pd.Series:
+        """Intra-class correlation of each random-intercept term.
+
+        For a term ``(1 | g)`` it is ``τ_g² / (Σ_h τ_h² + σ²)``, the sum running over all
+        random-intercept terms: the correlation of two observations that share level ``g``
+        only. Terms with random slopes are left out (their ICC depends on the covariates).
+        """
+        vc = self.varcorr
+        inter = vc[(vc.var1 == "(Intercept)") & vc.var2.isna()]
+        only_intercept = {t.label for t in self.design.terms if t.names == ["(Intercept)"]}
+        inter = inter[inter.grp.isin(only_intercept)]
+        total = inter.vcov.sum() + self.solution.sigma2
+        return pd.Series(inter.vcov.to_numpy() / total, index=inter.grp.to_numpy(), name="icc")
+
+    # ---------------------------------------------------------------------- printing
+    def summary(self):
+        """lme4-style summary; prints as text, renders as HTML in a notebook."""
+        from hierlmm.summary import Summary
+
+        return Summary(self)
+
+    def __repr__(self) -> str:
+        return str(self.summary())
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
+
+
+def _vars(expr: str) -> set[str]:
+    from formulaic import Formula
+
+    return set(Formula(expr).required_variables)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in ("conditional", "marginal"):
+        raise HierlmmError(f"kind must be 'conditional' or 'marginal', got {kind!r}")
+    return kind

@@ -1,0 +1,226 @@
+"""Printing a fit the way lme4 + lmerTest print it (text), and as HTML for notebooks.
+
+Computation stays in :mod:`hierlmm.results`; this module only formats.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Summary"]
+
+
+def _g(x: float, digits: int = 4) -> str:
+    """R's ``format(x, digits=digits)`` for a single number (roughly)."""
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    return f"{x:.{digits}g}" if abs(x) >= 1e5 or (abs(x) < 1e-4 and x != 0) else _fixed(x, digits)
+
+
+def _fixed(x: float, digits: int) -> str:
+    if x == 0:
+        return "0"
+    mag = int(np.floor(np.log10(abs(x))))
+    decimals = max(digits - 1 - mag, 0)
+    return f"{x:.{decimals}f}"
+
+
+def _column(values, digits=4) -> list[str]:
+    """Format a column with a common number of decimals, as R's print.default."""
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return ["" for _ in values]
+    mags = [int(np.floor(np.log10(abs(v)))) if v != 0 else 0 for v in vals]
+    decimals = max(0, min(digits - 1 - max(min(mags), -digits), 8))
+    decimals = max(decimals, 0)
+    return ["" if v is None or not np.isfinite(v) else f"{v:.{decimals}f}" for v in values]
+
+
+def _pvalue(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    return "< 2e-16" if p < 2e-16 else f"{p:.3g}"
+
+
+def _stars(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    for cut, s in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < cut:
+            return s
+    return ""
+
+
+def _table(rows: list[list[str]], header: list[str], align_left: int = 1) -> str:
+    cols = list(zip(*([header] + rows))) if rows else [[h] for h in header]
+    widths = [max(len(c) for c in col) for col in cols]
+    out = []
+    for r in [header] + rows:
+        cells = [c.ljust(w) if i < align_left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append(" ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+class Summary:
+    """A fit's summary: ``print(fit.summary())`` or display it in a notebook.
+
+    Attributes
+    ----------
+    coefficients : DataFrame
+        Estimate, Std. Error, (df, t value, Pr(>|t|) with lmerTest's Satterthwaite df
+        when the inference module is available).
+    random : DataFrame
+        Groups, Name, Variance, Std.Dev. and correlations.
+    """
+
+    def __init__(self, fit):
+        self.fit = fit
+        self.coefficients = self._coefficients()
+
+    def _coefficients(self) -> pd.DataFrame:
+        fit = self.fit
+        table = None
+        coef_table = getattr(fit, "coef_table", None)
+        if coef_table is not None:
+            try:
+                ct = coef_table(ddf="satterthwaite")
+                table = pd.DataFrame(
+                    {"Estimate": ct["estimate"], "Std. Error": ct["se"], "df": ct["df"],
+                     "t value": ct["t"], "Pr(>|t|)": ct["p"]}
+                )
+            except Exception:  # noqa: BLE001 - the summary must print even if inference fails
+                table = None
+        if table is None:
+            est, se = fit.fixef, fit.se
+            table = pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se})
+        return table
+
+    # -------------------------------------------------------------------- text
+    def _header(self) -> list[str]:
+        fit = self.fit
+        how = "REML" if fit.method == "REML" else "maximum likelihood"
+        lines = [f"Linear mixed model fit by {how}", f"Formula: {fit.design.parsed.formula}"]
+        if fit.n_missing:
+            lines.append(f"   (rows dropped for missing values: {fit.n_missing})")
+        lines.append("")
+        if fit.method == "REML":
+            lines.append(f"REML criterion at convergence: {fit.deviance:.1f}")
+        else:
+            vals = [fit.aic, fit.bic, fit.loglik, fit.deviance, fit.nobs - fit.design.p]
+            lines.append(_table([[f"{v:.1f}" for v in vals[:4]] + [str(vals[4])]],
+                                ["AIC", "BIC", "logLik", "deviance", "df.resid"], align_left=0))
+        lines.append("")
+        return lines
+
+    def _residual_lines(self) -> list[str]:
+        r = self.fit.residuals(scaled=True).to_numpy()
+        qs = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
+        return ["Scaled residuals:", _table([_column(qs, 4)], ["Min", "1Q", "Median", "3Q", "Max"], 0), ""]
+
+    def random_table(self) -> tuple[list[str], list[list[str]]]:
+        fit = self.fit
+        rows = []
+        covs = fit.covariance_matrices()
+        maxk = max(len(D) for D in covs.values())
+        vars_ = [D.to_numpy()[i, i] for D in covs.values() for i in range(len(D))] + [fit.sigma**2]
+        vstr = _column(vars_, 4)
+        sstr = _column(np.sqrt(np.clip(vars_, 0, None)), 4)
+        i = 0
+        for label, D in covs.items():
+            Dm = D.to_numpy()
+            sd = np.sqrt(np.clip(np.diag(Dm), 0, None))
+            for j, name in enumerate(D.index):
+                corr = []
+                for c in range(j):
+                    den = sd[j] * sd[c]
+                    corr.append(f"{Dm[j, c] / den:.2f}" if den > 0 else "NaN")
+                rows.append([label if j == 0 else "", name, vstr[i], sstr[i]] + corr + [""] * (maxk - 1 - len(corr)))
+                i += 1
+        rows.append(["Residual", "", vstr[i], sstr[i]] + [""] * (maxk - 1))
+        header = ["Groups", "Name", "Variance", "Std.Dev."] + (["Corr"] + [""] * (maxk - 2) if maxk > 1 else [])
+        return header, rows
+
+    def _random_lines(self) -> list[str]:
+        header, rows = self.random_table()
+        text = _table(rows, header, align_left=2)
+        fit = self.fit
+        groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
+        return ["Random effects:", *(" " + line for line in text.splitlines()),
+                f"Number of obs: {fit.nobs}, groups:  {groups}", ""]
+
+    def _fixed_lines(self) -> list[str]:
+        t = self.coefficients
+        cols = list(t.columns)
+        body = []
+        fmt = {c: _column(t[c].to_numpy(), 4) for c in cols if c != "Pr(>|t|)"}
+        if "df" in t:
+            fmt["df"] = [f"{v:.3f}" for v in t["df"]]
+        has_p = "Pr(>|t|)" in t
+        for i, name in enumerate(t.index):
+            row = [name] + [fmt[c][i] for c in cols if c != "Pr(>|t|)"]
+            if has_p:
+                p = t["Pr(>|t|)"].iloc[i]
+                row += [_pvalue(p), _stars(p)]
+            body.append(row)
+        header = [""] + [c for c in cols if c != "Pr(>|t|)"] + (["Pr(>|t|)", ""] if has_p else [])
+        lines = ["Fixed effects:", _table(body, header, 1)]
+        if has_p:
+            lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+        return lines
+
+    def _corr_lines(self) -> list[str]:
+        V = self.fit.vcov.to_numpy()
+        p = V.shape[0]
+        if p < 2:
+            return []
+        sd = np.sqrt(np.diag(V))
+        C = V / np.outer(sd, sd)
+        names = self.fit.design.fixef_names
+        abbrev = [_abbrev(n) for n in names]
+        rows = [[names[i]] + [f"{C[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i) for i in range(1, p)]
+        return ["", "Correlation of Fixed Effects:", _table(rows, [""] + abbrev[: p - 1], 1)]
+
+    def _notes(self) -> list[str]:
+        fit, notes = self.fit, []
+        if fit.design.dropped_columns:
+            notes.append("fixed-effect model matrix is rank deficient so dropping "
+                         f"{len(fit.design.dropped_columns)} column(s): {', '.join(fit.design.dropped_columns)}")
+        if fit.singular:
+            notes.append("boundary (singular) fit: see the documentation of LMMResult.singular")
+        notes += fit.opt.messages
+        return [""] + notes if notes else []
+
+    def __str__(self) -> str:
+        lines = (self._header() + self._residual_lines() + self._random_lines() + self._fixed_lines()
+                 + self._corr_lines() + self._notes())
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    # -------------------------------------------------------------------- HTML
+    def _repr_html_(self) -> str:
+        fit = self.fit
+        head = html.escape("\n".join(self._header()).strip())
+        header, rows = self.random_table()
+        rand = pd.DataFrame(rows, columns=[h or " " * (i + 1) for i, h in enumerate(header)])
+        coef = self.coefficients.copy()
+        groups = ", ".join(f"{g}: {m}" for g, m in fit.ngroups.items())
+        notes = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in self._notes() if n)
+        return (
+            f"<div class='hierlmm-summary'><pre>{head}</pre>"
+            f"<h4>Random effects</h4>{rand.to_html(index=False)}"
+            f"<p>Number of obs: {fit.nobs}; groups: {html.escape(groups)}</p>"
+            f"<h4>Fixed effects</h4>{coef.to_html(float_format=lambda v: f'{v:.4g}')}{notes}</div>"
+        )
+
+
+def _abbrev(name: str) -> str:
+    """R's ``abbreviate(name, minlength = 6)`` for column headers (roughly)."""
+    if len(name) <= 6:
+        return name
+    if name == "(Intercept)":
+        return "(Intr)"
+    return name[:6]
