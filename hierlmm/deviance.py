@@ -106,6 +106,28 @@ class Deviance:
             return np.inf
         return self.from_parts(factor)
 
+    def unprofiled(self, theta, sigma: float) -> float:
+        """−2 log-likelihood (REML or ML, as ``self.reml``) at (θ, σ), σ not profiled out.
+
+        ``log|L|² [+ log|R_X|²] + m log(2πσ²) + r²(θ)/σ²`` with ``m = n − p`` (REML) or ``n``.
+        This is lmerTest's ``devfun_vp``, the function whose Hessian in (θ, σ) gives the
+        asymptotic covariance of the variance parameters.
+        """
+        factor = self.chol.factor(theta)
+        if factor is None or not sigma > 0:
+            return np.inf
+        s2 = sigma * sigma
+        m = self.n - self.p if self.reml else self.n
+        out = factor.logdet_L() + m * (_LOG2PI + np.log(s2)) + factor.r2 / s2
+        return out + factor.logdet_RX() if self.reml else out
+
+    def unscaled_vcov(self, theta) -> np.ndarray:
+        """``(X'V⁻¹X)⁻¹ / σ²`` at θ, i.e. ``(R_X R_X')⁻¹``: multiply by σ² for ``vcov(β̂)``."""
+        f = self.chol.factor(theta)
+        q, p = f.q_rest, f.p
+        Rinv = scipy.linalg.solve_triangular(f.L22[q : q + p, q : q + p], np.eye(p), lower=True, check_finite=False)
+        return Rinv.T @ Rinv
+
     def sigma2(self, factor: BlockedFactor) -> float:
         return factor.r2 / (self.n - self.p if self.reml else self.n)
 

@@ -83,13 +83,29 @@ class LMMResult:
 
     @cached_property
     def _rx_inv(self) -> np.ndarray:
-        import scipy.linalg
+        return self.deviance_function.unscaled_vcov(self.solution.theta)
 
-        f = self.solution.factor
-        q, p = f.q_rest, f.p
-        RX = f.L22[q : q + p, q : q + p]
-        Rinv = scipy.linalg.solve_triangular(RX, np.eye(p), lower=True)
-        return Rinv.T @ Rinv
+    # ------------------------------------------- the variance-parameter interface
+    # Inference (Satterthwaite, profiles, Wald intervals of variance parameters) works on
+    # these four members only, so every kind of fit that provides them gets it.
+    @property
+    def varpar(self) -> np.ndarray:
+        """The variance parameters as lmerTest parametrises them: ``(θ, σ)``."""
+        return np.append(self.solution.theta, self.sigma)
+
+    @property
+    def varpar_names(self) -> list[str]:
+        return [*self.theta.index, "sigma"]
+
+    def deviance_at(self, varpar) -> float:
+        """−2 log-likelihood (REML or ML, as fitted) at the variance parameters ``(θ, σ)``."""
+        vp = np.asarray(varpar, dtype=float)
+        return self.deviance_function.unprofiled(vp[:-1], vp[-1])
+
+    def vcov_at(self, varpar) -> np.ndarray:
+        """``Var(β̂)`` as a function of the variance parameters ``(θ, σ)``."""
+        vp = np.asarray(varpar, dtype=float)
+        return vp[-1] ** 2 * self.deviance_function.unscaled_vcov(vp[:-1])
 
     @property
     def vcov(self) -> pd.DataFrame:
