@@ -1,0 +1,206 @@
+"""The result object's interface, formula variants, missing data, and the posterior of b."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.linalg
+
+import hierlmm as hl
+from hierlmm.crossprod import term_matrix
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return hl.datasets.load("sleepstudy")
+
+
+def test_import_is_light():
+    code = (
+        "import sys, hierlmm; bad = [m for m in ('pymc', 'arviz', 'matplotlib', 'pytensor', 'statsmodels') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_result_interface(sleep):
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    assert isinstance(fit.fixef, pd.Series) and list(fit.fixef.index) == ["(Intercept)", "Days"]
+    assert isinstance(fit.vcov, pd.DataFrame) and fit.vcov.shape == (2, 2)
+    assert fit.method == "REML" and fit.nobs == 180 and fit.ngroups == {"Subject": 18}
+    assert fit.deviance == pytest.approx(-2 * fit.loglik)
+    assert fit.theta.index.tolist() == ["Subject.(Intercept)", "Subject.Days.(Intercept)", "Subject.Days"]
+    re = fit.ranef()["Subject"]
+    assert re.shape == (18, 2) and list(re.columns) == ["(Intercept)", "Days"]
+    # conditional fitted = marginal + Zb; residuals add up
+    np.testing.assert_allclose(fit.fitted() + fit.residuals(), sleep.Reaction)
+    np.testing.assert_allclose(fit.fitted("marginal"), fit.design.X @ fit.fixef.to_numpy())
+    np.testing.assert_allclose(fit.residuals(scaled=True), fit.residuals() / fit.sigma)
+    text = str(fit.summary())
+    for piece in ("REML criterion at convergence: 1743.6", "Random effects:", "Subject", "Residual",
+                  "Number of obs: 180, groups:  Subject, 18", "Fixed effects:", "Correlation of Fixed Effects:"):
+        assert piece in text
+    assert "<table" in fit._repr_html_()
+    ml = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit(method="ML")
+    assert ml.method == "ML" and "AIC" in str(ml.summary())
+
+
+def test_predict(sleep):
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    np.testing.assert_allclose(fit.predict(sleep), fit.fitted(), rtol=1e-12)
+    np.testing.assert_allclose(fit.predict(sleep, kind="marginal"), fit.fitted("marginal"), rtol=1e-12)
+    new = pd.DataFrame({"Days": [0.0, 5.0, 5.0], "Subject": ["308", "308", "unseen"]})
+    pred = fit.predict(new).to_numpy()
+    b = fit.ranef()["Subject"].loc["308"]
+    beta = fit.fixef
+    assert pred[0] == pytest.approx(beta["(Intercept)"] + b["(Intercept)"])
+    assert pred[1] == pytest.approx(beta["(Intercept)"] + b["(Intercept)"] + 5 * (beta["Days"] + b["Days"]))
+    assert pred[2] == pytest.approx(beta["(Intercept)"] + 5 * beta["Days"])  # population prediction
+
+
+def test_predict_with_factor_contrasts():
+    df = hl.datasets.load("Orthodont")
+    fit = hl.LMM("distance ~ age * Sex + (1 | Subject)", df).fit()
+    sub = df.iloc[[0, 70]].copy()
+    sub["Sex"] = sub["Sex"].astype(str)  # plain strings: the fit's categories must be used
+    np.testing.assert_allclose(fit.predict(sub), fit.fitted().iloc[[0, 70]], rtol=1e-12)
+
+
+def test_missing_values_dropped_and_counted(sleep):
+    df = sleep.copy()
+    df["Days"] = df.Days.astype(float)
+    df.loc[[0, 5], "Reaction"] = np.nan
+    df.loc[7, "Days"] = np.nan
+    df.loc[9, "Subject"] = np.nan
+    df["unused"] = np.nan  # not in the formula: ignored
+    fit = hl.LMM("Reaction ~ Days + (1 | Subject)", df).fit()
+    assert fit.n_missing == 4 and fit.nobs == 176
+    ref = hl.LMM("Reaction ~ Days + (1 | Subject)", df.dropna(subset=["Reaction", "Days", "Subject"])).fit()
+    assert fit.deviance == pytest.approx(ref.deviance, rel=1e-12)
+    assert "missing" in str(fit.summary())
+
+
+def test_unused_levels_dropped(sleep):
+    df = sleep[sleep.Subject != "308"]
+    fit = hl.LMM("Reaction ~ Days + (1 | Subject)", df).fit()
+    assert fit.ngroups == {"Subject": 17}
+    assert "308" not in fit.ranef()["Subject"].index
+
+
+def test_rank_deficient_X_dropped_with_message(sleep):
+    df = sleep.copy()
+    df["Days2"] = 2 * df.Days
+    with pytest.warns(hl.RankDeficiencyWarning, match="Days2"):
+        fit = hl.LMM("Reaction ~ Days + Days2 + (1 | Subject)", df).fit()
+    ref = hl.LMM("Reaction ~ Days + (1 | Subject)", sleep).fit()
+    assert list(fit.fixef.index) == ["(Intercept)", "Days"]
+    np.testing.assert_allclose(fit.fixef, ref.fixef, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "formula, structure",
+    [
+        ("Reaction ~ Days + (Days | Subject)", [("Subject", ["(Intercept)", "Days"])]),
+        ("Reaction ~ Days + (0 + Days | Subject)", [("Subject", ["Days"])]),
+        ("Reaction ~ Days + (-1 + Days | Subject)", [("Subject", ["Days"])]),
+        ("Reaction ~ Days + (Days || Subject)", [("Subject", ["(Intercept)"]), ("Subject.1", ["Days"])]),
+        ("Reaction ~ (1 | Subject)", [("Subject", ["(Intercept)"])]),
+        ("Reaction ~ 1 + (1 | Subject)", [("Subject", ["(Intercept)"])]),
+        ("Reaction ~ Days + (1 + Days + I(Days**2) | Subject)", [("Subject", ["(Intercept)", "Days", "I(Days ** 2)"])]),
+        ("Reaction ~ Days + (0 + half | Subject)", [("Subject", ["half[a]", "half[b]"])]),
+        ("Reaction ~ Days + (1 | Subject:half)", [("Subject:half", ["(Intercept)"])]),
+        ("Reaction ~ Days + (1 | Subject/half)", [("half:Subject", ["(Intercept)"]), ("Subject", ["(Intercept)"])]),
+        ("Reaction ~ Days + (1 | Subject) + (1 | half)", [("Subject", ["(Intercept)"]), ("half", ["(Intercept)"])]),
+    ],
+)
+def test_formula_variants(sleep, formula, structure):
+    df = sleep.copy()
+    df["half"] = np.where(df.Days < 5, "a", "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.SingularFitWarning)
+        warnings.simplefilter("ignore", hl.ConvergenceWarning)
+        fit = hl.LMM(formula, df).fit()
+    assert [(t.label, t.names) for t in fit.design.terms] == structure
+    assert "(Intercept)" in fit.fixef.index  # the default intercept
+
+
+def test_no_intercept_fixed_part(sleep):
+    fit = hl.LMM("Reaction ~ 0 + Days + (1 | Subject)", sleep).fit()
+    assert list(fit.fixef.index) == ["Days"]
+
+
+def _dense_posterior(fit, beta):
+    """Posterior of b from the dense V: the closed forms of the core issue."""
+    d = fit.design
+    Z = np.hstack([term_matrix(t).toarray() for t in d.terms])
+    Lam = scipy.linalg.block_diag(*[np.kron(np.eye(t.m), t.template(fit.solution.theta[s]))
+                                    for t, s in zip(d.terms, d.theta_slices())])
+    s2 = fit.sigma**2
+    D = s2 * Lam @ Lam.T
+    V = Z @ D @ Z.T + s2 * np.eye(d.n)
+    Vi = np.linalg.inv(V)
+    X = d.X
+    mean = D @ Z.T @ Vi @ (d.y - X @ fit.fixef.to_numpy())
+    if beta == "fixed":
+        cov = D - D @ Z.T @ Vi @ Z @ D
+    else:
+        P = Vi - Vi @ X @ np.linalg.solve(X.T @ Vi @ X, X.T @ Vi)
+        cov = D - D @ Z.T @ P @ Z @ D
+    return mean, cov
+
+
+@pytest.mark.parametrize("beta", ["fixed", "integrated"])
+@pytest.mark.parametrize(
+    "data, formula",
+    [
+        ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+        ("sleepstudy", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)"),
+        ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),
+        ("Pastes", "strength ~ 1 + (1 | batch/cask)"),
+        ("Orthodont", "distance ~ age * Sex + (age | Subject)"),
+    ],
+)
+def test_posterior_of_b_matches_dense_formulas(data, formula, beta):
+    fit = hl.LMM(formula, hl.datasets.load(data)).fit()
+    mean, cov = _dense_posterior(fit, beta)
+    post = fit.ranef_posterior(beta=beta)
+    # positions of each (term, level, column) in the stacked b
+    offset = 0
+    pos = {}
+    for t in fit.design.terms:
+        for j in range(t.m):
+            for c in range(t.k):
+                pos[(t.group, t.levels[j], t.names[c], t.label)] = offset + j * t.k + c
+        offset += t.q
+    for group, rp in post.items():
+        terms = [t for t in fit.design.terms if t.group == group]
+        cols = [(t.label, n) for t in terms for n in t.names]
+        for j, level in enumerate(rp.mean.index):
+            idx = [pos[(group, level, n, lab)] for lab, n in cols]
+            np.testing.assert_allclose(rp.mean.loc[level].to_numpy(), mean[idx], rtol=1e-6, atol=1e-8 * fit.sigma)
+            np.testing.assert_allclose(rp.cov[j], cov[np.ix_(idx, idx)], rtol=1e-6, atol=1e-8 * fit.sigma**2)
+
+
+def test_integrated_posterior_is_wider(sleep):
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    fixed = fit.ranef_posterior("fixed")["Subject"].sd
+    integ = fit.ranef_posterior("integrated")["Subject"].sd
+    assert (integ.to_numpy() > fixed.to_numpy()).all()
+
+
+def test_icc_random_intercept():
+    fit = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff")).fit()
+    tau2 = fit.varcorr.vcov.iloc[0]
+    assert fit.icc()["Batch"] == pytest.approx(tau2 / (tau2 + fit.sigma**2))
+
+
+def test_datasets_keep_r_levels():
+    assert hl.datasets.load("Orthodont").Sex.cat.categories.tolist() == ["Male", "Female"]
+    assert hl.datasets.load("Rail").Rail.cat.categories.tolist() == ["2", "5", "1", "6", "3", "4"]
+    assert set(hl.datasets.list()) >= {"sleepstudy", "InstEval", "MathAchieve"}
