@@ -44,10 +44,19 @@ class BlockedFactor:
 
     L11: np.ndarray
     G: np.ndarray
-    L21: np.ndarray | sp.spmatrix
     L22: np.ndarray
     q_rest: int
     p: int
+    _l21: np.ndarray | sp.spmatrix | None = None
+    _l21_args: tuple | None = None
+
+    @property
+    def L21(self) -> np.ndarray | sp.spmatrix:
+        """``L21``, formed on first use (the deviance itself never needs it)."""
+        if self._l21 is None:
+            chol, G, lam = self._l21_args
+            self._l21 = chol.l21(G, lam)
+        return self._l21
 
     @property
     def r2(self) -> float:
@@ -87,9 +96,7 @@ class BlockedCholesky:
         starts = np.cumsum([0] + [t.n_theta for t in terms])
         self.slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
         self.scalar_rest = all(t.k == 1 for t in self.rest)
-        if cp.a21_sparse:
-            # row index of every stored entry of A21 (B keeps A21's pattern for a scalar term)
-            self._a21_rowidx = np.repeat(np.arange(cp.r), np.diff(cp.A21.indptr))
+        self._S = None  # the sparse downdate map, built on the first factorisation
         self._eye_rest = np.arange(cp.q_rest)
 
     # --- Λ of the rest block -------------------------------------------------------------
@@ -106,6 +113,88 @@ class BlockedCholesky:
         blocks = [sp.kron(sp.identity(t.m), t.template(theta[s])) for t, s in zip(self.rest, self.slices[1:])]
         blocks.append(sp.identity(cp.p + 1))
         return sp.block_diag(blocks, format="csr")
+
+    # --- the sparse downdate L21 L21' -----------------------------------------------------
+    def _downdate_map(self):
+        """Precompute how ``Ã21 W Ã21'`` (lower triangle) depends on the per-level weights.
+
+        With ``W_j = G_j G_j'`` (``k1 x k1`` per level), ``C = A21 blockdiag(W) A21'`` has
+        ``C[r, s] = Σ_j Σ_ab A21[r, ja] W_j[a, b] A21[s, jb]``: a fixed sparse linear map from
+        ``vec(W)`` to the entries of C's lower triangle, whose pattern never changes. Building
+        it once turns every later downdate into one sparse mat-vec (MixedModels.jl reuses
+        the symbolic structure the same way).
+        """
+        cp, k = self.cp, self.first.k
+        csc = cp.A21.tocsc()
+        csc.sort_indices()
+        level_of_entry = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr)) // k
+        col_in_level = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr)) % k
+        rows, vals = csc.indices.astype(np.int64), csc.data
+        # entries are ordered by column, hence by level: count entries per level
+        counts = np.bincount(level_of_entry, minlength=self.first.m)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        tgt, widx, coef = [], [], []
+        for c in np.unique(counts[counts > 0]):
+            levels = np.flatnonzero(counts == c)
+            i1, i2 = np.tril_indices(c)
+            e1 = (starts[levels][:, None] + i1[None, :]).ravel()
+            e2 = (starts[levels][:, None] + i2[None, :]).ravel()
+            r1, r2 = rows[e1], rows[e2]
+            hi, lo = np.maximum(r1, r2), np.minimum(r1, r2)
+            a1, a2 = col_in_level[e1], col_in_level[e2]
+            twice = (r1 == r2) & (e1 != e2)
+            tgt.append(hi * cp.r + lo)
+            widx.append(level_of_entry[e1] * k * k + a1 * k + a2)
+            coef.append(vals[e1] * vals[e2] * np.where(twice, 2.0, 1.0))
+        tgt, widx, coef = np.concatenate(tgt), np.concatenate(widx), np.concatenate(coef)
+        # compress the targets (entries of the r x r lower triangle) without sorting
+        used = np.zeros(cp.r * cp.r, dtype=bool)
+        used[tgt] = True
+        position = np.cumsum(used) - 1
+        self._targets = np.flatnonzero(used)
+        self._trow, self._tcol = np.divmod(self._targets, cp.r)
+        self._S = sp.csr_matrix((coef, (position[tgt], widx)),
+                                shape=(self._targets.size, self.first.m * k * k))
+
+    def _lower_downdate(self, G, lam, M):
+        """``M -= Λ_r' A21 G G' A21' Λ_r`` on the lower triangle (``A21`` sparse)."""
+        w = G * G if G.ndim == 1 else np.einsum("jab,jcb->jac", G, G).ravel()
+        c = self._S @ w
+        if lam is None or self.scalar_rest:
+            if lam is not None:
+                c *= lam[self._trow] * lam[self._tcol]
+            M.flat[self._targets] -= c
+            return M
+        C = np.zeros_like(M)
+        C.flat[self._targets] = c
+        C += np.tril(C, -1).T
+        return M - np.asarray(lam.T @ np.asarray(lam.T @ C).T)
+
+    def l21(self, G, lam) -> np.ndarray | sp.spmatrix:
+        """``L21 = Λ_r' A21 Λ_1 L11^{-T}`` (``G`` holds ``Λ_1 L11^{-T}`` per level)."""
+        cp, k1 = self.cp, self.first.k
+        if cp.a21_sparse:
+            B = cp.A21.copy()
+            if k1 == 1:
+                B.data *= G[B.indices]
+            else:
+                m = self.first.m
+                Gb = sp.bsr_matrix((G, np.arange(m), np.arange(m + 1)), shape=(m * k1, m * k1))
+                B = (B @ Gb).tocsr()
+            if lam is not None:
+                if self.scalar_rest:
+                    B = sp.csr_matrix(sp.diags(lam) @ B)
+                else:
+                    B = (lam.T @ B).tocsr()
+            return B
+        if k1 == 1:
+            B = cp.A21 * G[None, :]
+        else:
+            r, m = cp.r, self.first.m
+            B = np.einsum("rmk,mkl->rml", cp.A21.reshape(r, m, k1), G).reshape(r, m * k1)
+        if lam is not None:
+            B = B * lam[:, None] if self.scalar_rest else np.asarray(lam.T @ B)
+        return B
 
     # --- the factorisation ---------------------------------------------------------------
     def factor(self, theta: np.ndarray) -> BlockedFactor | None:
@@ -129,32 +218,6 @@ class BlockedCholesky:
             G = np.einsum("ab,jcb->jac", T1, Linv)  # T1 L_j^{-T}
 
         lam = self.rest_lambda(theta) if self.rest else None
-        # L21 = Λ_r' A21 Λ_1 L11^{-T}
-        if cp.a21_sparse:
-            B = cp.A21.copy()
-            if k1 == 1:
-                B.data *= G[B.indices]
-            else:
-                m = self.first.m
-                Gb = sp.bsr_matrix((G, np.arange(m), np.arange(m + 1)), shape=(m * k1, m * k1))
-                B = (B @ Gb).tocsr()
-            if lam is not None:
-                if self.scalar_rest:
-                    rows = self._a21_rowidx if k1 == 1 else np.repeat(np.arange(cp.r), np.diff(B.indptr))
-                    B.data *= lam[rows]
-                else:
-                    B = (lam.T @ B).tocsr()
-            BBt = (B @ B.T).toarray()
-        else:
-            if k1 == 1:
-                B = cp.A21 * G[None, :]
-            else:
-                r, m = cp.r, self.first.m
-                B = np.einsum("rmk,mkl->rml", cp.A21.reshape(r, m, k1), G).reshape(r, m * k1)
-            if lam is not None:
-                B = B * lam[:, None] if self.scalar_rest else np.asarray(lam.T @ B)
-            BBt = B @ B.T
-
         if lam is None:
             M = cp.A22.copy()
         elif self.scalar_rest:
@@ -162,9 +225,17 @@ class BlockedCholesky:
         else:
             M = np.asarray(lam.T @ np.asarray(lam.T @ cp.A22).T)
         M[self._eye_rest, self._eye_rest] += 1.0
-        M -= BBt
+        L21 = None
+        if cp.a21_sparse:
+            if self._S is None:
+                self._downdate_map()
+            M = self._lower_downdate(G, lam, M)
+        else:
+            L21 = self.l21(G, lam)
+            M -= L21 @ L21.T
         try:
             L22 = scipy.linalg.cholesky(M, lower=True, overwrite_a=True, check_finite=False)
         except (np.linalg.LinAlgError, ValueError):
             return None
-        return BlockedFactor(L11=L11, G=G, L21=B, L22=L22, q_rest=cp.q_rest, p=cp.p)
+        return BlockedFactor(L11=L11, G=G, L22=L22, q_rest=cp.q_rest, p=cp.p,
+                             _l21=L21, _l21_args=(self, G, lam))

@@ -79,8 +79,11 @@ def _a11(term: ReTerm) -> np.ndarray:
     return A11
 
 
-def crossproduct(design: Design) -> CrossProduct:
-    """One pass over the data: the blocks of ``A`` for this design."""
+def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
+    """One pass over the data: the blocks of ``A`` for this design.
+
+    ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
+    """
     first, rest = design.terms[0], design.terms[1:]
     XY = np.column_stack([design.X, design.y])
     A11 = _a11(first)
@@ -100,7 +103,9 @@ def crossproduct(design: Design) -> CrossProduct:
     A22[q_rest:, :q_rest] = ZrXY.T
     A22[q_rest:, q_rest:] = XYtXY
     nnz = top.nnz + bottom.size
-    if r * first.q <= _DENSE_A21_MAX and nnz > 0.25 * r * first.q:
+    if sparse is None:
+        sparse = not (r * first.q <= _DENSE_A21_MAX and nnz > 0.25 * r * first.q)
+    if not sparse:
         A21 = np.vstack([top.toarray(), bottom])
     else:
         A21 = sp.vstack([top, sp.csr_matrix(bottom)], format="csr")
