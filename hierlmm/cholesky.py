@@ -97,6 +97,11 @@ class BlockedCholesky:
         self.slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
         self.scalar_rest = all(t.k == 1 for t in self.rest)
         self._S = None  # the sparse downdate map, built on the first factorisation
+        self._diag1 = np.arange(self.first.k)
+        if not cp.a21_sparse and self.first.k > 1:
+            # A21 as (m1, r, k1): level j's columns, for a batched product with G_j
+            self._a21_levels = np.ascontiguousarray(
+                cp.A21.reshape(cp.r, self.first.m, self.first.k).transpose(1, 0, 2))
         self._eye_rest = np.arange(cp.q_rest)
 
     # --- Λ of the rest block -------------------------------------------------------------
@@ -190,8 +195,7 @@ class BlockedCholesky:
         if k1 == 1:
             B = cp.A21 * G[None, :]
         else:
-            r, m = cp.r, self.first.m
-            B = np.einsum("rmk,mkl->rml", cp.A21.reshape(r, m, k1), G).reshape(r, m * k1)
+            B = (self._a21_levels @ G).transpose(1, 0, 2).reshape(cp.r, -1)
         if lam is not None:
             B = B * lam[:, None] if self.scalar_rest else np.asarray(lam.T @ B)
         return B
@@ -208,14 +212,13 @@ class BlockedCholesky:
             L11 = np.sqrt(t * t * cp.A11[:, 0, 0] + 1.0)
             G = t / L11
         else:
-            S = np.einsum("ba,jbc,cd->jad", T1, cp.A11, T1)
-            S[:, np.arange(k1), np.arange(k1)] += 1.0
+            S = T1.T @ cp.A11 @ T1
+            S[:, self._diag1, self._diag1] += 1.0
             try:
                 L11 = np.linalg.cholesky(S)
             except np.linalg.LinAlgError:
                 return None
-            Linv = np.linalg.inv(L11)
-            G = np.einsum("ab,jcb->jac", T1, Linv)  # T1 L_j^{-T}
+            G = T1 @ np.linalg.inv(L11).transpose(0, 2, 1)  # T1 L_j^{-T}
 
         lam = self.rest_lambda(theta) if self.rest else None
         if lam is None:

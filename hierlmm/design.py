@@ -104,6 +104,29 @@ def _model_matrix(spec: str, data: pd.DataFrame, where: str):
         raise FormulaError(f"cannot evaluate {where} {spec!r}: {exc}") from None
 
 
+def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]] | None:
+    """Fast path for the common random-term expressions: ``1``, ``x``, ``1 + x``, ``0 + x``.
+
+    Returns ``(Z, names)`` when ``expr`` is an intercept and/or plain numeric columns (what
+    formulaic would give, in the same order), else ``None`` (formulaic is used).
+    """
+    intercept, cols = True, []
+    for tok in (t.strip() for t in expr.replace("-1", "+ 0").split("+")):
+        if tok == "1":
+            continue
+        if tok == "0":
+            intercept = False
+        elif tok in frame.columns and pd.api.types.is_numeric_dtype(frame[tok]) and tok not in cols:
+            cols.append(tok)
+        else:
+            return None
+    parts = [np.ones(len(frame))] if intercept else []
+    parts += [frame[c].to_numpy(dtype=float) for c in cols]
+    if not parts:
+        return None
+    return np.column_stack(parts), (["(Intercept)"] if intercept else []) + cols
+
+
 def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, list[str]]:
     """Codes and labels of the grouping factor ``a`` or interaction ``a:b`` (R's order)."""
     codes = np.zeros(len(data), dtype=np.int64)
@@ -226,11 +249,14 @@ def build_design(formula: str, data: pd.DataFrame) -> Design:
     n = len(y)
     for spec in parsed.random:
         codes, levels = _grouping_codes(frame, spec)
-        zmm = _model_matrix(spec.expr, frame, f"random-effects term {spec.source}")
-        Z = np.asarray(zmm, dtype=float)
+        simple = simple_columns(spec.expr, frame)
+        if simple is not None:
+            (Z, znames), zspec = simple, None
+        else:
+            zmm = _model_matrix(spec.expr, frame, f"random-effects term {spec.source}")
+            Z, znames, zspec = np.asarray(zmm, dtype=float), [_rename(c) for c in zmm.columns], zmm.model_spec
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {spec.source} has no columns")
-        znames = [_rename(c) for c in zmm.columns]
         term = ReTerm(
             group=spec.group,
             factors=spec.factors,
@@ -240,7 +266,7 @@ def build_design(formula: str, data: pd.DataFrame) -> Design:
             Z=np.ascontiguousarray(Z),
             names=znames,
             source=spec.source,
-            model_spec=zmm.model_spec,
+            model_spec=zspec,
         )
         if term.m < 2:
             raise DataError(

@@ -265,7 +265,7 @@ class LMMResult:
                 lookup = pd.Series(np.arange(t.m), index=t.levels)
                 codes = lookup.reindex(labels.to_numpy()).to_numpy()
                 seen = ~np.isnan(codes)
-                Z = np.asarray(t.model_spec.get_model_matrix(newdata, na_action="ignore"), dtype=float)
+                Z = term_columns(t, newdata)
                 contrib = np.zeros(len(newdata))
                 if seen.any():
                     ci = codes[seen].astype(int)
@@ -311,6 +311,15 @@ class LMMResult:
 
     def _repr_html_(self) -> str:
         return self.summary()._repr_html_()
+
+
+def term_columns(term, data: pd.DataFrame) -> np.ndarray:
+    """The ``Z`` columns of a random-effects term evaluated on (new) data."""
+    if term.model_spec is None:
+        from hierlmm.design import simple_columns
+
+        return simple_columns(term.expr, data)[0]
+    return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
 
 
 def _vars(expr: str) -> set[str]:
