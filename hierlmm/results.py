@@ -274,15 +274,24 @@ class LMMResult:
         return pd.Series(mu, index=newdata.index, name="predicted")
 
     def _align_categories(self, newdata: pd.DataFrame) -> pd.DataFrame:
-        """Give newdata's factor columns the fit's categories, so contrasts match."""
+        """Check newdata's columns and give its factors the fit's categories (same contrasts)."""
+        d = self.design
+        grouping = {f for t in d.terms for f in t.factors}
+        needed = [c for c in d.data.columns if c != d.response and c not in grouping]
+        missing = [c for c in needed if c not in newdata.columns]
+        if missing:
+            raise DataError(f"newdata lacks column(s) {', '.join(missing)} used by the model")
         newdata = newdata.copy()
-        for c in self.design.data.columns:
-            col = self.design.data[c]
-            if c in newdata.columns and isinstance(col.dtype, pd.CategoricalDtype):
-                group_cols = {f for t in self.design.terms for f in t.factors}
-                if c in group_cols and not any(c in _vars(t.expr) for t in self.design.terms):
-                    continue
-                newdata[c] = pd.Categorical(newdata[c].astype(str) if not isinstance(newdata[c].dtype, pd.CategoricalDtype) else newdata[c], categories=col.cat.categories)
+        for c in needed:
+            col = d.data[c]
+            if not isinstance(col.dtype, pd.CategoricalDtype):
+                continue
+            cats = col.cat.categories
+            values = newdata[c].astype(str) if cats.dtype == object else newdata[c]
+            unknown = sorted(set(values[values.notna() & ~values.isin(cats)].astype(str)))
+            if unknown:
+                raise DataError(f"newdata column {c!r} has level(s) not in the fit: {', '.join(unknown)}")
+            newdata[c] = pd.Categorical(values, categories=cats)
         return newdata
 
     def icc(self) -> pd.Series:
@@ -320,12 +329,6 @@ def term_columns(term, data: pd.DataFrame) -> np.ndarray:
 
         return simple_columns(term.expr, data)[0]
     return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
-
-
-def _vars(expr: str) -> set[str]:
-    from formulaic import Formula
-
-    return set(Formula(expr).required_variables)
 
 
 def _check_kind(kind: str) -> str:

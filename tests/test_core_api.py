@@ -204,3 +204,15 @@ def test_datasets_keep_r_levels():
     assert hl.datasets.load("Orthodont").Sex.cat.categories.tolist() == ["Male", "Female"]
     assert hl.datasets.load("Rail").Rail.cat.categories.tolist() == ["2", "5", "1", "6", "3", "4"]
     assert set(hl.datasets.list()) >= {"sleepstudy", "InstEval", "MathAchieve"}
+
+
+def test_predict_bad_newdata(sleep):
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    with pytest.raises(hl.DataError, match="Days"):
+        fit.predict(pd.DataFrame({"Subject": ["308"]}))
+    with pytest.raises(hl.DataError, match="Subject"):
+        fit.predict(pd.DataFrame({"Days": [1.0]}))
+    assert fit.predict(pd.DataFrame({"Days": [1.0]}), kind="marginal").iloc[0] == pytest.approx(fit.fixef.sum())
+    ortho = hl.LMM("distance ~ age * Sex + (1 | Subject)", hl.datasets.load("Orthodont")).fit()
+    with pytest.raises(hl.DataError, match=r"'Sex'.*Other"):
+        ortho.predict(pd.DataFrame({"age": [8], "Sex": ["Other"], "Subject": ["M01"]}))
