@@ -118,7 +118,12 @@ class Summary:
     def _residual_lines(self) -> list[str]:
         r = self.fit.residuals(scaled=True).to_numpy()
         qs = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
-        return ["Scaled residuals:", _table([_column(qs, 4)], ["Min", "1Q", "Median", "3Q", "Max"], 0), ""]
+        # lme4: print(zapsmall(quantile(r), digits + 1), digits = digits), digits = 4
+        mx = np.abs(qs).max()
+        zap = max(0, 5 - int(np.ceil(np.log10(mx)))) if mx > 0 else 5
+        qs = np.round(qs, zap)
+        dec = _decimals_for(qs, 4, zap)
+        return ["Scaled residuals:", _table([[f"{v:.{dec}f}" for v in qs]], ["Min", "1Q", "Median", "3Q", "Max"], 0), ""]
 
     def random_table(self) -> tuple[list[str], list[list[str]]]:
         fit = self.fit
@@ -155,9 +160,7 @@ class Summary:
         t = self.coefficients
         cols = list(t.columns)
         body = []
-        fmt = {c: _column(t[c].to_numpy(), 4) for c in cols if c != "Pr(>|t|)"}
-        if "df" in t:
-            fmt["df"] = [f"{v:.3f}" for v in t["df"]]
+        fmt = _coefmat(t)
         has_p = "Pr(>|t|)" in t
         for i, name in enumerate(t.index):
             row = [name] + [fmt[c][i] for c in cols if c != "Pr(>|t|)"]
@@ -215,6 +218,44 @@ class Summary:
             f"<p>Number of obs: {fit.nobs}; groups: {html.escape(groups)}</p>"
             f"<h4>Fixed effects</h4>{coef.to_html(float_format=lambda v: f'{v:.4g}')}{notes}</div>"
         )
+
+
+def _decimals_for(values, digits: int, cap: int) -> int:
+    """Decimals R's ``format(x, digits)`` shows: enough for ``digits`` significant digits in
+    every element, but no more than ``cap`` (the values were rounded to ``cap`` decimals)."""
+    vals = np.abs(np.asarray([v for v in values if np.isfinite(v) and v != 0]))
+    if vals.size == 0:
+        return 0
+    need = max(0, int(np.max(digits - 1 - np.floor(np.log10(vals)))))
+    return min(need, cap)
+
+
+def _coefmat(t: pd.DataFrame, digits: int = 4) -> dict[str, list[str]]:
+    """Column formats of R's ``printCoefmat`` (as lme4's summary calls it, ``digits = 4``).
+
+    Estimate and SE are rounded together to ``max(1, digits - digmin)`` decimals, ``digmin``
+    the number of digits before the point of the smallest of them; test statistics to
+    ``max(1, min(5, digits - 1))`` decimals; other columns (df) with ``digits`` significant.
+    """
+    out: dict[str, list[str]] = {}
+    cs = [c for c in ("Estimate", "Std. Error") if c in t]
+    acs = np.abs(t[cs].to_numpy().ravel())
+    acs = acs[np.isfinite(acs) & (acs != 0)]
+    digmin = 1 + (int(np.floor(np.log10(acs.min()))) if acs.size else 0)
+    cap = max(1, digits - digmin)
+    dec = _decimals_for(t[cs].to_numpy().ravel(), digits, cap)
+    for c in cs:
+        out[c] = [f"{v:.{dec}f}" for v in t[c]]
+    for c in ("t value", "z value"):
+        if c in t:
+            cap_t = max(1, min(5, digits - 1))
+            d = _decimals_for(np.round(t[c].to_numpy(), cap_t), digits, cap_t)
+            out[c] = [f"{v:.{d}f}" for v in t[c]]
+    for c in t.columns:
+        if c not in out and c != "Pr(>|t|)":
+            d = _decimals_for(t[c].to_numpy(), digits, 8)
+            out[c] = [f"{v:.{d}f}" for v in t[c]]
+    return out
 
 
 def _abbrev(name: str) -> str:
