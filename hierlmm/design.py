@@ -130,7 +130,7 @@ def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str
 def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, list[str]]:
     """Codes and labels of the grouping factor ``a`` or interaction ``a:b`` (R's order)."""
     codes = np.zeros(len(data), dtype=np.int64)
-    labels: list[list[str]] = [[]]
+    levels: list[list[str]] = []
     nlev = 1
     for name in spec.factors:
         col = data[name]
@@ -143,10 +143,17 @@ def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, l
         cat = cat.cat.remove_unused_categories()
         lev = [str(c) for c in cat.cat.categories]
         codes = codes * len(lev) + cat.cat.codes.to_numpy().astype(np.int64)
-        labels = [a + [b] for a in labels for b in lev]
+        levels.append(lev)
         nlev *= len(lev)
-    used, codes = np.unique(codes, return_inverse=True)
-    return codes.astype(np.intp), [":".join(labels[u]) for u in used]
+    if nlev <= 4 * len(codes) + 1024:  # O(n) relabelling without sorting
+        present = np.bincount(codes, minlength=nlev) > 0
+        used = np.flatnonzero(present)
+        codes = (np.cumsum(present) - 1)[codes]
+    else:
+        used, codes = np.unique(codes, return_inverse=True)
+    digits = np.unravel_index(used, [len(lev) for lev in levels])
+    labels = [":".join(lev[i] for lev, i in zip(levels, idx)) for idx in zip(*digits)]
+    return codes.astype(np.intp), labels
 
 
 def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
