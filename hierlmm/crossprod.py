@@ -87,14 +87,19 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     first, rest = design.terms[0], design.terms[1:]
     XY = np.column_stack([design.X, design.y])
     A11 = _a11(first)
-    Z1 = term_matrix(first)
-    bottom = np.asarray((Z1.T @ XY).T)  # (p+1) x q1
+    # [X y]'Z1 by one bincount per (column of [X y], column of Z1): no sparse copy of Z1
+    bottom = np.empty((XY.shape[1], first.m, first.k))
+    for a in range(first.k):
+        za = first.Z[:, a]
+        for c in range(XY.shape[1]):
+            bottom[c, :, a] = np.bincount(first.codes, weights=za * XY[:, c], minlength=first.m)
+    bottom = bottom.reshape(XY.shape[1], first.q)
     XYtXY = XY.T @ XY
     if not rest:
         return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n)
     Zr = sp.hstack([term_matrix(t) for t in rest], format="csr")
     q_rest = Zr.shape[1]
-    top = (Zr.T @ Z1).tocsr()  # q_rest x q1
+    top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
     r = q_rest + design.p + 1
     A22 = np.empty((r, r))
     A22[:q_rest, :q_rest] = (Zr.T @ Zr).toarray()

@@ -218,7 +218,7 @@ def build_design(formula: str, data: pd.DataFrame) -> Design:
     frame = data[cols]
     complete = ~frame.isna().any(axis=1).to_numpy()
     n_missing = int((~complete).sum())
-    frame = frame.loc[complete].copy()
+    frame = frame.loc[complete] if n_missing else frame.copy()
     if len(frame) == 0:
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
     for c in frame.columns:

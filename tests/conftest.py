@@ -52,3 +52,13 @@ def fit_ref():
         return cache[name]
 
     return get
+
+
+# CI runs a fixed sequence of hypothesis examples (reproducible); locally they vary
+import os  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

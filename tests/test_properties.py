@@ -37,7 +37,7 @@ def designs(draw):
     rng = np.random.default_rng(seed)
     ng = draw(st.integers(4, 7))
     nh = draw(st.integers(3, 5))
-    n = draw(st.integers(3 * ng, 6 * ng))
+    n = draw(st.integers(2 * ng * nh, 3 * ng * nh))  # so g:h has fewer levels than rows
     g = rng.permutation(np.arange(n) % ng)
     h = rng.integers(0, nh, n)
     h[:nh] = np.arange(nh)
@@ -101,10 +101,14 @@ def _same_objective(a, b, beta_map=lambda beta: beta, dev_shift=0.0):
     exact; comparing the two optima's parameters would only measure the optimiser's stopping
     tolerance in flat directions of the likelihood."""
     theta = b.solution.theta
-    assert a.deviance_function(theta) == pytest.approx(b.deviance + dev_shift, rel=1e-10, abs=1e-8)
+    # r² comes out of the Cholesky factor as y'y − |c|²: a shift of y that makes y'y large
+    # next to r² loses ~log10(y'y / r²) digits, hence 1e-8 rather than machine precision
+    assert a.deviance_function(theta) == pytest.approx(b.deviance + dev_shift, rel=1e-8)
     sa = a.deviance_function.solve(theta)
-    np.testing.assert_allclose(sa.beta, beta_map(b.solution.beta), rtol=1e-8, atol=1e-8 * np.abs(sa.beta).max())
-    assert a.deviance == pytest.approx(b.deviance + dev_shift, rel=1e-9, abs=1e-6)
+    np.testing.assert_allclose(sa.beta, beta_map(b.solution.beta), rtol=1e-7, atol=1e-7 * np.abs(sa.beta).max())
+    # two BOBYQA runs reach the same minimum only to the optimiser's accuracy (lme4's own
+    # optimum misses by up to ~1e-5 on the references, see test_reference_lme4)
+    assert a.deviance == pytest.approx(b.deviance + dev_shift, abs=1e-4)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
