@@ -24,6 +24,7 @@ from hierlmm.errors import (
     SingularFitWarning,
 )
 from hierlmm.formula import parse_formula
+from hierlmm.inference.lrt import anova
 from hierlmm.model import LMM
 from hierlmm.optimize import optimize_theta
 from hierlmm.results import LMMResult
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LMM",
     "LMMResult",
+    "anova",
     "Design",
     "Deviance",
     "build_design",

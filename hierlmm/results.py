@@ -308,6 +308,47 @@ class LMMResult:
         total = inter.vcov.sum() + self.solution.sigma2
         return pd.Series(inter.vcov.to_numpy() / total, index=inter.grp.to_numpy(), name="icc")
 
+    # ---------------------------------------------------------------------- inference
+    def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """t tests of the fixed effects: ``estimate, se, df, t, p``.
+
+        ``ddf="satterthwaite"`` (lmerTest's default), ``"kenward-roger"`` (pbkrtest's adjusted
+        SE and df) or ``"asymptotic"`` (``z`` and a normal p-value).
+        """
+        from hierlmm.inference.ftests import coef_table
+
+        return coef_table(self, ddf=ddf)
+
+    def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
+        """F tests of the fixed-effects terms (lmerTest's ``anova``): Type III or Type I.
+
+        Columns ``sum_sq, mean_sq, num_df, den_df, F, p``, one row per term (``age``,
+        ``Sex``, ``age:Sex``).
+        """
+        from hierlmm.inference.ftests import anova_table
+
+        return anova_table(self, type=type, ddf=ddf)
+
+    def ranova(self) -> pd.DataFrame:
+        """Likelihood-ratio tests that reduce each random term in turn (lmerTest's ``ranova``)."""
+        from hierlmm.inference.lrt import ranova
+
+        return ranova(self)
+
+    def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
+        """Confidence intervals in lme4's order and names (``sd_(Intercept)|Subject``, ...,
+        ``sigma``, then the fixed effects). ``method``: ``"wald"``, ``"profile"`` or
+        ``"bootstrap"`` (``n_boot``, ``random_seed``, ``progressbar``, ``n_jobs``)."""
+        from hierlmm.inference.confint import confint
+
+        return confint(self, method=method, level=level, **kwargs)
+
+    def simulate(self, n: int = 1, random_seed=None) -> np.ndarray:
+        """``n`` draws of the response from the fitted model, shape ``(n, nobs)``."""
+        from hierlmm.inference.simulate import simulate
+
+        return simulate(self, n=n, random_seed=random_seed)
+
     # ---------------------------------------------------------------------- printing
     def summary(self):
         """lme4-style summary; prints as text, renders as HTML in a notebook."""

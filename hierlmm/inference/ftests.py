@@ -1,0 +1,99 @@
+"""t tests of each coefficient and F tests of each term, with lmerTest's choices of df."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hierlmm.errors import HierlmmError
+
+__all__ = ["coef_table", "anova_table"]
+
+_DDF = {"satterthwaite": "satterthwaite", "kenward-roger": "kenward-roger", "kr": "kenward-roger",
+        "kenward_roger": "kenward-roger", "asymptotic": "asymptotic", "wald": "asymptotic"}
+
+
+def _ddf(ddf: str) -> str:
+    try:
+        return _DDF[str(ddf).lower()]
+    except KeyError:
+        raise HierlmmError(f"ddf must be 'satterthwaite', 'kenward-roger' or 'asymptotic', got {ddf!r}") from None
+
+
+def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """Estimate, standard error, df, t and p for every fixed effect.
+
+    Parameters
+    ----------
+    ddf : {"satterthwaite", "kenward-roger", "asymptotic"}
+        Satterthwaite df as lmerTest; Kenward–Roger (adjusted SE and df, as pbkrtest);
+        or asymptotic (columns ``z`` and a normal p-value, df = inf).
+    """
+    ddf = _ddf(ddf)
+    names = list(fit.fixef.index)
+    beta = fit.fixef.to_numpy()
+    p = len(names)
+    rows = []
+    if ddf == "asymptotic":
+        se = fit.se.to_numpy()
+        z = beta / se
+        return pd.DataFrame({"estimate": beta, "se": se, "df": np.inf, "z": z,
+                             "p": 2 * stats.norm.sf(np.abs(z))}, index=names)
+    if ddf == "satterthwaite":
+        from hierlmm.inference.satterthwaite import contest1d, varpar_covariance
+
+        vc = varpar_covariance(fit)
+        for j in range(p):
+            rows.append(contest1d(vc, np.eye(p)[j]))
+    else:
+        from hierlmm.inference.kenward_roger import kr_adjust, lb_ddf
+
+        kr = kr_adjust(fit)
+        for j in range(p):
+            L = np.eye(p)[j]
+            se = np.sqrt(kr.vcov_adj[j, j])
+            df = lb_ddf(L, kr)
+            t = beta[j] / se
+            rows.append({"estimate": beta[j], "se": se, "df": df, "t": t, "p": 2 * stats.t.sf(abs(t), df)})
+    return pd.DataFrame(rows, index=names)[["estimate", "se", "df", "t", "p"]]
+
+
+def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
+    """F test of every fixed-effects term (lmerTest's ``anova``).
+
+    Parameters
+    ----------
+    type : {3, 1}
+        Type III (each term adjusted for all others, lmerTest's contrasts) or Type I
+        (sequential).
+    ddf : {"satterthwaite", "kenward-roger"}
+    """
+    from hierlmm.inference.contrasts import contrasts_type1, contrasts_type3
+
+    ddf = _ddf(ddf)
+    if type in (3, "3", "III"):
+        Ls = contrasts_type3(fit.design)
+    elif type in (1, "1", "I"):
+        Ls = contrasts_type1(fit.design)
+    else:
+        raise HierlmmError(f"type must be 1 or 3, got {type!r}")
+    if ddf == "satterthwaite":
+        from hierlmm.inference.satterthwaite import contestmd, varpar_covariance
+
+        vc = varpar_covariance(fit)
+        test = lambda L: contestmd(vc, L)  # noqa: E731
+    elif ddf == "kenward-roger":
+        from hierlmm.inference.kenward_roger import kr_test
+
+        test = lambda L: kr_test(fit, L)  # noqa: E731
+    else:
+        raise HierlmmError("anova needs ddf='satterthwaite' or 'kenward-roger'")
+    rows = {term: test(L) for term, L in Ls.items() if L.size}
+    cols = ["sum_sq", "mean_sq", "num_df", "den_df", "F", "p"]
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if out.empty:
+        return pd.DataFrame(columns=cols)
+    out = out[cols]
+    out.attrs["title"] = f"Type {'III' if type in (3, '3', 'III') else 'I'} Analysis of Variance Table with {ddf.title()}'s method"
+    return out

@@ -1,0 +1,184 @@
+"""Kenward–Roger: the adjusted covariance of β̂ and the denominator degrees of freedom.
+
+As pbkrtest's ``vcovAdj`` and ``Lb_ddf``. The marginal covariance is written linearly in the
+variance components ``γ`` (every entry of each D, then σ²): ``Σ = Σ_i γ_i G_i``, with
+``G = Z_a Z_b' + Z_b Z_a'`` for the covariance of columns a, b of a term (``Z_a Z_a'`` for a
+variance) and ``I`` for σ². With ``Φ = (X'Σ⁻¹X)⁻¹``,
+``P_i = −X'Σ⁻¹G_iΣ⁻¹X``, ``Q_ij = X'Σ⁻¹G_iΣ⁻¹G_jΣ⁻¹X`` and the expected information
+``I_ij = tr(Σ⁻¹G_iΣ⁻¹G_j) − 2 tr(ΦQ_ij) + tr(ΦP_iΦP_j)`` (halved), ``W = 2 I⁻¹`` and
+
+.. math:: Φ_A = Φ + 2Φ \\Big[\\sum_{ij} W_{ij}(Q_{ij} − P_iΦP_j)\\Big]Φ .
+
+All sums over observations are taken block by block over independent groups of rows (the
+connected components of the grouping factors), with small dense matrices: no ``n x n``
+matrix is formed unless the design is one block (fully crossed), which is refused above
+``MAX_BLOCK`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import stats
+from scipy.sparse.csgraph import connected_components
+
+from hierlmm.errors import HierlmmError
+
+__all__ = ["KRAdjustment", "kr_adjust", "lb_ddf", "independent_blocks"]
+
+MAX_BLOCK = 4000
+
+
+def independent_blocks(design) -> np.ndarray:
+    """Label of the block of independent rows each observation belongs to."""
+    offsets = np.cumsum([0] + [t.m for t in design.terms])
+    rows, cols = [], []
+    first = design.terms[0].codes + offsets[0]
+    for t, off in zip(design.terms[1:], offsets[1:]):
+        rows.append(first)
+        cols.append(t.codes + off)
+    total = offsets[-1]
+    if rows:
+        r, c = np.concatenate(rows), np.concatenate(cols)
+        adj = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(total, total))
+    else:
+        adj = sp.coo_matrix((total, total))
+    _, labels = connected_components(adj, directed=False)
+    return labels[first]
+
+
+@dataclass
+class KRAdjustment:
+    """pbkrtest's ``vcovAdj``: the adjusted covariance with its ``P`` and ``W``."""
+
+    vcov_adj: np.ndarray
+    vcov: np.ndarray
+    P: list
+    W: np.ndarray
+
+
+def _components(fit):
+    """Per term: the D entries (γ) and the coefficient pairs they multiply."""
+    gammas, pairs = [], []
+    for ti, (t, D) in enumerate(zip(fit.design.terms, fit.covariance_matrices().values())):
+        Dm = D.to_numpy()
+        for a in range(t.k):
+            for b in range(a, t.k):
+                gammas.append(Dm[a, b])
+                pairs.append((ti, a, b))
+    gammas.append(fit.sigma**2)
+    return np.array(gammas), pairs
+
+
+def kr_adjust(fit) -> KRAdjustment:
+    """The Kenward–Roger adjusted ``Var(β̂)`` of a fit (cached on the fit)."""
+    cached = getattr(fit, "_kr_cache", None)
+    if cached is not None:
+        return cached
+    design = fit.design
+    X = design.X
+    p = X.shape[1]
+    gammas, pairs = _components(fit)
+    ng = len(gammas)
+    labels = independent_blocks(design)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    blocks = np.split(order, bounds)
+    largest = max(len(b) for b in blocks)
+    if largest > MAX_BLOCK:
+        raise HierlmmError(
+            f"Kenward-Roger needs dense matrices of each block of correlated rows; the largest "
+            f"block here has {largest} rows (> {MAX_BLOCK}): use ddf='satterthwaite'"
+        )
+    XtSiX = np.zeros((p, p))
+    PP = np.zeros((ng, p, p))
+    QQ = np.zeros((ng, ng, p, p))
+    K = np.zeros((ng, ng))
+    for rows in blocks:
+        nb = len(rows)
+        Gs = []
+        for ti, a, b in pairs:
+            t = design.terms[ti]
+            codes = t.codes[rows]
+            same = codes[:, None] == codes[None, :]
+            za, zb = t.Z[rows, a], t.Z[rows, b]
+            G = np.outer(za, zb) * same
+            if a != b:
+                G = G + G.T
+            Gs.append(G)
+        Gs.append(np.eye(nb))
+        Sigma = sum(g * G for g, G in zip(gammas, Gs))
+        Si = np.linalg.inv(Sigma)
+        Xb = X[rows]
+        TT = Si @ Xb
+        XtSiX += Xb.T @ TT
+        HH = [G @ Si for G in Gs]
+        OO = [H @ Xb for H in HH]
+        for r in range(ng):
+            PP[r] -= OO[r].T @ TT
+            OrSi = OO[r].T @ Si
+            for s in range(r, ng):
+                QQ[r, s] += OrSi @ OO[s]
+                K[r, s] += np.sum(HH[r].T * HH[s])
+    Phi = np.linalg.inv(XtSiX)
+    IE2 = np.zeros((ng, ng))
+    for i in range(ng):
+        PhiPi = Phi @ PP[i]
+        for j in range(i, ng):
+            IE2[i, j] = IE2[j, i] = K[i, j] - 2 * np.sum(Phi * QQ[i, j]) + np.sum(PhiPi * (PP[j] @ Phi))
+    ev = np.linalg.eigvalsh(IE2)
+    W = 2 * (np.linalg.inv(IE2) if np.min(np.abs(ev)) > 1e-10 else np.linalg.pinv(IE2))
+    U = np.zeros((p, p))
+    for i in range(ng - 1):
+        for j in range(i + 1, ng):
+            U += W[i, j] * (QQ[i, j] - PP[i] @ Phi @ PP[j])
+    U = U + U.T
+    for i in range(ng):
+        U += W[i, i] * (QQ[i, i] - PP[i] @ Phi @ PP[i])
+    out = KRAdjustment(vcov_adj=Phi + 2 * Phi @ U @ Phi, vcov=Phi, P=list(PP), W=W)
+    fit._kr_cache = out
+    return out
+
+
+def lb_ddf(L: np.ndarray, kr: KRAdjustment) -> float:
+    """pbkrtest's ``Lb_ddf``: Kenward–Roger denominator df for the hypothesis ``Lβ = 0``."""
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    V0 = kr.vcov
+    Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
+    ThetaV0 = Theta @ V0
+    A1 = A2 = 0.0
+    n = len(kr.P)
+    us = [ThetaV0 @ P @ V0 for P in kr.P]
+    for i in range(n):
+        for j in range(i, n):
+            e = 1.0 if i == j else 2.0
+            A1 += e * kr.W[i, j] * np.trace(us[i]) * np.trace(us[j])
+            A2 += e * kr.W[i, j] * np.sum(us[i] * us[j].T)
+    q = np.linalg.matrix_rank(L)
+    B = (A1 + 6 * A2) / (2 * q)
+    g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+    den = 3 * q + 2 * (1 - g)
+    c1, c2, c3 = g / den, (q - g) / den, (q + 2 - g) / den
+    V0_ = 1 + c1 * B
+    V1 = 1 - c2 * B
+    V2 = 1 - c3 * B
+    V0_ = 0.0 if abs(V0_) < 1e-10 else V0_
+    ratio = 1.0 if abs(1 - A2 / q) < 1e-14 and abs(V1) < 1e-14 else (1 - A2 / q) / V1
+    rho = ratio**2 * V0_ / V2 / q
+    return float(4 + (q + 2) / (q * rho - 1))
+
+
+def kr_test(fit, L: np.ndarray) -> dict:
+    """F (or t) test of ``Lβ = 0`` with the adjusted covariance and KR's df (as lmerTest)."""
+    kr = kr_adjust(fit)
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    beta = np.asarray(fit.fixef, dtype=float)
+    x = L @ beta
+    q = L.shape[0]
+    F = float(x @ np.linalg.solve(L @ kr.vcov_adj @ L.T, x) / q)
+    ddf = lb_ddf(L, kr)
+    mean_sq = F * fit.sigma**2
+    return {"sum_sq": mean_sq * q, "mean_sq": mean_sq, "num_df": q, "den_df": ddf, "F": F,
+            "p": float(stats.f.sf(F, q, ddf))}

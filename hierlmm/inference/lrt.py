@@ -1,0 +1,174 @@
+"""Likelihood-ratio tests: ``hl.anova(fit1, fit2, ...)`` and ``fit.ranova()``.
+
+A variance component tested at zero lies on the boundary of the parameter space, so the
+LRT statistic is not χ²(df) under the null. When the removed random effects are a
+subvector whose covariance block is independent of the rest (dropping a whole scalar term,
+or the last effect of a correlated term), the null distribution is the mixture
+``½χ²(df−1) + ½χ²(df)`` (Self & Liang 1987; Stram & Lee 1994), with ``χ²(0)`` the point
+mass at 0. ``p_mixture`` reports it; the naive ``p`` (χ²(df)) is conservative. The mixture
+is not valid for other reductions (e.g. removing an effect from the middle of a correlated
+term with three or more effects, or several terms at once).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from hierlmm.errors import HierlmmError, HierlmmWarning
+
+__all__ = ["anova", "ranova", "chibar_pvalue", "lm_loglik"]
+
+
+class RefitWarning(HierlmmWarning):
+    """REML fits were refitted by ML before a likelihood-ratio comparison (lme4's refit)."""
+
+
+def chibar_pvalue(stat: float, df: int) -> float:
+    """``½ P(χ²(df−1) ≥ x) + ½ P(χ²(df) ≥ x)``, with χ²(0) a point mass at 0."""
+    from scipy import stats
+
+    lower = (1.0 if stat <= 0 else 0.0) if df - 1 == 0 else stats.chi2.sf(stat, df - 1)
+    return float(0.5 * lower + 0.5 * stats.chi2.sf(stat, df))
+
+
+def lm_loglik(y: np.ndarray, X: np.ndarray, reml: bool) -> float:
+    """Log-likelihood of the linear model without random effects (REML as lme4 defines it)."""
+    n, p = X.shape
+    Q, R = np.linalg.qr(X)
+    resid = y - Q @ (Q.T @ y)
+    r2 = float(resid @ resid)
+    if reml:
+        return -0.5 * ((n - p) * (1 + np.log(2 * np.pi * r2 / (n - p))) + 2 * np.sum(np.log(np.abs(np.diag(R)))))
+    return -0.5 * n * (1 + np.log(2 * np.pi * r2 / n))
+
+
+def _refit_ml(fit):
+    return fit.model.fit(method="ML") if fit.method == "REML" else fit
+
+
+def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
+    """Likelihood-ratio comparison of nested models (lme4's ``anova(m1, m2, ...)``).
+
+    Parameters
+    ----------
+    *fits : LMMResult
+        Fitted to the same data. Ordered by number of parameters in the table.
+    refit : bool
+        REML fits are refitted by ML first (with a warning), as lme4's ``refit = TRUE``:
+        REML likelihoods of models with different fixed effects are not comparable. With
+        ``refit=False`` REML likelihoods are used, which is allowed only when every model
+        has the same fixed-effects design.
+    names : list of str, optional
+        Row labels; ``model1``, ``model2``, ... by default.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``npar, aic, bic, loglik, deviance, chisq, df, p``.
+    """
+    from scipy import stats
+
+    if len(fits) < 2:
+        raise HierlmmError("anova needs at least two fitted models to compare")
+    nobs = {f.nobs for f in fits}
+    if len(nobs) > 1:
+        raise HierlmmError(
+            "models were not all fitted to the same data: numbers of observations "
+            f"{', '.join(str(f.nobs) for f in fits)}; compare models fitted to the same rows"
+        )
+    ys = [f.design.y for f in fits]
+    if any(not np.array_equal(ys[0], y) for y in ys[1:]):
+        raise HierlmmError("models were fitted to different responses; compare models of the same data")
+    names = list(names) if names is not None else [f"model{i + 1}" for i in range(len(fits))]
+    if refit and any(f.method == "REML" for f in fits):
+        warnings.warn("refitting model(s) with ML (instead of REML)", RefitWarning, stacklevel=2)
+        fits = [_refit_ml(f) for f in fits]
+    elif not refit:
+        methods = {f.method for f in fits}
+        if methods == {"REML"}:
+            X0 = fits[0].design.X
+            if any(f.design.X.shape != X0.shape or not np.allclose(f.design.X, X0) for f in fits[1:]):
+                raise HierlmmError(
+                    "REML likelihoods of models with different fixed effects are not comparable; "
+                    "use refit=True (ML) to compare them"
+                )
+        elif len(methods) > 1:
+            raise HierlmmError("cannot compare REML and ML likelihoods; use refit=True")
+    order = sorted(range(len(fits)), key=lambda i: fits[i].df_model)
+    rows = []
+    prev = None
+    for i in order:
+        f = fits[i]
+        row = {"npar": f.df_model, "aic": f.aic, "bic": f.bic, "loglik": f.loglik,
+               "deviance": -2 * f.loglik, "chisq": np.nan, "df": np.nan, "p": np.nan}
+        if prev is not None:
+            chisq = 2 * (f.loglik - prev.loglik)
+            df = f.df_model - prev.df_model
+            row.update(chisq=chisq, df=df, p=stats.chi2.sf(chisq, df) if df > 0 else np.nan)
+        rows.append(row)
+        prev = f
+    out = pd.DataFrame(rows, index=[names[i] for i in order])
+    out.attrs["formulas"] = {names[i]: fits[i].design.parsed.formula for i in order}
+    return out
+
+
+def _reductions(parsed):
+    """lmerTest's ``ranova`` reductions: (label, list of remaining random-term strings)."""
+    from formulaic import Formula
+
+    specs = list(parsed.random)
+    text = [f"({s.expr} | {s.group})" for s in specs]
+    out = []
+    for i, s in enumerate(specs):
+        terms = [str(t) for t in Formula(s.expr)]
+        has_int = "1" in terms
+        others = [t for t in terms if t != "1"]
+        if has_int and others or len(others) > 1:
+            for t in others:
+                keep = [u for u in others if u != t]
+                expr = " + ".join((["1"] if has_int else ["0"]) + keep)
+                out.append((f"{t} in {text[i]}", text[:i] + [f"({expr} | {s.group})"] + text[i + 1:]))
+        else:
+            out.append((text[i], text[:i] + text[i + 1:]))
+    return out
+
+
+def ranova(fit) -> pd.DataFrame:
+    """Reduce each random-effects term in turn and test by LRT (lmerTest's ``ranova``).
+
+    A term with several effects, ``(1 + x | g)``, loses one effect at a time
+    (``x in (1 + x | g)`` fits ``(1 | g)``); a term with one effect is removed. The
+    likelihood is the fit's (REML or ML): the fixed effects do not change.
+
+    Returns
+    -------
+    DataFrame
+        Rows ``<none>`` then one per reduction; columns ``npar, loglik, aic, lrt, df, p,
+        p_mixture`` (the χ̄² p-value, see the module docstring for when it is valid).
+    """
+    from scipy import stats
+
+    import hierlmm as hl
+
+    parsed = fit.design.parsed
+    reml = fit.method == "REML"
+    rows = {"<none>": {"npar": fit.df_model, "loglik": fit.loglik, "aic": fit.aic,
+                       "lrt": np.nan, "df": np.nan, "p": np.nan, "p_mixture": np.nan}}
+    for label, remaining in _reductions(parsed):
+        if remaining:
+            formula = f"{parsed.response} ~ {parsed.fixed} + " + " + ".join(remaining)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", hl.SingularFitWarning)
+                sub = hl.LMM(formula, fit.model.data).fit(method=fit.method)
+            ll, npar = sub.loglik, sub.df_model
+        else:
+            ll = lm_loglik(fit.design.y, fit.design.X, reml)
+            npar = fit.design.p + 1
+        lrt = max(2 * (fit.loglik - ll), 0.0)
+        df = fit.df_model - npar
+        rows[label] = {"npar": npar, "loglik": ll, "aic": -2 * ll + 2 * npar, "lrt": lrt, "df": df,
+                       "p": stats.chi2.sf(lrt, df), "p_mixture": chibar_pvalue(lrt, df)}
+    return pd.DataFrame.from_dict(rows, orient="index")

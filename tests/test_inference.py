@@ -1,0 +1,232 @@
+"""lmerTest / pbkrtest / lme4 inference reproduced against tests/reference (from R).
+
+Tolerances are the inference issue's: Satterthwaite df 2e-3 relative, p-values 1% relative
+(for p < 1e-10, where a relative error of 1e-5 in lme4's own θ moves p by more than 1%,
+log10(p) within 1%), KR SE and df 2e-3, profile intervals 1% of the interval width.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hierlmm as hl
+from conftest import load_ref, r_name
+
+SATT = [m for m in ("sleepstudy_slope_reml", "sleepstudy_int_reml", "sleepstudy_uncorr_reml", "orthodont_ort4_reml",
+                    "orthodont_ort6_reml", "orthodont_ort7_reml", "oats_splitplot_reml", "mathach_ses_reml")]
+
+
+def close_p(ours, theirs):
+    if theirs < 1e-10:
+        return abs(np.log10(ours) / np.log10(theirs) - 1) < 0.01
+    return abs(ours / theirs - 1) < 0.01
+
+
+@pytest.mark.parametrize("name", SATT)
+def test_satterthwaite_coefficients(fit_ref, name):
+    fit, ref = fit_ref(name)
+    ct = fit.coef_table().rename(index=r_name)
+    s = ref["satterthwaite"]
+    assert list(ct.columns) == ["estimate", "se", "df", "t", "p"]
+    for k in s["df"]:
+        assert ct.loc[k, "df"] == pytest.approx(s["df"][k], rel=2e-3), k
+        assert ct.loc[k, "t"] == pytest.approx(s["t"][k], rel=2e-3), k
+        assert close_p(ct.loc[k, "p"], s["p"][k]), (k, ct.loc[k, "p"], s["p"][k])
+
+
+@pytest.mark.parametrize("name", SATT)
+def test_kenward_roger_coefficients(fit_ref, name):
+    fit, ref = fit_ref(name)
+    ct = fit.coef_table(ddf="kenward-roger").rename(index=r_name)
+    kr = ref["kenward_roger"]
+    for k in kr["df"]:
+        assert ct.loc[k, "se"] == pytest.approx(kr["se"][k], rel=2e-3), k
+        assert ct.loc[k, "df"] == pytest.approx(kr["df"][k], rel=2e-3), k
+        assert close_p(ct.loc[k, "p"], kr["p"][k]), k
+
+
+@pytest.mark.parametrize("ddf, key", [("satterthwaite", "anova_Satterthwaite"), ("kenward-roger", "anova_KenwardRoger")])
+@pytest.mark.parametrize("name", SATT)
+def test_type3_anova(fit_ref, name, ddf, key):
+    fit, ref = fit_ref(name)
+    table = fit.anova(type=3, ddf=ddf)
+    a = ref[key]
+    assert list(table.columns) == ["sum_sq", "mean_sq", "num_df", "den_df", "F", "p"]
+    assert list(table.index) == a["terms"]
+    np.testing.assert_array_equal(table.num_df, a["NumDF"])
+    np.testing.assert_allclose(table.F, a["F"], rtol=2e-3)
+    np.testing.assert_allclose(table.den_df, a["DenDF"], rtol=2e-3)
+    np.testing.assert_allclose(table.sum_sq, a["SumSq"], rtol=2e-3)
+    np.testing.assert_allclose(table.mean_sq, a["MeanSq"], rtol=2e-3)
+    for ours, theirs in zip(table.p, a["p"]):
+        assert close_p(ours, theirs)
+
+
+def test_orthodont_ddf_as_the_seed_shows(fit_ref):
+    fit, _ = fit_ref("orthodont_ort4_reml")
+    np.testing.assert_allclose(fit.anova().den_df, [79.0, 103.99, 79.0], atol=6e-3)
+
+
+def test_type1_last_term_equals_type3(fit_ref):
+    """A property: the sequential test of the last term adjusts it for all others."""
+    fit, _ = fit_ref("orthodont_ort4_reml")
+    t1, t3 = fit.anova(type=1), fit.anova(type=3)
+    assert t1.loc["age:Sex", "F"] == pytest.approx(t3.loc["age:Sex", "F"], rel=1e-10)
+    assert t1.loc["age:Sex", "den_df"] == pytest.approx(t3.loc["age:Sex", "den_df"], rel=1e-8)
+    # and the first term's Type I test differs (it is not adjusted for Sex and age:Sex)
+    assert t1.loc["age", "F"] != pytest.approx(t3.loc["age", "F"], rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["orthodont_random_structure_lrt", "sleepstudy_fixed_lrt"])
+def test_likelihood_ratio_tables(name):
+    ref = load_ref(name)
+    df = hl.datasets.load(ref["data"])
+    fits = [hl.LMM(f, df).fit() for f in ref["formulas"]]
+    with pytest.warns(hl.HierlmmWarning, match="refitting"):
+        table = hl.anova(*fits[::-1])  # any order in, ordered by npar out
+    assert list(table.columns) == ["npar", "aic", "bic", "loglik", "deviance", "chisq", "df", "p"]
+    np.testing.assert_array_equal(table.npar, ref["npar"])
+    np.testing.assert_allclose(table.aic, ref["AIC"], rtol=1e-6)
+    np.testing.assert_allclose(table.bic, ref["BIC"], rtol=1e-6)
+    np.testing.assert_allclose(table.loglik, ref["logLik"], rtol=1e-6)
+    np.testing.assert_allclose(table.deviance, ref["deviance"], rtol=1e-6)
+    np.testing.assert_allclose(table.chisq.iloc[1:], ref["Chisq"][1:], rtol=1e-3)
+    np.testing.assert_array_equal(table.df.iloc[1:], ref["Df"][1:])
+    np.testing.assert_allclose(table.p.iloc[1:], ref["p"][1:], rtol=1e-2)
+
+
+def test_anova_refuses_different_data():
+    df = hl.datasets.load("sleepstudy")
+    a = hl.LMM("Reaction ~ Days + (1 | Subject)", df).fit()
+    b = hl.LMM("Reaction ~ Days + (1 | Subject)", df.iloc[:170]).fit()
+    with pytest.raises(hl.HierlmmError, match="same data.*180, 170"):
+        hl.anova(a, b)
+
+
+def test_anova_reml_without_refit():
+    df = hl.datasets.load("sleepstudy")
+    a = hl.LMM("Reaction ~ Days + (1 | Subject)", df).fit()
+    b = hl.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+    table = hl.anova(a, b, refit=False)  # same fixed effects: REML likelihoods allowed
+    assert table.loglik.iloc[1] == pytest.approx(b.loglik)
+    c = hl.LMM("Reaction ~ 1 + (Days | Subject)", df).fit()
+    with pytest.raises(hl.HierlmmError, match="not comparable"):
+        hl.anova(c, b, refit=False)
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_slope_reml", "orthodont_ort4_reml"])
+def test_ranova(fit_ref, name):
+    fit, ref = fit_ref(name)
+    table = fit.ranova()
+    r = ref["ranova"]
+    assert list(table.index) == r["terms"]
+    np.testing.assert_allclose(table.loglik, r["logLik"], rtol=1e-7)
+    np.testing.assert_allclose(table.lrt.iloc[1:], r["LRT"][1:], rtol=1e-5)
+    np.testing.assert_array_equal(table.df.iloc[1:], r["Df"][1:])
+    for ours, theirs in zip(table.p.iloc[1:], r["p"][1:]):
+        assert close_p(ours, theirs)
+    # the mixture halves the p-value of a 1-df test and is below the naive p otherwise
+    assert (table.p_mixture.iloc[1:] < table.p.iloc[1:]).all()
+
+
+def test_chibar_mixture_by_simulation():
+    """Under H0 (no random intercept) the χ̄² test holds its level; naive χ²(1) is conservative."""
+    rng = np.random.default_rng(20261125)
+    ng, per, nsim = 40, 5, 600
+    g = np.repeat(np.arange(ng), per)
+    x = rng.normal(size=ng * per)
+    mix, naive = [], []
+    from hierlmm.inference.lrt import lm_loglik
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        for _ in range(nsim):
+            df = pd.DataFrame({"y": 1 + x + rng.normal(size=ng * per), "x": x, "g": g.astype(str)})
+            fit = hl.LMM("y ~ x + (1 | g)", df).fit(method="ML")
+            stat = max(2 * (fit.loglik - lm_loglik(fit.design.y, fit.design.X, reml=False)), 0)
+            mix.append(hl.inference.chibar_pvalue(stat, 1) < 0.05)
+            naive.append(__import__("scipy").stats.chi2.sf(stat, 1) < 0.05)
+    se = np.sqrt(0.05 * 0.95 / nsim)
+    assert abs(np.mean(mix) - 0.05) < 4 * se
+    assert np.mean(naive) < 0.05 - 2 * se
+
+
+@pytest.mark.parametrize("name", [m for m in ("sleepstudy_slope_reml", "sleepstudy_int_reml", "orthodont_ort4_reml",
+                                              "penicillin_crossed_reml", "pastes_nested_reml", "dyestuff_reml", "rail_reml")])
+def test_profile_confint(fit_ref, name):
+    fit, ref = fit_ref(name)
+    ci = fit.confint(method="profile").rename(index=r_name)
+    cp = ref["confint_profile"]
+    assert list(ci.index) == cp["names"]
+    width = np.asarray(cp["upper"]) - np.asarray(cp["lower"])
+    np.testing.assert_array_less(np.abs(ci.lower.to_numpy() - cp["lower"]), 0.01 * width)
+    np.testing.assert_array_less(np.abs(ci.upper.to_numpy() - cp["upper"]), 0.01 * width)
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_slope_reml", "orthodont_ort4_reml", "dyestuff_reml"])
+def test_wald_confint(fit_ref, name):
+    fit, ref = fit_ref(name)
+    ci = fit.confint(method="wald").rename(index=r_name)
+    cw = ref["confint_wald"]
+    assert list(ci.index) == cw["names"]
+    for n, lo, hi in zip(cw["names"], cw["lower"], cw["upper"]):
+        if lo is None:
+            assert np.isnan(ci.loc[n, "lower"]) and np.isnan(ci.loc[n, "upper"])
+        else:
+            assert ci.loc[n, "lower"] == pytest.approx(lo, abs=1e-3 * (hi - lo))
+            assert ci.loc[n, "upper"] == pytest.approx(hi, abs=1e-3 * (hi - lo))
+
+
+def test_bootstrap_confint_reproducible(fit_ref):
+    fit, _ = fit_ref("dyestuff_reml")
+    a = fit.confint(method="bootstrap", n_boot=40, random_seed=3, progressbar=False)
+    b = fit.confint(method="bootstrap", n_boot=40, random_seed=3, progressbar=False, n_jobs=2)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a.lower <= a.upper).all()
+    assert a.loc["(Intercept)", "lower"] < fit.fixef.iloc[0] < a.loc["(Intercept)", "upper"]
+
+
+def test_simulate_moments(fit_ref):
+    """Draws have mean Xβ̂ and covariance V = ZDZ' + σ²I (checked within Monte Carlo error)."""
+    fit, _ = fit_ref("dyestuff_reml")
+    ys = fit.simulate(4000, random_seed=1)
+    mu = fit.fitted("marginal").to_numpy()
+    tau2 = fit.varcorr.vcov.iloc[0]
+    var = tau2 + fit.sigma**2
+    se_mean = np.sqrt(var / len(ys))
+    np.testing.assert_array_less(np.abs(ys.mean(axis=0) - mu), 4.5 * se_mean)
+    same = np.corrcoef(ys[:, 0], ys[:, 1])[0, 1]  # two rows of batch A
+    other = np.corrcoef(ys[:, 0], ys[:, 5])[0, 1]  # batch A and batch B
+    assert same == pytest.approx(tau2 / var, abs=4.5 / np.sqrt(len(ys)))
+    assert other == pytest.approx(0, abs=4.5 / np.sqrt(len(ys)))
+
+
+def test_summary_shows_satterthwaite(fit_ref):
+    fit, _ = fit_ref("sleepstudy_slope_reml")
+    text = str(fit.summary())
+    assert "Pr(>|t|)" in text and "3.26e-06" in text and " df " in text
+
+
+def test_asymptotic_table(fit_ref):
+    fit, _ = fit_ref("sleepstudy_slope_reml")
+    ct = fit.coef_table("asymptotic")
+    assert list(ct.columns) == ["estimate", "se", "df", "z", "p"]
+    with pytest.raises(hl.HierlmmError, match="ddf"):
+        fit.coef_table("containment")
+
+
+def test_orthodont_aic_bic_table_one_call_away():
+    """The seed's ML comparison of four random-effects structures: one hl.anova call."""
+    names = ["orthodont_a_ml", "orthodont_bx_ml", "orthodont_abx_uncorr_ml", "orthodont_abx_ml"]
+    refs = [load_ref(n) for n in names]
+    df = hl.datasets.load("Orthodont")
+    fits = [hl.LMM(r["formula"], df).fit(method="ML") for r in refs]
+    table = hl.anova(*fits, names=names)
+    for n, r in zip(names, refs):
+        assert table.loc[n, "aic"] == pytest.approx(r["AIC"], abs=1e-4)
+        assert table.loc[n, "bic"] == pytest.approx(r["BIC"], abs=1e-4)
+        assert table.loc[n, "loglik"] == pytest.approx(r["logLik"], abs=1e-4)
