@@ -25,6 +25,21 @@ from hierlmm.errors import (
 )
 from hierlmm.formula import parse_formula
 from hierlmm.inference.lrt import anova
+
+
+def compare(fit, post, mode=None):
+    """REML/ML estimates beside the posterior; see :func:`hierlmm.bayes.compare.compare`."""
+    from hierlmm.bayes.compare import compare as _compare
+
+    return _compare(fit, post, mode=mode)
+
+
+def compare_ranef(fit, post, level: float = 0.95):
+    """Plug-in vs full posterior of each b_i; see :func:`hierlmm.bayes.compare.compare_ranef`."""
+    from hierlmm.bayes.compare import compare_ranef as _compare_ranef
+
+    return _compare_ranef(fit, post, level=level)
+
 from hierlmm.model import LMM
 from hierlmm.optimize import optimize_theta
 from hierlmm.results import LMMResult
@@ -35,6 +50,8 @@ __all__ = [
     "LMM",
     "LMMResult",
     "anova",
+    "compare",
+    "compare_ranef",
     "Design",
     "Deviance",
     "build_design",

@@ -103,6 +103,43 @@ class LMM:
             warn_messages(opt.messages, stacklevel=3)
         return fit
 
+    def sample(self, prior="flat", sampler: str = "collapsed", draws: int = 1000, tune: int = 1000,
+               chains: int = 2, random_seed=None, progressbar: bool = True, **nuts_kwargs):
+        """Sample the posterior of (β, b, σ², D) with NUTS (nutpie); needs the ``bayes`` extra.
+
+        Parameters
+        ----------
+        prior : {"flat", "flat_sd"} or hierlmm.bayes.WeaklyInformative
+            ``"flat"``: p(β, σ², D) ∝ 1 (D over the PSD cone), under which the marginal
+            posterior of (σ², D) is ∝ the REML likelihood; ``"flat_sd"``: flat on σ and the
+            SDs, uniform correlations. Improper posteriors are refused (Hobert & Casella).
+        sampler : {"collapsed", "hierarchical"}
+            ``"collapsed"`` (default): NUTS over (σ², D) only, β and b drawn exactly given
+            each draw; ``"hierarchical"``: the model as stated, non-centred.
+        draws, tune, chains, random_seed, progressbar
+            As PyMC's; further keyword arguments go to ``nutpie.sample``.
+
+        Returns
+        -------
+        hierlmm.bayes.posterior.Posterior
+            ``.idata`` (ArviZ DataTree) and ``.summary()``.
+        """
+        from hierlmm.bayes.sample import sample
+
+        return sample(self, prior=prior, sampler=sampler, draws=draws, tune=tune, chains=chains,
+                      random_seed=random_seed, progressbar=progressbar, **nuts_kwargs)
+
+    def posterior_mode(self, prior="flat", beta_prior_sd: float | None = None, joint: bool = False):
+        """Mode of the marginal posterior of (σ², D) (β integrated out), found numerically.
+
+        ``beta_prior_sd=s`` integrates β ~ N(0, s²I) instead of a flat β: as s grows the mode
+        tends to REML. ``joint=True`` gives the joint mode of (β, σ², D) under flat priors,
+        which is the ML estimate. See :mod:`hierlmm.bayes.mode`.
+        """
+        from hierlmm.bayes.mode import posterior_mode
+
+        return posterior_mode(self, prior=prior, beta_prior_sd=beta_prior_sd, joint=joint)
+
     def __repr__(self) -> str:
         d = self.design
         return (

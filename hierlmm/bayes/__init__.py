@@ -1,0 +1,25 @@
+"""The Bayesian side: MCMC under flat priors (PyMC + nutpie, ArviZ), posterior modes.
+
+==================  =============================================================
+file                what
+==================  =============================================================
+``priors.py``       flat / flat_sd / weakly informative priors; the log-Jacobian
+``propriety.py``    Hobert & Casella's condition for improper priors
+``collapsed.py``    NUTS over (σ², D) with β, b integrated out; exact draws of β, b
+``hierarchical.py`` the model as stated, non-centred, in PyMC
+``sample.py``       ``LMM.sample``: runs nutpie, assembles the posterior
+``posterior.py``    ``Posterior``: ArviZ DataTree, summary, convergence checks
+``mode.py``         posterior modes: REML as a limit, ML as the joint mode
+``compare.py``      ``hl.compare``, ``hl.compare_ranef``
+==================  =============================================================
+
+PyMC, PyTensor, nutpie and ArviZ are imported only when sampling.
+"""
+
+from hierlmm.bayes.compare import compare, compare_ranef
+from hierlmm.bayes.mode import PosteriorMode, posterior_mode
+from hierlmm.bayes.priors import WeaklyInformative
+from hierlmm.bayes.propriety import ImproperPosteriorError, check_propriety
+
+__all__ = ["compare", "compare_ranef", "posterior_mode", "PosteriorMode", "WeaklyInformative",
+           "ImproperPosteriorError", "check_propriety"]

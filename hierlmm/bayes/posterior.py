@@ -1,0 +1,152 @@
+"""The result of ``model.sample(...)``: draws as an ArviZ DataTree, and their summary."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from hierlmm.errors import ConvergenceWarning
+
+__all__ = ["Posterior", "assemble"]
+
+RHAT_MAX, ESS_MIN = 1.01, 400
+
+
+class Posterior:
+    """Posterior draws of a linear mixed model.
+
+    Attributes
+    ----------
+    idata : xarray.DataTree
+        ArviZ data: group ``posterior`` with ``beta`` (dim ``coef``), ``sigma``, ``sigma2``,
+        and per random-effects term ``LABEL`` the variables ``var_LABEL``, ``sd_LABEL``
+        (dim ``LABEL_term``), ``cov_LABEL``/``corr_LABEL`` (dims ``LABEL_term``,
+        ``LABEL_term_``), ``b_LABEL`` (dims ``LABEL_level``, ``LABEL_term``); plus
+        ``sample_stats`` and ``observed_data``.
+    model : LMM
+    prior, sampler : str
+    """
+
+    def __init__(self, idata, model, prior, sampler, layout=None):
+        self.idata = idata
+        self.model = model
+        self.prior = prior
+        self.sampler = sampler
+        self.layout = layout
+
+    @property
+    def posterior(self):
+        return self.idata["posterior"]
+
+    def variance_names(self) -> list[str]:
+        return [n for n in self.posterior.data_vars if n.startswith(("var_", "cov_")) or n == "sigma2"]
+
+    def summary(self, var_names=None, ci_prob: float = 0.95) -> pd.DataFrame:
+        """ArviZ summary: mean, sd, 95% equal-tailed interval, bulk/tail ESS, R-hat."""
+        import arviz as az
+
+        if var_names is None:
+            var_names = ["beta", "sigma"] + [n for n in self.posterior.data_vars if n.startswith(("sd_", "corr_"))]
+        with np.errstate(all="ignore"):  # the unit diagonal of a correlation matrix has no R-hat
+            out = az.summary(self.idata, var_names=var_names, ci_prob=ci_prob)
+        diagonal = [i for i in out.index if i.startswith("corr_") and _same_pair(i)]
+        return out.drop(index=diagonal)
+
+    def draws(self, name: str) -> np.ndarray:
+        """Draws of one variable, chains stacked: shape (chains*draws, ...)."""
+        v = self.posterior[name].to_numpy()
+        return v.reshape((-1,) + v.shape[2:])
+
+    def check(self) -> list[str]:
+        """Warn about divergences, R-hat > 1.01 and bulk ESS < 400, naming the parameters."""
+        import arviz as az
+
+        messages = []
+        stats = self.idata.children.get("sample_stats") if hasattr(self.idata, "children") else None
+        if stats is not None and "diverging" in stats:
+            nd = int(stats["diverging"].to_numpy().sum())
+            if nd:
+                messages.append(f"{nd} divergent transitions after tuning: the draws may be biased")
+        post = self.posterior
+        for name in ["sigma2"] + [n for n in post.data_vars if n.startswith(("var_", "cov_"))]:
+            da = post[name]
+            if name.startswith("cov_"):  # off-diagonal entries only; the diagonal is var_
+                if da.shape[-1] < 2:
+                    continue
+                i, j = np.tril_indices(da.shape[-1], -1)
+                da = xr_pairs(da, i, j)
+            with np.errstate(all="ignore"):
+                rhat = np.atleast_1d(az.rhat(da).to_numpy()).ravel()
+                ess = np.atleast_1d(az.ess(da).to_numpy()).ravel()
+            if post.sizes.get("chain", 1) > 1 and np.nanmax(rhat) > RHAT_MAX:
+                messages.append(f"R-hat of {name} is {np.nanmax(rhat):.3f} (> {RHAT_MAX})")
+            if np.nanmin(ess) < ESS_MIN:
+                messages.append(f"bulk ESS of {name} is {np.nanmin(ess):.0f} (< {ESS_MIN})")
+        for m in messages:
+            warnings.warn(m, ConvergenceWarning, stacklevel=3)
+        return messages
+
+    def __repr__(self) -> str:
+        c, d = self.posterior.sizes.get("chain", 1), self.posterior.sizes.get("draw", 0)
+        return f"Posterior({self.model.formula!r}, prior={self.prior!r}, sampler={self.sampler!r}, {c} chains x {d} draws)"
+
+    def _repr_html_(self) -> str:
+        return f"<p>{repr(self)}</p>" + self.summary().to_html()
+
+
+def xr_pairs(da, i, j):
+    """The entries (i, j) of the last two dimensions of a DataArray, as one dimension."""
+    import xarray as xr
+
+    values = da.to_numpy()[..., i, j]
+    return xr.DataArray(values, dims=("chain", "draw", "pair"))
+
+
+def _same_pair(label: str) -> bool:
+    inside = label[label.index("[") + 1 : -1].split(", ")
+    return len(inside) == 2 and inside[0] == inside[1]
+
+
+def assemble(model, layout, x, beta, bs, sample_stats=None):
+    """Build the DataTree from unconstrained draws ``x`` (chain, draw, size), β and b draws."""
+    import arviz as az
+
+    design = model.design
+    nc, nd = x.shape[:2]
+    flat = x.reshape(nc * nd, -1)
+    post = {"beta": beta.reshape(nc, nd, -1)}
+    sigma2 = np.exp(flat[:, layout.n_eta])
+    post["sigma2"] = sigma2.reshape(nc, nd)
+    post["sigma"] = np.sqrt(sigma2).reshape(nc, nd)
+    dims = {"beta": ["coef"]}
+    coords = {"coef": list(design.fixef_names)}
+    covs = [[] for _ in design.terms]
+    for i in range(flat.shape[0]):
+        Ls, _ = layout.unpack(flat[i])
+        for j, L in enumerate(Ls):
+            covs[j].append(L @ L.T)
+    for j, t in enumerate(design.terms):
+        lab = t.label
+        D = np.asarray(covs[j]).reshape(nc, nd, t.k, t.k)
+        sd = np.sqrt(np.diagonal(D, axis1=2, axis2=3))
+        post[f"var_{lab}"] = sd**2
+        post[f"sd_{lab}"] = sd
+        post[f"cov_{lab}"] = D
+        dims[f"var_{lab}"] = dims[f"sd_{lab}"] = [f"{lab}_term"]
+        dims[f"cov_{lab}"] = [f"{lab}_term", f"{lab}_term_"]
+        if t.k > 1:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                post[f"corr_{lab}"] = D / (sd[..., :, None] * sd[..., None, :])
+            dims[f"corr_{lab}"] = [f"{lab}_term", f"{lab}_term_"]
+        post[f"b_{lab}"] = bs[j].reshape(nc, nd, t.m, t.k)
+        dims[f"b_{lab}"] = [f"{lab}_level", f"{lab}_term"]
+        coords[f"{lab}_term"] = list(t.names)
+        coords[f"{lab}_term_"] = list(t.names)
+        coords[f"{lab}_level"] = list(t.levels)
+    data = {"posterior": post, "observed_data": {"y": design.y}}
+    if sample_stats is not None:
+        data["sample_stats"] = sample_stats
+    dims["y"] = ["obs"]
+    return az.from_dict(data, dims=dims, coords=coords)

@@ -1,0 +1,131 @@
+"""Priors on the covariance parameters, and the parametrisation the samplers move in.
+
+Each term's covariance ``D_t = L_t L_t'`` is parametrised by its Cholesky factor ``L_t``
+(absolute scale) with log-diagonal: the unconstrained vector ``η_t`` holds the lower
+triangle column by column (θ's order), ``log L_ii`` on the diagonal. The residual variance is
+``σ² = exp(s)``.
+
+A prior is a density on ``(σ², D)``. To make NUTS sample it, the log-Jacobian of
+``(σ², vech D) ← (s, η)`` is added:
+
+.. math::
+
+    \\log\\left|\\frac{∂\\,\\mathrm{vech}D}{∂η}\\right| = k\\log 2 + \\sum_{i=1}^{k} (k - i + 2)\\, η_{ii},
+    \\qquad \\log\\left|\\frac{∂σ^2}{∂s}\\right| = s
+
+(``|∂ vech(LL')/∂ vech L| = 2^k ∏ L_ii^{k−i+1}``, and ``∂L_ii/∂η_ii = L_ii``).
+
+Priors (``p(β) ∝ 1`` always):
+
+* ``"flat"``: ``p(σ², D) ∝ 1`` on ``σ² > 0`` and the PSD cone. With β integrated out the
+  marginal posterior of ``(σ², D)`` is proportional to the REML likelihood, so its mode is
+  the REML estimate.
+* ``"flat_sd"``: flat on ``σ`` and on each term's standard deviations, correlations uniform
+  (LKJ(1)). On ``(σ², D)`` this is ``∝ σ⁻¹ ∏_t ∏_i s_ti^{−k_t}`` (``s_ti = √D_ii``), since
+  ``|∂(σ²)/∂σ| = 2σ`` and ``|∂ vech D/∂(s, R)| = 2^k ∏ s_i^k``.
+* :class:`WeaklyInformative`: half-normal or half-Student-t on the SDs and on σ, LKJ(η) on the
+  correlations, for sensitivity checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hierlmm.errors import HierlmmError
+
+__all__ = ["WeaklyInformative", "resolve_prior", "Layout", "hobert_casella_exponents"]
+
+
+@dataclass(frozen=True)
+class WeaklyInformative:
+    """Proper priors: SDs ~ half-normal (``nu=None``) or half-t(nu), scale ``sd_scale``
+    (default: the response's SD); σ the same with ``sigma_scale``; correlations LKJ(``eta``)."""
+
+    sd_scale: float | None = None
+    sigma_scale: float | None = None
+    nu: float | None = None
+    eta: float = 2.0
+
+
+def resolve_prior(prior, y: np.ndarray):
+    if isinstance(prior, WeaklyInformative):
+        scale = float(np.std(y))
+        return WeaklyInformative(prior.sd_scale or scale, prior.sigma_scale or scale, prior.nu, prior.eta)
+    if prior in ("flat", "flat_sd"):
+        return prior
+    raise HierlmmError(
+        f"prior must be 'flat', 'flat_sd' or hierlmm.bayes.WeaklyInformative(...), got {prior!r}"
+    )
+
+
+def hobert_casella_exponents(prior) -> tuple[float, float]:
+    """``(a_term, a_residual)`` with ``p(σ²) ∝ (σ²)^{-(a+1)}``: flat -1, flat on SDs -1/2."""
+    return (-1.0, -1.0) if prior == "flat" else (-0.5, -0.5)
+
+
+class Layout:
+    """Where each term's parameters live in the unconstrained vector ``(η_1, …, η_T, s)``."""
+
+    def __init__(self, design):
+        self.terms = design.terms
+        self.slices = design.theta_slices()
+        self.ks = [t.k for t in self.terms]
+        self.n_eta = design.n_theta
+        self.size = self.n_eta + 1
+        self.diag = []  # per term: (positions in η_t of the diagonal, their row index i)
+        for t in self.terms:
+            cols, rows = np.triu_indices(t.k)
+            self.diag.append((np.flatnonzero(rows == cols), rows[rows == cols]))
+
+    # ---------------------------------------------------------------- numpy side
+    def unpack(self, x):
+        """``x -> ([L_t], σ²)`` (numpy)."""
+        Ls = []
+        for t, s, (pos, _) in zip(self.terms, self.slices, self.diag):
+            v = np.array(x[s], dtype=float)
+            v[pos] = np.exp(v[pos])
+            Ls.append(t.template(v))
+        return Ls, float(np.exp(x[self.n_eta]))
+
+    def pack(self, Ls, sigma2) -> np.ndarray:
+        out = []
+        for t, L, (pos, _) in zip(self.terms, Ls, self.diag):
+            v = t.theta_from_template(L)
+            v[pos] = np.log(np.maximum(v[pos], 1e-300))
+            out.append(v)
+        return np.concatenate(out + [[np.log(sigma2)]])
+
+    def log_jacobian(self, x) -> float:
+        total = x[self.n_eta]
+        for k, s, (pos, rows) in zip(self.ks, self.slices, self.diag):
+            total += k * np.log(2.0) + np.sum((k - rows + 1) * np.asarray(x[s])[pos])
+        return float(total)
+
+    def log_prior(self, prior, Ls, sigma2) -> float:
+        """log p(σ², D) up to a constant (numpy)."""
+        if prior == "flat":
+            return 0.0
+        sds = [np.sqrt(np.sum(L * L, axis=1)) for L in Ls]
+        if prior == "flat_sd":
+            return float(-0.5 * np.log(sigma2) - sum(len(s) * np.sum(np.log(s)) for s in sds))
+        return float(_proper_log_prior_np(prior, Ls, sds, sigma2))
+
+
+def _half(x, scale, nu):
+    if nu is None:
+        return -0.5 * (x / scale) ** 2
+    return -(nu + 1) / 2 * np.log1p((x / scale) ** 2 / nu)
+
+
+def _proper_log_prior_np(prior, Ls, sds, sigma2):
+    sigma = np.sqrt(sigma2)
+    total = _half(sigma, prior.sigma_scale, prior.nu) - np.log(sigma)  # p(σ²) = p(σ)/(2σ)
+    for L, s in zip(Ls, sds):
+        k = len(s)
+        total += np.sum(_half(s, prior.sd_scale, prior.nu)) - k * np.sum(np.log(s))
+        if k > 1:
+            R = (L @ L.T) / np.outer(s, s)
+            total += (prior.eta - 1) * np.linalg.slogdet(R)[1]
+    return total

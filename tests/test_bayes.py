@@ -1,0 +1,233 @@
+"""The Bayesian side against exact answers.
+
+* Posterior quantiles of σ² and τ² under flat priors against ``*_flat_posterior.json`` (exact,
+  by quadrature on a 1500 x 1500 grid), for both samplers and both flat priors. Tolerance:
+  5 Monte Carlo standard errors of the quantile (ArviZ's ``mcse(method="quantile")``); the
+  MCSE of a tail quantile estimated from two chains is itself uncertain by about a quarter.
+  With 6 groups the posterior of τ² has no finite variance under the flat prior on
+  variances, so quantiles, not means, are compared.
+* REML = posterior mode under the flat prior, ML = joint mode, the s -> ∞ limit, the
+  log-Jacobian by finite differences, the propriety check: exact computations.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import hierlmm as hl
+from conftest import load_ref
+
+pytest.importorskip("pymc")
+pytest.importorskip("nutpie")
+az = pytest.importorskip("arviz")
+xr = pytest.importorskip("xarray")
+
+pytestmark = pytest.mark.bayes
+
+CASES = {
+    "dyestuff": ("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+    "rail": ("Rail", "travel ~ 1 + (1 | Rail)"),
+    "sleepstudy_int": ("sleepstudy", "Reaction ~ Days + (1 | Subject)"),
+}
+PRIOR_KEY = {"flat": "flat_on_variances", "flat_sd": "flat_on_sds"}
+
+
+def _sample(model, **kw):
+    with warnings.catch_warnings():
+        # the hierarchical sampler meets the funnel of a flat prior on a variance with few
+        # groups; the draws are still checked against the exact answer below
+        warnings.simplefilter("ignore", hl.ConvergenceWarning)
+        return model.sample(progressbar=False, **kw)
+
+
+def _mcse_quantile(draws, q):
+    return float(az.mcse(xr.DataArray(draws, dims=("chain", "draw")), method="quantile", prob=q))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["collapsed", "hierarchical"])
+@pytest.mark.parametrize("prior", ["flat", "flat_sd"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_posterior_quantiles_match_exact(case, prior, sampler):
+    data, formula = CASES[case]
+    model = hl.LMM(formula, hl.datasets.load(data))
+    extra = {"target_accept": 0.95} if sampler == "hierarchical" else {}
+    post = _sample(model, prior=prior, sampler=sampler, draws=2000, tune=1000, chains=2, random_seed=11, **extra)
+    exact = load_ref(f"{case}_flat_posterior")[PRIOR_KEY[prior]]
+    var_name = next(v for v in post.posterior.data_vars if v.startswith("var_"))
+    for key, name in (("sigma2", "sigma2"), ("tau2", var_name)):
+        draws = post.posterior[name].to_numpy().reshape(2, -1)
+        for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
+            est = np.quantile(draws, q)
+            assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
+
+
+@pytest.mark.slow
+def test_samplers_agree_on_correlated_slopes():
+    model = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy"))
+    a = _sample(model, sampler="collapsed", draws=2000, tune=1000, chains=2, random_seed=5)
+    b = _sample(model, sampler="hierarchical", draws=2000, tune=1000, chains=2, random_seed=6, target_accept=0.9)
+    for name, idx in (("sigma2", ()), ("cov_Subject", (0, 0)), ("cov_Subject", (1, 1)), ("cov_Subject", (1, 0)),
+                      ("beta", (1,))):
+        da = a.posterior[name].to_numpy()[(..., *idx)]
+        db = b.posterior[name].to_numpy()[(..., *idx)]
+        for q in (0.05, 0.5, 0.95):
+            tol = 5 * np.hypot(_mcse_quantile(da, q), _mcse_quantile(db, q))
+            assert abs(np.quantile(da, q) - np.quantile(db, q)) < tol, (name, idx, q)
+    # b per level agrees too (posterior means, within MC error)
+    ba, bb = a.draws("b_Subject"), b.draws("b_Subject")
+    se = np.sqrt(ba.var(axis=0) / 500 + bb.var(axis=0) / 500)  # conservative ESS of 500 each
+    assert np.all(np.abs(ba.mean(axis=0) - bb.mean(axis=0)) < 5 * se)
+
+
+@pytest.mark.parametrize("data, formula", [("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+                                           ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                           ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
+def test_reml_is_the_flat_posterior_mode(data, formula):
+    model = hl.LMM(formula, hl.datasets.load(data))
+    fit = model.fit()
+    mode = model.posterior_mode(prior="flat")
+    np.testing.assert_allclose(mode.varcorr().vcov, fit.varcorr.vcov, rtol=1e-4)
+    np.testing.assert_allclose(mode.beta, fit.fixef, rtol=1e-6)
+
+
+def test_flat_sd_mode_is_not_reml():
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+    mode = model.posterior_mode(prior="flat_sd")
+    reml = model.fit().varcorr.vcov.to_numpy()
+    assert mode.varcorr().vcov.iloc[0] < reml[0] * 0.99  # the σ⁻¹-type prior pulls the mode down
+
+
+@pytest.mark.parametrize("data, formula", [("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+                                           ("sleepstudy", "Reaction ~ Days + (Days | Subject)")])
+def test_ml_is_the_joint_mode(data, formula):
+    model = hl.LMM(formula, hl.datasets.load(data))
+    ml = model.fit(method="ML")
+    mode = model.posterior_mode(joint=True)
+    np.testing.assert_allclose(mode.varcorr().vcov, ml.varcorr.vcov, rtol=1e-3)
+    np.testing.assert_allclose(mode.beta, ml.fixef, rtol=1e-5)
+
+
+@pytest.mark.parametrize("data, formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                           ("Rail", "travel ~ 1 + (1 | Rail)")])
+def test_limit_of_proper_beta_prior_is_reml(data, formula):
+    model = hl.LMM(formula, hl.datasets.load(data))
+    reml = model.fit().varcorr.vcov.to_numpy()
+    dist = []
+    for s in (1.0, 10.0, 100.0, 1000.0):
+        v = model.posterior_mode(beta_prior_sd=s).varcorr().vcov.to_numpy()
+        dist.append(np.max(np.abs(v / reml - 1)))
+    assert all(a > b for a, b in zip(dist, dist[1:])), dist
+    assert dist[-1] < 1e-3
+
+
+def test_log_jacobian_by_finite_differences():
+    """The map (η, s) -> (vech D_1, vech D_2, σ²) has the log-Jacobian the priors add."""
+    from hierlmm.bayes.priors import Layout
+
+    df = hl.datasets.load("sleepstudy")
+    df["g2"] = (df.Days % 3).astype(str)
+    design = hl.LMM("Reaction ~ Days + (Days + I(Days**2) | Subject) + (1 | g2)", df).design
+    layout = Layout(design)
+    rng = np.random.default_rng(0)
+
+    def vech_all(x):
+        Ls, s2 = layout.unpack(x)
+        return np.concatenate([(L @ L.T)[np.tril_indices(len(L))] for L in Ls] + [[s2]])
+
+    for _ in range(3):
+        x = rng.normal(0, 0.5, layout.size)
+        h = 1e-6
+        J = np.column_stack([(vech_all(x + h * e) - vech_all(x - h * e)) / (2 * h) for e in np.eye(layout.size)])
+        assert np.linalg.slogdet(J)[1] == pytest.approx(layout.log_jacobian(x), abs=1e-6)
+
+
+def test_flat_sd_prior_density():
+    """flat_sd: p(D) = p(s, R) / |∂ vech D / ∂(s, r)| with p(s, R) ∝ 1 (k = 2)."""
+    from hierlmm.bayes.priors import Layout
+
+    design = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).design
+    layout = Layout(design)
+
+    def D_of(v):  # v = (s1, r, s2)
+        s1, r, s2 = v
+        return np.array([s1 * s1, r * s1 * s2, s2 * s2])
+
+    pts = [np.array([2.0, 0.3, 0.5]), np.array([0.7, -0.6, 3.0])]
+    logj = []
+    for v in pts:
+        h = 1e-6
+        J = np.column_stack([(D_of(v + h * e) - D_of(v - h * e)) / (2 * h) for e in np.eye(3)])
+        logj.append(np.linalg.slogdet(J)[1])
+    lp = []
+    for s1, r, s2 in pts:
+        D = np.array([[s1 * s1, r * s1 * s2], [r * s1 * s2, s2 * s2]])
+        lp.append(layout.log_prior("flat_sd", [np.linalg.cholesky(D)], 1.0))
+    assert lp[0] - lp[1] == pytest.approx(-(logj[0] - logj[1]), abs=1e-6)
+
+
+def test_propriety_check():
+    df = hl.datasets.load("Dyestuff")
+    three = df[df.Batch.isin(["A", "B", "C"])]
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", three)
+    from hierlmm.bayes import ImproperPosteriorError, check_propriety
+
+    with pytest.raises(ImproperPosteriorError, match=r"3 levels.*at least 4.*flat_sd"):
+        check_propriety(model.design, "flat")
+    check_propriety(model.design, "flat_sd")  # accepted
+    with pytest.raises(ImproperPosteriorError):
+        model.sample(prior="flat")
+    four = df[df.Batch.isin(["A", "B", "C", "D"])]
+    check_propriety(hl.LMM("Yield ~ 1 + (1 | Batch)", four).design, "flat")
+
+
+@pytest.fixture(scope="module")
+def sleep_post():
+    model = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy"))
+    return model, model.fit(), _sample(model, draws=1000, tune=1000, chains=2, random_seed=3)
+
+
+def test_idata_structure(sleep_post):
+    model, fit, post = sleep_post
+    P = post.posterior
+    assert list(P["beta"].coords["coef"].values) == ["(Intercept)", "Days"]
+    assert P["b_Subject"].shape[2:] == (18, 2)
+    assert list(P["b_Subject"].coords["Subject_level"].values) == fit.design.terms[0].levels
+    assert "corr_Subject" in P and "sd_Subject" in P and "sigma" in P
+    assert "diverging" in post.idata["sample_stats"]
+    assert "y" in post.idata["observed_data"]
+    s = post.summary()
+    assert {"mean", "sd", "ess_bulk", "ess_tail", "r_hat"} <= set(s.columns)
+
+
+def test_compare_tables(sleep_post):
+    model, fit, post = sleep_post
+    table = hl.compare(fit, post)
+    assert list(table.columns[:5]) == ["grp", "var1", "var2", "estimate", "post_mode"]
+    assert len(table) == len(fit.varcorr) + len(fit.fixef)
+    np.testing.assert_allclose(table.post_mode, table.estimate, rtol=1e-4)  # REML = mode
+    assert (table.post_q025 < table.post_median).all() and (table.post_median < table.post_q975).all()
+    assert (table.hdi_low < table.hdi_high).all()
+    rt = hl.compare_ranef(fit, post)
+    assert len(rt) == 36
+    # the plug-in posterior ignores the uncertainty of θ and σ: full posterior SDs are larger
+    assert rt.sd_ratio.median() > 1.0
+
+
+def test_short_run_warns_naming_parameters():
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+    with pytest.warns(hl.ConvergenceWarning, match=r"(bulk ESS|R-hat) of (sigma2|var_Batch)") as record:
+        model.sample(draws=60, tune=100, chains=2, random_seed=1, progressbar=False)
+    assert any("bulk ESS" in str(w.message) and "< 400" in str(w.message) for w in record)
+
+
+def test_weakly_informative_prior_runs():
+    from hierlmm.bayes import WeaklyInformative
+
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+    post = _sample(model, prior=WeaklyInformative(nu=3), draws=500, tune=500, chains=2, random_seed=2)
+    tau = post.draws("sd_Batch")
+    assert np.isfinite(tau).all() and tau.mean() > 0
