@@ -42,6 +42,7 @@ def compare_ranef(fit, post, level: float = 0.95):
 
 from hierlmm.model import LMM
 from hierlmm.optimize import optimize_theta
+from hierlmm.residual import AR1, CompoundSymmetry, Exponential, GaussianCorr
 from hierlmm.results import LMMResult
 
 __version__ = "0.1.0"
@@ -59,6 +60,10 @@ __all__ = [
     "optimize_theta",
     "parse_formula",
     "datasets",
+    "AR1",
+    "Exponential",
+    "GaussianCorr",
+    "CompoundSymmetry",
     "HierlmmError",
     "FormulaError",
     "DataError",

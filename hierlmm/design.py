@@ -173,7 +173,7 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
     return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
 
 
-def build_design(formula: str, data: pd.DataFrame) -> Design:
+def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
     """Evaluate an lme4 formula on a data frame.
 
     Parameters
@@ -183,6 +183,9 @@ def build_design(formula: str, data: pd.DataFrame) -> Design:
     data : pandas.DataFrame
         Factor columns as ``Categorical`` keep their category order (the first is the
         reference level); string columns are categorical in sorted order.
+    extra_columns : sequence of str
+        Further columns the model needs (e.g. the time column of a residual correlation
+        structure): checked, kept in ``Design.data`` and included in the missing-value filter.
 
     Returns
     -------
@@ -203,6 +206,13 @@ def build_design(formula: str, data: pd.DataFrame) -> Design:
     for spec in parsed.random:
         used |= _required(spec.expr, f"random-effects term {spec.source}")
         used |= set(spec.factors)
+    absent = [c for c in extra_columns if c not in data.columns]
+    if absent:
+        raise DataError(
+            f"column(s) {', '.join(map(repr, absent))} needed by the residual correlation structure "
+            f"are not in the data; the data has {', '.join(map(str, data.columns))}"
+        )
+    used |= set(extra_columns)
     missing = sorted(v for v in used if v not in data.columns)
     if missing:
         where = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pandas as pd
 
 from hierlmm.deviance import Deviance, make_deviance
@@ -50,11 +51,28 @@ class LMM:
     25.592
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame):
+    def __init__(self, formula: str, data: pd.DataFrame, residual=None, formulation: str = "hierarchical"):
+        from hierlmm.residual import ResidualCorrelation
+
+        if formulation not in ("hierarchical", "marginal"):
+            raise HierlmmError(f"formulation must be 'hierarchical' or 'marginal', got {formulation!r}")
+        if residual is not None and not isinstance(residual, ResidualCorrelation):
+            raise HierlmmError(
+                "residual must be a correlation structure such as hl.AR1(), hl.Exponential(time='t'), "
+                f"hl.GaussianCorr(time='t') or hl.CompoundSymmetry(); got {residual!r}"
+            )
         self.formula = formula
         self.data = data
-        self.design: Design = build_design(formula, data)
+        extra = residual.columns() if residual is not None else ()
+        self.design: Design = build_design(formula, data, extra_columns=extra)
         self._deviance: dict[bool, Deviance] = {}
+        self.residual = residual
+        self.formulation = formulation
+
+    @property
+    def grouped(self) -> bool:
+        """Fitted by the per-group engine (correlated residuals or marginal formulation)."""
+        return self.residual is not None or self.formulation == "marginal"
 
     def deviance_function(self, reml: bool = True) -> Deviance:
         """The profiled deviance of θ (REML criterion or ML deviance), cached."""
@@ -89,9 +107,13 @@ class LMM:
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
-        dev = self.deviance_function(reml=method == "REML")
-        opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
-        fit = LMMResult(self, dev, opt)
+        if self.grouped:
+            fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
+        else:
+            dev = self.deviance_function(reml=method == "REML")
+            opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
+            fit = LMMResult(self, dev, opt)
+        opt = fit.opt
         if fit.singular:
             warnings.warn(
                 "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1 "
@@ -102,6 +124,42 @@ class LMM:
         elif opt.messages:
             warn_messages(opt.messages, stacklevel=3)
         return fit
+
+    def _fit_grouped(self, method, theta0, maxeval, check):
+        from hierlmm.grouped import GroupedDeviance
+        from hierlmm.grouped_results import GroupedResult
+
+        dev = GroupedDeviance(self.design, reml=method == "REML", residual=self.residual,
+                              marginal=self.formulation == "marginal")
+        if theta0 is None:
+            # start from the iid hierarchical fit (fast) and no residual correlation
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                base = optimize_theta(self.deviance_function(reml=method == "REML"), check=False).theta
+            start = base
+            if dev.marginal:
+                start = np.concatenate([t.theta_from_template(t.relcov(base[s]))
+                                        for t, s in zip(self.design.terms, self.design.theta_slices())])
+            theta0 = np.concatenate([start, dev.theta0[dev.n_theta:]])
+        # parameters without bounds (marginal S, correlation parameters) get a definite first step
+        opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
+        return GroupedResult(self, dev, opt)
+
+    def describe(self) -> str:
+        """The model in hierarchical form and the marginal form it implies (text)."""
+        from hierlmm.describe import describe
+
+        return describe(self)
+
+    def _repr_markdown_(self) -> str:
+        from hierlmm.describe import describe
+
+        return describe(self, fmt="markdown")
+
+    def _repr_latex_(self) -> str:
+        from hierlmm.describe import describe
+
+        return describe(self, fmt="latex")
 
     def sample(self, prior="flat", sampler: str = "collapsed", draws: int = 1000, tune: int = 1000,
                chains: int = 2, random_seed=None, progressbar: bool = True, **nuts_kwargs):

@@ -49,11 +49,13 @@ class OptResult:
     hessian: np.ndarray | None = None
 
 
-def _nlopt_bobyqa(f, x0, lower, maxeval, xtol, ftol):
+def _nlopt_bobyqa(f, x0, lower, maxeval, xtol, ftol, initial_step=None):
     import nlopt
 
     opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
     opt.set_lower_bounds(lower)
+    if initial_step is not None:
+        opt.set_initial_step(initial_step)
     opt.set_xtol_abs(xtol)
     opt.set_ftol_abs(ftol)
     opt.set_maxeval(maxeval)
@@ -80,7 +82,7 @@ def _nlopt_bobyqa(f, x0, lower, maxeval, xtol, ftol):
 
 
 def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 1e-8,
-                   ftol: float = 1e-8, check: bool | None = None) -> OptResult:
+                   ftol: float = 1e-8, check: bool | None = None, initial_step=None) -> OptResult:
     """Minimise ``deviance(θ)`` subject to ``θ >= deviance.lower``.
 
     Parameters
@@ -92,6 +94,8 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
     check : bool, optional
         Run :func:`check_convergence`; by default when ``n < 10000`` (as lme4's
         ``calc.derivs``), since it costs ``O(len(θ)²)`` further evaluations.
+    initial_step : float or array_like, optional
+        BOBYQA's initial trust-region step (nlopt's default from the bounds otherwise).
 
     Returns
     -------
@@ -100,7 +104,7 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
     lower = np.asarray(deviance.lower, dtype=float)
     x0 = np.asarray(deviance.theta0 if theta0 is None else theta0, dtype=float)
     x0 = np.maximum(x0, lower)
-    x, fun, nev, messages = _nlopt_bobyqa(deviance, x0, lower, maxeval, xtol, ftol)
+    x, fun, nev, messages = _nlopt_bobyqa(deviance, x0, lower, maxeval, xtol, ftol, initial_step)
     res = OptResult(theta=x, fun=float(fun), evaluations=int(nev), messages=messages)
     if check is None:
         check = getattr(deviance, "n", 0) < 10_000

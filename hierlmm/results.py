@@ -137,7 +137,9 @@ class LMMResult:
         for label, D in self.covariance_matrices().items():
             names = list(D.index)
             Dm = D.to_numpy()
-            sd = np.sqrt(np.clip(np.diag(Dm), 0, None))
+            diag = np.diag(Dm)
+            # a negative variance (marginal formulation) has no standard deviation
+            sd = np.sqrt(np.where(diag >= 0, np.clip(diag, 0, None), np.nan))
             for i, n in enumerate(names):
                 rows.append((label, n, None, Dm[i, i], sd[i]))
             for c in range(len(names)):
@@ -293,6 +295,19 @@ class LMMResult:
                 raise DataError(f"newdata column {c!r} has level(s) not in the fit: {', '.join(unknown)}")
             newdata[c] = pd.Categorical(values, categories=cats)
         return newdata
+
+    def marginal_cov(self, level, group: str | None = None) -> pd.DataFrame:
+        """The implied ``V_i = Z_i D Z_i' + σ² R_i`` for the rows of one level (see
+        :func:`hierlmm.implied.marginal_cov`), labelled by those rows."""
+        from hierlmm.implied import marginal_cov
+
+        return marginal_cov(self, level, group)
+
+    def marginal_corr(self, level, group: str | None = None) -> pd.DataFrame:
+        """The correlation matrix of :meth:`marginal_cov`."""
+        from hierlmm.implied import marginal_corr
+
+        return marginal_corr(self, level, group)
 
     def icc(self) -> pd.Series:
         """Intra-class correlation of each random-intercept term.

@@ -116,7 +116,8 @@ class Summary:
         return lines
 
     def _residual_lines(self) -> list[str]:
-        r = self.fit.residuals(scaled=True).to_numpy()
+        kind = "marginal" if getattr(self.fit, "formulation", "hierarchical") == "marginal" else "conditional"
+        r = self.fit.residuals(kind=kind, scaled=True).to_numpy()
         qs = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
         # lme4: print(zapsmall(quantile(r), digits + 1), digits = digits), digits = 4
         mx = np.abs(qs).max()
@@ -132,7 +133,8 @@ class Summary:
         maxk = max(len(D) for D in covs.values())
         vars_ = [D.to_numpy()[i, i] for D in covs.values() for i in range(len(D))] + [fit.sigma**2]
         vstr = _column(vars_, 4)
-        sstr = _column(np.sqrt(np.clip(vars_, 0, None)), 4)
+        with np.errstate(invalid="ignore"):
+            sstr = [s if v >= 0 else "NaN" for s, v in zip(_column(np.sqrt(np.clip(vars_, 0, None)), 4), vars_)]
         i = 0
         for label, D in covs.items():
             Dm = D.to_numpy()
@@ -153,8 +155,13 @@ class Summary:
         text = _table(rows, header, align_left=2)
         fit = self.fit
         groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
-        return ["Random effects:", *(" " + line for line in text.splitlines()),
-                f"Number of obs: {fit.nobs}, groups:  {groups}", ""]
+        lines = ["Random effects:", *(" " + line for line in text.splitlines())]
+        residual = getattr(fit, "residual", None)
+        if residual is not None:
+            (name, value), = fit.residual_params.items()
+            lines.append(f"Residual correlation: {residual.name} within {fit.deviance_function.rgroup.group}, "
+                         f"{name} = {value:.4g}")
+        return lines + [f"Number of obs: {fit.nobs}, groups:  {groups}", ""]
 
     def _fixed_lines(self) -> list[str]:
         t = self.coefficients
@@ -194,6 +201,10 @@ class Summary:
         if fit.singular:
             notes.append("boundary (singular) fit: see the documentation of LMMResult.singular")
         notes += fit.opt.messages
+        if getattr(fit, "formulation", "hierarchical") == "marginal":
+            notes.append("marginal formulation: V = ZDZ' + σ²I was estimated requiring only that V be "
+                         "positive definite; D may be indefinite (a negative variance has no Std.Dev.), "
+                         "in which case no hierarchical model implies this V")
         return [""] + notes if notes else []
 
     def __str__(self) -> str:

@@ -302,6 +302,9 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     method = str(method).lower()
     if method == "wald":
         return _wald(fit, level)
+    if getattr(fit.model, "grouped", False):
+        raise HierlmmError("profile and bootstrap intervals are not available for fits with correlated "
+                           "residuals or in the marginal formulation; use method='wald'")
     if method == "profile":
         out = _profile(fit, level, parm=parm)
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]

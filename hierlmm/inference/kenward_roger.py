@@ -20,33 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import stats
-from scipy.sparse.csgraph import connected_components
 
+from hierlmm.blocks import independent_blocks, split_blocks
 from hierlmm.errors import HierlmmError
 
-__all__ = ["KRAdjustment", "kr_adjust", "lb_ddf", "independent_blocks"]
+__all__ = ["KRAdjustment", "kr_adjust", "lb_ddf"]
 
 MAX_BLOCK = 4000
-
-
-def independent_blocks(design) -> np.ndarray:
-    """Label of the block of independent rows each observation belongs to."""
-    offsets = np.cumsum([0] + [t.m for t in design.terms])
-    rows, cols = [], []
-    first = design.terms[0].codes + offsets[0]
-    for t, off in zip(design.terms[1:], offsets[1:]):
-        rows.append(first)
-        cols.append(t.codes + off)
-    total = offsets[-1]
-    if rows:
-        r, c = np.concatenate(rows), np.concatenate(cols)
-        adj = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(total, total))
-    else:
-        adj = sp.coo_matrix((total, total))
-    _, labels = connected_components(adj, directed=False)
-    return labels[first]
 
 
 @dataclass
@@ -74,6 +55,9 @@ def _components(fit):
 
 def kr_adjust(fit) -> KRAdjustment:
     """The Kenward–Roger adjusted ``Var(β̂)`` of a fit (cached on the fit)."""
+    if getattr(fit.model, "grouped", False):
+        raise HierlmmError("Kenward-Roger is not available for fits with correlated residuals or in the "
+                           "marginal formulation; use ddf='satterthwaite'")
     cached = getattr(fit, "_kr_cache", None)
     if cached is not None:
         return cached
@@ -82,10 +66,7 @@ def kr_adjust(fit) -> KRAdjustment:
     p = X.shape[1]
     gammas, pairs = _components(fit)
     ng = len(gammas)
-    labels = independent_blocks(design)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    blocks = np.split(order, bounds)
+    blocks = split_blocks(independent_blocks(design))
     largest = max(len(b) for b in blocks)
     if largest > MAX_BLOCK:
         raise HierlmmError(

@@ -1,0 +1,136 @@
+"""Results of fits with correlated residuals or in the marginal formulation.
+
+:class:`GroupedResult` keeps :class:`~hierlmm.results.LMMResult`'s interface (and so its
+printing and inference) and replaces what depends on the engine: the covariance matrices
+(``D_t = σ²S_t``, possibly indefinite in the marginal formulation), the correlation
+parameter, the posterior of b (computed per block from ``V``), and the parameter count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from hierlmm.errors import HierlmmError
+from hierlmm.posterior_b import RanefPosterior
+from hierlmm.results import LMMResult
+
+__all__ = ["GroupedResult"]
+
+
+class GroupedResult(LMMResult):
+    """A fit by :class:`hierlmm.grouped.GroupedDeviance`."""
+
+    @property
+    def formulation(self) -> str:
+        return "marginal" if self.deviance_function.marginal else "hierarchical"
+
+    @property
+    def residual(self):
+        return self.deviance_function.residual
+
+    @property
+    def theta(self) -> pd.Series:
+        full = self.solution.theta
+        n = self.deviance_function.n_theta
+        base = LMMResult.theta.fget(_View(self, full[:n]))
+        return base
+
+    @property
+    def residual_params(self) -> dict:
+        """The estimated residual correlation parameter, e.g. ``{"phi": 0.54}``."""
+        dev = self.deviance_function
+        if dev.residual is None:
+            return {}
+        return {dev.residual.param: dev.residual_value(self.solution.theta)}
+
+    @property
+    def df_model(self) -> int:
+        return self.design.p + self.design.n_theta + self.deviance_function.n_resid + 1
+
+    @property
+    def singular(self) -> bool:
+        if self.deviance_function.marginal:
+            return False
+        n = self.deviance_function.n_theta
+        lower = self.deviance_function.lower[:n]
+        bounded = np.isfinite(lower)
+        return bool(np.any(self.solution.theta[:n][bounded] - lower[bounded] < 1e-4))
+
+    def covariance_matrices(self) -> dict[str, pd.DataFrame]:
+        Ss = self.deviance_function.relcovs(self.solution.theta)
+        return {t.label: pd.DataFrame(self.solution.sigma2 * S, index=t.names, columns=t.names)
+                for t, S in zip(self.design.terms, Ss)}
+
+    @property
+    def varpar_names(self) -> list[str]:
+        extra = [f"{self.residual.param} (unconstrained)"] if self.residual is not None else []
+        return [*self.theta.index, *extra, "sigma"]
+
+    def _no_b(self, what):
+        if self.deviance_function.marginal:
+            raise HierlmmError(
+                f"{what} is not defined in the marginal formulation: it estimates V = ZDZ' + σ²I "
+                "with D possibly indefinite, so no hierarchical model (and no random effect b) "
+                "stands behind it; use kind='marginal' or a hierarchical fit"
+            )
+
+    def ranef(self) -> dict[str, pd.DataFrame]:
+        self._no_b("ranef()")
+        return super().ranef()
+
+    def fitted(self, kind: str = "conditional") -> pd.Series:
+        if kind == "conditional":
+            self._no_b("the conditional fitted value")
+        return super().fitted(kind)
+
+    def ranef_posterior(self, beta: str = "fixed") -> dict[str, RanefPosterior]:
+        """Per block: ``Cov(b | y) = D − DZ'V⁻¹ZD`` (+ ``DZ'V⁻¹X(X'V⁻¹X)⁻¹X'V⁻¹ZD`` when β is
+        integrated out), with ``V`` including the residual correlation."""
+        self._no_b("the posterior of b")
+        if beta not in ("fixed", "integrated"):
+            raise HierlmmError(f"beta must be 'fixed' or 'integrated', got {beta!r}")
+        import scipy.linalg
+
+        from hierlmm.crossprod import term_matrix
+
+        dev, d = self.deviance_function, self.design
+        params, s2 = self.solution.theta, self.solution.sigma2
+        Ss = dev.relcovs(params)
+        XtVXi = np.linalg.inv(self.solution.xtvx)
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(d.terms):
+            groups.setdefault(t.group, []).append(i)
+        Zs = [term_matrix(t).tocsr() for t in d.terms]
+        out = {}
+        for g, idx in groups.items():
+            ts = [d.terms[i] for i in idx]
+            K = sum(t.k for t in ts)
+            Sbig = scipy.linalg.block_diag(*[Ss[i] for i in idx])
+            cov = np.zeros((ts[0].m, K, K))
+            for rows, V0 in dev.block_matrices(params):
+                Vi = np.linalg.inv(V0)
+                Xb = d.X[rows]
+                for j in np.unique(ts[0].codes[rows]):
+                    A = np.vstack([Ss[i] @ Zs[i][rows][:, j * d.terms[i].k:(j + 1) * d.terms[i].k].toarray().T
+                                   for i in idx])  # (K, s): D Z_j' / σ²
+                    C = Sbig - A @ Vi @ A.T
+                    if beta == "integrated":
+                        B = A @ Vi @ Xb
+                        C = C + B @ XtVXi @ B.T
+                    cov[j] = s2 * C
+            mean = pd.concat([pd.DataFrame(self.solution.b[i], index=pd.Index(d.terms[i].levels, name=g),
+                                           columns=d.terms[i].names) for i in idx], axis=1)
+            out[g] = RanefPosterior(g, mean, cov, beta)
+        return out
+
+    def simulate(self, n=1, random_seed=None):
+        raise HierlmmError("simulate() is not available for fits with correlated residuals or in the marginal formulation")
+
+
+class _View:
+    """Borrow LMMResult.theta's naming with another parameter vector."""
+
+    def __init__(self, fit, theta):
+        self.design = fit.design
+        self.solution = type("S", (), {"theta": theta})()
