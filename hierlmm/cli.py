@@ -62,6 +62,42 @@ def _fit_json(fit) -> dict:
     }
 
 
+def _plots(fit, folder: str) -> None:
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from hierlmm import plots
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    plots.diagnostics(fit).savefig(out / "diagnostics.png", dpi=100)
+    for group in dict.fromkeys(t.group for t in fit.design.terms):
+        safe = group.replace(":", "_")
+        plots.caterpillar(fit, group=group).savefig(out / f"caterpillar_{safe}.png", dpi=100)
+    print(f"plots written to {out}/", file=sys.stderr)
+
+
+def _sample(hl, df, args) -> int:
+    try:
+        import pymc  # noqa: F401
+    except ImportError:
+        raise hl.HierlmmError("sampling needs the bayes extra: pip install 'hierlmm[bayes]'") from None
+    model = hl.LMM(args.formula, df)
+    post = model.sample(prior=args.prior, sampler=args.sampler, draws=args.draws, tune=args.tune,
+                        chains=args.chains, random_seed=args.seed, progressbar=sys.stderr.isatty())
+    fit = model.fit()
+    table = hl.compare(fit, post)
+    if args.json:
+        print(table.astype(object).where(table.notna(), None).to_json(orient="records", indent=2))
+    else:
+        print(post.summary())
+        print()
+        print(table.to_string())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hierlmm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     p_fit.add_argument("--json", action="store_true", help="print a machine-readable result")
     p_fit.add_argument("--factor-order", action="append", default=[], metavar="COL=a,b,c",
                        help="level order of a factor column (the first level is the reference)")
+    p_fit.add_argument("--plots", metavar="DIR", help="write the diagnostic plots as PNG files to DIR")
+    p_sample = sub.add_parser("sample", help="MCMC under flat priors (needs the bayes extra)")
+    p_sample.add_argument("data")
+    p_sample.add_argument("formula")
+    p_sample.add_argument("--draws", type=int, default=1000)
+    p_sample.add_argument("--tune", type=int, default=1000)
+    p_sample.add_argument("--chains", type=int, default=2)
+    p_sample.add_argument("--prior", default="flat", choices=["flat", "flat_sd"])
+    p_sample.add_argument("--sampler", default="collapsed", choices=["collapsed", "hierarchical"])
+    p_sample.add_argument("--seed", type=int, default=None)
+    p_sample.add_argument("--json", action="store_true", help="print hl.compare(fit, posterior) as JSON")
+    p_sample.add_argument("--factor-order", action="append", default=[], metavar="COL=a,b,c")
     p_ds = sub.add_parser("datasets", help="list the bundled data sets, or export one as CSV")
     p_ds.add_argument("name", nargs="?", help="write this data set as CSV to standard output")
     args = parser.parse_args(argv)
@@ -90,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         import hierlmm as hl
 
         df = _read_data(args.data, args.factor_order)
+        if args.command == "sample":
+            return _sample(hl, df, args)
         fit = hl.LMM(args.formula, df).fit(method="ML" if args.ml else "REML")
         if args.json:
             print(json.dumps(_fit_json(fit), indent=2, default=float))
         else:
             print(fit.summary())
+        if args.plots:
+            _plots(fit, args.plots)
         return 0
     except HierlmmError as exc:
         print(f"hierlmm: error: {exc}", file=sys.stderr)

@@ -1,0 +1,24 @@
+"""Plots of fits and posteriors (matplotlib, imported when a function is called).
+
+Every function takes a fit (or posterior) and returns a :class:`matplotlib.figure.Figure`;
+none calls ``plt.show()``.
+
+==================  ================================================================
+file                functions
+==================  ================================================================
+``diagnostics.py``  ``qq_ranef``, ``qq_residuals``, ``residuals_vs_fitted``,
+                    ``residuals_by_group``, ``diagnostics`` (all four)
+``ranef.py``        ``caterpillar``, ``shrinkage``
+``data.py``         ``spaghetti``, ``effect``
+``bayes.py``        ``posterior_densities``, ``plugin_vs_full``, ``limit_path``
+==================  ================================================================
+"""
+
+from hierlmm.plots.bayes import limit_path, plugin_vs_full, posterior_densities
+from hierlmm.plots.data import effect, spaghetti
+from hierlmm.plots.diagnostics import diagnostics, qq_ranef, qq_residuals, residuals_by_group, residuals_vs_fitted
+from hierlmm.plots.ranef import caterpillar, shrinkage
+
+__all__ = ["qq_ranef", "qq_residuals", "residuals_vs_fitted", "residuals_by_group", "diagnostics",
+           "caterpillar", "shrinkage", "spaghetti", "effect", "posterior_densities", "plugin_vs_full",
+           "limit_path"]

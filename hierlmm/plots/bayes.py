@@ -1,0 +1,95 @@
+"""Pictures of the Bayesian side: posterior densities, plug-in vs full, the limit to REML."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierlmm.plots._common import figure, label_size, pick_group
+
+__all__ = ["posterior_densities", "plugin_vs_full", "limit_path"]
+
+
+def posterior_densities(fit, post, mode=None):
+    """Histogram of the posterior of each variance parameter (and σ²), with the REML/ML
+    estimate and the posterior mode marked. Heavy right tails are cut at the 99th
+    percentile for display."""
+    from hierlmm.bayes.mode import posterior_mode
+
+    if mode is None:
+        mode = posterior_mode(post.model, prior=post.prior)
+    vc = fit.varcorr
+    mvc = mode.varcorr()
+    panels = []
+    for (_, r), (_, m) in zip(vc.iterrows(), mvc.iterrows()):
+        if r.var2 is not None and not (isinstance(r.var2, float) and np.isnan(r.var2)):
+            continue
+        if r.grp == "Residual":
+            draws, label = post.draws("sigma2"), "σ² (residual)"
+        else:
+            t = next(t for t in fit.design.terms if t.label == r.grp)
+            draws, label = post.draws(f"var_{r.grp}")[:, t.names.index(r.var1)], f"var {r.grp}: {r.var1}"
+        panels.append((label, draws, r.vcov, m.vcov))
+    fig, axes = figure(1, len(panels), width=3.6 * len(panels), height=3.4)
+    for ax, (label, draws, est, mo) in zip(axes[0], panels):
+        hi = np.quantile(draws, 0.99)
+        ax.hist(draws[draws <= hi], bins=60, density=True, color="C0", alpha=0.6)
+        ax.axvline(est, color="C3", lw=2, label=f"{fit.method} {est:.3g}")
+        ax.axvline(mo, color="black", lw=1.2, ls="--", label=f"posterior mode {mo:.3g}")
+        ax.axvline(np.median(draws), color="C2", lw=1.2, ls=":", label=f"median {np.median(draws):.3g}")
+        ax.set_title(label, fontsize=10)
+        ax.set_yticks([])
+        ax.legend(fontsize=7)
+    fig.suptitle(f"posterior under prior={post.prior!r}", fontsize=10)
+    return fig
+
+
+def plugin_vs_full(fit, post, group: str | None = None, term: str | None = None, level: float = 0.95):
+    """Intervals for each level's effect: plug-in posterior (θ, σ fixed at the estimates,
+    β integrated) beside the full posterior (everything integrated)."""
+    from hierlmm.bayes.compare import compare_ranef
+
+    group = pick_group(fit, group)
+    table = compare_ranef(fit, post, level=level)
+    table = table[table.group == group]
+    term = term or table.term.iloc[0]
+    table = table[table.term == term].sort_values("post_mean").reset_index(drop=True)
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + level / 2)
+    m = len(table)
+    fig, axes = figure(width=6, height=max(3.0, min(0.2 * m + 1, 20)))
+    ax = axes[0, 0]
+    y = np.arange(m)
+    ax.errorbar(table.plugin_mean, y - 0.15, xerr=z * table.plugin_sd, fmt="o", ms=3, lw=1,
+                label="plug-in (θ̂, σ̂ fixed)")
+    ax.errorbar(table.post_mean, y + 0.15,
+                xerr=[table.post_mean - table.post_low, table.post_high - table.post_mean],
+                fmt="s", ms=3, lw=1, label="full posterior")
+    ax.set_yticks(y, table.level, fontsize=label_size(m))
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_xlabel(f"{group}: {term} ({int(level * 100)}% intervals)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def limit_path(model, s_values=(1, 3, 10, 30, 100, 300, 1000, 3000), prior: str = "flat"):
+    """The mode of (σ², D) when β ~ N(0, s²I) is integrated out, against s (log scale),
+    approaching the REML estimate (dashed) as s → ∞."""
+    fit = model.fit()
+    reml = fit.varcorr
+    paths = []
+    for s in s_values:
+        paths.append(model.posterior_mode(prior=prior, beta_prior_sd=s).varcorr().vcov.to_numpy())
+    paths = np.array(paths)
+    keep = [i for i, (_, r) in enumerate(reml.iterrows()) if r.var2 is None or (isinstance(r.var2, float) and np.isnan(r.var2))]
+    fig, axes = figure(1, len(keep), width=3.4 * len(keep), height=3.2)
+    for ax, i in zip(axes[0], keep):
+        r = reml.iloc[i]
+        ax.plot(s_values, paths[:, i], "o-", ms=3)
+        ax.axhline(r.vcov, color="C3", ls="--", label="REML")
+        ax.set_xscale("log")
+        ax.set_xlabel("prior SD s of β")
+        ax.set_title(f"{r.grp}" + ("" if r.grp == "Residual" else f": {r.var1}"), fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("posterior mode of the variances as the prior on β flattens", fontsize=10)
+    return fig

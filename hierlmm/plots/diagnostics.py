@@ -1,0 +1,92 @@
+"""The diagnostic set of every mixed-model course: QQ plots, residuals vs fitted, by group."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierlmm.plots._common import figure, label_size, normal_quantiles, pick_group
+
+__all__ = ["qq_ranef", "qq_residuals", "residuals_vs_fitted", "residuals_by_group", "diagnostics"]
+
+
+def _qq(ax, values, title):
+    v = np.sort(np.asarray(values, dtype=float))
+    q = normal_quantiles(len(v))
+    ax.scatter(q, v, s=12, alpha=0.8)
+    if len(v) > 1 and np.std(v) > 0:
+        slope, intercept = np.polyfit(q, v, 1) if len(v) > 2 else (np.std(v), np.mean(v))
+        ax.plot(q, intercept + slope * q, color="C1", lw=1)
+    ax.set_xlabel("standard normal quantiles")
+    ax.set_ylabel("sample quantiles")
+    ax.set_title(title, fontsize=10)
+
+
+def qq_ranef(fit):
+    """Normal QQ plot of the BLUPs, one panel per grouping factor and term."""
+    panels = [(g, c, df[c]) for g, df in fit.ranef().items() for c in df.columns]
+    fig, axes = figure(1, len(panels), width=3.2 * len(panels), height=3.2)
+    for ax, (g, c, v) in zip(axes[0], panels):
+        _qq(ax, v, f"{g}: {c}")
+    return fig
+
+
+def qq_residuals(fit, kind: str = "conditional"):
+    """Normal QQ plot of the scaled residuals."""
+    fig, axes = figure(width=4, height=4)
+    _qq(axes[0, 0], fit.residuals(kind=kind, scaled=True), "scaled residuals")
+    return fig
+
+
+def residuals_vs_fitted(fit, kind: str = "conditional"):
+    """Scaled residuals against fitted values, with a zero line."""
+    fig, axes = figure(width=5, height=4)
+    ax = axes[0, 0]
+    ax.scatter(fit.fitted(kind), fit.residuals(kind=kind, scaled=True), s=10, alpha=0.7)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel("fitted values")
+    ax.set_ylabel("scaled residuals")
+    return fig
+
+
+def residuals_by_group(fit, group: str | None = None):
+    """Box plot of the residuals per level of a grouping factor, levels ordered by median."""
+    group = pick_group(fit, group)
+    term = next(t for t in fit.design.terms if t.group == group)
+    r = fit.residuals(scaled=True).to_numpy()
+    data = [r[term.codes == j] for j in range(term.m)]
+    order = np.argsort([np.median(d) for d in data])
+    m = term.m
+    fig, axes = figure(width=max(5, min(0.18 * m, 16)), height=4)
+    ax = axes[0, 0]
+    ax.boxplot([data[j] for j in order], showfliers=True, widths=0.6)
+    ax.set_xticks(np.arange(1, m + 1), [term.levels[j] for j in order], rotation=90, fontsize=label_size(m))
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel(group)
+    ax.set_ylabel("scaled residuals")
+    return fig
+
+
+def diagnostics(fit):
+    """The four diagnostics in one figure: QQ of BLUPs (first term), QQ of residuals,
+    residuals vs fitted, residuals by group."""
+    fig, axes = figure(2, 2, width=10, height=8)
+    g, df = next(iter(fit.ranef().items()))
+    _qq(axes[0, 0], df.iloc[:, 0], f"BLUPs: {g} {df.columns[0]}")
+    _qq(axes[0, 1], fit.residuals(scaled=True), "scaled residuals")
+    ax = axes[1, 0]
+    ax.scatter(fit.fitted(), fit.residuals(scaled=True), s=10, alpha=0.7)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel("fitted values")
+    ax.set_ylabel("scaled residuals")
+    term = fit.design.terms[0]
+    r = fit.residuals(scaled=True).to_numpy()
+    data = [r[term.codes == j] for j in range(term.m)]
+    order = np.argsort([np.median(d) for d in data])
+    ax = axes[1, 1]
+    ax.boxplot([data[j] for j in order], widths=0.6)
+    ax.set_xticks(np.arange(1, term.m + 1), [term.levels[j] for j in order], rotation=90,
+                  fontsize=label_size(term.m))
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel(term.group)
+    ax.set_ylabel("scaled residuals")
+    return fig

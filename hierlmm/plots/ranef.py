@@ -1,0 +1,106 @@
+"""Random effects: caterpillar plot with posterior intervals; the shrinkage plot."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierlmm.plots._common import figure, label_size, pick_group
+
+__all__ = ["caterpillar", "shrinkage"]
+
+
+def caterpillar(fit, group: str | None = None, beta: str = "fixed", level: float = 0.95):
+    """BLUPs of one grouping factor, sorted, with intervals from ``fit.ranef_posterior(beta)``.
+
+    One panel per term; the figure grows with the number of levels and shrinks its labels
+    so that 50+ groups stay readable.
+    """
+    group = pick_group(fit, group)
+    post = fit.ranef_posterior(beta=beta)[group]
+    lo, hi = post.interval(level)
+    mean = post.mean
+    k = mean.shape[1]
+    m = mean.shape[0]
+    many = m > 100  # too many to label: draw them as a band, sorted
+    fig, axes = figure(1, k, width=3.6 * k, height=max(3.0, min(0.16 * m + 1, 10 if many else 20)), sharey=False)
+    for ax, col in zip(axes[0], mean.columns):
+        order = np.argsort(mean[col].to_numpy())
+        y = np.arange(m)
+        ax.errorbar(mean[col].to_numpy()[order], y, elinewidth=0.6 if many else 1,
+                    xerr=[mean[col].to_numpy()[order] - lo[col].to_numpy()[order],
+                          hi[col].to_numpy()[order] - mean[col].to_numpy()[order]],
+                    fmt="o", ms=2 if many else 3, capsize=0)
+        ax.axvline(0, color="grey", lw=1)
+        if many:
+            ax.set_yticks([])
+            ax.set_ylabel(f"{m} levels, sorted")
+        else:
+            ax.set_yticks(y, [str(mean.index[i]) for i in order], fontsize=label_size(m))
+        ax.set_title(f"{group}: {col}", fontsize=10)
+        ax.set_xlabel(f"b ({int(level * 100)}% interval, β {beta})")
+    return fig
+
+
+def shrinkage(fit, group: str | None = None):
+    """Per-group least-squares estimates vs the model's group-level predictions.
+
+    Random intercept: each group's mean of ``y − Xβ̂`` (no pooling) against ``b̂_i``, with
+    the shrinkage factor ``n_iσ_u²/(σ² + n_iσ_u²)`` printed per group. Intercept and slope:
+    each group's own least-squares line against ``β̂ + b̂_i``, arrows pointing toward the
+    population value.
+    """
+    group = pick_group(fit, group)
+    terms = [t for t in fit.design.terms if t.group == group]
+    names = [n for t in terms for n in t.names]
+    d = fit.design
+    re = fit.ranef()[group]
+    if names == ["(Intercept)"]:
+        t = terms[0]
+        r = d.y - d.X @ fit.fixef.to_numpy()
+        n_i = np.bincount(t.codes, minlength=t.m)
+        ols = np.bincount(t.codes, weights=r, minlength=t.m) / n_i
+        tau2 = fit.covariance_matrices()[t.label].to_numpy()[0, 0]
+        factor = n_i * tau2 / (fit.sigma**2 + n_i * tau2)
+        fig, axes = figure(width=max(6, min(0.25 * t.m, 16)), height=4.5)
+        ax = axes[0, 0]
+        x = np.arange(t.m)
+        ax.scatter(x, ols, label="group mean of y − Xβ̂ (no pooling)", color="C0")
+        ax.scatter(x, re.iloc[:, 0], label="BLUP b̂ (partial pooling)", color="C1")
+        for i in range(t.m):
+            ax.annotate("", xy=(x[i], re.iloc[i, 0]), xytext=(x[i], ols[i]),
+                        arrowprops={"arrowstyle": "->", "color": "grey", "lw": 0.8})
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(x, t.levels, rotation=90, fontsize=label_size(t.m))
+        ax.set_ylabel("group effect")
+        ax.set_title(f"shrinkage factor n·τ²/(σ² + n·τ²): {factor.min():.2f} to {factor.max():.2f}", fontsize=10)
+        ax.legend(fontsize=8)
+        return fig
+    # intercept and one slope: per-group least squares lines
+    t = terms[0]
+    if len(names) != 2 or names[0] != "(Intercept)":
+        from hierlmm.errors import HierlmmError
+
+        raise HierlmmError("shrinkage plots need (1 | g) or (1 + x | g) for the grouping factor")
+    slope_col = names[1]
+    x = t.Z[:, 1] if t.k == 2 else terms[1].Z[:, 0]
+    own = np.full((t.m, 2), np.nan)
+    for j in range(t.m):
+        sel = t.codes == j
+        if sel.sum() >= 2 and np.ptp(x[sel]) > 0:
+            own[j] = np.polyfit(x[sel], d.y[sel], 1)[::-1]
+    beta = fit.fixef
+    pop = np.array([beta.get("(Intercept)", 0.0), beta.get(slope_col, 0.0)])
+    pred = pop + re[names].to_numpy()
+    fig, axes = figure(width=6, height=5)
+    ax = axes[0, 0]
+    ax.scatter(own[:, 0], own[:, 1], label="within-group least squares", color="C0")
+    ax.scatter(pred[:, 0], pred[:, 1], label="β̂ + b̂ (mixed model)", color="C1")
+    for j in range(t.m):
+        if np.all(np.isfinite(own[j])):
+            ax.annotate("", xy=pred[j], xytext=own[j], arrowprops={"arrowstyle": "->", "color": "grey", "lw": 0.8})
+    ax.scatter([pop[0]], [pop[1]], marker="+", s=150, color="black", label="population β̂")
+    ax.set_xlabel("(Intercept)")
+    ax.set_ylabel(slope_col)
+    ax.legend(fontsize=8)
+    ax.set_title(f"shrinkage toward the population line ({group})", fontsize=10)
+    return fig

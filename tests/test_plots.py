@@ -1,0 +1,85 @@
+"""Each plot function runs on a real fit and returns a Figure with the expected axes (Agg)."""
+
+from __future__ import annotations
+
+import warnings
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+import hierlmm as hl  # noqa: E402
+from hierlmm import plots  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sleep_fit():
+    return hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+
+
+@pytest.fixture(scope="module")
+def ortho_fit():
+    return hl.LMM("distance ~ age * Sex + (1 | Subject)", hl.datasets.load("Orthodont")).fit()
+
+
+def n_axes(fig):
+    return len([ax for ax in fig.axes if ax.get_visible()])
+
+
+def test_diagnostics(sleep_fit):
+    fig = plots.diagnostics(sleep_fit)
+    assert isinstance(fig, Figure) and n_axes(fig) == 4
+    assert n_axes(plots.qq_ranef(sleep_fit)) == 2  # (Intercept), Days
+    qq = plots.qq_residuals(sleep_fit)
+    assert len(qq.axes[0].collections[0].get_offsets()) == 180
+    assert len(plots.residuals_vs_fitted(sleep_fit).axes[0].collections[0].get_offsets()) == 180
+    box = plots.residuals_by_group(sleep_fit)
+    assert len(box.axes[0].get_xticklabels()) == 18
+
+
+def test_caterpillar(sleep_fit):
+    fig = plots.caterpillar(sleep_fit, beta="integrated")
+    assert n_axes(fig) == 2
+    assert len(fig.axes[0].get_yticklabels()) == 18
+    with pytest.raises(hl.HierlmmError, match="not a grouping factor"):
+        plots.caterpillar(sleep_fit, group="Days")
+
+
+def test_caterpillar_many_groups():
+    fit = hl.LMM("MathAch ~ SES + (1 | School)", hl.datasets.load("MathAchieve")).fit()
+    fig = plots.caterpillar(fit)
+    assert fig.get_size_inches()[1] <= 10  # 160 levels stay on one readable page
+    assert fig.axes[0].get_ylabel() == "160 levels, sorted"
+
+
+def test_shrinkage(sleep_fit, ortho_fit):
+    fig = plots.shrinkage(sleep_fit)
+    assert len(fig.axes[0].texts) == 18  # one arrow per subject
+    fig = plots.shrinkage(ortho_fit)
+    assert "shrinkage factor" in fig.axes[0].get_title()
+
+
+def test_spaghetti_and_effect(sleep_fit, ortho_fit):
+    fig = plots.spaghetti(sleep_fit, "Days")
+    assert len(fig.axes[0].lines) == 18 + 1  # each subject's fit and the population line
+    fig = plots.effect(ortho_fit, "age", by="Sex")
+    assert len(fig.axes[0].lines) == 2 and len(fig.axes[0].collections) == 2  # lines and bands
+
+
+@pytest.mark.bayes
+def test_bayes_plots():
+    pytest.importorskip("pymc")
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+    fit = model.fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.ConvergenceWarning)
+        post = model.sample(draws=500, tune=500, chains=2, random_seed=1, progressbar=False)
+    fig = plots.posterior_densities(fit, post)
+    assert n_axes(fig) == 2
+    assert len(fig.axes[0].lines) == 3  # REML, mode, median
+    fig = plots.plugin_vs_full(fit, post)
+    assert len(fig.axes[0].get_yticklabels()) == 6
+    fig = plots.limit_path(model, s_values=(1, 10, 100))
+    assert n_axes(fig) == 2
