@@ -16,7 +16,7 @@ import numpy as np
 
 from hierlmm.errors import ConvergenceWarning
 
-__all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian"]
+__all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian", "bobyqa"]
 
 # lme4's isSingular tolerance on θ's bounded entries
 SINGULAR_TOL = 1e-4
@@ -49,20 +49,40 @@ class OptResult:
     hessian: np.ndarray | None = None
 
 
-def _nlopt_bobyqa(f, x0, lower, maxeval, xtol, ftol, initial_step=None):
+def bobyqa(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol_abs=None, xtol_rel=None,
+           ftol_abs=None, initial_step=None):
+    """Minimise ``f`` with nlopt's BOBYQA, keeping the best point it evaluated.
+
+    nlopt raises on a round-off stop and then returns no point; the best evaluated point
+    is kept here instead, so every stop returns a usable answer.
+
+    Returns
+    -------
+    x, fun, evaluations, messages
+    """
     import nlopt
 
-    opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
-    opt.set_lower_bounds(lower)
+    x0 = np.asarray(x0, dtype=float)
+    opt = nlopt.opt(nlopt.LN_BOBYQA, x0.size)
+    if lower is not None:
+        opt.set_lower_bounds(np.asarray(lower, dtype=float))
+    if upper is not None:
+        opt.set_upper_bounds(np.where(np.isfinite(upper), upper, 1e300))
     if initial_step is not None:
         opt.set_initial_step(initial_step)
-    opt.set_xtol_abs(xtol)
-    opt.set_ftol_abs(ftol)
+    if xtol_abs is not None:
+        opt.set_xtol_abs(xtol_abs)
+    if xtol_rel is not None:
+        opt.set_xtol_rel(xtol_rel)
+    if ftol_abs is not None:
+        opt.set_ftol_abs(ftol_abs)
     opt.set_maxeval(maxeval)
-    best = [np.inf, np.asarray(x0, dtype=float).copy()]
+    best = [np.inf, x0.copy()]
 
     def objective(x, grad):
         val = float(f(x))
+        if not np.isfinite(val):
+            val = 1e300
         if val < best[0]:
             best[0], best[1] = val, x.copy()
         return val
@@ -70,7 +90,7 @@ def _nlopt_bobyqa(f, x0, lower, maxeval, xtol, ftol, initial_step=None):
     opt.set_min_objective(objective)
     messages = []
     try:
-        opt.optimize(np.asarray(x0, dtype=float))
+        opt.optimize(x0.copy())
         code = opt.last_optimize_result()
     except nlopt.RoundoffLimited:
         code = nlopt.ROUNDOFF_LIMITED
@@ -104,7 +124,8 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
     lower = np.asarray(deviance.lower, dtype=float)
     x0 = np.asarray(deviance.theta0 if theta0 is None else theta0, dtype=float)
     x0 = np.maximum(x0, lower)
-    x, fun, nev, messages = _nlopt_bobyqa(deviance, x0, lower, maxeval, xtol, ftol, initial_step)
+    x, fun, nev, messages = bobyqa(deviance, x0, lower, maxeval=maxeval, xtol_abs=xtol, ftol_abs=ftol,
+                                   initial_step=initial_step)
     res = OptResult(theta=x, fun=float(fun), evaluations=int(nev), messages=messages)
     if check is None:
         check = getattr(deviance, "n", 0) < 10_000

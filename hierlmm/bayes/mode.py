@@ -67,30 +67,13 @@ def _neutral_start(design, layout):
 
 
 def _maximise(f, x0):
-    import nlopt
+    """Minimise the negative log density; two restarts from the best point polish it."""
+    from hierlmm.optimize import bobyqa
 
-    best = [np.inf, np.asarray(x0, dtype=float)]
-
-    def obj(x, grad):
-        v = float(f(x))
-        if not np.isfinite(v):
-            v = 1e300
-        if v < best[0]:
-            best[0], best[1] = v, x.copy()
-        return v
-
-    for _ in range(3):  # restarts from the best point polish the optimum
-        opt = nlopt.opt(nlopt.LN_BOBYQA, len(x0))
-        opt.set_min_objective(obj)
-        opt.set_xtol_rel(1e-12)
-        opt.set_ftol_abs(1e-13)
-        opt.set_maxeval(20000)
-        opt.set_initial_step(0.5)
-        try:
-            opt.optimize(best[1].copy())
-        except Exception:  # noqa: BLE001 - roundoff stop: keep the best point
-            pass
-    return best[1], -best[0]
+    x, fun = np.asarray(x0, dtype=float), np.inf
+    for _ in range(3):
+        x, fun, _, _ = bobyqa(f, x, maxeval=20000, xtol_rel=1e-12, ftol_abs=1e-13, initial_step=0.5)
+    return x, -fun
 
 
 def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, joint: bool = False,

@@ -99,31 +99,13 @@ def _wald(fit, level):
 
 
 def _minimize(f, x0, lo, hi):
-    import nlopt
+    from hierlmm.optimize import bobyqa
 
     x0 = np.clip(np.asarray(x0, dtype=float), lo, hi)
     if x0.size == 0:
         return f(x0), x0
-    opt = nlopt.opt(nlopt.LN_BOBYQA, x0.size)
-    opt.set_lower_bounds(lo)
-    opt.set_upper_bounds(np.where(np.isfinite(hi), hi, 1e300))
-    opt.set_xtol_abs(1e-9)
-    opt.set_ftol_abs(1e-10)
-    opt.set_maxeval(5000)
-    best = [np.inf, x0]
-
-    def obj(x, grad):
-        v = float(f(x))
-        if v < best[0]:
-            best[0], best[1] = v, x.copy()
-        return v
-
-    opt.set_min_objective(obj)
-    try:
-        opt.optimize(x0)
-    except Exception:  # noqa: BLE001 - nlopt's roundoff stop: keep the best point seen
-        pass
-    return best[0], best[1]
+    x, fun, _, _ = bobyqa(f, x0, lo, hi, maxeval=5000, xtol_abs=1e-9, ftol_abs=1e-10)
+    return fun, x
 
 
 def _crossing(zeta, start, step, limit, target):
@@ -221,24 +203,24 @@ def _subdesign(design, X):
 
 
 def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_jobs=1):
+    """Parametric bootstrap: simulate from the fit, refit each draw (threads when n_jobs != 1)."""
     import warnings
 
     import hierlmm as hl
+    from hierlmm.optimize import optimize_theta
 
     ys = fit.simulate(n_boot, random_seed=random_seed)
     names = sdcor_names(fit) + list(fit.fixef.index)
     show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
     dev = fit.deviance_function
-    sub = _subdesign(fit.design, fit.design.X)
 
-    def one(y):
-        sub.y = y
-        d = type(dev)(sub, reml=dev.reml)
+    def refit(y):
+        local = _subdesign(fit.design, fit.design.X)  # one per draw: safe across threads
+        local.y = y
+        d = type(dev)(local, reml=dev.reml)
         res = optimize_theta(d, theta0=fit.solution.theta, check=False)
         sol = d.solve(res.theta)
-        return np.concatenate([sdcor_from_theta(sub, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
-
-    from hierlmm.optimize import optimize_theta
+        return np.concatenate([sdcor_from_theta(local, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
 
     draws = np.empty((n_boot, len(names)))
     with warnings.catch_warnings():
@@ -246,21 +228,14 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
         if n_jobs and n_jobs != 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            def job(y):
-                local = _subdesign(fit.design, fit.design.X)
-                local.y = y
-                d = type(dev)(local, reml=dev.reml)
-                res = optimize_theta(d, theta0=fit.solution.theta, check=False)
-                sol = d.solve(res.theta)
-                return np.concatenate([sdcor_from_theta(local, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
-
             with ThreadPoolExecutor(max_workers=None if n_jobs < 0 else n_jobs) as ex:
-                for i, row in enumerate(ex.map(job, ys)):
+                results = ex.map(refit, ys)
+                for i, row in enumerate(results):
                     draws[i] = row
                     _progress(show, i + 1, n_boot)
         else:
             for i, y in enumerate(ys):
-                draws[i] = one(y)
+                draws[i] = refit(y)
                 _progress(show, i + 1, n_boot)
     if show:
         sys.stderr.write("\n")
