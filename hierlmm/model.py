@@ -143,6 +143,13 @@ class LMM:
             theta0 = np.concatenate([start, dev.theta0[dev.n_theta:]])
         # parameters without bounds (marginal S, correlation parameters) get a definite first step
         opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
+        if dev.residual is not None:
+            # the likelihood is flat where the residual correlation vanishes; start there too
+            # and keep the better optimum
+            null = np.append(theta0[: dev.n_theta], dev.residual.null_start(dev.positions_all))
+            other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
+            if other.fun < opt.fun:
+                opt = other
         return GroupedResult(self, dev, opt)
 
     def describe(self) -> str:

@@ -51,6 +51,10 @@ class ResidualCorrelation:
     def start(self, positions: list[np.ndarray]) -> float:
         return 0.0
 
+    def null_start(self, positions: list[np.ndarray]) -> float:
+        """An unconstrained value at which the residuals are (numerically) uncorrelated."""
+        return 0.0
+
     def columns(self) -> tuple[str, ...]:
         """Data columns the structure reads (its time or order column, its group)."""
         cols = [getattr(self, "time", "") or getattr(self, "order", None) or "", self.group or ""]
@@ -136,6 +140,9 @@ class Exponential(ResidualCorrelation):
     def start(self, positions):
         d = np.concatenate([np.abs(np.diff(np.sort(p))) for p in positions if len(p) > 1] or [[1.0]])
         return float(np.log(np.median(d[d > 0]) if np.any(d > 0) else 1.0))
+
+    def null_start(self, positions):
+        return self.start(positions) - np.log(20.0)  # correlation at the smallest spacing ~ e^-20
 
     def positions(self, data, rows, group_label):
         return _time_positions(data, rows, self.time, group_label, type(self).__name__)

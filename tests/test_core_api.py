@@ -216,3 +216,12 @@ def test_predict_bad_newdata(sleep):
     ortho = hl.LMM("distance ~ age * Sex + (1 | Subject)", hl.datasets.load("Orthodont")).fit()
     with pytest.raises(hl.DataError, match=r"'Sex'.*Other"):
         ortho.predict(pd.DataFrame({"age": [8], "Sex": ["Other"], "Subject": ["M01"]}))
+
+
+def test_evaluation_counts_stay_in_range():
+    """Guards the optimiser settings the speed work relies on (BOBYQA from lme4's start):
+    a change that makes fits take many more deviance evaluations shows up here."""
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    assert 20 <= fit.opt.evaluations <= 80
+    fit = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", hl.datasets.load("Penicillin")).fit()
+    assert 15 <= fit.opt.evaluations <= 80

@@ -175,3 +175,21 @@ def test_describe():
     assert "σ² R_i" in ar.describe()
     marg = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff2"), formulation="marginal")
     assert "indefinite" in marg.describe()
+
+
+@pytest.mark.parametrize("structure", [hl.GaussianCorr(time="age"), hl.CompoundSymmetry(), hl.Exponential(time="age")])
+def test_other_structures_nest_the_iid_model(structure):
+    """Each structure contains the iid residual (range → 0, ρ = 0), so its maximised REML
+    likelihood cannot be below the iid fit's; at the iid point it equals it exactly."""
+    from hierlmm.grouped import GroupedDeviance
+
+    df = hl.datasets.load("Orthodont")
+    formula = "distance ~ age * Sex + (0 + age | Subject)"
+    iid = hl.LMM(formula, df).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.ConvergenceWarning)
+        fit = hl.LMM(formula, df, residual=structure).fit()
+    assert fit.loglik >= iid.loglik - 1e-6
+    dev = GroupedDeviance(hl.LMM(formula, df, residual=structure).design, residual=structure)
+    at_iid = np.append(iid.solution.theta, -20.0 if structure.param == "range" else 0.0)
+    assert dev(at_iid) == pytest.approx(iid.deviance, rel=1e-9)
