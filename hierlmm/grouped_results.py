@@ -30,13 +30,6 @@ class GroupedResult(LMMResult):
         return self.deviance_function.residual
 
     @property
-    def theta(self) -> pd.Series:
-        full = self.solution.theta
-        n = self.deviance_function.n_theta
-        base = LMMResult.theta.fget(_View(self, full[:n]))
-        return base
-
-    @property
     def residual_params(self) -> dict:
         """The estimated residual correlation parameter, e.g. ``{"phi": 0.54}``."""
         dev = self.deviance_function
@@ -126,11 +119,3 @@ class GroupedResult(LMMResult):
 
     def simulate(self, n=1, random_seed=None):
         raise HierlmmError("simulate() is not available for fits with correlated residuals or in the marginal formulation")
-
-
-class _View:
-    """Borrow LMMResult.theta's naming with another parameter vector."""
-
-    def __init__(self, fit, theta):
-        self.design = fit.design
-        self.solution = type("S", (), {"theta": theta})()

@@ -63,13 +63,8 @@ class LMMResult:
     @property
     def theta(self) -> pd.Series:
         """θ̂, the relative covariance factors' entries, with lme4's names."""
-        names = []
-        for t in self.design.terms:
-            k = t.k
-            for c in range(k):
-                for r in range(c, k):
-                    names.append(f"{t.label}.{t.names[r]}" if r == c else f"{t.label}.{t.names[r]}.{t.names[c]}")
-        return pd.Series(self.solution.theta, index=names, name="theta")
+        return pd.Series(self.solution.theta[: self.design.n_theta], index=theta_names(self.design.terms),
+                         name="theta")
 
     @property
     def fixef(self) -> pd.Series:
@@ -376,6 +371,16 @@ class LMMResult:
 
     def _repr_html_(self) -> str:
         return self.summary()._repr_html_()
+
+
+def theta_names(terms) -> list[str]:
+    """lme4's names of θ's entries: ``Subject.(Intercept)``, ``Subject.Days.(Intercept)``, ..."""
+    names = []
+    for t in terms:
+        for c in range(t.k):
+            for r in range(c, t.k):
+                names.append(f"{t.label}.{t.names[r]}" if r == c else f"{t.label}.{t.names[r]}.{t.names[c]}")
+    return names
 
 
 def term_columns(term, data: pd.DataFrame) -> np.ndarray:
