@@ -212,7 +212,8 @@ def write_markdown(table: pd.DataFrame, path: str):
     ]
     for _, r in table.iterrows():
         sm = "—" if not np.isfinite(r.ratio_statsmodels_lme4) else f"{r.ratio_statsmodels_lme4:.2f}"
-        lines.append(f"| {r.model} | {r.n} | {r.ratio_hierlmm_lme4:.2f} | {sm} | {r.peak_rss_mb:.0f} |")
+        model = r.model.replace("|", "\\|")  # a formula's bar would end the table cell
+        lines.append(f"| {model} | {r.n} | {r.ratio_hierlmm_lme4:.2f} | {sm} | {r.peak_rss_mb:.0f} |")
     scaling = table[table.model.str.contains("1e3 levels")]
     if len(scaling) > 1:
         base = scaling.eval_s.iloc[0]

@@ -13,21 +13,6 @@ import pandas as pd
 __all__ = ["Summary"]
 
 
-def _g(x: float, digits: int = 4) -> str:
-    """R's ``format(x, digits=digits)`` for a single number (roughly)."""
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return ""
-    return f"{x:.{digits}g}" if abs(x) >= 1e5 or (abs(x) < 1e-4 and x != 0) else _fixed(x, digits)
-
-
-def _fixed(x: float, digits: int) -> str:
-    if x == 0:
-        return "0"
-    mag = int(np.floor(np.log10(abs(x))))
-    decimals = max(digits - 1 - mag, 0)
-    return f"{x:.{decimals}f}"
-
-
 def _column(values, digits=4) -> list[str]:
     """Format a column with a common number of decimals, as R's print.default."""
     vals = [v for v in values if v is not None and np.isfinite(v)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import pandas as pd
 
 __all__ = ["fixed_terms", "contrasts_type1", "contrasts_type3"]
 
@@ -96,8 +95,3 @@ def contrasts_type3(design) -> dict[str, np.ndarray]:
         Lt = L[:, cols[t]].T
         out[t] = Lt[np.abs(Lt).sum(axis=1) > 1e-8]
     return out
-
-
-def contrast_frame(L: np.ndarray, design) -> pd.DataFrame:
-    """A contrast matrix labelled by coefficient names (for display)."""
-    return pd.DataFrame(L, columns=design.fixef_names)
