@@ -131,25 +131,26 @@ class Deviance:
     def sigma2(self, factor: BlockedFactor) -> float:
         return factor.r2 / (self.n - self.p if self.reml else self.n)
 
-    def solve(self, theta) -> Solution:
-        """β̂, the conditional modes and σ̂² at θ (lme4's ``updateXwts``/``solve`` step)."""
-        theta = np.asarray(theta, dtype=float)
-        f = self.chol.factor(theta)
-        if f is None:
-            raise np.linalg.LinAlgError("the penalised system is not positive definite at this theta")
+    def backsolve(self, theta, f: BlockedFactor, noise=None):
+        """Solve ``L₋' x = c`` for ``x = (u, β)`` (``c`` the last row of ``L``).
+
+        With ``noise = σ z``, ``z ~ N(0, I)``, it returns ``L₋^{-T}(c + σz)``: an exact draw
+        from the Gaussian ``(u, β) | θ, σ, y`` (flat prior on β), which the collapsed sampler
+        uses for every posterior draw.
+        """
         q, p = f.q_rest, f.p
         c2 = f.L22[-1, :-1]
-        x2 = scipy.linalg.solve_triangular(f.L22[:-1, :-1], c2, trans="T", lower=True, check_finite=False)
-        L21 = f.L21[:-1]
         c1 = np.asarray(f.L21[-1].toarray()).ravel() if sp.issparse(f.L21) else f.L21[-1]
-        v = c1 - np.asarray(L21.T @ x2).ravel()
+        if noise is not None:
+            first_q = self.design.terms[0].q
+            c1, c2 = c1 + noise[:first_q], c2 + noise[first_q:]
+        x2 = scipy.linalg.solve_triangular(f.L22[:-1, :-1], c2, trans="T", lower=True, check_finite=False)
+        v = c1 - np.asarray(f.L21[:-1].T @ x2).ravel()
         first = self.design.terms[0]
         if first.k == 1:
             u1 = (v / f.L11)[:, None]
-        else:
-            v = v.reshape(first.m, first.k)
-            # L_j' u_j = v_j
-            u1 = np.linalg.solve(np.transpose(f.L11, (0, 2, 1)), v[..., None])[..., 0]
+        else:  # L_j' u_j = v_j
+            u1 = np.linalg.solve(np.transpose(f.L11, (0, 2, 1)), v.reshape(first.m, first.k)[..., None])[..., 0]
         us = [u1]
         start = 0
         for t in self.design.terms[1:]:
@@ -157,15 +158,17 @@ class Deviance:
             start += t.q
         beta = x2[q : q + p].copy()
         bs = [u @ t.template(theta[s]).T for t, u, s in zip(self.design.terms, us, self.slices)]
-        return Solution(
-            theta=theta,
-            factor=f,
-            beta=beta,
-            u=us,
-            b=bs,
-            sigma2=self.sigma2(f),
-            deviance=self.from_parts(f),
-        )
+        return beta, us, bs
+
+    def solve(self, theta) -> Solution:
+        """β̂, the conditional modes and σ̂² at θ (lme4's ``updateXwts``/``solve`` step)."""
+        theta = np.asarray(theta, dtype=float)
+        f = self.chol.factor(theta)
+        if f is None:
+            raise np.linalg.LinAlgError("the penalised system is not positive definite at this theta")
+        beta, us, bs = self.backsolve(theta, f)
+        return Solution(theta=theta, factor=f, beta=beta, u=us, b=bs, sigma2=self.sigma2(f),
+                        deviance=self.from_parts(f))
 
 
 def make_deviance(design: Design, reml: bool = True) -> Deviance:

@@ -79,45 +79,122 @@ def _theta_vector(layout: Layout, Ls, sigma):
     return np.concatenate([t.theta_from_template(L) for t, L in zip(layout.terms, Ls)]) / sigma
 
 
-def exact_conditional_draws(system: DenseSystem, layout: Layout, x_draws: np.ndarray, rng) -> tuple:
-    """For each unconstrained draw, one exact draw of β and of each term's b."""
+def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) -> tuple:
+    """For each unconstrained draw, one exact draw of β and of each term's b.
+
+    ``(u, β) | σ², D, y ~ N(x̂, σ²(L₋L₋')⁻¹)``: drawn as ``L₋^{-T}(c + σz)`` with the core's
+    blocked factor (:meth:`hierlmm.deviance.Deviance.backsolve`)."""
+    design = deviance.design
     nd = x_draws.shape[0]
-    q, p = system.q, system.p
-    betas = np.empty((nd, p))
-    bs = [np.empty((nd, t.m, t.k)) for t in layout.terms]
+    size = design.q + design.p
+    betas = np.empty((nd, design.p))
+    bs = [np.empty((nd, t.m, t.k)) for t in design.terms]
     for i in range(nd):
         Ls, sigma2 = layout.unpack(x_draws[i])
         sigma = np.sqrt(sigma2)
         theta = _theta_vector(layout, Ls, sigma)
-        C = system.factor(theta)
-        Cm = C[:-1, :-1]
-        c = C[-1, :-1]
-        xhat = scipy.linalg.solve_triangular(Cm, c, trans="T", lower=True, check_finite=False)
-        z = rng.standard_normal(q + p)
-        x = xhat + sigma * scipy.linalg.solve_triangular(Cm, z, trans="T", lower=True, check_finite=False)
-        betas[i] = x[q:]
-        off = 0
-        for t, L, out in zip(layout.terms, Ls, bs):
-            u = x[off : off + t.q].reshape(t.m, t.k)
-            out[i] = u @ (L / sigma).T
-            off += t.q
+        f = deviance.chol.factor(theta)
+        beta, _, b = deviance.backsolve(theta, f, noise=sigma * rng.standard_normal(size))
+        betas[i] = beta
+        for out, bt in zip(bs, b):
+            out[i] = bt
     return betas, bs
 
 
-def reml_loglik_pt(system: DenseSystem, layout: Layout, x):
-    """The REML log-likelihood of (σ², D) at the unconstrained point ``x`` (PyTensor)."""
+def _theta_pt(layout: Layout, x):
+    """θ = (Cholesky entries of each D_t, exp() on the diagonal) / σ, and s = log σ²."""
     import pytensor.tensor as pt
 
-    eta = x[: layout.n_eta]
-    s = x[layout.n_eta]
-    sigma2 = pt.exp(s)
-    # θ entries: the Cholesky entries of each D_t, exp() on the diagonal, divided by σ
+    eta, s = x[: layout.n_eta], x[layout.n_eta]
     parts = []
     for sl, (pos, _) in zip(layout.slices, layout.diag):
         v = eta[sl]
-        v = pt.set_subtensor(v[pos], pt.exp(v[pos]))
-        parts.append(v)
-    theta = pt.concatenate(parts) / pt.sqrt(sigma2)
+        parts.append(pt.set_subtensor(v[pos], pt.exp(v[pos])))
+    return pt.concatenate(parts) / pt.exp(0.5 * s), s
+
+
+def _unrolled_cholesky(S, k):
+    """Cholesky factors of m matrices at once: ``S[i][j]`` are length-m vectors.
+
+    Written with elementwise operations only (no batched linear-algebra op), which keeps
+    the compiled gradient small; used for the k x k blocks of the first term (k ≤ 4)."""
+    import pytensor.tensor as pt
+
+    L = [[None] * k for _ in range(k)]
+    for j in range(k):
+        d = S[j][j] - sum((L[j][i] ** 2 for i in range(j)), start=0.0)
+        L[j][j] = pt.sqrt(d)
+        for r in range(j + 1, k):
+            L[r][j] = (S[r][j] - sum((L[r][i] * L[j][i] for i in range(j)), start=0.0)) / L[j][j]
+    Linv = [[None] * k for _ in range(k)]
+    for i in range(k):
+        Linv[i][i] = 1.0 / L[i][i]
+        for j in range(i):
+            Linv[i][j] = -sum((L[i][l] * Linv[l][j] for l in range(j, i)), start=0.0) / L[i][i]
+    return L, Linv
+
+
+def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
+    """The REML log-likelihood on the blocked cross-product (first term's k ≤ 4)."""
+    import pytensor.tensor as pt
+
+    theta, s = _theta_pt(layout, x)
+    first = design.terms[0]
+    k, m, r = first.k, first.m, cp.r
+    tc, tr = np.triu_indices(k)
+    T = pt.zeros((k, k))
+    T = pt.set_subtensor(T[tr, tc], theta[layout.slices[0]])
+    A11 = cp.A11  # (m, k, k) constant
+    S = [[sum((T[b, a] * A11[:, b, d] * T[d, c] for b in range(k) for d in range(k)), start=0.0)
+          + (1.0 if a == c else 0.0) for c in range(k)] for a in range(k)]
+    L, Linv = _unrolled_cholesky(S, k)
+    # G_j = T L_j^{-T}: G[a][c] = Σ_b T[a, b] Linv[c][b]
+    G = [[sum((T[a, b] * Linv[c][b] for b in range(c + 1)), start=0.0) for c in range(k)] for a in range(k)]
+    A21 = np.asarray(cp.A21).reshape(r, m, k)  # dense: (r, m, k)
+    # B[:, :, c] = Σ_a A21[:, :, a] G[a][c]  (r x m per c); C = Σ_c B_c B_c'
+    C = 0.0
+    for c in range(k):
+        Bc = sum((A21[:, :, a] * G[a][c][None, :] for a in range(k)), start=0.0)
+        C = C + pt.dot(Bc, Bc.T)
+    A22 = pt.as_tensor_variable(cp.A22)
+    q_rest, p, n = cp.q_rest, cp.p, design.n
+    if q_rest:
+        lam = _rest_lambda_pt(design, layout, theta, r)
+        M = lam.T @ (A22 - C) @ lam
+        M = pt.inc_subtensor(M[np.arange(q_rest), np.arange(q_rest)], 1.0)
+    else:
+        M = A22 - C
+    L22 = pt.linalg.cholesky(M)
+    d22 = pt.log(pt.diagonal(L22))
+    logdet = 2 * sum((pt.sum(pt.log(L[i][i])) for i in range(k)), start=0.0) + 2 * pt.sum(d22[: q_rest + p])
+    r2 = L22[-1, -1] ** 2
+    return -0.5 * (logdet + (n - p) * (np.log(2 * np.pi) + s) + r2 / pt.exp(s))
+
+
+def _rest_lambda_pt(design, layout, theta, r):
+    import pytensor.tensor as pt
+
+    rows, cols, src, off = [], [], [], 0
+    for t, sl in zip(design.terms[1:], layout.slices[1:]):
+        tc, tr = np.triu_indices(t.k)
+        for j in range(t.m):
+            rows.append(off + j * t.k + tr)
+            cols.append(off + j * t.k + tc)
+            src.append(sl.start + np.arange(t.n_theta))
+        off += t.q
+    lam = pt.zeros((r, r))
+    lam = pt.set_subtensor(lam[np.concatenate(rows), np.concatenate(cols)], theta[np.concatenate(src)])
+    idx = np.arange(off, r)
+    return pt.set_subtensor(lam[idx, idx], 1.0)
+
+
+def reml_loglik_pt(system: DenseSystem, layout: Layout, x):
+    """The REML log-likelihood of (σ², D) at the unconstrained point ``x`` (PyTensor), on the
+    dense ``A`` (any design)."""
+    import pytensor.tensor as pt
+
+    theta, s = _theta_pt(layout, x)
+    sigma2 = pt.exp(s)
     r = system.A.shape[0]
     q, p, n = system.q, system.p, system.n
     Lam = pt.zeros((r, r))
@@ -171,14 +248,24 @@ def _half_pt(x, scale, nu):
     return -(nu + 1) / 2 * pt.log1p((x / scale) ** 2 / nu)
 
 
-def build_collapsed_model(design, prior, start: np.ndarray):
-    """A PyMC model whose only free variable is the unconstrained vector ``x``."""
+def build_collapsed_model(design, prior, start: np.ndarray, cp=None):
+    """A PyMC model whose only free variable is the unconstrained vector ``x``.
+
+    The likelihood is written on the blocked cross-product (the first term's ``k x k``
+    blocks handled elementwise, the rest dense) when the first term has at most 4 effects,
+    else on the dense ``A``."""
     import pymc as pm
 
+    from hierlmm.crossprod import crossproduct
+
     layout = Layout(design)
-    system = DenseSystem(design)
     with pm.Model() as model:
         x = pm.Flat("x", shape=layout.size, initval=start)
-        pm.Potential("reml_loglik", reml_loglik_pt(system, layout, x))
+        if design.terms[0].k <= 4:
+            cp = cp if cp is not None and not cp.a21_sparse else crossproduct(design, sparse=False)
+            loglik = reml_loglik_blocked_pt(design, layout, x, cp)
+        else:
+            loglik = reml_loglik_pt(DenseSystem(design), layout, x)
+        pm.Potential("reml_loglik", loglik)
         pm.Potential("log_prior", log_prior_pt(layout, prior, x))
-    return model, layout, system
+    return model, layout

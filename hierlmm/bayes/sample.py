@@ -58,11 +58,11 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     rng = np.random.default_rng(random_seed)
     seed = int(rng.integers(2**31 - 1))
     if sampler == "collapsed":
-        pm_model, layout, system = build_collapsed_model(design, prior, x0)
+        pm_model, layout = build_collapsed_model(design, prior, x0, cp=model.deviance_function().cp)
         trace = _nutpie_sample(pm_model, draws, tune, chains, seed, progressbar, nuts_kwargs)
         x = trace["posterior"]["x"].to_numpy()
         nc, nd = x.shape[:2]
-        beta, bs = exact_conditional_draws(system, layout, x.reshape(nc * nd, -1), rng)
+        beta, bs = exact_conditional_draws(model.deviance_function(), layout, x.reshape(nc * nd, -1), rng)
     else:
         from hierlmm.bayes.hierarchical import build_hierarchical_model
 
