@@ -112,7 +112,7 @@ def main():
         for name, grp in table.groupby("data", sort=False):
             base = grp[grp.sampler == "centred"].iloc[0]
             for _, r in grp.iterrows():
-                lines.append(f"| {name} | {r.sampler} | {r.ess_per_s / base.ess_per_s:.1f} | "
+                lines.append(f"| {name.replace('|', chr(92) + '|')} | {r.sampler} | {r.ess_per_s / base.ess_per_s:.1f} | "
                              f"{r.compile_s / base.compile_s:.2f} | {r.divergences} |")
         Path(args.out).write_text("\n".join(lines) + "\n")
 
