@@ -28,7 +28,7 @@ def centred_model(design, prior="flat"):
     import pymc as pm
     import pytensor.tensor as pt
 
-    from hierlmm.bayes.collapsed import log_prior_pt
+    from hierlmm.bayes.collapsed import log_prior_pt, term_cholesky_pt
     from hierlmm.bayes.priors import Layout
 
     layout = Layout(design)
@@ -38,10 +38,7 @@ def centred_model(design, prior="flat"):
         pm.Potential("log_prior", log_prior_pt(layout, prior, x))
         mu = pt.as_tensor_variable(design.X) @ beta
         for j, (t, sl, (pos, _)) in enumerate(zip(design.terms, layout.slices, layout.diag)):
-            tc, tr = np.triu_indices(t.k)
-            eta = x[sl]
-            L = pt.zeros((t.k, t.k))
-            L = pt.set_subtensor(L[tr, tc], pt.set_subtensor(eta[pos], pt.exp(eta[pos])))
+            L = term_cholesky_pt(t, x[sl], pos)
             b = pm.MvNormal(f"b_{j}", mu=np.zeros(t.k), chol=L, shape=(t.m, t.k))
             mu = mu + pt.sum(pt.as_tensor_variable(t.Z) * b[t.codes], axis=1)
         pm.Normal("y", mu=mu, sigma=pt.exp(0.5 * x[layout.n_eta]), observed=design.y)

@@ -62,7 +62,7 @@ def describe(model, fmt: str = "text") -> str:
         mean = " + ".join(fixed + rand)
         lines = [r"\begin{aligned}",
                  fr"\mathrm{{{resp}}}_{{ij}} \mid b &\sim \mathcal{{N}}\left({mean},\ \sigma^2\right)\\"]
-        for sym, idx, dname, t, struct in dists:
+        for _, _, dname, t, struct in dists:
             lines.append(fr"b_{{i}} &\sim \mathcal{{N}}(0, {dname}),\quad {dname}\ {t.k}\times{t.k}\ \text{{{struct}}},\ i = 1,\dots,{t.m}\ (\text{{{t.group}}})\\")
         lines.append(r"y_i &\sim \mathcal{N}(X_i\beta, V_i),\quad V_i = Z_i D Z_i' + \sigma^2 " + ("I" if residual is None else "R_i"))
         lines.append(r"\end{aligned}")

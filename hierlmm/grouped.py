@@ -77,10 +77,10 @@ class GroupedDeviance:
             by_size.setdefault(len(rows), []).append(rows)
         self.stacks = []
         self.positions_all = []
-        for size, blocks in sorted(by_size.items()):
+        for _, blocks in sorted(by_size.items()):
             rows = np.stack(blocks)  # (G, s)
             comps = []  # per (term, a, c): (G, s, s) matrices Z_a Z_c' within level
-            for ti, t in enumerate(terms):
+            for t in terms:
                 codes = t.codes[rows]
                 same = codes[:, :, None] == codes[:, None, :]
                 for c in range(t.k):
@@ -225,7 +225,7 @@ class GroupedDeviance:
             V = self._V0(stack, svec, rvalue)
             w = np.linalg.solve(V, (stack["y"] - stack["X"] @ beta)[..., None])[..., 0]  # (G, s)
             rows = stack["rows"]
-            for t, S, o in zip(terms, Ss, out):
+            for t, o in zip(terms, out):
                 # Z_t' w per level: accumulate z_i w_i into the level of row i
                 zw = t.Z[rows] * w[..., None]  # (G, s, k)
                 np.add.at(o, t.codes[rows].ravel(), zw.reshape(-1, t.k))

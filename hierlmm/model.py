@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from hierlmm.deviance import Deviance, make_deviance
+from hierlmm.deviance import Deviance
 from hierlmm.design import Design, build_design
 from hierlmm.errors import HierlmmError, SingularFitWarning
 from hierlmm.optimize import optimize_theta, warn_messages

@@ -21,7 +21,6 @@ longitudinal data; very large crossed designs should use the REML fit.
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 from hierlmm.bayes.priors import Layout
 from hierlmm.crossprod import term_matrix
@@ -111,6 +110,15 @@ def _theta_pt(layout: Layout, x):
         v = eta[sl]
         parts.append(pt.set_subtensor(v[pos], pt.exp(v[pos])))
     return pt.concatenate(parts) / pt.exp(0.5 * s), s
+
+
+def term_cholesky_pt(term, eta, pos):
+    """``L_t`` (k x k, lower) from the term's unconstrained entries ``η_t`` (PyTensor)."""
+    import pytensor.tensor as pt
+
+    tc, tr = np.triu_indices(term.k)
+    L = pt.zeros((term.k, term.k))
+    return pt.set_subtensor(L[tr, tc], pt.set_subtensor(eta[pos], pt.exp(eta[pos])))
 
 
 def _unrolled_cholesky(S, k):
@@ -226,11 +234,9 @@ def log_prior_pt(layout: Layout, prior, x):
     total = total - log_sigma
     if prior != "flat_sd":
         total = total + _half_pt(pt.exp(log_sigma), prior.sigma_scale, prior.nu)
-    for t, sl, (pos, rows) in zip(layout.terms, layout.slices, layout.diag):
-        tc, tr = np.triu_indices(t.k)
+    for t, sl, (pos, _) in zip(layout.terms, layout.slices, layout.diag):
         eta = x[sl]
-        L = pt.zeros((t.k, t.k))
-        L = pt.set_subtensor(L[tr, tc], pt.set_subtensor(eta[pos], pt.exp(eta[pos])))
+        L = term_cholesky_pt(t, eta, pos)
         log_sd = 0.5 * pt.log(pt.sum(L * L, axis=1))
         total = total - t.k * pt.sum(log_sd)
         if prior != "flat_sd":

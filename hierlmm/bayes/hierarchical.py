@@ -9,9 +9,8 @@ show that both give the same posterior.
 
 from __future__ import annotations
 
-import numpy as np
 
-from hierlmm.bayes.collapsed import log_prior_pt
+from hierlmm.bayes.collapsed import log_prior_pt, term_cholesky_pt
 from hierlmm.bayes.priors import Layout
 
 __all__ = ["build_hierarchical_model"]
@@ -28,10 +27,7 @@ def build_hierarchical_model(design, prior, start_x, start_beta, start_u):
         pm.Potential("log_prior", log_prior_pt(layout, prior, x))
         mu = pt.as_tensor_variable(design.X) @ beta
         for j, (t, sl, (pos, _)) in enumerate(zip(design.terms, layout.slices, layout.diag)):
-            tc, tr = np.triu_indices(t.k)
-            eta = x[sl]
-            L = pt.zeros((t.k, t.k))
-            L = pt.set_subtensor(L[tr, tc], pt.set_subtensor(eta[pos], pt.exp(eta[pos])))
+            L = term_cholesky_pt(t, x[sl], pos)
             u = pm.Normal(f"u_{j}", 0.0, 1.0, shape=(t.m, t.k), initval=start_u[j])
             b = u @ L.T
             mu = mu + pt.sum(pt.as_tensor_variable(t.Z) * b[t.codes], axis=1)
