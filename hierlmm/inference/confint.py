@@ -126,7 +126,7 @@ def _crossing(zeta, start, step, limit, target):
     return np.nan
 
 
-def _profile(fit, level, parm=None):
+def _profile(fit, level, parm=None, progressbar=None):
     design = fit.design
     ml_dev = fit.model.deviance_function(reml=False)
     ml = fit if fit.method == "ML" else fit.model.fit(method="ML")
@@ -143,9 +143,12 @@ def _profile(fit, level, parm=None):
         return ml_dev.unprofiled(*out)
 
     rows = {}
+    show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
+    todo = [n for n in names + list(design.fixef_names) if parm is None or n in parm]
     for j, name in enumerate(names):
         if parm is not None and name not in parm:
             continue
+        _progress(show, len(rows) + 1, len(todo), "profile")
         free = np.arange(len(est)) != j
         last = [est[free]]
 
@@ -177,6 +180,7 @@ def _profile(fit, level, parm=None):
     for j, name in enumerate(design.fixef_names):
         if parm is not None and name not in parm:
             continue
+        _progress(show, len(rows) + 1, len(todo), "profile")
         keep = np.arange(X.shape[1]) != j
         sub = _subdesign(design, X[:, keep])
         bhat, se = ml.fixef.iloc[j], ml.se.iloc[j]
@@ -190,6 +194,8 @@ def _profile(fit, level, parm=None):
         lower = _crossing(zeta_b, bhat, -se, -np.inf, -z)
         upper = _crossing(zeta_b, bhat, se, np.inf, z)
         rows[name] = (lower, upper)
+    if show:
+        sys.stderr.write("\n")
     return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
 
 
@@ -246,10 +252,11 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
     return out
 
 
-def _progress(show, i, n):
+def _progress(show, i, n, what="bootstrap"):
+    """A one-line progress bar on standard error (when ``show``)."""
     if show and (i == n or i % max(1, n // 50) == 0):
         done = int(40 * i / n)
-        sys.stderr.write(f"\rbootstrap [{'#' * done}{'.' * (40 - done)}] {i}/{n}")
+        sys.stderr.write(f"\r{what} [{'#' * done}{'.' * (40 - done)}] {i}/{n}")
         sys.stderr.flush()
 
 
@@ -263,8 +270,9 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     parm : list of str, optional
         Rows to compute (profile only); all by default.
     **kwargs
-        For ``"bootstrap"``: ``n_boot`` (200), ``random_seed``, ``progressbar``
-        (default: when standard error is a terminal), ``n_jobs`` (threads).
+        ``progressbar`` (default: when standard error is a terminal) for ``"profile"`` and
+        ``"bootstrap"``; for ``"bootstrap"`` also ``n_boot`` (200), ``random_seed``,
+        ``n_jobs`` (threads).
 
     Returns
     -------
@@ -281,7 +289,7 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
         raise HierlmmError("profile and bootstrap intervals are not available for fits with correlated "
                            "residuals or in the marginal formulation; use method='wald'")
     if method == "profile":
-        out = _profile(fit, level, parm=parm)
+        out = _profile(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]
         return out.loc[order]
     if method in ("bootstrap", "boot"):
