@@ -168,7 +168,8 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
     keep = diag > 1e-7 * np.maximum(norms, 1e-300)
     if keep.all():
         return X, names, []
-    # re-check sequentially: the QR diagonal is exact for 'in span of the earlier columns'
+    # |R_jj| is the distance of column j from the span of the columns before it: a (relative)
+    # zero marks a column aliased with earlier ones, the ones lme4 drops
     dropped = [n for n, k in zip(names, keep) if not k]
     return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
 
