@@ -21,6 +21,7 @@ from hierlmm.errors import (
     HierlmmError,
     HierlmmWarning,
     RankDeficiencyWarning,
+    ScaleWarning,
     SingularFitWarning,
 )
 from hierlmm.formula import parse_formula
@@ -71,4 +72,5 @@ __all__ = [
     "SingularFitWarning",
     "ConvergenceWarning",
     "RankDeficiencyWarning",
+    "ScaleWarning",
 ]

@@ -47,6 +47,7 @@ class BlockedFactor:
     L22: np.ndarray
     q_rest: int
     p: int
+    logdet_RX_shift: float = 0.0  # 2 Σ log s_j of X's internal column scaling
     _l21: np.ndarray | sp.spmatrix | None = None
     _l21_args: tuple | None = None
 
@@ -73,9 +74,9 @@ class BlockedFactor:
         return 2.0 * float(d1 + d2)
 
     def logdet_RX(self) -> float:
-        """``log |R_X|²``."""
+        """``log |R_X|²`` (on the user's scale of ``X``)."""
         q = self.q_rest
-        return 2.0 * float(np.log(np.diag(self.L22)[q : q + self.p]).sum())
+        return 2.0 * float(np.log(np.diag(self.L22)[q : q + self.p]).sum()) + self.logdet_RX_shift
 
 
 class BlockedCholesky:
@@ -241,4 +242,4 @@ class BlockedCholesky:
         except (np.linalg.LinAlgError, ValueError):
             return None
         return BlockedFactor(L11=L11, G=G, L22=L22, q_rest=cp.q_rest, p=cp.p,
-                             _l21=L21, _l21_args=(self, G, lam))
+                             logdet_RX_shift=cp.logdet_scale, _l21=L21, _l21_args=(self, G, lam))

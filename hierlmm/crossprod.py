@@ -11,6 +11,11 @@ Following MixedModels.jl, the columns of ``[Z X y]`` are split in two blocks:
 ``A21 = [Z_rest X y]' Z1`` (``r x q1``) is stored dense when small, sparse (CSR) otherwise.
 Every later evaluation of the deviance works on these blocks only, so its cost does not
 depend on ``n``.
+
+The columns of ``X`` enter ``A`` divided by their root mean square ``s_j`` (``X_s = X S⁻¹``),
+so a covariate on a scale of 1e8 next to one of 1e-8 does not ruin the Cholesky factor. The
+profiled deviance is the same function of θ up to ``log|R_X|² = log|R_{X_s}|² + 2 Σ log s_j``
+(added back by :class:`~hierlmm.cholesky.BlockedFactor`), and ``β = S⁻¹ β_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import scipy.sparse as sp
 from hierlmm.design import Design
 from hierlmm.reterms import ReTerm
 
-__all__ = ["CrossProduct", "crossproduct", "term_matrix"]
+__all__ = ["CrossProduct", "crossproduct", "term_matrix", "x_scale"]
 
 # A21 is kept dense while it has at most this many entries and is not sparse
 _DENSE_A21_MAX = 4_000_000
@@ -50,6 +55,8 @@ class CrossProduct:
     q_rest, p : int
         Layout of block 2: ``q_rest`` random-effect columns, ``p`` fixed, then ``y``.
     n : int
+    x_scale : ndarray, shape (p,)
+        ``s_j``, the root mean square of column j of ``X``: ``A`` holds ``X S⁻¹``.
     """
 
     A11: np.ndarray
@@ -58,6 +65,12 @@ class CrossProduct:
     q_rest: int
     p: int
     n: int
+    x_scale: np.ndarray
+
+    @property
+    def logdet_scale(self) -> float:
+        """``2 Σ log s_j``: ``log|R_X|²`` on the user's scale minus that of the scaled ``X``."""
+        return 2.0 * float(np.log(self.x_scale).sum())
 
     @property
     def r(self) -> int:
@@ -79,13 +92,20 @@ def _a11(term: ReTerm) -> np.ndarray:
     return A11
 
 
+def x_scale(X: np.ndarray) -> np.ndarray:
+    """Root mean square of each column of ``X`` (1 for a column of zeros)."""
+    rms = np.sqrt(np.mean(X * X, axis=0)) if X.shape[0] else np.ones(X.shape[1])
+    return np.where(rms > 0, rms, 1.0)
+
+
 def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     """One pass over the data: the blocks of ``A`` for this design.
 
     ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
     """
     first, rest = design.terms[0], design.terms[1:]
-    XY = np.column_stack([design.X, design.y])
+    scale = x_scale(design.X)
+    XY = np.column_stack([design.X / scale, design.y])
     A11 = _a11(first)
     # [X y]'Z1 by one bincount per (column of [X y], column of Z1): no sparse copy of Z1
     bottom = np.empty((XY.shape[1], first.m, first.k))
@@ -96,7 +116,7 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     bottom = bottom.reshape(XY.shape[1], first.q)
     XYtXY = XY.T @ XY
     if not rest:
-        return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n)
+        return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n, scale)
     Zr = sp.hstack([term_matrix(t) for t in rest], format="csr")
     q_rest = Zr.shape[1]
     top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
@@ -114,4 +134,4 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
         A21 = np.vstack([top.toarray(), bottom])
     else:
         A21 = sp.vstack([top, sp.csr_matrix(bottom)], format="csr")
-    return CrossProduct(A11, A21, A22, q_rest, design.p, design.n)
+    return CrossProduct(A11, A21, A22, q_rest, design.p, design.n, scale)

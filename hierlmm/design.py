@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning
+from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.reterms import ReTerm
+from hierlmm.rsyntax import formula_context, r_name, to_formulaic
 
 __all__ = ["Design", "build_design"]
 
@@ -52,6 +53,9 @@ class Design:
     n_missing: int
     fixed_spec: object = None  # formulaic ModelSpec of X (before dropping aliased columns)
     all_fixef_names: list[str] | None = None  # names of X's columns before dropping
+    # the fixed part with every factor in treatment coding, where X is coded otherwise
+    # (ordered factors): lmerTest builds Type III hypotheses there and maps them to X
+    treatment_formula: str | None = None
 
     @property
     def n(self) -> int:
@@ -81,9 +85,11 @@ class Design:
     def response(self) -> str:
         return self.parsed.response
 
-
-def _rename(name: str) -> str:
-    return "(Intercept)" if name == "Intercept" else name
+    def fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
+        """``X`` for (new) data, with the fit's coding, columns and aliased columns dropped."""
+        mm = self.fixed_spec.get_model_matrix(data, na_action="ignore", context=formula_context())
+        mm.columns = [r_name(c) for c in mm.columns]
+        return np.asarray(mm[self.fixef_names], dtype=float)
 
 
 def _required(expr: str, where: str) -> set[str]:
@@ -99,7 +105,7 @@ def _model_matrix(spec: str, data: pd.DataFrame, where: str):
     from formulaic import model_matrix
 
     try:
-        return model_matrix(spec, data, na_action="ignore")
+        return model_matrix(spec, data, na_action="ignore", context=formula_context())
     except Exception as exc:
         raise FormulaError(f"cannot evaluate {where} {spec!r}: {exc}") from None
 
@@ -174,6 +180,28 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
     return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
 
 
+def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
+    """lme4's ``checkScaleX``: warn when the SDs of the non-indicator columns differ by more
+    than ``tol`` from each other or from 1. The fit itself does not need it (``X`` is scaled
+    internally, see :mod:`hierlmm.crossprod`), but estimates in units 1e8 apart are hard to
+    read and the derivative-based inference works on their scale."""
+    cont = [j for j in range(X.shape[1]) if not np.all(np.isin(X[:, j], (0.0, 1.0)))]
+    if not cont or X.shape[0] < 2:
+        return
+    sd = X[:, cont].std(axis=0, ddof=1)
+    sd = sd[sd > 0]
+    if sd.size == 0:
+        return
+    logs = np.log(sd)
+    if np.ptp(logs) > np.log(tol) or np.max(np.abs(logs)) > np.log(tol):
+        listed = ", ".join(f"{names[j]} (sd {X[:, j].std(ddof=1):.3g})" for j in cont)
+        warnings.warn(
+            f"Some predictor variables are on very different scales: {listed}; consider rescaling",
+            ScaleWarning,
+            stacklevel=4,
+        )
+
+
 def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
     """Evaluate an lme4 formula on a data frame.
 
@@ -236,8 +264,11 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
         if isinstance(frame[c].dtype, pd.CategoricalDtype):
             frame[c] = frame[c].cat.remove_unused_categories()
 
-    # fixed part through formulaic
-    mm = _model_matrix(parsed.fixed_formula, frame, "fixed part")
+    # fixed part through formulaic, with R's meaning (powers in calls, ordered factors)
+    ordered = {c for c in frame.columns
+               if isinstance(frame[c].dtype, pd.CategoricalDtype) and frame[c].cat.ordered}
+    fixed_formula = to_formulaic(parsed.fixed_formula, ordered)
+    mm = _model_matrix(fixed_formula, frame, "fixed part")
     y = np.asarray(mm.lhs, dtype=float)
     if y.ndim == 2:
         if y.shape[1] != 1:
@@ -247,7 +278,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
             )
         y = y[:, 0]
     X = np.asarray(mm.rhs, dtype=float)
-    names = [_rename(c) for c in mm.rhs.columns]
+    names = [r_name(c) for c in mm.rhs.columns]
     if not np.all(np.isfinite(y)):
         raise DataError(f"response {parsed.response!r} has non-finite values (inf)")
     if not np.all(np.isfinite(X)):
@@ -263,6 +294,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
             stacklevel=3,
         )
 
+    _check_scales(X, names)
+
     terms = []
     n = len(y)
     for spec in parsed.random:
@@ -271,8 +304,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
         if simple is not None:
             (Z, znames), zspec = simple, None
         else:
-            zmm = _model_matrix(spec.expr, frame, f"random-effects term {spec.source}")
-            Z, znames, zspec = np.asarray(zmm, dtype=float), [_rename(c) for c in zmm.columns], zmm.model_spec
+            zmm = _model_matrix(to_formulaic(spec.expr, ordered), frame, f"random-effects term {spec.source}")
+            Z, znames, zspec = np.asarray(zmm, dtype=float), [r_name(c) for c in zmm.columns], zmm.model_spec
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {spec.source} has no columns")
         term = ReTerm(
@@ -325,4 +358,5 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
         n_missing=n_missing,
         fixed_spec=mm.rhs.model_spec,
         all_fixef_names=all_names,
+        treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
     )

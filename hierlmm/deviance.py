@@ -126,7 +126,8 @@ class Deviance:
         f = self.chol.factor(theta)
         q, p = f.q_rest, f.p
         Rinv = scipy.linalg.solve_triangular(f.L22[q : q + p, q : q + p], np.eye(p), lower=True, check_finite=False)
-        return Rinv.T @ Rinv
+        s = self.cp.x_scale
+        return (Rinv.T @ Rinv) / np.outer(s, s)
 
     def sigma2(self, factor: BlockedFactor) -> float:
         return factor.r2 / (self.n - self.p if self.reml else self.n)
@@ -156,7 +157,7 @@ class Deviance:
         for t in self.design.terms[1:]:
             us.append(x2[start : start + t.q].reshape(t.m, t.k))
             start += t.q
-        beta = x2[q : q + p].copy()
+        beta = x2[q : q + p] / self.cp.x_scale
         bs = [u @ t.template(theta[s]).T for t, u, s in zip(self.design.terms, us, self.slices)]
         return beta, us, bs
 

@@ -34,3 +34,8 @@ class ConvergenceWarning(HierlmmWarning):
 
 class RankDeficiencyWarning(HierlmmWarning):
     """Columns of the fixed-effects model matrix were aliased and dropped."""
+
+
+class ScaleWarning(HierlmmWarning):
+    """Predictors on very different scales (lme4's ``checkScaleX``): the fit is still computed
+    in a well-conditioned internal scaling, but rescaling helps interpretation and inference."""

@@ -247,11 +247,9 @@ class LMMResult:
             raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
         newdata = self._align_categories(newdata)
         try:
-            Xall = self.design.fixed_spec.get_model_matrix(newdata, na_action="ignore")
+            X = self.design.fixed_matrix(newdata)
         except Exception as exc:
             raise DataError(f"cannot build the fixed-effects matrix for newdata: {exc}") from None
-        Xall.columns = ["(Intercept)" if c == "Intercept" else c for c in Xall.columns]
-        X = np.asarray(Xall[self.design.fixef_names], dtype=float)
         mu = X @ self.solution.beta
         if kind == "conditional":
             for t, b in zip(self.design.terms, self.solution.b):
@@ -389,7 +387,10 @@ def term_columns(term, data: pd.DataFrame) -> np.ndarray:
         from hierlmm.design import simple_columns
 
         return simple_columns(term.expr, data)[0]
-    return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore"), dtype=float)
+    from hierlmm.rsyntax import formula_context
+
+    return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore", context=formula_context()),
+                      dtype=float)
 
 
 def _check_kind(kind: str) -> str:

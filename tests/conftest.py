@@ -62,3 +62,12 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+# ---------------------------------------------------------------- the differential suite
+def pytest_addoption(parser):
+    group = parser.getgroup("differential", "hierlmm against R on random models")
+    group.addoption("--models", type=int, default=None,
+                    help="number of random models to compare with R (default 150, or $HIERLMM_DIFF_MODELS)")
+    group.addoption("--seed", type=int, default=None,
+                    help="seed of the model generator (default 20261125, or $HIERLMM_DIFF_SEED)")

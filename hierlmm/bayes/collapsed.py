@@ -174,7 +174,8 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
         M = A22 - C
     L22 = pt.linalg.cholesky(M)
     d22 = pt.log(pt.diagonal(L22))
-    logdet = 2 * sum((pt.sum(pt.log(L[i][i])) for i in range(k)), start=0.0) + 2 * pt.sum(d22[: q_rest + p])
+    logdet = (2 * sum((pt.sum(pt.log(L[i][i])) for i in range(k)), start=0.0) + 2 * pt.sum(d22[: q_rest + p])
+              + cp.logdet_scale)
     r2 = L22[-1, -1] ** 2
     return -0.5 * (logdet + (n - p) * (np.log(2 * np.pi) + s) + r2 / pt.exp(s))
 

@@ -102,7 +102,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
             f = sol.factor
             q = f.q_rest
             RX = f.L22[q : q + p, q : q + p]
-            d = RX.T @ (beta - sol.beta)
+            d = RX.T @ ((beta - sol.beta) * ml_dev.cp.x_scale)  # RX is of the scaled X
             dev = f.logdet_L() + design.n * np.log(2 * np.pi * s2) + (f.r2 + d @ d) / s2
             return 0.5 * dev - layout.log_prior(prior, Ls, s2)
 

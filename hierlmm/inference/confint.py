@@ -17,12 +17,13 @@ cut-off down to 0 gets lower limit 0; a correlation likewise ±1.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import stats
 
-from hierlmm.errors import HierlmmError
+from hierlmm.errors import HierlmmError, HierlmmWarning
 
 __all__ = ["confint", "sdcor_names", "sdcor_from_theta", "theta_from_sdcor"]
 
@@ -99,31 +100,61 @@ def _wald(fit, level):
 
 
 def _minimize(f, x0, lo, hi):
-    from hierlmm.optimize import bobyqa
+    from hierlmm.optimize import bobyqa_restarted
 
     x0 = np.clip(np.asarray(x0, dtype=float), lo, hi)
     if x0.size == 0:
         return f(x0), x0
-    x, fun, _, _ = bobyqa(f, x0, lo, hi, maxeval=5000, xtol_abs=1e-9, ftol_abs=1e-10)
+    x, fun, _, _ = bobyqa_restarted(f, x0, lo, hi, maxeval=5000, xtol=1e-9, ftol=1e-10)
     return fun, x
 
 
 def _crossing(zeta, start, step, limit, target):
-    """Solve ``zeta(ψ) = target`` moving from ``start`` by growing steps toward ``limit``."""
+    """Solve ``zeta(ψ) = target`` moving from ``start`` by growing steps toward ``limit``.
+
+    Returns ``limit`` when ζ stays short of the target up to the parameter's bound, and NaN
+    when no crossing is found (the profile is not monotone or cannot be evaluated).
+    """
     a, za = start, 0.0
     b = start + step
     for _ in range(60):
         if (step > 0 and b >= limit) or (step < 0 and b <= limit):
             b = limit
         zb = zeta(b)
-        if (zb - target) * (za - target) <= 0 and np.isfinite(zb):
-            return optimize.brentq(lambda x: zeta(x) - target, a, b, xtol=1e-10 * max(1, abs(b)))
+        if not np.isfinite(zb):
+            return np.nan
+        if (zb - target) * (za - target) <= 0:
+            return _bracketed_root(zeta, a, za, b, zb, target)
         if b == limit:
             return limit
         a, za = b, zb
         step *= 2
         b = a + step
     return np.nan
+
+
+def _bracketed_root(zeta, a, za, b, zb, target):
+    """The root of ``ζ − target`` in ``[a, b]`` by the Illinois method, from the values at the
+    ends already computed: ζ comes from an optimisation warm-started at the previous point, so
+    evaluating it again at an end need not reproduce the same last digits (brentq's failure)."""
+    fa, fb = za - target, zb - target
+    tol = 1e-9 * max(1.0, abs(a), abs(b))
+    c = b
+    for _ in range(100):
+        if fb == fa:
+            break
+        c = b - fb * (b - a) / (fb - fa)
+        fc = zeta(c) - target
+        if not np.isfinite(fc):
+            return np.nan
+        if abs(fc) < 1e-7 or abs(b - a) < tol:
+            return c
+        if fc * fb < 0:
+            a, fa = b, fb
+        else:
+            fa /= 2
+        b, fb = c, fc
+    return c
 
 
 def _profile(fit, level, parm=None, progressbar=None):
@@ -167,9 +198,10 @@ def _profile(fit, level, parm=None, progressbar=None):
         if lo[j] == -1:
             scale = 0.05
         last[0] = est[free]
-        lower = _crossing(zeta, est[j], -scale * 0.25, lo[j], -z)
+        lower = _limit(name, "lower", lambda: _crossing(zeta, est[j], -scale * 0.25, lo[j], -z))
         last[0] = est[free]
-        upper = _crossing(zeta, est[j], scale * 0.25, hi[j] if np.isfinite(hi[j]) else 1e6 * (abs(est[j]) + 1), z)
+        top = hi[j] if np.isfinite(hi[j]) else 1e6 * (abs(est[j]) + 1)
+        upper = _limit(name, "upper", lambda: _crossing(zeta, est[j], scale * 0.25, top, z))
         rows[name] = (lower, upper)
 
     # fixed effects: β_j fixed by an offset, θ optimised, β_-j and σ profiled (ML)
@@ -191,12 +223,30 @@ def _profile(fit, level, parm=None, progressbar=None):
             res = optimize_theta(dev, theta0=ml.solution.theta, check=False)
             return np.sign(b - bhat) * np.sqrt(max(res.fun - base, 0.0))
 
-        lower = _crossing(zeta_b, bhat, -se, -np.inf, -z)
-        upper = _crossing(zeta_b, bhat, se, np.inf, z)
+        lower = _limit(name, "lower", lambda: _crossing(zeta_b, bhat, -se, -np.inf, -z))
+        upper = _limit(name, "upper", lambda: _crossing(zeta_b, bhat, se, np.inf, z))
         rows[name] = (lower, upper)
     if show:
         sys.stderr.write("\n")
     return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
+
+
+class ProfileWarning(HierlmmWarning):
+    """A profile limit could not be found; it is NaN (lme4 gives NA likewise)."""
+
+
+def _limit(name: str, side: str, find) -> float:
+    """One profile limit, or NaN with a warning naming it: never the whole table lost."""
+    try:
+        value = find()
+    except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
+        value, why = np.nan, f"{type(exc).__name__}: {exc}"
+    else:
+        why = "the profile does not cross the cut-off (not monotone, or not computable there)"
+    if not np.isfinite(value):
+        warnings.warn(f"the {side} profile limit of {name} could not be found ({why}); it is NaN",
+                      ProfileWarning, stacklevel=4)
+    return float(value)
 
 
 def _subdesign(design, X):

@@ -1,7 +1,10 @@
 """Contrast matrices for Type I (sequential) and Type III F tests, as lmerTest builds them.
 
 Type I: the rows of ``U`` of the Doolittle factorisation ``X'X = L D U`` (``U = L'`` unit upper
-triangular) that belong to each term: each term adjusted for the terms before it.
+triangular) that belong to each term: each term adjusted for the terms before it. lmerTest
+sets entries below an absolute 1e-6 to zero, which changes the hypothesis when a column is
+rescaled (a covariate in units of 1e-6 loses its adjustment); here the factorisation is done
+on unit-RMS columns, so the hypothesis does not depend on units.
 
 Type III (lmerTest's ``extract_contrasts_type3``): with ``X`` in treatment coding and
 ``X̃`` the over-parametrised design (every term in full indicator coding, ``0 + term``),
@@ -17,6 +20,8 @@ import re
 
 import numpy as np
 
+from hierlmm.rsyntax import formula_context, r_name
+
 __all__ = ["fixed_terms", "contrasts_type1", "contrasts_type3"]
 
 
@@ -27,32 +32,45 @@ def _zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:
     return np.round(x, max(0, digits - int(np.ceil(np.log10(mx)))))
 
 
-def fixed_terms(design) -> tuple[list[str], dict[str, list[int]], dict[str, frozenset], bool]:
-    """Terms of the fixed part: names, their columns in ``X``, their factors, intercept."""
-    spec = design.fixed_spec
-    kept = {name: i for i, name in enumerate(design.fixef_names)}
+def _terms(spec, all_names, kept_names):
+    """Terms of a formulaic model spec: names, their columns among ``kept_names``, their factors,
+    intercept (R's names: ``o`` for ``C(o, contr.poly)``)."""
+    kept = {name: i for i, name in enumerate(kept_names)}
     names, cols, factors, intercept = [], {}, {}, False
     for term, idx in spec.term_indices.items():
-        label = str(term)
+        label = r_name(str(term))
         if label == "1":
             intercept = True
             continue
-        c = [kept[design.all_fixef_names[i]] for i in idx if design.all_fixef_names[i] in kept]
+        c = [kept[all_names[i]] for i in idx if all_names[i] in kept]
         if not c:
             continue
         names.append(label)
         cols[label] = c
-        factors[label] = frozenset(str(f) for f in term.factors)
+        factors[label] = frozenset(r_name(str(f)) for f in term.factors)
     return names, cols, factors, intercept
+
+
+def fixed_terms(design) -> tuple[list[str], dict[str, list[int]], dict[str, frozenset], bool]:
+    """Terms of the fixed part: names, their columns in ``X``, their factors, intercept."""
+    return _terms(design.fixed_spec, design.all_fixef_names, design.fixef_names)
 
 
 def contrasts_type1(design) -> dict[str, np.ndarray]:
     """Sequential (Type I) contrasts per term."""
+    from hierlmm.crossprod import x_scale
+
     X = design.X
     names, cols, _, _ = fixed_terms(design)
-    C = np.linalg.cholesky(X.T @ X)
+    # in the coordinates of X S⁻¹ (unit-RMS columns), so that the zapping of round-off below
+    # is free of the columns' units; Ũ β_s = Ũ S β, and row i divided by s_i is lmerTest's
+    # unit-diagonal row (the basis matters: Satterthwaite's multi-df DenDF depends on it)
+    s = x_scale(X)
+    Xs = X / s
+    C = np.linalg.cholesky(Xs.T @ Xs)
     U = (C / np.diag(C)).T  # unit upper triangular: X'X = U' D U
     U[np.abs(U) < 1e-6] = 0.0
+    U = U * s[None, :] / s[:, None]
     return {t: U[cols[t]] for t in names}
 
 
@@ -62,19 +80,41 @@ def _full_coding_name(name: str) -> str:
 
 
 def contrasts_type3(design) -> dict[str, np.ndarray]:
-    """Type III contrasts per term (lmerTest's, for treatment-coded factors)."""
+    """Type III contrasts per term, as lmerTest's ``get_contrasts_type3``.
+
+    Built in treatment coding; where ``X`` codes a factor otherwise (an ordered factor's
+    polynomial contrasts), the hypotheses are built on the treatment-coded ``X_t`` and mapped
+    to ``X``'s coefficients by ``X_t⁺ X`` (the hypotheses are the same, only their coordinates
+    change).
+    """
+    names = fixed_terms(design)[0]
+    if design.X.shape[1] <= 1 or len(names) <= 1:
+        return contrasts_type1(design)
+    if design.treatment_formula is None:
+        return _type3(design.X, design.fixef_names, fixed_terms(design), design.data)
     from formulaic import model_matrix
 
-    names, cols, factors, intercept = fixed_terms(design)
-    X = design.X
-    if X.shape[1] <= 1 or len(names) <= 1:
-        return contrasts_type1(design)
+    from hierlmm.design import _drop_aliased
+
+    mm = model_matrix(design.treatment_formula, design.data, na_action="ignore", context=formula_context())
+    all_t = [r_name(c) for c in mm.rhs.columns]
+    Xt, names_t, _ = _drop_aliased(np.asarray(mm.rhs, dtype=float), all_t)
+    Lt = _type3(Xt, names_t, _terms(mm.rhs.model_spec, all_t, names_t), design.data)
+    M = _zapsmall(np.linalg.pinv(Xt) @ design.X)
+    return {t: L @ M for t, L in Lt.items()}
+
+
+def _type3(X, coef_names, terms, data) -> dict[str, np.ndarray]:
+    """Type III contrasts of a treatment-coded ``X`` (lmerTest's ``extract_contrasts_type3``)."""
+    from formulaic import model_matrix
+
+    names, cols, factors, intercept = terms
     parts, rd_names = [], []
     if intercept:
         parts.append(np.ones((X.shape[0], 1)))
         rd_names.append("(Intercept)")
     for t in names:
-        mm = model_matrix(f"0 + {t}", design.data, na_action="ignore")
+        mm = model_matrix(f"0 + {t}", data, na_action="ignore", context=formula_context())
         parts.append(np.asarray(mm, dtype=float))
         rd_names.extend(mm.columns)
     rdX = np.hstack(parts)
@@ -88,7 +128,7 @@ def contrasts_type3(design) -> dict[str, np.ndarray]:
             coef, *_ = np.linalg.lstsq(B, L[:, cols[t]], rcond=None)
             L[:, cols[t]] = _zapsmall(L[:, cols[t]] - B @ coef)
     row_of = {n: i for i, n in enumerate(rd_names)}
-    rows = [row_of[_full_coding_name(n)] for n in design.fixef_names]
+    rows = [row_of[_full_coding_name(n)] for n in coef_names]
     L = L[rows]
     out = {}
     for t in names:

@@ -58,6 +58,9 @@ def kr_adjust(fit) -> KRAdjustment:
     if getattr(fit.model, "grouped", False):
         raise HierlmmError("Kenward-Roger is not available for fits with correlated residuals or in the "
                            "marginal formulation; use ddf='satterthwaite'")
+    if fit.method != "REML":
+        raise HierlmmError("Kenward-Roger's method is only available for REML fits (as lmerTest); "
+                           "refit with method='REML' or use ddf='satterthwaite'")
     cached = getattr(fit, "_kr_cache", None)
     if cached is not None:
         return cached
@@ -123,8 +126,13 @@ def kr_adjust(fit) -> KRAdjustment:
     return out
 
 
-def lb_ddf(L: np.ndarray, kr: KRAdjustment) -> float:
-    """pbkrtest's ``Lb_ddf``: Kenward–Roger denominator df for the hypothesis ``Lβ = 0``."""
+def _ddf_and_scaling(L: np.ndarray, kr: KRAdjustment) -> tuple[float, float]:
+    """pbkrtest's ``.KR_adjust``: the denominator df ``m`` and the scaling ``λ`` of the Wald F.
+
+    Kenward & Roger (1997, §3): with ``A1, A2`` from the adjustment and ``q = rank(L)``,
+    ``m = 4 + (q + 2)/(qρ − 1)`` and ``λ = m (1 − A2/q)/(m − 2)``; ``λF`` is referred to
+    ``F(q, m)``. (``λ = 1`` when ``m`` is within 0.01 of 2, as pbkrtest.)
+    """
     L = np.atleast_2d(np.asarray(L, dtype=float))
     V0 = kr.vcov
     Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
@@ -148,18 +156,31 @@ def lb_ddf(L: np.ndarray, kr: KRAdjustment) -> float:
     V0_ = 0.0 if abs(V0_) < 1e-10 else V0_
     ratio = 1.0 if abs(1 - A2 / q) < 1e-14 and abs(V1) < 1e-14 else (1 - A2 / q) / V1
     rho = ratio**2 * V0_ / V2 / q
-    return float(4 + (q + 2) / (q * rho - 1))
+    m = float(4 + (q + 2) / (q * rho - 1))
+    scaling = 1.0 if abs(m - 2) < 1e-2 else m * (1 - A2 / q) / (m - 2)
+    return m, float(scaling)
+
+
+def lb_ddf(L: np.ndarray, kr: KRAdjustment) -> float:
+    """pbkrtest's ``Lb_ddf``: Kenward–Roger denominator df for the hypothesis ``Lβ = 0``."""
+    return _ddf_and_scaling(L, kr)[0]
 
 
 def kr_test(fit, L: np.ndarray) -> dict:
-    """F (or t) test of ``Lβ = 0`` with the adjusted covariance and KR's df (as lmerTest)."""
+    """F test of ``Lβ = 0`` as lmerTest reports pbkrtest's ``KRmodcomp``.
+
+    ``F = λ W/q`` with ``W`` the Wald statistic in the adjusted covariance, λ Kenward and
+    Roger's scaling and their denominator df; the sums of squares are lmerTest's, from the
+    unscaled ``W/q``.
+    """
     kr = kr_adjust(fit)
     L = np.atleast_2d(np.asarray(L, dtype=float))
     beta = np.asarray(fit.fixef, dtype=float)
     x = L @ beta
     q = L.shape[0]
-    F = float(x @ np.linalg.solve(L @ kr.vcov_adj @ L.T, x) / q)
-    ddf = lb_ddf(L, kr)
-    mean_sq = F * fit.sigma**2
+    F_unscaled = float(x @ np.linalg.solve(L @ kr.vcov_adj @ L.T, x) / q)
+    ddf, scaling = _ddf_and_scaling(L, kr)
+    F = scaling * F_unscaled
+    mean_sq = F_unscaled * fit.sigma**2
     return {"sum_sq": mean_sq * q, "mean_sq": mean_sq, "num_df": q, "den_df": ddf, "F": F,
             "p": float(stats.f.sf(F, q, ddf))}

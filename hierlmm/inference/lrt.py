@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from hierlmm.errors import HierlmmError, HierlmmWarning
+from hierlmm.errors import HierlmmError, HierlmmWarning, SingularFitWarning
 
 __all__ = ["anova", "ranova", "chibar_pvalue", "lm_loglik"]
 
@@ -46,7 +46,18 @@ def lm_loglik(y: np.ndarray, X: np.ndarray, reml: bool) -> float:
 
 
 def _refit_ml(fit):
-    return fit.model.fit(method="ML") if fit.method == "REML" else fit
+    """The ML fit of a REML fit's model: from lme4's start (the REML θ, as lme4's ``refitML``)
+    and from the default start, keeping the higher likelihood (the ML deviance can have more
+    than one local minimum, as on a singular correlated term)."""
+    if fit.method != "REML":
+        return fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HierlmmWarning)
+        fits = [fit.model.fit(method="ML", theta0=fit.solution.theta), fit.model.fit(method="ML")]
+    best = min(fits, key=lambda f: f.deviance)
+    if best.singular:
+        warnings.warn("boundary (singular) fit in the ML refit", SingularFitWarning, stacklevel=3)
+    return best
 
 
 def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:

@@ -14,11 +14,13 @@ lmerTest's ``contestMD``), or ``ν`` when q = 1.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+from hierlmm.errors import HierlmmWarning
 from hierlmm.inference.numderiv import hessian, jacobian
 
 __all__ = ["VarparCovariance", "varpar_covariance", "contest1d", "contestmd", "fstat_ddf"]
@@ -50,16 +52,39 @@ def varpar_covariance(fit) -> VarparCovariance:
     if cached is not None:
         return cached
     vp = np.asarray(fit.varpar, dtype=float)
-    H = hessian(fit.deviance_at, vp)
-    try:
-        A = 2 * np.linalg.inv(H)
-    except np.linalg.LinAlgError:
-        A = 2 * np.linalg.pinv(H)
+    A = 2 * _positive_inverse(hessian(fit.deviance_at, vp))
     jac = jacobian(fit.vcov_at, vp)
     out = VarparCovariance(A=A, jac=jac, vcov=np.asarray(fit.vcov, dtype=float),
                            beta=np.asarray(fit.fixef, dtype=float), sigma=float(fit.sigma))
     fit._satterthwaite_cache = out
     return out
+
+
+class HessianWarning(HierlmmWarning):
+    """The Hessian of the deviance in (θ, σ) is not positive definite at the estimate."""
+
+
+def _positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """lmerTest's inverse of the Hessian: over its eigenvalues above ``tol`` only.
+
+    At a boundary (a variance 0 in a correlated term) the deviance has a negative curvature
+    in the direction that leaves the parameter space, and ``2 H⁻¹`` is no covariance; like
+    lmerTest, the directions with eigenvalues ``≤ tol`` are dropped, with a warning.
+    """
+    ev, vec = np.linalg.eigh(H)
+    neg, zero = ev < -tol, np.abs(ev) <= tol
+    for mask, what in ((neg, "negative"), (zero, "near-zero")):
+        if mask.any():
+            values = " ".join(f"{v:.1e}" for v in ev[mask])
+            warnings.warn(
+                f"the Hessian of the deviance in (theta, sigma) has {mask.sum()} {what} eigenvalue(s) "
+                f"({values}): the fit is on the boundary or not at a minimum; Satterthwaite's df use "
+                "the Hessian's positive part (as lmerTest)",
+                HessianWarning,
+                stacklevel=4,
+            )
+    pos = ev > tol
+    return (vec[:, pos] / ev[pos]) @ vec[:, pos].T
 
 
 def _qform(x, M):

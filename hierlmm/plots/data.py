@@ -70,9 +70,7 @@ def effect(fit, x: str, by: str | None = None, level: float = 0.95, n: int = 50)
             else:
                 new[c] = np.full(n, col.mean())
         new = pd.DataFrame(new)
-        Xall = d.fixed_spec.get_model_matrix(new, na_action="ignore")
-        Xall.columns = ["(Intercept)" if c == "Intercept" else c for c in Xall.columns]
-        X = np.asarray(Xall[d.fixef_names], dtype=float)
+        X = d.fixed_matrix(new)
         mu = X @ fit.fixef.to_numpy()
         se = np.sqrt(np.einsum("ij,jk,ik->i", X, V, X))
         label = f"{by} = {lev}" if by else "marginal mean"

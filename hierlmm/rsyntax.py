@@ -1,0 +1,99 @@
+"""R's meaning of a model formula, given to formulaic.
+
+hierlmm's formulas are lme4's, but formulaic evaluates the code inside a call (``I(x^2)``,
+``log(x)``) as Python, where ``^`` is exclusive or, and codes every factor by treatment
+contrasts. Three rewrites give a formula formulaic evaluates as R would:
+
+* ``^`` inside a function call is a power (``I(Days^2)`` → ``I(Days**2)``); at the formula's
+  top level it keeps its formula meaning (``(a + b)^2``: all interactions up to order 2).
+* An ordered factor (pandas ``Categorical(ordered=True)``, R's ``ordered``) used as a term gets
+  R's default for ordered factors, orthogonal polynomial contrasts (``contr.poly``), with R's
+  coefficient names ``o.L, o.Q, o.C, o^4, …``. ``C(o, contr.treatment)`` still overrides.
+* Functions R users write that formulaic lacks or spells differently are supplied by
+  :func:`formula_context`: ``sqrt``, and ``log(x, base)``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+__all__ = ["to_formulaic", "r_name", "formula_context"]
+
+_IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+_POLY = ", contr.poly)"
+
+
+def _call_depths(text: str) -> list[bool]:
+    """For each character: is it inside the parentheses of a function call?"""
+    inside, stack = [], []
+    for i, ch in enumerate(text):
+        if ch == "(":
+            j = i - 1
+            while j >= 0 and text[j] == " ":
+                j -= 1
+            stack.append(j >= 0 and (text[j].isalnum() or text[j] in "_."))
+        inside.append(any(stack))
+        if ch == ")" and stack:
+            stack.pop()
+    return inside
+
+
+def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
+    """Rewrite an R formula (or one side of it) so formulaic evaluates it as R would."""
+    inside = _call_depths(expr)
+    out, i = [], 0
+    while i < len(expr):
+        ch = expr[i]
+        if ch == "`":  # a backquoted name: R's way of quoting a column name
+            j = expr.find("`", i + 1)
+            j = len(expr) - 1 if j < 0 else j
+            quoted = expr[i : j + 1]
+            name = quoted[1:-1]
+            wrap = name in ordered and name.isidentifier() and not inside[i]
+            out.append(f"C({name}{_POLY}" if wrap else quoted)
+            i = j + 1
+            continue
+        if ch == "^" and inside[i]:
+            out.append("**")
+            i += 1
+            continue
+        m = _IDENT.match(expr, i)
+        if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_.")):
+            name = m.group(0)
+            rest = expr[m.end() :].lstrip()
+            if name in ordered and not inside[i] and not rest.startswith("("):
+                out.append(f"C({name}{_POLY}")
+            else:
+                out.append(name)
+            i = m.end()
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_POLY_COLUMN = re.compile(r"C\(([^,()]+), contr\.poly\)\[([^\]]+)\]")
+_POLY_TERM = re.compile(r"C\(([^,()]+), contr\.poly\)")
+
+
+def r_name(name: str) -> str:
+    """R's name of a column or term: ``Intercept`` → ``(Intercept)``; polynomial contrasts
+    ``C(o, contr.poly)[.L]`` → ``o.L``, ``[^4]`` → ``o^4``, and a level in full coding (where
+    R codes the factor by indicators, e.g. ``x:o`` without ``x``) ``[a]`` → ``oa``; the term
+    ``C(o, contr.poly)`` → ``o``."""
+    if name == "Intercept":
+        return "(Intercept)"
+    return _POLY_TERM.sub(r"\1", _POLY_COLUMN.sub(r"\1\2", name))
+
+
+def _log(x, base=np.e):
+    """R's ``log(x, base)``."""
+    x = np.asarray(x, dtype=float)
+    return np.log(x) if base == np.e else np.log(x) / np.log(base)
+
+
+def formula_context() -> dict:
+    """Names formulaic lacks that R formulas use (``sqrt``, ``log`` with a base)."""
+    return {"sqrt": np.sqrt, "log": _log}

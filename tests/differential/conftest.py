@@ -1,0 +1,94 @@
+"""The differential suite's fixtures: generate the cases, fit them all in R once, fit each in
+hierlmm on first use.
+
+``pytest tests/differential --models 1000 --seed 7`` (or ``HIERLMM_DIFF_MODELS`` and
+``HIERLMM_DIFF_SEED``) runs another draw. Without R the suite is skipped with a message
+saying how to install it; under CI (``CI=true``) a missing R is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from generator import generate  # noqa: E402
+from rharness import INSTALL_HINT, fit_in_r, r_available  # noqa: E402
+
+DEFAULT_MODELS = 150
+DEFAULT_SEED = 20261125
+
+
+def _settings(config) -> tuple[int, int]:
+    n = config.getoption("--models") or int(os.environ.get("HIERLMM_DIFF_MODELS", DEFAULT_MODELS))
+    seed = config.getoption("--seed")
+    seed = seed if seed is not None else int(os.environ.get("HIERLMM_DIFF_SEED", DEFAULT_SEED))
+    return n, seed
+
+
+_CASES: dict[str, object] = {}
+
+
+def _cases(config):
+    key = _settings(config)
+    if key not in _CASES:
+        _CASES[key] = generate(seed=key[1], n=key[0])
+    return _CASES[key]
+
+
+def pytest_generate_tests(metafunc):
+    if "diff_case" in metafunc.fixturenames:
+        ids = [c.id for c in _cases(metafunc.config)]
+        metafunc.parametrize("diff_case", ids, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def r_results(request, tmp_path_factory):
+    why = r_available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"differential tests need R under CI: {why}. {INSTALL_HINT}")
+        pytest.skip(f"{why}. {INSTALL_HINT}")
+    cases = _cases(request.config)
+    return fit_in_r(cases, tmp_path_factory.mktemp("differential"))
+
+
+_FITS: dict[str, tuple] = {}
+
+
+@pytest.fixture
+def diff_case(request, r_results):
+    """``(case, R's results, hierlmm's fit or None, hierlmm's error or None)``."""
+    import hierlmm as hl
+
+    case = next(c for c in _cases(request.config) if c.id == request.param)
+    if case.id not in _FITS:
+        fit, err = None, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                residual = hl.AR1() if case.ar1 else None
+                fit = hl.LMM(case.formula, case.data, residual=residual).fit(
+                    method="REML" if case.reml else "ML")
+            except hl.HierlmmError as exc:
+                err = exc
+        _FITS[case.id] = (fit, err)
+    fit, err = _FITS[case.id]
+    return case, r_results[case.id], fit, err
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _CASES:
+        return
+    n, seed = _settings(config)
+    cases = _cases(config)
+    better = sorted(c.id for c in cases if "better" in c.notes)
+    line = f"differential: {n} models, seed {seed}"
+    if better:
+        line += f"; hierlmm's likelihood higher than R's on {len(better)} ({', '.join(better[:10])})"
+    terminalreporter.write_line(line)

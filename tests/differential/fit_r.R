@@ -1,0 +1,119 @@
+# Fits a batch of models with lme4 + lmerTest (+ pbkrtest, nlme) and writes what they report.
+# Usage: Rscript fit_r.R cases.json results.json
+# cases.json: a list of {id, formula, csv, factors: {col: {levels, ordered}}, reml, kr, profile,
+# lrt_drop, ar1}. R's start-up is paid once per batch. Every number in results.json is R's.
+suppressPackageStartupMessages({
+  library(jsonlite)
+  library(lme4)
+  library(lmerTest)
+  library(nlme)
+})
+args <- commandArgs(trailingOnly = TRUE)
+cases <- fromJSON(args[1], simplifyVector = FALSE)
+
+read_case <- function(cs) {
+  d <- read.csv(cs$csv, stringsAsFactors = FALSE, na.strings = c("", "NA", "nan", "NaN"))
+  for (col in names(cs$factors)) {
+    f <- cs$factors[[col]]
+    d[[col]] <- factor(d[[col]], levels = unlist(f$levels), ordered = isTRUE(f$ordered))
+  }
+  d
+}
+
+named <- function(x) as.list(x)
+
+anova_list <- function(a) {
+  list(terms = I(rownames(a)), SumSq = I(a[["Sum Sq"]]), MeanSq = I(a[["Mean Sq"]]),
+       NumDF = I(a[["NumDF"]]), DenDF = I(a[["DenDF"]]), F = I(a[["F value"]]), p = I(a[["Pr(>F)"]]))
+}
+
+coef_list <- function(cf) {
+  list(names = I(rownames(cf)), se = I(unname(cf[, "Std. Error"])), df = I(unname(cf[, "df"])),
+       t = I(unname(cf[, "t value"])), p = I(unname(cf[, "Pr(>|t|)"])))
+}
+
+catch <- function(expr) tryCatch(expr, error = function(e) list(error = conditionMessage(e)))
+
+inference <- function(m, kr) {
+  out <- list(satterthwaite = coef_list(summary(m)$coefficients),
+              anova3_S = catch(anova_list(anova(m, type = 3))),
+              anova1_S = catch(anova_list(anova(m, type = 1))))
+  if (kr) {
+    out$kr <- catch(coef_list(summary(m, ddf = "Kenward-Roger")$coefficients))
+    out$anova3_KR <- catch(anova_list(anova(m, type = 3, ddf = "Kenward-Roger")))
+  }
+  out
+}
+
+fit_lmer <- function(cs, d) {
+  warns <- character(0)
+  m <- withCallingHandlers(
+    lmerTest::lmer(as.formula(cs$formula), data = d, REML = isTRUE(cs$reml)),
+    warning = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleWarning") },
+    message = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleMessage") })
+  out <- list(ok = TRUE, warnings = I(warns))
+  out$fixef <- named(fixef(m))
+  out$fixef_names <- I(names(fixef(m)))
+  V <- as.matrix(vcov(m))
+  out$se <- named(sqrt(diag(V)))
+  out$vcov <- unname(V)
+  out$theta <- I(unname(getME(m, "theta")))
+  out$sigma <- sigma(m)
+  out$nobs <- nobs(m)
+  out$logLik <- as.numeric(logLik(m))
+  out$crit <- if (isTRUE(cs$reml)) unname(getME(m, "devcomp")$cmp[["REML"]]) else unname(deviance(m))
+  out$singular <- isSingular(m)
+  vc <- VarCorr(m)
+  out$varcorr <- lapply(seq_along(vc), function(i) {
+    v <- vc[[i]]
+    list(group = names(vc)[i], terms = I(colnames(v)), cov = unname(as.matrix(v)))
+  })
+  re <- as.data.frame(ranef(m, condVar = TRUE))
+  out$ranef <- list(grpvar = I(as.character(re$grpvar)), term = I(as.character(re$term)),
+                    grp = I(as.character(re$grp)), condval = I(re$condval), condsd = I(re$condsd))
+  out$fitted <- I(unname(fitted(m)))
+  out <- c(out, inference(m, isTRUE(cs$kr)))
+  if (!is.null(cs$rescale)) {
+    # the same model with one covariate in other units: the same hypotheses, a well-scaled X
+    d2 <- d
+    d2[[cs$rescale]] <- d2[[cs$rescale]] / sd(d2[[cs$rescale]], na.rm = TRUE)
+    m2 <- suppressWarnings(suppressMessages(
+      lmerTest::lmer(as.formula(cs$formula), data = d2, REML = isTRUE(cs$reml))))
+    out$rescaled <- inference(m2, isTRUE(cs$kr))
+  }
+  if (isTRUE(cs$profile)) {
+    out$profile <- catch({
+      pw <- character(0)
+      ci <- withCallingHandlers(confint(m, method = "profile", oldNames = FALSE, quiet = TRUE),
+        warning = function(w) { pw <<- c(pw, conditionMessage(w)); invokeRestart("muffleWarning") })
+      list(names = I(rownames(ci)), lower = I(unname(ci[, 1])), upper = I(unname(ci[, 2])), warnings = I(pw))
+    })
+  }
+  if (!is.null(cs$lrt_drop)) {
+    out$lrt <- catch({
+      small <- update(m, as.formula(paste(". ~ . -", cs$lrt_drop)))
+      a <- suppressMessages(anova(small, m))
+      list(npar = I(a$npar), AIC = I(a$AIC), BIC = I(a$BIC), logLik = I(a$logLik), deviance = I(a$deviance),
+           Chisq = a$Chisq[2], Df = a$Df[2], p = a[["Pr(>Chisq)"]][2])
+    })
+  }
+  out
+}
+
+fit_ar1 <- function(cs, d) {
+  m <- lme(y ~ x, random = ~ 1 | g, data = d, correlation = corAR1(form = ~ 1 | g),
+           method = if (isTRUE(cs$reml)) "REML" else "ML")
+  list(ok = TRUE, fixef = named(fixef(m)), fixef_names = names(fixef(m)),
+       se = named(sqrt(diag(vcov(m)))), sigma = m$sigma, logLik = as.numeric(logLik(m)),
+       random_sd = as.numeric(VarCorr(m)[1, "StdDev"]),
+       Phi = unname(coef(m$modelStruct$corStruct, unconstrained = FALSE)))
+}
+
+results <- lapply(cases, function(cs) {
+  d <- read_case(cs)
+  res <- tryCatch(if (isTRUE(cs$ar1)) fit_ar1(cs, d) else fit_lmer(cs, d),
+                  error = function(e) list(ok = FALSE, error = conditionMessage(e)))
+  res$id <- cs$id
+  res
+})
+writeLines(toJSON(results, auto_unbox = TRUE, digits = NA, na = "null", null = "null"), args[2])

@@ -1,0 +1,246 @@
+"""Random but valid linear mixed models and data sets, for the differential tests against R.
+
+:func:`generate` draws ``n`` cases from a seeded grammar covering what hierlmm accepts:
+
+* random parts: intercepts ``(1 | g)``, correlated slopes ``(x | g)``, uncorrelated slopes
+  ``(x || g)``, slopes on a factor ``(0 + f | g)``, nesting ``(1 | g/h)``, an explicit
+  interaction ``(1 | g:h)``, crossed terms ``(1 | g) + (1 | h)`` with or without a slope;
+* fixed parts: numeric covariates (one on a scale drawn from 1e-8 to 1e8), unordered and
+  ordered factors, interactions, ``I(x^2)`` and ``log(w)`` written as R users write them;
+* data: unbalanced groups, groups of size one, missing values in the response and the
+  covariates, random-effect variances that are sometimes zero (singular fits), responses on
+  scales from 1e-2 to 1e3; REML and ML.
+
+Every formula is written once, in lme4's syntax, and given unchanged to both lme4 and
+hierlmm. A case carries flags for the costlier comparisons (Kenward–Roger, profile
+intervals, a likelihood-ratio test of a nested pair, nlme's AR(1)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Case", "generate"]
+
+
+@dataclass
+class Case:
+    """One model and its data.
+
+    Attributes
+    ----------
+    id : str
+    formula : str
+        lme4 syntax, identical for R and hierlmm.
+    data : DataFrame
+        Factors as pandas ``Categorical`` (``ordered=True`` for ordered factors).
+    reml : bool
+    kr, profile : bool
+        Also compare Kenward–Roger tables / profile intervals.
+    lrt_drop, small_formula : str or None
+        A fixed-effects term to drop for a likelihood-ratio test of the nested pair, and the
+        formula without it.
+    ar1 : bool
+        Fit with AR(1) residuals within the grouping factor (nlme's ``lme`` + ``corAR1``).
+    rescale : str or None
+        A covariate on a scale far from 1: R also fits the model with it divided by its SD
+        (the same hypotheses in other units), since lmerTest's contrasts use absolute
+        thresholds and change with the units.
+    """
+
+    id: str
+    formula: str
+    data: pd.DataFrame
+    reml: bool
+    kr: bool = False
+    profile: bool = False
+    lrt_drop: str | None = None
+    small_formula: str | None = None
+    ar1: bool = False
+    rescale: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+RANDOM_KINDS = ["int", "slope", "uncorr", "fslope", "nested", "inter", "crossed", "crossed_slope"]
+
+
+def _sizes(rng, m: int, mean: float) -> np.ndarray:
+    """Unbalanced group sizes, some groups of size one."""
+    sizes = 1 + rng.poisson(mean - 1, size=m)
+    if rng.random() < 0.5:
+        sizes[rng.choice(m, size=max(1, m // 6), replace=False)] = 1
+    return sizes
+
+
+def _factor(values, levels, ordered=False) -> pd.Categorical:
+    return pd.Categorical(values, categories=levels, ordered=ordered)
+
+
+def _levels(prefix: str, k: int) -> list[str]:
+    return [f"{prefix}{j + 1:02d}" for j in range(k)]
+
+
+def _cov(rng, k: int, scale: float, zero: bool) -> np.ndarray:
+    """A random k x k covariance; ``zero`` makes it singular (a zero variance)."""
+    A = rng.normal(size=(k, k))
+    D = A @ A.T / k + 0.2 * np.eye(k)
+    sd = scale * np.exp(rng.normal(0, 0.5, size=k))
+    D = D / np.sqrt(np.outer(np.diag(D), np.diag(D))) * np.outer(sd, sd)
+    if zero:
+        D[:, 0] = D[0, :] = 0.0
+    return D
+
+
+def _case(rng, i: int) -> Case:
+    kind = RANDOM_KINDS[i % len(RANDOM_KINDS)] if rng.random() < 0.7 else str(rng.choice(RANDOM_KINDS))
+    m = int(rng.integers(5, 26))
+    mean = float(rng.uniform(2.5, 9))
+    if kind == "fslope":
+        mean = max(mean, 6.0)
+    sizes = _sizes(rng, m, mean)
+    if kind in ("fslope", "slope", "uncorr", "crossed_slope"):
+        sizes[sizes < 2] = 2  # a slope needs some within-group spread somewhere
+    n = int(sizes.sum())
+    g_levels = _levels("g", m)
+    g = np.repeat(np.arange(m), sizes)
+    d = pd.DataFrame({"g": _factor(np.array(g_levels)[g], g_levels)})
+
+    # covariates
+    d["x"] = rng.normal(0, 1, n) + rng.normal(0, 0.5, m)[g]
+    d["w"] = np.exp(rng.normal(0, 0.6, n))
+    zscale = 10.0 ** rng.integers(-8, 9) if rng.random() < 0.3 else 10.0 ** rng.uniform(-1, 1)
+    d["z"] = rng.normal(0, 1, n) * zscale
+    kf = int(rng.integers(2, 5))
+    f_levels = _levels("f", kf)
+    d["f"] = _factor(np.array(f_levels)[rng.integers(0, kf, n)], f_levels)
+    ko = int(rng.integers(3, 6))
+    o_levels = _levels("o", ko)
+    d["o"] = _factor(np.array(o_levels)[rng.integers(0, ko, n)], o_levels, ordered=True)
+
+    # second grouping factor
+    if kind in ("nested", "inter"):
+        per = rng.integers(2, 4, size=m)
+        hmax = int(per.max())
+        h = np.concatenate([rng.integers(0, per[j], size=sizes[j]) for j in range(m)])
+        h_levels = _levels("h", hmax)
+        d["h"] = _factor(np.array(h_levels)[h], h_levels)
+    elif kind in ("crossed", "crossed_slope"):
+        mh = int(rng.integers(3, 12))
+        h_levels = _levels("h", mh)
+        d["h"] = _factor(np.array(h_levels)[rng.integers(0, mh, n)], h_levels)
+
+    # fixed part: a random subset of terms, R's spelling
+    pool = ["x", "z", "f", "o", "x:f", "I(x^2)", "log(w)", "x:o"]
+    weights = np.array([5, 3, 3, 2, 1.5, 1.5, 1.5, 0.7])
+    nterm = int(rng.integers(1, 5))
+    chosen = list(rng.choice(pool, size=nterm, replace=False, p=weights / weights.sum()))
+    if "x:f" in chosen:
+        chosen = [t for t in chosen if t != "x:f"] + ["x", "f"]
+        chosen = list(dict.fromkeys(chosen)) + ["x:f"]
+    if "x:o" in chosen:
+        chosen = [t for t in chosen if t != "x:o"] + ["x", "o"]
+        chosen = list(dict.fromkeys(chosen)) + ["x:o"]
+    if kind == "fslope" and "f" not in chosen:
+        chosen.append("f")
+    if kind in ("slope", "uncorr", "crossed_slope") and "x" not in chosen:
+        chosen.insert(0, "x")
+    chosen = list(dict.fromkeys(chosen))
+    fixed = " + ".join(chosen)
+
+    random = {
+        "int": "(1 | g)",
+        "slope": "(x | g)",
+        "uncorr": "(x || g)",
+        "fslope": "(0 + f | g)",
+        "nested": "(1 | g/h)",
+        "inter": "(1 | g) + (1 | g:h)",
+        "crossed": "(1 | g) + (1 | h)",
+        "crossed_slope": "(1 + x | g) + (1 | h)",
+    }[kind]
+
+    # simulate the response
+    X = np.column_stack([np.ones(n), d["x"], d["z"] / d["z"].std(), np.log(d["w"]), d["x"] ** 2,
+                         d["f"].cat.codes, d["o"].cat.codes])
+    beta = rng.normal(0, 1, X.shape[1])
+    sigma = 1.0
+    singular = rng.random() < 0.15
+    eta = X @ beta
+    if kind in ("slope", "uncorr", "crossed_slope"):
+        D = _cov(rng, 2, 1.0, singular)
+        if kind == "uncorr":
+            D[0, 1] = D[1, 0] = 0.0
+        b = rng.multivariate_normal(np.zeros(2), D, size=m)
+        eta += b[g, 0] + b[g, 1] * d["x"].to_numpy()
+    elif kind == "fslope":
+        D = _cov(rng, kf, 1.0, singular)
+        b = rng.multivariate_normal(np.zeros(kf), D, size=m)
+        eta += b[g, d["f"].cat.codes.to_numpy()]
+    else:
+        tau = 0.0 if singular else float(np.exp(rng.normal(0, 0.7)))
+        eta += tau * rng.normal(size=m)[g]
+    if "h" in d:
+        hc = d["h"].cat.codes.to_numpy()
+        if kind in ("nested", "inter"):
+            key = g * 10 + hc
+            _, inv = np.unique(key, return_inverse=True)
+            eta += float(np.exp(rng.normal(-0.5, 0.6))) * rng.normal(size=inv.max() + 1)[inv]
+        else:
+            eta += float(np.exp(rng.normal(-0.3, 0.6))) * rng.normal(size=hc.max() + 1)[hc]
+    yscale = 10.0 ** rng.uniform(-2, 3)
+    d["y"] = (eta + sigma * rng.normal(size=n)) * yscale + rng.normal(0, 3) * yscale
+
+    notes = [kind]
+    if rng.random() < 0.2:
+        for col in rng.choice(["y", "x", "w", "f"], size=2, replace=False):
+            rows = rng.choice(n, size=max(1, n // 30), replace=False)
+            d.loc[rows, col] = np.nan
+        notes.append("missing")
+    reml = bool(rng.random() < 0.6)
+    lrt = chosen[-1] if len(chosen) >= 2 and rng.random() < 0.35 else None
+    case = Case(
+        id=f"m{i:04d}",
+        formula=f"y ~ {fixed} + {random}",
+        data=d[["y"] + [c for c in d.columns if c != "y"]],
+        reml=reml,
+        kr=reml and n <= 350,
+        profile=bool(n <= 180 and rng.random() < 0.25),
+        lrt_drop=lrt,
+        small_formula=f"y ~ {' + '.join(chosen[:-1])} + {random}" if lrt else None,
+        rescale="z" if "z" in chosen and not 1e-3 < d["z"].std() < 1e3 else None,
+        notes=notes,
+    )
+    return case
+
+
+def _ar1_case(rng, i: int) -> Case:
+    """A random-intercept model with AR(1) residuals in time order within each group."""
+    m = int(rng.integers(6, 20))
+    t = int(rng.integers(4, 9))
+    g_levels = _levels("g", m)
+    g = np.repeat(np.arange(m), t)
+    n = m * t
+    x = rng.normal(0, 1, n)
+    phi = float(rng.uniform(-0.3, 0.85))
+    e = np.empty(n)
+    for j in range(m):
+        z = rng.normal(size=t)
+        e[j * t] = z[0]
+        for s in range(1, t):
+            e[j * t + s] = phi * e[j * t + s - 1] + np.sqrt(1 - phi**2) * z[s]
+    tau = float(np.exp(rng.normal(0, 0.5)))
+    y = 1 + 0.5 * x + tau * rng.normal(size=m)[g] + e
+    d = pd.DataFrame({"y": y, "x": x, "g": _factor(np.array(g_levels)[g], g_levels)})
+    return Case(id=f"a{i:04d}", formula="y ~ x + (1 | g)", data=d, reml=bool(rng.random() < 0.7),
+                ar1=True, notes=["ar1"])
+
+
+def generate(seed: int, n: int, n_ar1: int | None = None) -> list[Case]:
+    """``n`` random cases (about one in fifteen with AR(1) residuals), reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    n_ar1 = max(1, n // 15) if n_ar1 is None else n_ar1
+    cases = [_case(rng, i) for i in range(n - n_ar1)]
+    cases += [_ar1_case(rng, i) for i in range(n_ar1)]
+    return cases
