@@ -189,6 +189,7 @@ class LMM:
         hierlmm.bayes.posterior.Posterior
             ``.idata`` (ArviZ DataTree) and ``.summary()``.
         """
+        self._bayes_supported("sample()")
         from hierlmm.bayes.sample import sample
 
         return sample(self, prior=prior, sampler=sampler, draws=draws, tune=tune, chains=chains,
@@ -201,9 +202,26 @@ class LMM:
         tends to REML. ``joint=True`` gives the joint mode of (β, σ², D) under flat priors,
         which is the ML estimate. See :mod:`hierlmm.bayes.mode`.
         """
+        self._bayes_supported("posterior_mode()")
         from hierlmm.bayes.mode import posterior_mode
 
         return posterior_mode(self, prior=prior, beta_prior_sd=beta_prior_sd, joint=joint)
+
+    def _bayes_supported(self, what: str) -> None:
+        """The Bayesian side implements iid residuals in the hierarchical formulation only:
+        refuse the rest rather than answer for another model."""
+        if self.residual is not None:
+            raise HierlmmError(
+                f"{what} does not implement correlated residuals (residual={self.residual!r}); it would "
+                "sample the model with independent residuals instead. Fit it by REML/ML with .fit(), "
+                "or drop residual= to sample the iid model"
+            )
+        if self.formulation == "marginal":
+            raise HierlmmError(
+                f"{what} does not implement the marginal formulation (D not required to be positive "
+                "semi-definite); it would sample the hierarchical model instead. Use .fit(), or "
+                "formulation='hierarchical'"
+            )
 
     def __repr__(self) -> str:
         d = self.design

@@ -111,7 +111,7 @@ def bobyqa_restarted(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol
     bound that the optimum sits on, that happens short of the optimum (seen: 1e-9 to 1e-3 in
     deviance). Each restart builds a fresh interpolation model around the best point with a
     moderate step (10% of each coordinate, at least 0.02); when one improves by less than
-    ``ftol/1000`` the point is converged in θ, not only in the objective.
+    ``ftol/100`` the point is converged in θ, not only in the objective.
     """
     x, fun, nev, messages = bobyqa(f, x0, lower, upper, maxeval=maxeval, xtol_abs=xtol, ftol_abs=ftol,
                                    initial_step=initial_step)
@@ -120,10 +120,10 @@ def bobyqa_restarted(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol
         if upper is not None:  # BOBYQA needs the first step inside the box
             room = np.minimum(np.asarray(upper) - x, x - (np.asarray(lower) if lower is not None else -np.inf))
             step = np.where(np.isfinite(room) & (room > 0), np.minimum(step, np.maximum(room, 1e-6)), step)
-        x2, f2, n2, _ = bobyqa(f, x, lower, upper, maxeval=max(maxeval - nev, 1), xtol_abs=xtol * 1e-2,
-                               ftol_abs=ftol * 1e-3, initial_step=step)
+        x2, f2, n2, _ = bobyqa(f, x, lower, upper, maxeval=max(maxeval - nev, 1), xtol_abs=xtol,
+                               ftol_abs=ftol * 1e-2, initial_step=step)
         nev += n2
-        improved = f2 < fun - ftol * 1e-3
+        improved = f2 < fun - ftol * 1e-2
         if f2 < fun:
             x, fun = x2, f2
         if not improved:

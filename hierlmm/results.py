@@ -307,8 +307,24 @@ class LMMResult:
 
         For a term ``(1 | g)`` it is ``τ_g² / (Σ_h τ_h² + σ²)``, the sum running over all
         random-intercept terms: the correlation of two observations that share level ``g``
-        only. Terms with random slopes are left out (their ICC depends on the covariates).
+        only. A term with random slopes has no single ICC: the covariance of two observations
+        of one level, ``z_i' D z_j``, depends on their covariates. Such terms are left out with
+        a warning naming them; when no term is a pure random intercept, an error says so.
         """
+        import warnings
+
+        from hierlmm.errors import HierlmmWarning
+
+        slopes = [t.describe() for t in self.design.terms if t.names != ["(Intercept)"]]
+        why = ("the correlation of two observations in one level, z_i'Dz_j / sqrt(...), depends on "
+               "their covariates")
+        if len(slopes) == len(self.design.terms):
+            raise HierlmmError(
+                f"the intraclass correlation is not defined for {', '.join(slopes)}: {why}; "
+                "use fit.marginal_corr(level) for the implied correlations of one level's rows"
+            )
+        if slopes:
+            warnings.warn(f"icc(): {', '.join(slopes)} left out ({why})", HierlmmWarning, stacklevel=2)
         vc = self.varcorr
         inter = vc[(vc.var1 == "(Intercept)") & vc.var2.isna()]
         only_intercept = {t.label for t in self.design.terms if t.names == ["(Intercept)"]}

@@ -219,9 +219,11 @@ def test_predict_bad_newdata(sleep):
 
 
 def test_evaluation_counts_stay_in_range():
-    """Guards the optimiser settings the speed work relies on (BOBYQA from lme4's start):
-    a change that makes fits take many more deviance evaluations shows up here."""
+    """Guards the optimiser settings the speed work relies on (BOBYQA from lme4's start, then
+    restarts until one no longer improves, which reach the optimum lme4 and MixedModels.jl
+    reach: about twice the evaluations of one BOBYQA run, 91 and 103 here): a change that
+    makes fits take many more deviance evaluations shows up here."""
     fit = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
-    assert 20 <= fit.opt.evaluations <= 80
+    assert 40 <= fit.opt.evaluations <= 130
     fit = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", hl.datasets.load("Penicillin")).fit()
-    assert 15 <= fit.opt.evaluations <= 80
+    assert 30 <= fit.opt.evaluations <= 130

@@ -1,0 +1,126 @@
+"""Regressions of the wrong answers issue 10 lists, checked by exact properties and R's output.
+
+(The same classes of model are compared with R on random data in ``tests/differential``.)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hierlmm as hl
+from conftest import load_ref
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return hl.datasets.load("sleepstudy")
+
+
+def test_power_inside_a_call_is_a_power(sleep):
+    """``I(Days^2)`` is Days squared (R), not Days XOR 2 (Python): the fit equals the one with
+    the squared column given as data."""
+    d = sleep.assign(Days2=sleep.Days.astype(float) ** 2)
+    a = hl.LMM("Reaction ~ Days + I(Days^2) + (Days | Subject)", d).fit()
+    b = hl.LMM("Reaction ~ Days + Days2 + (Days | Subject)", d).fit()
+    assert a.deviance == pytest.approx(b.deviance, abs=1e-8)
+    np.testing.assert_allclose(a.fixef.to_numpy(), b.fixef.to_numpy(), rtol=1e-6)
+    assert list(a.fixef.index) == ["(Intercept)", "Days", "I(Days ** 2)"]
+    # float columns work too (formulaic's XOR failed on them)
+    hl.LMM("Reaction ~ I(Days^2) + (1 | Subject)", d.assign(Days=d.Days.astype(float))).fit()
+
+
+def test_badly_scaled_covariate(sleep):
+    """Days x 1e8: the same fit in other units. β scales by 1e-8, SEs likewise, t and the
+    Satterthwaite df are unchanged, and the REML log-likelihood moves by exactly
+    −log(1e8) (log|X'V⁻¹X| gains 2 log 1e8); lme4's scale warning is given."""
+    d = sleep.assign(Dx=sleep.Days * 1e8)
+    ref = hl.LMM("Reaction ~ Days + (Days | Subject)", d).fit()
+    with pytest.warns(hl.ScaleWarning, match="Dx"):
+        big = hl.LMM("Reaction ~ Dx + (Days | Subject)", d).fit()
+    assert big.converged and not big.singular
+    assert big.loglik == pytest.approx(ref.loglik - np.log(1e8), abs=1e-6)
+    assert big.fixef["Dx"] == pytest.approx(ref.fixef["Days"] * 1e-8, rel=1e-6)
+    assert big.se["Dx"] == pytest.approx(ref.se["Days"] * 1e-8, rel=1e-6)
+    ct, ct_ref = big.coef_table(), ref.coef_table()
+    assert ct.loc["Dx", "df"] == pytest.approx(ct_ref.loc["Days", "df"], rel=1e-4)
+    with pytest.warns(hl.ScaleWarning):
+        ml = hl.LMM("Reaction ~ Dx + (Days | Subject)", d).fit(method="ML")  # raised LinAlgError before
+    assert ml.loglik == pytest.approx(ref.model.fit(method="ML").loglik, abs=1e-6)  # ML: no Jacobian term
+
+
+def _contr_poly(k: int) -> np.ndarray:
+    """R's contr.poly(k): orthonormal polynomials in 1..k without the constant (QR of the
+    Vandermonde matrix, as R's ``poly``)."""
+    x = np.arange(1, k + 1, dtype=float)
+    V = np.vander(x - x.mean(), k, increasing=True)
+    Q, R = np.linalg.qr(V)
+    Q = Q * np.sign(np.diag(R))
+    return Q[:, 1:]
+
+
+def test_ordered_factor_gets_polynomial_contrasts():
+    """An ordered Categorical is coded by R's contr.poly with R's names; the fit equals the one
+    with those columns given as data (built here from the definition)."""
+    rng = np.random.default_rng(3)
+    n = 120
+    levels = ["lo", "mid", "high", "top", "max"]
+    o = rng.integers(0, 5, n)
+    g = np.repeat(np.arange(12), 10)
+    y = 0.3 * o + rng.normal(size=12)[g] + rng.normal(size=n)
+    d = pd.DataFrame({"y": y, "o": pd.Categorical(np.array(levels)[o], categories=levels, ordered=True),
+                      "g": pd.Categorical(g)})
+    fit = hl.LMM("y ~ o + (1 | g)", d).fit()
+    assert list(fit.fixef.index) == ["(Intercept)", "o.L", "o.Q", "o.C", "o^4"]
+    P = _contr_poly(5)[o]
+    e = d.assign(**{f"p{j}": P[:, j] for j in range(4)})
+    ref = hl.LMM("y ~ p0 + p1 + p2 + p3 + (1 | g)", e).fit()
+    np.testing.assert_allclose(fit.fixef.to_numpy(), ref.fixef.to_numpy(), rtol=1e-6, atol=1e-9)
+    assert fit.deviance == pytest.approx(ref.deviance, abs=1e-8)
+    # the Type III F test of the term is that of its four columns together
+    assert fit.anova().loc["o", "num_df"] == 4
+    # treatment coding on request: the same column space, so the same ML fit; the REML
+    # criterion differs by log|det M|² of the change of coding M (why the default must be R's)
+    tr = hl.LMM("y ~ C(o, contr.treatment) + (1 | g)", d)
+    ml = hl.LMM("y ~ o + (1 | g)", d).fit(method="ML")
+    assert tr.fit(method="ML").deviance == pytest.approx(ml.deviance, abs=1e-8)
+    M = np.linalg.lstsq(fit.design.X, tr.design.X, rcond=None)[0]
+    assert tr.fit().deviance - fit.deviance == pytest.approx(2 * np.log(abs(np.linalg.det(M))), abs=1e-6)
+
+
+def test_optimum_reached_sleepstudy_ml(sleep):
+    """lme4 and MixedModels.jl reach a lower ML deviance than hierlmm's single BOBYQA run did;
+    hierlmm now reaches lme4's optimum or better."""
+    ref = load_ref("sleepstudy_slope_ml")
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit(method="ML")
+    assert fit.deviance <= fit.deviance_function(np.asarray(ref["theta"])) + 1e-11
+
+
+def test_bayes_refuses_what_it_does_not_implement(sleep):
+    for model, what in ((hl.LMM("Reaction ~ Days + (1 | Subject)", sleep, residual=hl.AR1()), "correlated residuals"),
+                        (hl.LMM("Reaction ~ Days + (1 | Subject)", sleep, formulation="marginal"), "marginal")):
+        with pytest.raises(hl.HierlmmError, match=what):
+            model.posterior_mode()
+        with pytest.raises(hl.HierlmmError, match=what):
+            model.sample()
+
+
+def test_icc_says_why(sleep):
+    with pytest.raises(hl.HierlmmError, match=r"not defined for \(Days \| Subject\)"):
+        hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit().icc()
+    pen = hl.datasets.load("Penicillin")
+    icc = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).fit().icc()
+    assert set(icc.index) == {"plate", "sample"} and (icc > 0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.SingularFitWarning)
+        with pytest.warns(hl.HierlmmWarning, match="left out"):
+            hl.LMM("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleep).fit().icc()
+
+
+def test_kenward_roger_refuses_ml(sleep):
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit(method="ML")
+    with pytest.raises(hl.HierlmmError, match="REML"):
+        fit.anova(ddf="kenward-roger")
