@@ -189,12 +189,11 @@ def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
     if not cont or X.shape[0] < 2:
         return
     sd = X[:, cont].std(axis=0, ddof=1)
-    sd = sd[sd > 0]
-    if sd.size == 0:
+    if not np.any(sd > 0):
         return
-    logs = np.log(sd)
+    logs = np.log(sd[sd > 0])
     if np.ptp(logs) > np.log(tol) or np.max(np.abs(logs)) > np.log(tol):
-        listed = ", ".join(f"{names[j]} (sd {X[:, j].std(ddof=1):.3g})" for j in cont)
+        listed = ", ".join(f"{names[j]} (sd {s:.3g})" for j, s in zip(cont, sd))
         warnings.warn(
             f"Some predictor variables are on very different scales: {listed}; consider rescaling",
             ScaleWarning,

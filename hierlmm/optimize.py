@@ -56,7 +56,9 @@ def bobyqa(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol_abs=None,
     """Minimise ``f`` with nlopt's BOBYQA, keeping the best point it evaluated.
 
     nlopt raises on a round-off stop and then returns no point; the best evaluated point
-    is kept here instead, so every stop returns a usable answer.
+    is kept here instead, so every stop returns a usable answer. Non-finite values are given
+    to BOBYQA as 1e300; the ``fun`` returned is ``f``'s own value (``inf`` when no point had a
+    finite one).
 
     Returns
     -------
@@ -83,11 +85,9 @@ def bobyqa(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol_abs=None,
 
     def objective(x, grad):
         val = float(f(x))
-        if not np.isfinite(val):
-            val = 1e300
         if val < best[0]:
             best[0], best[1] = val, x.copy()
-        return val
+        return val if np.isfinite(val) else 1e300
 
     opt.set_min_objective(objective)
     messages = []

@@ -124,8 +124,6 @@ def _crossing(zeta, start, step, limit, target):
         if not np.isfinite(zb):
             return np.nan
         if (zb - target) * (za - target) <= 0:
-            if b == start + step and a == start and abs(zb) > 1e3 * abs(target):
-                return np.nan  # a jump at the first step: the profile is not continuous here
             return _bracketed_root(zeta, a, za, b, zb, target)
         if b == limit:
             return limit
@@ -193,7 +191,7 @@ def _profile(fit, level, parm=None, progressbar=None):
                 return dev_sdcor(v)
 
             val, x = _minimize(f, last[0], lo[free], hi[free])
-            if not val < 1e299:
+            if not np.isfinite(val):
                 # no valid covariance near here with the others held: not computable (NaN)
                 return np.nan
             last[0] = x

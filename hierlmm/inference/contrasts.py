@@ -87,11 +87,11 @@ def contrasts_type3(design) -> dict[str, np.ndarray]:
     to ``X``'s coefficients by ``X_t⁺ X`` (the hypotheses are the same, only their coordinates
     change).
     """
-    names = fixed_terms(design)[0]
-    if design.X.shape[1] <= 1 or len(names) <= 1:
+    terms = fixed_terms(design)
+    if design.X.shape[1] <= 1 or len(terms[0]) <= 1:
         return contrasts_type1(design)
     if design.treatment_formula is None:
-        return _type3(design.X, design.fixef_names, fixed_terms(design), design.data)
+        return _type3(design.X, design.fixef_names, terms, design.data)
     from formulaic import model_matrix
 
     from hierlmm.design import _drop_aliased

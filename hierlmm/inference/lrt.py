@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from hierlmm.errors import HierlmmError, HierlmmWarning, SingularFitWarning
+from hierlmm.errors import HierlmmError, HierlmmWarning
 
 __all__ = ["anova", "ranova", "chibar_pvalue", "lm_loglik"]
 
@@ -51,12 +51,14 @@ def _refit_ml(fit):
     than one local minimum, as on a singular correlated term)."""
     if fit.method != "REML":
         return fit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HierlmmWarning)
-        fits = [fit.model.fit(method="ML", theta0=fit.solution.theta), fit.model.fit(method="ML")]
-    best = min(fits, key=lambda f: f.deviance)
-    if best.singular:
-        warnings.warn("boundary (singular) fit in the ML refit", SingularFitWarning, stacklevel=3)
+    runs = []
+    for start in (fit.solution.theta, None):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs.append((fit.model.fit(method="ML", theta0=start), caught))
+    best, caught = min(runs, key=lambda run: run[0].deviance)
+    for w in caught:  # the kept fit's own warnings (singular, convergence), not the other's
+        warnings.warn(w.message, w.category, stacklevel=3)
     return best
 
 

@@ -57,10 +57,17 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
     return best - ml.deviance
 
 
-def limit_error(fit, name: str, psi: float, bound: float | None) -> float:
-    """How far ψ is from being a profile limit, in deviance: |increase − 3.84|, or, at a
-    parameter's bound, how far the increase there exceeds 3.84 (0 when it stays below)."""
+def limit_error(fit, name: str, psi: float) -> float:
+    """How far ψ is from being a profile limit, in deviance: |increase − 3.84|, or, at one of
+    the parameter's bounds (an SD's 0, a correlation's ±1: :func:`confint._bounds`), how far
+    the increase there exceeds 3.84 (0 when it stays below)."""
+    if not np.isfinite(psi):
+        return np.inf
     inc = profile_increase(fit, name, psi)
-    if bound is not None and np.isclose(psi, bound):
-        return max(inc - CUT, 0.0)
+    names = C.sdcor_names(fit)
+    if name in names:
+        lo, hi = C._bounds(fit.design)
+        j = names.index(name)
+        if any(np.isfinite(b) and np.isclose(psi, b) for b in (lo[j], hi[j])):
+            return max(inc - CUT, 0.0)
     return abs(inc - CUT)
