@@ -104,6 +104,7 @@ class BlockedCholesky:
             self._a21_levels = np.ascontiguousarray(
                 cp.A21.reshape(cp.r, self.first.m, self.first.k).transpose(1, 0, 2))
         self._eye_rest = np.arange(cp.q_rest)
+        self._lam_pattern = None
 
     # --- Λ of the rest block -------------------------------------------------------------
     def rest_lambda(self, theta: np.ndarray):
@@ -116,9 +117,36 @@ class BlockedCholesky:
                 lam[start : start + t.m] = theta[s][0]
                 start += t.m
             return lam
-        blocks = [sp.kron(sp.identity(t.m), t.template(theta[s])) for t, s in zip(self.rest, self.slices[1:])]
-        blocks.append(sp.identity(cp.p + 1))
-        return sp.block_diag(blocks, format="csr")
+        if self._lam_pattern is None:
+            self._lam_pattern = self._rest_lambda_pattern()
+        src, indices, indptr = self._lam_pattern
+        values = np.concatenate([theta[s] for s in self.slices[1:]] + [[1.0]])
+        n = cp.q_rest + cp.p + 1
+        return sp.csr_matrix((values[src], indices, indptr), shape=(n, n))
+
+    def _rest_lambda_pattern(self):
+        """The fixed sparsity of ``Λ_r = blockdiag(I_m ⊗ T_t, I)``: CSR ``indices``, ``indptr``
+        and, per stored entry, which of ``(θ_rest, 1)`` it holds (built once; every later Λ_r
+        only gathers values)."""
+        cp = self.cp
+        rows, cols, src = [], [], []
+        offset, pos = 0, 0
+        for t, s in zip(self.rest, self.slices[1:]):
+            tr, tc = t.template(np.arange(1, t.n_theta + 1)).nonzero()
+            which = t.template(np.arange(t.n_theta))[tr, tc].astype(np.int64)
+            base = offset + t.k * np.arange(t.m)[:, None]
+            rows.append((base + tr).ravel())
+            cols.append((base + tc).ravel())
+            src.append(np.tile(pos + which, t.m))
+            offset += t.q
+            pos += t.n_theta
+        eye = offset + np.arange(cp.p + 1)
+        rows, cols = np.concatenate(rows + [eye]), np.concatenate(cols + [eye])
+        src = np.concatenate(src + [np.full(cp.p + 1, pos)])
+        n = offset + cp.p + 1
+        order = sp.csr_matrix((np.arange(1, rows.size + 1, dtype=float), (rows, cols)), shape=(n, n))
+        order.sort_indices()
+        return src[order.data.astype(np.int64) - 1], order.indices, order.indptr
 
     # --- the sparse downdate L21 L21' -----------------------------------------------------
     def _downdate_map(self):

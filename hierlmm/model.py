@@ -112,6 +112,7 @@ class LMM:
         else:
             dev = self.deviance_function(reml=method == "REML")
             opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
+            opt = self._off_the_boundary(dev, opt, maxeval, check_convergence)
             fit = LMMResult(self, dev, opt)
         opt = fit.opt
         if fit.singular:
@@ -124,6 +125,23 @@ class LMM:
         elif opt.messages:
             warn_messages(opt.messages, stacklevel=3)
         return fit
+
+    def _off_the_boundary(self, dev, opt, maxeval, check):
+        """A singular optimum of a vector-valued term may be a local minimum: restart from
+        :meth:`ReTerm.boundary_escapes` and keep the lowest deviance."""
+        slices = self.design.theta_slices()
+        per_term = [t.boundary_escapes(opt.theta[s]) for t, s in zip(self.design.terms, slices)]
+        if not any(per_term):
+            return opt
+        best, total = opt, opt.evaluations
+        for i in range(2):
+            start = np.concatenate([esc[i] if esc else opt.theta[s] for esc, s in zip(per_term, slices)])
+            other = optimize_theta(dev, theta0=start, maxeval=maxeval, check=check, initial_step=0.1)
+            total += other.evaluations
+            if other.fun < best.fun:
+                best = other
+        best.evaluations = total
+        return best
 
     def _fit_grouped(self, method, theta0, maxeval, check):
         from hierlmm.grouped import GroupedDeviance

@@ -70,8 +70,12 @@ def bobyqa(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol_abs=None,
     opt = nlopt.opt(nlopt.LN_BOBYQA, x0.size)
     if lower is not None:
         opt.set_lower_bounds(np.asarray(lower, dtype=float))
+        x0 = np.maximum(x0, lower)
     if upper is not None:
         opt.set_upper_bounds(np.where(np.isfinite(upper), upper, 1e300))
+        # nlopt's rescaling can return a point an ulp outside its box; restarting from it
+        # would be refused ("invalid argument")
+        x0 = np.minimum(x0, upper)
     if initial_step is not None:
         opt.set_initial_step(initial_step)
     if xtol_abs is not None:
@@ -116,10 +120,7 @@ def bobyqa_restarted(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol
     x, fun, nev, messages = bobyqa(f, x0, lower, upper, maxeval=maxeval, xtol_abs=xtol, ftol_abs=ftol,
                                    initial_step=initial_step)
     for _ in range(_RESTARTS):
-        step = np.maximum(0.1 * np.abs(x), 0.02)
-        if upper is not None:  # BOBYQA needs the first step inside the box
-            room = np.minimum(np.asarray(upper) - x, x - (np.asarray(lower) if lower is not None else -np.inf))
-            step = np.where(np.isfinite(room) & (room > 0), np.minimum(step, np.maximum(room, 1e-6)), step)
+        step = _restart_step(x, lower, upper)
         x2, f2, n2, _ = bobyqa(f, x, lower, upper, maxeval=max(maxeval - nev, 1), xtol_abs=xtol,
                                ftol_abs=ftol * 1e-2, initial_step=step)
         nev += n2
@@ -129,6 +130,18 @@ def bobyqa_restarted(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol
         if not improved:
             break
     return x, fun, nev, messages
+
+
+def _restart_step(x, lower=None, upper=None):
+    """A restart's initial step: 10% of each coordinate, at least 0.02, and at most half the
+    width of its box (BOBYQA's requirement). Not limited by the distance to a bound: BOBYQA
+    moves a start that close onto the bound or a step inside, and a step shrunk to that
+    distance (an SD started at 1e-8) could never leave the boundary."""
+    step = np.maximum(0.1 * np.abs(x), 0.02)
+    if lower is not None and upper is not None:
+        width = np.asarray(upper, dtype=float) - np.asarray(lower, dtype=float)
+        step = np.where(np.isfinite(width), np.minimum(step, 0.499 * width), step)
+    return step
 
 
 def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 1e-8,

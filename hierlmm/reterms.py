@@ -96,6 +96,28 @@ class ReTerm:
         """lme4's starting value: ``T = I``."""
         return self.theta_diagonal.astype(float)
 
+    def boundary_escapes(self, theta: np.ndarray, tol: float = 1e-4, lift: float = 0.3) -> list[np.ndarray]:
+        """Starts off the boundary for a singular ``T`` of a vector-valued term (else ``[]``).
+
+        With a diagonal entry ``T_jj`` at 0, the deviance is stationary in ``T_jj`` and the
+        entries below it in column ``j`` only rotate on a sphere: a local minimum in θ that
+        need not be the lowest, while with ``T_jj > 0`` the sign of those entries relative to
+        the others matters. Two starts: every zero diagonal entry set to ``lift``, and the
+        same with the entries below it negated (a differential model, m0027: ML deviance
+        1180.86474 at the boundary, 1180.86142 from the second start, as lme4)."""
+        if self.k < 2:
+            return []
+        T = self.template(theta)
+        zero = np.flatnonzero(np.diag(T) < tol)
+        if zero.size == 0:
+            return []
+        lifted = T.copy()
+        lifted[zero, zero] = lift
+        flipped = lifted.copy()
+        for j in zero:
+            flipped[j + 1:, j] *= -1
+        return [self.theta_from_template(lifted), self.theta_from_template(flipped)]
+
     def template(self, theta: np.ndarray) -> np.ndarray:
         """The ``k x k`` lower-triangular relative covariance factor ``T`` from θ."""
         T = np.zeros((self.k, self.k))

@@ -17,11 +17,11 @@ def load_ref(name: str) -> dict:
 
 
 def lme4_models() -> list[str]:
-    """Every reference file with an lme4 ``formula`` field."""
+    """Every reference file of an lme4 fit (an lme4 ``formula`` and its ``fixef``)."""
     out = []
     for p in sorted(REF_DIR.glob("*.json")):
         d = json.loads(p.read_text())
-        if isinstance(d.get("formula"), str):
+        if isinstance(d.get("formula"), str) and "fixef" in d:
             out.append(p.stem)
     return out
 
@@ -111,20 +111,6 @@ def _cases(config):
 # an expected failure, strict (it must fail, so a fix shows up as XPASS and the entry is
 # removed). Only for the default seed and count.
 KNOWN = {
-    ("test_profile", "m0005"): "profile: a lower SD limit of a nested (1 | g/h) term too far out "
-                               "(brute force: increase 3.15 at hierlmm's limit, 3.84 at lme4's)",
-    ("test_profile", "m0015"): "profile: correlation limits of (1 + x | g) next to a crossed term off "
-                               "(brute force sides with lme4)",
-    ("test_profile", "m0078"): "profile: a fixed-effect limit too far out (inner optimisation short)",
-    ("test_profile", "m0115"): "profile: correlations of a 4x4 (0 + f | g) term estimated at +-1: the "
-                               "profile leaves the PSD cone when one correlation moves alone (NaN)",
-    ("test_profile", "m0121"): "profile: correlation limit of a (0 + f | g) term not found (NaN) "
-                               "where lme4 gives -1",
-    ("test_fit", "a0003"): "AR(1) vs nlme: not yet investigated",
-    ("test_ranef", "m0028"): "nested (1 | g/h): hierlmm's REML criterion 4e-8 below lme4's in a flat "
-                             "valley; theta differs by 1e-2 relative and BLUPs by 1.1%: not yet decided",
-    ("test_lrt", "m0027"): "ML refit of a (0 + f | g) model: lme4 reaches 1180.8614 from the REML theta "
-                           "of the model it fitted; hierlmm 1180.8647 (a local minimum)",
 }
 
 

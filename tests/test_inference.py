@@ -230,3 +230,34 @@ def test_orthodont_aic_bic_table_one_call_away():
         assert table.loc[n, "aic"] == pytest.approx(r["AIC"], abs=1e-4)
         assert table.loc[n, "bic"] == pytest.approx(r["BIC"], abs=1e-4)
         assert table.loc[n, "loglik"] == pytest.approx(r["logLik"], abs=1e-4)
+
+
+@pytest.mark.parametrize("formula", ["Reaction ~ Days + (Days | Subject)",
+                                     "Reaction ~ Days + (0 + f | Subject)"])
+def test_profile_coordinates_are_a_box_of_valid_models(formula):
+    """The profile's coordinates for the other parameters (profile.Coordinates): every point
+    of the box maps to SDs and correlations with ψ at its value and a positive-semidefinite
+    correlation matrix, whatever ψ is (an SD, a correlation, σ), and the estimate's point
+    maps back to the estimate."""
+    from hierlmm.inference import confint as C
+    from hierlmm.inference.profile import Coordinates
+
+    d = hl.datasets.load("sleepstudy")
+    d = d.assign(f=pd.Categorical((d.Days.to_numpy() // 3).astype(str)))  # 4 levels: a 4x4 term
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        fit = hl.LMM(formula, d).fit(method="ML")
+    est = C.sdcor_from_theta(fit.design, fit.solution.theta, fit.sigma)
+    lo, hi = C._bounds(fit.design)
+    rng = np.random.default_rng(3)
+    for j in range(len(est)):
+        co = Coordinates(fit.design, est, j, fit.sigma)
+        np.testing.assert_allclose(co.sdcor(co.start(), est[j]), est, atol=1e-8)
+        a, b, _ = co.bounds()
+        psis = [est[j], lo[j], rng.uniform(-1, 1) if lo[j] == -1 else 2 * est[j] + 1]
+        for psi in psis:
+            for x in [co.random(rng) for _ in range(20)] + [a, np.where(np.isfinite(b), b, 3.0)]:
+                v = co.sdcor(x, psi)
+                assert v[j] == psi
+                assert C.theta_from_sdcor(fit.design, v) is not None  # PSD correlation matrices
+                assert np.all(v[lo == 0] >= 0) and np.all(np.abs(v[lo == -1]) <= 1 + 1e-12)

@@ -28,6 +28,9 @@ FORMULAS = [
     "y ~ 1 + (1 | g) + (0 + x | g)",
     "y ~ x + f + (1 | g/h)",
     "y ~ x + (x | g) + (1 | h)",
+    # vector-valued terms after the first (g:h has the most levels): the sparse Λ of the rest
+    "y ~ x + (1 | g:h) + (1 | g) + (x | h)",
+    "y ~ x + (1 | g:h) + (x | g) + (0 + f | h)",
 ]
 
 

@@ -3,7 +3,9 @@ interval, the ML deviance minimised over every other parameter is ``χ²₁(0.95
 above its minimum (or stays below it up to a bound, where the limit is the bound).
 
 Used to decide who is right where hierlmm's profile limit and lme4's disagree: the minimum
-at ψ is found from several starts with restarted BOBYQA, independently of the profile code.
+at ψ is found from many starts with restarted BOBYQA, in lme4's SD/correlation coordinates
+and in the profile's own box coordinates (whose map is checked in tests/test_inference.py),
+independently of the profile's path, warm starts and root finding.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import warnings
 import numpy as np
 
 from hierlmm.inference import confint as C
-from hierlmm.optimize import bobyqa_restarted, optimize_theta
+from hierlmm.inference.profile import Coordinates
+from hierlmm.optimize import _restart_step, bobyqa_restarted, optimize_theta
 
 CUT = 3.841458820694124  # chi2(1) 0.95
 
@@ -33,8 +36,12 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
         sub = C._subdesign(design, np.delete(design.X, j, axis=1))
         sub.y = design.y - psi * design.X[:, j]
         dev = Deviance(sub, reml=False)
-        best = min(optimize_theta(dev, theta0=ml.solution.theta * (1 if s == 0 else np.exp(rng.normal(0, 0.5, dev.lower.size))),
-                                  check=False).fun for s in range(starts))
+        # starts: the ML θ, lme4's default, then random θ with diagonal entries in (0.05, 2)
+        diag = np.isfinite(dev.lower)
+        t0s = [ml.solution.theta, dev.theta0] + [
+            np.where(diag, rng.uniform(0.05, 2.0, diag.size), rng.normal(0, 0.5, diag.size))
+            for _ in range(starts - 2)]
+        best = min(optimize_theta(dev, theta0=t0, check=False, initial_step=0.1).fun for t0 in t0s)
         return best - ml.deviance
     ml_dev = fit.model.deviance_function(reml=False)
     est = C.sdcor_from_theta(design, ml.solution.theta, ml.sigma)
@@ -42,19 +49,44 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
     lo, hi = C._bounds(design)
     free = np.arange(len(est)) != j
 
-    def f(x):
-        v = est.copy()
-        v[free] = x
-        v[j] = psi
+    def dev(v):
         out = C.theta_from_sdcor(design, v)
         return np.inf if out is None else ml_dev.unprofiled(*out)
 
+    # (1) lme4's coordinates: the other SDs, correlations and σ (σ̂ units), infinite outside
+    # the PSD cone; starts: the estimate, then random points of the box's plausible part (SDs
+    # between 0.05 σ̂ and 2 σ̂ or 2 est, correlations in (-0.8, 0.8)), so that an SD estimated
+    # at 0 is also started away from 0
+    cor = lo == -1
+    u = np.where(cor, 1.0, ml.sigma)[free]
+
+    def g(x):
+        v = est.copy()
+        v[free] = x * u
+        v[j] = psi
+        return dev(v)
+
+    a, b = lo[free] / u, hi[free] / u
     best = np.inf
     for s in range(starts):
-        x0 = est[free] * (1 if s == 0 else np.exp(rng.normal(0, 0.5, free.sum())))
-        x0 = np.clip(x0, lo[free] + 1e-9, np.where(np.isfinite(hi[free]), hi[free] - 1e-9, np.inf))
-        best = min(best, bobyqa_restarted(f, x0, lo[free], hi[free], maxeval=20000, xtol=1e-10, ftol=1e-12)[1])
+        if s == 0:
+            x0 = est[free] / u
+        else:
+            x0 = np.where(cor[free], rng.uniform(-0.8, 0.8, free.sum()),
+                          rng.uniform(0.05, 2.0, free.sum()) * np.maximum(1.0, est[free] / u))
+        best = min(best, _run(g, np.clip(x0, a, b), a, b))
+    # (2) the profile's box coordinates (every point a valid covariance), random starts
+    coords = Coordinates(design, est, j, ml.sigma)
+    a, b, _ = coords.bounds()
+    for s in range(starts):
+        x0 = coords.start() if s == 0 else coords.random(rng)
+        best = min(best, _run(lambda x: dev(coords.sdcor(x, psi)), np.clip(x0, a, b), a, b))
     return best - ml.deviance
+
+
+def _run(f, x0, a, b):
+    return bobyqa_restarted(f, x0, a, b, maxeval=20000, xtol=1e-10, ftol=1e-12,
+                            initial_step=_restart_step(x0, a, b))[1]
 
 
 def limit_error(fit, name: str, psi: float) -> float:

@@ -128,7 +128,10 @@ def _check_ar1(fit, ref):
         assert close(fit.fixef[k], v, 1e-4, 2e-3 * ref["se"][k]), k
         assert close(fit.se[k], ref["se"][k], 2e-3), k
     assert close(fit.sigma, ref["sigma"], 2e-3)
-    assert close(float(np.sqrt(fit.varcorr.vcov.iloc[0])), ref["random_sd"], 2e-3, 1e-4 * ref["sigma"])
+    # the random-intercept variance, with the covariance tolerance of test_fit (its SD is
+    # ill-conditioned at 0: nlme's log-SD coordinates stop at 2e-4 where hierlmm reaches 1.5e-7
+    # with a log-likelihood 1.8e-8 higher, a0003)
+    assert close(float(fit.varcorr.vcov.iloc[0]), ref["random_sd"] ** 2, 2e-3, 1e-4 * ref["sigma"] ** 2)
     assert close(fit.residual_params["phi"], ref["Phi"], 0, 2e-3)
 
 
@@ -137,6 +140,29 @@ def test_ranef(diff_case):
     if case.ar1:
         pytest.skip("AR(1) cases compare the fit only")
     _agrees(case, ref, fit, err)
+    # the conditional modes and SDs at lme4's own θ: the same function of θ, so they must agree
+    at_r = _at_theta(fit, ref["theta"])
+    assert _ranef_mismatch(at_r, ref) is None, _ranef_mismatch(at_r, ref)
+    # and at hierlmm's optimum; where they differ there, θ lies in a valley so flat that the
+    # BLUPs move more than the criterion (m0028: nested, θ 1e-2 apart, criterion 4e-8 lower
+    # in hierlmm): then hierlmm's criterion must be no worse than lme4's
+    if _ranef_mismatch(fit, ref) is not None:
+        assert fit.deviance <= ref["crit"], _ranef_mismatch(fit, ref)
+        case.notes.append("better")
+
+
+def _at_theta(fit, theta):
+    """hierlmm's result at a given θ (lme4's), not at its own optimum."""
+    from hierlmm.optimize import OptResult
+    from hierlmm.results import LMMResult
+
+    theta = np.asarray(theta, dtype=float)
+    dev = fit.deviance_function
+    return LMMResult(fit.model, dev, OptResult(theta=theta, fun=float(dev(theta)), evaluations=0))
+
+
+def _ranef_mismatch(fit, ref):
+    """The first BLUP or conditional SD that differs from lme4's, or None."""
     re_ = ref["ranef"]
     post = fit.ranef_posterior(beta="fixed")
     got = {}
@@ -148,8 +174,9 @@ def test_ranef(diff_case):
     assert len(got) == len(re_["grp"])
     for g, t, lev, val, sd in zip(re_["grpvar"], re_["term"], re_["grp"], re_["condval"], re_["condsd"]):
         mine = got[(g, canon(t), lev)]
-        assert close(mine[0], val, 2e-3, 2e-3 * scale), (g, t, lev, mine[0], val)
-        assert close(mine[1], sd, 2e-3, 1e-4 * scale), (g, t, lev, mine[1], sd)
+        if not close(mine[0], val, 2e-3, 2e-3 * scale) or not close(mine[1], sd, 2e-3, 1e-4 * scale):
+            return (g, t, lev, mine, (val, sd))
+    return None
 
 
 # ------------------------------------------------------------------------------ inference
