@@ -24,12 +24,11 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from hierlmm.cholesky import BlockedCholesky, BlockedFactor
+from hierlmm.criterion import criterion
 from hierlmm.crossprod import CrossProduct, crossproduct
 from hierlmm.design import Design
 
 __all__ = ["Deviance", "Solution", "make_deviance"]
-
-_LOG2PI = float(np.log(2 * np.pi))
 
 
 @dataclass(eq=False)
@@ -93,11 +92,7 @@ class Deviance:
 
     def from_parts(self, factor: BlockedFactor) -> float:
         """The objective from a factor."""
-        r2 = factor.r2
-        if self.reml:
-            nmp = self.n - self.p
-            return factor.logdet_L() + factor.logdet_RX() + nmp * (1.0 + _LOG2PI + np.log(r2 / nmp))
-        return factor.logdet_L() + self.n * (1.0 + _LOG2PI + np.log(r2 / self.n))
+        return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml)
 
     def __call__(self, theta) -> float:
         self.evaluations += 1
@@ -116,10 +111,8 @@ class Deviance:
         factor = self.chol.factor(theta)
         if factor is None or not sigma > 0:
             return np.inf
-        s2 = sigma * sigma
-        m = self.n - self.p if self.reml else self.n
-        out = factor.logdet_L() + m * (_LOG2PI + np.log(s2)) + factor.r2 / s2
-        return out + factor.logdet_RX() if self.reml else out
+        return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml,
+                         sigma2=sigma * sigma)
 
     def unscaled_vcov(self, theta) -> np.ndarray:
         """``(X'V⁻¹X)⁻¹ / σ²`` at θ, i.e. ``(R_X R_X')⁻¹``: multiply by σ² for ``vcov(β̂)``."""

@@ -25,11 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hierlmm.blocks import independent_blocks, split_blocks
+from hierlmm.criterion import criterion
 from hierlmm.errors import HierlmmError
 
 __all__ = ["GroupedDeviance", "GroupedSolution"]
-
-_LOG2PI = float(np.log(2 * np.pi))
 
 
 @dataclass(eq=False)
@@ -186,20 +185,14 @@ class GroupedDeviance:
         if parts is None or not parts[2] > 0:
             return np.inf
         logdet, logdet_x, r2, _, _ = parts
-        if self.reml:
-            m = self.n - self.p
-            return logdet + logdet_x + m * (1 + _LOG2PI + np.log(r2 / m))
-        return logdet + self.n * (1 + _LOG2PI + np.log(r2 / self.n))
+        return criterion(logdet, logdet_x, r2, self.n, self.p, self.reml)
 
     def unprofiled(self, params, sigma) -> float:
         parts = self._parts(params)
         if parts is None or not sigma > 0:
             return np.inf
         logdet, logdet_x, r2, _, _ = parts
-        s2 = sigma * sigma
-        m = self.n - self.p if self.reml else self.n
-        out = logdet + m * (_LOG2PI + np.log(s2)) + r2 / s2
-        return out + logdet_x if self.reml else out
+        return criterion(logdet, logdet_x, r2, self.n, self.p, self.reml, sigma2=sigma * sigma)
 
     def unscaled_vcov(self, params) -> np.ndarray:
         return np.linalg.inv(self._parts(params)[4])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from hierlmm.bayes.priors import Layout
+from hierlmm.criterion import criterion
 from hierlmm.crossprod import term_matrix
 
 __all__ = ["DenseSystem", "build_collapsed_model", "exact_conditional_draws"]
@@ -177,7 +178,8 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
     logdet = (2 * sum((pt.sum(pt.log(L[i][i])) for i in range(k)), start=0.0) + 2 * pt.sum(d22[: q_rest + p])
               + cp.logdet_scale)
     r2 = L22[-1, -1] ** 2
-    return -0.5 * (logdet + (n - p) * (np.log(2 * np.pi) + s) + r2 / pt.exp(s))
+    # logdet holds log|R_X|² too: the REML criterion with logdet_x folded into logdet_v
+    return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=pt.exp(s), log=pt.log)
 
 
 def _rest_lambda_pt(design, layout, theta, r):
@@ -217,7 +219,7 @@ def reml_loglik_pt(system: DenseSystem, layout: Layout, x):
     d = pt.diagonal(C)
     logdet = 2 * pt.sum(pt.log(d[: q + p]))
     r2 = C[-1, -1] ** 2
-    return -0.5 * (logdet + (n - p) * (np.log(2 * np.pi) + s) + r2 / sigma2)
+    return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=sigma2, log=pt.log)
 
 
 def log_prior_pt(layout: Layout, prior, x):

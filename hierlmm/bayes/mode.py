@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.bayes.priors import Layout, resolve_prior
+from hierlmm.criterion import criterion
 
 __all__ = ["PosteriorMode", "posterior_mode"]
 
@@ -103,7 +104,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
             q = f.q_rest
             RX = f.L22[q : q + p, q : q + p]
             d = RX.T @ ((beta - sol.beta) * ml_dev.cp.x_scale)  # RX is of the scaled X
-            dev = f.logdet_L() + design.n * np.log(2 * np.pi * s2) + (f.r2 + d @ d) / s2
+            dev = criterion(f.logdet_L(), 0.0, f.r2 + d @ d, design.n, p, reml=False, sigma2=s2)
             return 0.5 * dev - layout.log_prior(prior, Ls, s2)
 
         b0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
@@ -131,7 +132,8 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
                     C = np.linalg.cholesky(M)
                 except np.linalg.LinAlgError:
                     return np.inf
-                dev = 2 * np.sum(np.log(np.diag(C)[: q + p])) + n * np.log(2 * np.pi * s2) + C[-1, -1] ** 2 / s2
+                dev = criterion(2 * np.sum(np.log(np.diag(C)[: q + p])), 0.0, C[-1, -1] ** 2, n, p,
+                                reml=False, sigma2=s2)
                 return 0.5 * dev - layout.log_prior(prior, Ls, s2)
 
         x, logd = _maximise(neg, x0)

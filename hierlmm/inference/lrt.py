@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from hierlmm.criterion import criterion
 from hierlmm.errors import HierlmmError, HierlmmWarning
 
 __all__ = ["anova", "ranova", "chibar_pvalue", "lm_loglik"]
@@ -40,9 +41,7 @@ def lm_loglik(y: np.ndarray, X: np.ndarray, reml: bool) -> float:
     Q, R = np.linalg.qr(X)
     resid = y - Q @ (Q.T @ y)
     r2 = float(resid @ resid)
-    if reml:
-        return -0.5 * ((n - p) * (1 + np.log(2 * np.pi * r2 / (n - p))) + 2 * np.sum(np.log(np.abs(np.diag(R)))))
-    return -0.5 * n * (1 + np.log(2 * np.pi * r2 / n))
+    return -0.5 * criterion(0.0, 2 * np.sum(np.log(np.abs(np.diag(R)))), r2, n, p, reml)
 
 
 def _refit_ml(fit):

@@ -140,14 +140,29 @@ def test_ranef(diff_case):
     if case.ar1:
         pytest.skip("AR(1) cases compare the fit only")
     _agrees(case, ref, fit, err)
-    # the conditional modes and SDs at lme4's own θ: the same function of θ, so they must agree
-    at_r = _at_theta(fit, ref["theta"])
-    assert _ranef_mismatch(at_r, ref) is None, _ranef_mismatch(at_r, ref)
-    # and at hierlmm's optimum; where they differ there, θ lies in a valley so flat that the
-    # BLUPs move more than the criterion (m0028: nested, θ 1e-2 apart, criterion 4e-8 lower
-    # in hierlmm): then hierlmm's criterion must be no worse than lme4's
-    if _ranef_mismatch(fit, ref) is not None:
-        assert fit.deviance <= ref["crit"], _ranef_mismatch(fit, ref)
+    def check(f):
+        bad = _ranef_mismatch(f, ref)
+        assert bad is None, bad
+
+    _own_or_at_lme4_theta(case, ref, fit, check)
+
+
+def _own_or_at_lme4_theta(case, ref, fit, check):
+    """``check`` hierlmm's result at its optimum; where it fails, the likelihood decides.
+
+    In a flat valley the optimum's location is poorly determined: θ moves by 1e-3..1e-2 while
+    the criterion moves by 1e-8, and statistics that depend on θ (BLUPs, Satterthwaite and
+    Kenward-Roger df) move with it (m0028 of the default draw: nested, BLUPs 1.1% apart;
+    seed 7's m0021: df 1.051 vs 1.055). Then hierlmm's criterion must be no worse than lme4's,
+    and the same statistics computed by hierlmm at lme4's own θ must pass ``check``: the
+    same function of θ, evaluated at the same point.
+    """
+    try:
+        check(fit)
+    except AssertionError:
+        if not fit.deviance <= ref["crit"]:
+            raise
+        check(_at_theta(fit, ref["theta"]))
         case.notes.append("better")
 
 
@@ -198,7 +213,8 @@ def test_satterthwaite(diff_case):
     if case.ar1:
         pytest.skip("AR(1) cases compare the fit only")
     _agrees(case, ref, fit, err)
-    _coef_table(fit.coef_table(ddf="satterthwaite"), _inference(case, ref, "satterthwaite"), "rescaled" not in ref)
+    _own_or_at_lme4_theta(case, ref, fit, lambda f: _coef_table(
+        f.coef_table(ddf="satterthwaite"), _inference(case, ref, "satterthwaite"), "rescaled" not in ref))
 
 
 def _coef_table(tab, r, same_units=True):
@@ -230,8 +246,11 @@ def _anova_table(tab, r, label):
         # the F statistic on the scale of a t: sqrt(qF) within the t tolerance
         assert close(np.sqrt(q * row.F), np.sqrt(q * r["F"][j]), 2e-3, 2e-3), (label, term, row.F, r["F"][j])
         assert close(row.den_df, r["DenDF"][j], 2e-3, 1e-6), (label, term, row.den_df, r["DenDF"][j])
-        assert close(row.mean_sq, r["MeanSq"][j], 5e-3, 2e-3 * np.sqrt(r["MeanSq"][j] * max(r["MeanSq"][j], 1e-300))), (label, term)
+        # F's tolerance (t scale), and the mean square's from it (MeanSq = F σ²): near F = 0
+        # the t-scale's absolute 2e-3 dominates (seed 7's m0039: F 2.8e-5 vs 2.9e-5)
         dF = 2 * (2e-3 * np.sqrt(q * r["F"][j]) + 2e-3) * np.sqrt(q * r["F"][j]) / q + 1e-12
+        s2 = r["MeanSq"][j] / r["F"][j] if r["F"][j] > 0 else 0.0
+        assert close(row.mean_sq, r["MeanSq"][j], 5e-3, s2 * dF), (label, term, row.mean_sq, r["MeanSq"][j])
         ptol = float(stats.f.pdf(r["F"][j], q, r["DenDF"][j]) * dF) if r["DenDF"][j] > 0 else 0.0
         assert p_close(row.p, r["p"][j], ptol), (label, term, row.p, r["p"][j])
 
@@ -241,8 +260,12 @@ def test_anova_satterthwaite(diff_case):
     if case.ar1:
         pytest.skip("AR(1) cases compare the fit only")
     _agrees(case, ref, fit, err)
-    _anova_table(fit.anova(type=3, ddf="satterthwaite"), _inference(case, ref, "anova3_S"), "Type III Satterthwaite")
-    _anova_table(fit.anova(type=1, ddf="satterthwaite"), _inference(case, ref, "anova1_S"), "Type I Satterthwaite")
+
+    def check(f):
+        _anova_table(f.anova(type=3, ddf="satterthwaite"), _inference(case, ref, "anova3_S"), "Type III Satterthwaite")
+        _anova_table(f.anova(type=1, ddf="satterthwaite"), _inference(case, ref, "anova1_S"), "Type I Satterthwaite")
+
+    _own_or_at_lme4_theta(case, ref, fit, check)
 
 
 def test_kenward_roger(diff_case):
@@ -253,8 +276,12 @@ def test_kenward_roger(diff_case):
     kr = _inference(case, ref, "kr")
     if "error" in kr:
         pytest.fail(f"pbkrtest failed: {kr['error']}")
-    _coef_table(fit.coef_table(ddf="kenward-roger"), kr, "rescaled" not in ref)
-    _anova_table(fit.anova(type=3, ddf="kenward-roger"), _inference(case, ref, "anova3_KR"), "Type III Kenward-Roger")
+
+    def check(f):
+        _coef_table(f.coef_table(ddf="kenward-roger"), kr, "rescaled" not in ref)
+        _anova_table(f.anova(type=3, ddf="kenward-roger"), _inference(case, ref, "anova3_KR"), "Type III Kenward-Roger")
+
+    _own_or_at_lme4_theta(case, ref, fit, check)
 
 
 def test_lrt(diff_case):
