@@ -128,21 +128,15 @@ class BlockedCholesky:
         """The fixed sparsity of ``Λ_r = blockdiag(I_m ⊗ T_t, I)``: CSR ``indices``, ``indptr``
         and, per stored entry, which of ``(θ_rest, 1)`` it holds (built once; every later Λ_r
         only gathers values)."""
+        from hierlmm.reterms import lambda_entries
+
         cp = self.cp
-        rows, cols, src = [], [], []
-        offset, pos = 0, 0
-        for t, s in zip(self.rest, self.slices[1:]):
-            tr, tc = t.template(np.arange(1, t.n_theta + 1)).nonzero()
-            which = t.template(np.arange(t.n_theta))[tr, tc].astype(np.int64)
-            base = offset + t.k * np.arange(t.m)[:, None]
-            rows.append((base + tr).ravel())
-            cols.append((base + tc).ravel())
-            src.append(np.tile(pos + which, t.m))
-            offset += t.q
-            pos += t.n_theta
+        first = self.slices[1].start  # θ_rest starts here; its entries then a 1 for the identity
+        rows, cols, src, offset = lambda_entries(self.rest, self.slices[1:])
+        pos = sum(t.n_theta for t in self.rest)
         eye = offset + np.arange(cp.p + 1)
-        rows, cols = np.concatenate(rows + [eye]), np.concatenate(cols + [eye])
-        src = np.concatenate(src + [np.full(cp.p + 1, pos)])
+        rows, cols = np.concatenate([rows, eye]), np.concatenate([cols, eye])
+        src = np.concatenate([src - first, np.full(cp.p + 1, pos)])
         n = offset + cp.p + 1
         order = sp.csr_matrix((np.arange(1, rows.size + 1, dtype=float), (rows, cols)), shape=(n, n))
         order.sort_indices()

@@ -55,8 +55,8 @@ def describe(model, fmt: str = "text") -> str:
         struct = "unstructured" if t.k > 1 else "a variance"
         dname = "D" if len(d.terms) == 1 else f"D{n + 1}"
         dists.append((sym, idx, dname, t, struct))
-    residual = getattr(model, "residual", None)
-    marginal = getattr(model, "formulation", "hierarchical") == "marginal"
+    residual = model.residual
+    marginal = model.formulation == "marginal"
     r_text = "I" if residual is None else f"R_i ({residual.name}{', ' + residual.param if residual.param else ''})"
     if fmt == "latex":
         mean = " + ".join(fixed + rand)

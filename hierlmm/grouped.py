@@ -78,17 +78,16 @@ class GroupedDeviance:
         self.positions_all = []
         for _, blocks in sorted(by_size.items()):
             rows = np.stack(blocks)  # (G, s)
-            comps = []  # per (term, a, c): (G, s, s) matrices Z_a Z_c' within level
+            comps = []  # per (term, a, c) in θ's order: (G, s, s) matrices Z_a Z_c' within level
             for t in terms:
                 codes = t.codes[rows]
                 same = codes[:, :, None] == codes[:, None, :]
-                for c in range(t.k):
-                    for a in range(c, t.k):
-                        za, zc = t.Z[rows, a], t.Z[rows, c]
-                        G = za[:, :, None] * zc[:, None, :] * same
-                        if a != c:
-                            G = G + np.transpose(G, (0, 2, 1))
-                        comps.append(G)
+                for a, c in t.pairs:
+                    za, zc = t.Z[rows, a], t.Z[rows, c]
+                    G = za[:, :, None] * zc[:, None, :] * same
+                    if a != c:
+                        G = G + np.transpose(G, (0, 2, 1))
+                    comps.append(G)
             stack = {"rows": rows, "comps": np.stack(comps, axis=1), "X": design.X[rows], "y": design.y[rows]}
             if residual is not None:
                 stack["rgroups"] = self.rgroup.codes[rows]  # (G, s)
@@ -124,12 +123,8 @@ class GroupedDeviance:
         return start
 
     def _svec(self, params):
-        out = []
-        for t, S in zip(self.design.terms, self.relcovs(params)):
-            for c in range(t.k):
-                for a in range(c, t.k):
-                    out.append(S[a, c])
-        return np.array(out)
+        """The entries of every ``S_t``'s lower triangle, in θ's order (``comps``'s order)."""
+        return np.array([S[a, c] for t, S in zip(self.design.terms, self.relcovs(params)) for a, c in t.pairs])
 
     def _V0(self, stack, svec, rvalue):
         V = np.einsum("c,gcij->gij", svec, stack["comps"])

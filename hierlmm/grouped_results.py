@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.errors import HierlmmError
+from hierlmm.optimize import SINGULAR_TOL
 from hierlmm.posterior_b import RanefPosterior
 from hierlmm.results import LMMResult
 
@@ -20,14 +21,6 @@ __all__ = ["GroupedResult"]
 
 class GroupedResult(LMMResult):
     """A fit by :class:`hierlmm.grouped.GroupedDeviance`."""
-
-    @property
-    def formulation(self) -> str:
-        return "marginal" if self.deviance_function.marginal else "hierarchical"
-
-    @property
-    def residual(self):
-        return self.deviance_function.residual
 
     @property
     def residual_params(self) -> dict:
@@ -48,7 +41,7 @@ class GroupedResult(LMMResult):
         n = self.deviance_function.n_theta
         lower = self.deviance_function.lower[:n]
         bounded = np.isfinite(lower)
-        return bool(np.any(self.solution.theta[:n][bounded] - lower[bounded] < 1e-4))
+        return bool(np.any(self.solution.theta[:n][bounded] - lower[bounded] < SINGULAR_TOL))
 
     def covariance_matrices(self) -> dict[str, pd.DataFrame]:
         Ss = self.deviance_function.relcovs(self.solution.theta)
@@ -61,12 +54,7 @@ class GroupedResult(LMMResult):
         return [*self.theta.index, *extra, "sigma"]
 
     def _no_b(self, what):
-        if self.deviance_function.marginal:
-            raise HierlmmError(
-                f"{what} is not defined in the marginal formulation: it estimates V = ZDZ' + σ²I "
-                "with D possibly indefinite, so no hierarchical model (and no random effect b) "
-                "stands behind it; use kind='marginal' or a hierarchical fit"
-            )
+        self.model.require(what, needs="b", instead="use kind='marginal' or a hierarchical fit")
 
     def ranef(self) -> dict[str, pd.DataFrame]:
         self._no_b("ranef()")
@@ -117,5 +105,14 @@ class GroupedResult(LMMResult):
             out[g] = RanefPosterior(g, mean, cov, beta)
         return out
 
-    def simulate(self, n=1, random_seed=None):
-        raise HierlmmError("simulate() is not available for fits with correlated residuals or in the marginal formulation")
+    def simulate(self, n: int = 1, random_seed=None) -> np.ndarray:
+        """``n`` draws of the response, ``y* ~ N(Xβ̂, σ̂² V0)`` block by block, with ``V0`` the
+        fitted ``ZSZ' + R(ψ̂)`` (correlated residuals; in the marginal formulation the estimated
+        ``V`` itself), shape ``(n, nobs)``."""
+        rng = np.random.default_rng(random_seed)
+        d, sol = self.design, self.solution
+        out = np.tile(d.X @ sol.beta, (n, 1))
+        for rows, V0 in self.deviance_function.block_matrices(sol.theta):
+            L = np.linalg.cholesky(V0)
+            out[:, rows] += self.sigma * rng.standard_normal((n, len(rows))) @ L.T
+        return out

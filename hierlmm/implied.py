@@ -36,7 +36,7 @@ def marginal_cov(fit, level, group: str | None = None) -> pd.DataFrame:
         Z = t.Z[rows]
         same = t.codes[rows][:, None] == t.codes[rows][None, :]
         V += (Z @ D.to_numpy() @ Z.T) * same
-    residual = getattr(fit, "residual", None)
+    residual = fit.residual
     if residual is None:
         R = np.eye(len(rows))
     else:

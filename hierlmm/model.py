@@ -74,6 +74,35 @@ class LMM:
         """Fitted by the per-group engine (correlated residuals or marginal formulation)."""
         return self.residual is not None or self.formulation == "marginal"
 
+    def require(self, what: str, needs: str = "iid", instead: str = "") -> None:
+        """Refuse ``what`` on a model it does not implement, naming the model feature at fault.
+
+        The one mechanism by which every part of hierlmm declines a model it cannot honour.
+
+        Parameters
+        ----------
+        what : str
+            The method, as the user called it (``"Kenward-Roger"``, ``"simulate()"``).
+        needs : {"iid", "b"}
+            ``"iid"``: the hierarchical model with independent residuals (the blocked
+            cross-product engine: profiles, bootstrap, Kenward–Roger, simulate, ranova, the
+            Bayesian side); ``"b"``: random effects ``b`` exist (not the marginal formulation).
+        instead : str
+            What the user can do instead.
+
+        Raises
+        ------
+        HierlmmError
+        """
+        why = None
+        if self.formulation == "marginal":
+            why = ("the model is in the marginal formulation (formulation='marginal'): it estimates "
+                   "V = ZDZ' + σ²I with D possibly indefinite, so no random effect b stands behind it")
+        elif needs == "iid" and self.residual is not None:
+            why = f"the model has correlated residuals (residual={self.residual!r})"
+        if why is not None:
+            raise HierlmmError(f"{what} is not available: {why}" + (f"; {instead}" if instead else ""))
+
     def deviance_function(self, reml: bool = True) -> Deviance:
         """The profiled deviance of θ (REML criterion or ML deviance), cached."""
         if reml not in self._deviance:
@@ -207,7 +236,8 @@ class LMM:
         hierlmm.bayes.posterior.Posterior
             ``.idata`` (ArviZ DataTree) and ``.summary()``.
         """
-        self._bayes_supported("sample()")
+        self.require("sample()", instead="the Bayesian side implements the hierarchical model with iid "
+                     "residuals only (it would sample that model instead); fit this one with .fit()")
         from hierlmm.bayes.sample import sample
 
         return sample(self, prior=prior, sampler=sampler, draws=draws, tune=tune, chains=chains,
@@ -220,26 +250,11 @@ class LMM:
         tends to REML. ``joint=True`` gives the joint mode of (β, σ², D) under flat priors,
         which is the ML estimate. See :mod:`hierlmm.bayes.mode`.
         """
-        self._bayes_supported("posterior_mode()")
+        self.require("posterior_mode()", instead="the Bayesian side implements the hierarchical model with "
+                     "iid residuals only; fit this one with .fit()")
         from hierlmm.bayes.mode import posterior_mode
 
         return posterior_mode(self, prior=prior, beta_prior_sd=beta_prior_sd, joint=joint)
-
-    def _bayes_supported(self, what: str) -> None:
-        """The Bayesian side implements iid residuals in the hierarchical formulation only:
-        refuse the rest rather than answer for another model."""
-        if self.residual is not None:
-            raise HierlmmError(
-                f"{what} does not implement correlated residuals (residual={self.residual!r}); it would "
-                "sample the model with independent residuals instead. Fit it by REML/ML with .fit(), "
-                "or drop residual= to sample the iid model"
-            )
-        if self.formulation == "marginal":
-            raise HierlmmError(
-                f"{what} does not implement the marginal formulation (D not required to be positive "
-                "semi-definite); it would sample the hierarchical model instead. Use .fit(), or "
-                "formulation='hierarchical'"
-            )
 
     def __repr__(self) -> str:
         d = self.design

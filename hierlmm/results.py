@@ -16,6 +16,7 @@ from hierlmm.deviance import Deviance, Solution
 from hierlmm.errors import DataError, HierlmmError
 from hierlmm.optimize import SINGULAR_TOL, OptResult
 from hierlmm.posterior_b import RanefPosterior, ranef_posterior_blocks
+from hierlmm.reterms import varcorr_rows
 
 __all__ = ["LMMResult"]
 
@@ -42,6 +43,16 @@ class LMMResult:
         self.method = "REML" if deviance_function.reml else "ML"
 
     # ---------------------------------------------------------------- basic quantities
+    @property
+    def formulation(self) -> str:
+        """``"hierarchical"`` or ``"marginal"`` (the model's)."""
+        return self.model.formulation
+
+    @property
+    def residual(self):
+        """The residual correlation structure (``None``: independent residuals)."""
+        return self.model.residual
+
     @property
     def nobs(self) -> int:
         """Number of observations used (after dropping incomplete rows)."""
@@ -79,6 +90,20 @@ class LMMResult:
     @cached_property
     def _rx_inv(self) -> np.ndarray:
         return self.deviance_function.unscaled_vcov(self.solution.theta)
+
+    @cached_property
+    def _varpar_covariance(self):
+        """Satterthwaite's ingredients (:func:`hierlmm.inference.satterthwaite.varpar_covariance`)."""
+        from hierlmm.inference.satterthwaite import compute_varpar_covariance
+
+        return compute_varpar_covariance(self)
+
+    @cached_property
+    def _kr_adjustment(self):
+        """Kenward–Roger's adjusted covariance (:func:`hierlmm.inference.kenward_roger.kr_adjust`)."""
+        from hierlmm.inference.kenward_roger import compute_kr_adjust
+
+        return compute_kr_adjust(self)
 
     # ------------------------------------------- the variance-parameter interface
     # Inference (Satterthwaite, profiles, Wald intervals of variance parameters) works on
@@ -128,20 +153,8 @@ class LMMResult:
         Columns ``grp, var1, var2, vcov, sdcor``: one row per variance (``var2`` missing,
         ``sdcor`` the SD), one per covariance (``sdcor`` the correlation), then the residual.
         """
-        rows = []
-        for label, D in self.covariance_matrices().items():
-            names = list(D.index)
-            Dm = D.to_numpy()
-            diag = np.diag(Dm)
-            # a negative variance (marginal formulation) has no standard deviation
-            sd = np.sqrt(np.where(diag >= 0, np.clip(diag, 0, None), np.nan))
-            for i, n in enumerate(names):
-                rows.append((label, n, None, Dm[i, i], sd[i]))
-            for c in range(len(names)):
-                for r in range(c + 1, len(names)):
-                    denom = sd[r] * sd[c]
-                    corr = Dm[r, c] / denom if denom > 0 else np.nan
-                    rows.append((label, names[c], names[r], Dm[r, c], corr))
+        rows = [row for label, D in self.covariance_matrices().items()
+                for row in varcorr_rows(label, list(D.index), D.to_numpy())]
         rows.append(("Residual", None, None, self.solution.sigma2, self.sigma))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
@@ -389,12 +402,7 @@ class LMMResult:
 
 def theta_names(terms) -> list[str]:
     """lme4's names of θ's entries: ``Subject.(Intercept)``, ``Subject.Days.(Intercept)``, ..."""
-    names = []
-    for t in terms:
-        for c in range(t.k):
-            for r in range(c, t.k):
-                names.append(f"{t.label}.{t.names[r]}" if r == c else f"{t.label}.{t.names[r]}.{t.names[c]}")
-    return names
+    return [n for t in terms for n in t.theta_names()]
 
 
 def term_columns(term, data: pd.DataFrame) -> np.ndarray:

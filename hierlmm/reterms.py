@@ -14,7 +14,50 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ReTerm"]
+__all__ = ["ReTerm", "sd_corr", "varcorr_rows", "lambda_entries"]
+
+
+def lambda_entries(terms, slices) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Where θ's entries sit in ``Λ = blockdiag_t(I_{m_t} ⊗ T_t)``: ``(rows, cols, src, q)``,
+    ``Λ[rows, cols] = θ[src]``, ``q`` its order. The one construction of Λ's pattern (the
+    core's sparse Λ of the rest block, the dense and PyTensor forms of the Bayesian side)."""
+    rows, cols, src, off = [], [], [], 0
+    for t, s in zip(terms, slices):
+        tr, tc = t._tril
+        base = off + t.k * np.arange(t.m)[:, None]
+        rows.append((base + tr).ravel())
+        cols.append((base + tc).ravel())
+        src.append(np.tile(np.arange(s.start, s.start + t.n_theta), t.m))
+        off += t.q
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return cat(rows), cat(cols), cat(src), off
+
+
+def sd_corr(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standard deviations and correlation matrix of a covariance matrix: the one rule.
+
+    A negative variance (possible in the marginal formulation) has no SD (NaN); a correlation
+    involving a zero or missing SD is NaN, as R's ``cov2cor`` gives (0/0)."""
+    D = np.asarray(D, dtype=float)
+    diag = np.diag(D)
+    sd = np.where(diag >= 0, np.sqrt(np.abs(diag)), np.nan)
+    den = np.outer(sd, sd)
+    ok = den > 0
+    corr = np.full(D.shape, np.nan)
+    corr[ok] = D[ok] / den[ok]
+    return sd, corr
+
+
+def varcorr_rows(label: str, names: list[str], D: np.ndarray) -> list[tuple]:
+    """Rows of lme4's ``as.data.frame(VarCorr(fit))`` for one term: ``(grp, var1, var2, vcov,
+    sdcor)``, the variances (``sdcor`` their SD) then the covariances (``sdcor`` the
+    correlation), in lme4's order."""
+    D = np.asarray(D, dtype=float)
+    sd, corr = sd_corr(D)
+    k = len(names)
+    rows = [(label, names[i], None, D[i, i], sd[i]) for i in range(k)]
+    rows += [(label, names[c], names[r], D[r, c], corr[r, c]) for c in range(k) for r in range(c + 1, k)]
+    return rows
 
 
 @dataclass(eq=False)
@@ -91,6 +134,35 @@ class ReTerm:
     def theta_lower(self) -> np.ndarray:
         """Lower bounds of θ: 0 on the diagonal of ``T``, -inf elsewhere."""
         return np.where(self.theta_diagonal, 0.0, -np.inf)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(row, column)`` of ``T`` (and of ``D``'s lower triangle) for each θ entry, in θ's
+        order (column by column): the one place that order is defined."""
+        rows, cols = self._tril
+        return list(zip(rows.tolist(), cols.tolist()))
+
+    def theta_names(self) -> list[str]:
+        """lme4's names of this term's θ entries: ``Subject.(Intercept)``,
+        ``Subject.Days.(Intercept)``, ``Subject.Days``."""
+        return [f"{self.label}.{self.names[r]}" if r == c else f"{self.label}.{self.names[r]}.{self.names[c]}"
+                for r, c in self.pairs]
+
+    def sdcor_names(self) -> list[str]:
+        """lme4's ``confint`` row names of this term's SDs and correlations (θ's order):
+        ``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``, ``sd_Days|Subject``."""
+        return [f"sd_{self.names[r]}|{self.group}" if r == c else f"cor_{self.names[r]}.{self.names[c]}|{self.group}"
+                for r, c in self.pairs]
+
+    def sdcor(self, D: np.ndarray) -> np.ndarray:
+        """The SDs and correlations of ``D`` in θ's order (:func:`sd_corr`'s rule)."""
+        sd, corr = sd_corr(D)
+        return np.array([sd[r] if r == c else corr[r, c] for r, c in self.pairs])
+
+    def sdcor_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds of :meth:`sdcor`'s entries: ``[0, ∞)`` for an SD, ``[−1, 1]`` for a correlation."""
+        diag = self.theta_diagonal
+        return np.where(diag, 0.0, -1.0), np.where(diag, np.inf, 1.0)
 
     def theta_start(self) -> np.ndarray:
         """lme4's starting value: ``T = I``."""

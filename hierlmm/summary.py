@@ -10,6 +10,8 @@ import html
 import numpy as np
 import pandas as pd
 
+from hierlmm.reterms import sd_corr
+
 __all__ = ["Summary"]
 
 
@@ -63,25 +65,23 @@ class Summary:
 
     def __init__(self, fit):
         self.fit = fit
+        self.inference_note: str | None = None  # why df and p are missing, if they are
         self.coefficients = self._coefficients()
 
     def _coefficients(self) -> pd.DataFrame:
+        """Satterthwaite's table; where it cannot be computed (a refusal, or a singular
+        matrix), Estimate/SE/t only and the reason in :attr:`inference_note` (printed)."""
+        from hierlmm.errors import HierlmmError
+
         fit = self.fit
-        table = None
-        coef_table = getattr(fit, "coef_table", None)
-        if coef_table is not None:
-            try:
-                ct = coef_table(ddf="satterthwaite")
-                table = pd.DataFrame(
-                    {"Estimate": ct["estimate"], "Std. Error": ct["se"], "df": ct["df"],
-                     "t value": ct["t"], "Pr(>|t|)": ct["p"]}
-                )
-            except Exception:  # noqa: BLE001 - the summary must print even if inference fails
-                table = None
-        if table is None:
+        try:
+            ct = fit.coef_table(ddf="satterthwaite")
+        except (HierlmmError, np.linalg.LinAlgError) as exc:
+            self.inference_note = f"no Satterthwaite df or p-values: {exc}"
             est, se = fit.fixef, fit.se
-            table = pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se})
-        return table
+            return pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se})
+        return pd.DataFrame({"Estimate": ct["estimate"], "Std. Error": ct["se"], "df": ct["df"],
+                             "t value": ct["t"], "Pr(>|t|)": ct["p"]})
 
     # -------------------------------------------------------------------- text
     def _header(self) -> list[str]:
@@ -101,7 +101,7 @@ class Summary:
         return lines
 
     def _residual_lines(self) -> list[str]:
-        kind = "marginal" if getattr(self.fit, "formulation", "hierarchical") == "marginal" else "conditional"
+        kind = "marginal" if self.fit.model.formulation == "marginal" else "conditional"
         r = self.fit.residuals(kind=kind, scaled=True).to_numpy()
         qs = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
         # lme4: print(zapsmall(quantile(r), digits + 1), digits = digits), digits = 4
@@ -122,13 +122,9 @@ class Summary:
             sstr = [s if v >= 0 else "NaN" for s, v in zip(_column(np.sqrt(np.clip(vars_, 0, None)), 4), vars_)]
         i = 0
         for label, D in covs.items():
-            Dm = D.to_numpy()
-            sd = np.sqrt(np.clip(np.diag(Dm), 0, None))
+            _, R = sd_corr(D.to_numpy())
             for j, name in enumerate(D.index):
-                corr = []
-                for c in range(j):
-                    den = sd[j] * sd[c]
-                    corr.append(f"{Dm[j, c] / den:.2f}" if den > 0 else "NaN")
+                corr = ["NaN" if np.isnan(R[j, c]) else f"{R[j, c]:.2f}" for c in range(j)]  # as lme4
                 rows.append([label if j == 0 else "", name, vstr[i], sstr[i]] + corr + [""] * (maxk - 1 - len(corr)))
                 i += 1
         rows.append(["Residual", "", vstr[i], sstr[i]] + [""] * (maxk - 1))
@@ -141,7 +137,7 @@ class Summary:
         fit = self.fit
         groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
         lines = ["Random effects:", *(" " + line for line in text.splitlines())]
-        residual = getattr(fit, "residual", None)
+        residual = fit.residual
         if residual is not None:
             (name, value), = fit.residual_params.items()
             lines.append(f"Residual correlation: {residual.name} within {fit.deviance_function.rgroup.group}, "
@@ -186,7 +182,9 @@ class Summary:
         if fit.singular:
             notes.append("boundary (singular) fit: see the documentation of LMMResult.singular")
         notes += fit.opt.messages
-        if getattr(fit, "formulation", "hierarchical") == "marginal":
+        if self.inference_note:
+            notes.append(self.inference_note)
+        if fit.model.formulation == "marginal":
             notes.append("marginal formulation: V = ZDZ' + σ²I was estimated requiring only that V be "
                          "positive definite; D may be indefinite (a negative variance has no Std.Dev.), "
                          "in which case no hierarchical model implies this V")

@@ -192,3 +192,64 @@ def test_other_structures_nest_the_iid_model(structure):
     dev = GroupedDeviance(hl.LMM(formula, df, residual=structure).design, residual=structure)
     at_iid = np.append(iid.solution.theta, -20.0 if structure.param == "range" else 0.0)
     assert dev(at_iid) == pytest.approx(iid.deviance, rel=1e-9)
+
+
+def _public_calls(fit):
+    """Every public member of a fit, called with typical arguments where it needs some."""
+    level = fit.design.terms[0].levels[0]
+    with_args = {
+        "marginal_cov": [(level,)], "marginal_corr": [(level,)],
+        "deviance_at": [(fit.varpar,)], "vcov_at": [(fit.varpar,)],
+        "coef_table": [(), ("kenward-roger",)],
+        "anova": [(), (3, "kenward-roger")],
+        "confint": [("wald",), ("profile",), ("bootstrap",)],
+        "fitted": [("conditional",), ("marginal",)],
+        "residuals": [("conditional",), ("marginal",)],
+        "predict": [(None, "conditional"), (None, "marginal")],
+        "simulate": [(3,)],
+    }
+    for name in sorted(dir(fit)):
+        if name.startswith("_") or name in ("model", "deviance_function"):
+            continue
+        member = getattr(type(fit), name, None)
+        if isinstance(member, property):
+            yield name, lambda name=name: getattr(fit, name)
+            continue
+        value = getattr(fit, name)
+        if not callable(value):
+            continue
+        for args in with_args.get(name, [()]):
+            yield f"{name}{args}", lambda value=value, args=args: value(*args)
+
+
+@pytest.mark.parametrize("kind", ["ar1", "marginal"])
+def test_every_public_member_works_or_names_the_feature(kind):
+    """Issue 11: on an AR(1) fit and a marginal fit, every public member either works or raises
+    a HierlmmError naming the model feature it cannot handle (never a silent answer for the
+    iid hierarchical model, never a stray exception)."""
+    d = hl.datasets.load("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        if kind == "ar1":
+            fit = hl.LMM("Reaction ~ Days + (1 | Subject)", d, residual=hl.AR1()).fit()
+            feature = "residual=AR1"
+        else:
+            fit = hl.LMM("Reaction ~ Days + (1 | Subject)", d, formulation="marginal").fit()
+            feature = "formulation='marginal'"
+    refused = []
+    for name, call in _public_calls(fit):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", hl.HierlmmWarning)
+            try:
+                call()
+            except hl.HierlmmError as exc:
+                assert feature in str(exc), (name, str(exc))
+                refused.append(name.split("(")[0])
+    for model_method in ("sample", "posterior_mode"):
+        with pytest.raises(hl.HierlmmError, match=feature.replace("(", r"\(")):
+            getattr(fit.model, model_method)()
+    # what each kind cannot do, and nothing else
+    expected = {"ar1": {"confint", "coef_table", "anova", "ranova"},
+                "marginal": {"confint", "coef_table", "anova", "ranova", "fitted", "residuals", "predict",
+                             "ranef", "ranef_posterior", "icc"}}[kind]
+    assert set(refused) <= expected, set(refused) - expected

@@ -25,6 +25,7 @@ import numpy as np
 from hierlmm.bayes.priors import Layout
 from hierlmm.criterion import criterion
 from hierlmm.crossprod import term_matrix
+from hierlmm.reterms import lambda_entries
 
 __all__ = ["DenseSystem", "build_collapsed_model", "exact_conditional_draws"]
 
@@ -47,19 +48,8 @@ class DenseSystem:
         A[self.q :, : self.q] = ZXY.T
         A[self.q :, self.q :] = XY.T @ XY
         self.A = A
-        # positions (row, col) of Λ's entries and the index of the η entry each takes
-        rows, cols, src, off, eta_off = [], [], [], 0, 0
-        for t in design.terms:
-            tc, tr = np.triu_indices(t.k)
-            for j in range(t.m):
-                rows.append(off + j * t.k + tr)
-                cols.append(off + j * t.k + tc)
-                src.append(eta_off + np.arange(t.n_theta))
-            off += t.q
-            eta_off += t.n_theta
-        self.lam_rows = np.concatenate(rows)
-        self.lam_cols = np.concatenate(cols)
-        self.lam_src = np.concatenate(src)
+        # positions (row, col) of Λ's entries and the index of the θ entry each takes
+        self.lam_rows, self.lam_cols, self.lam_src, _ = lambda_entries(design.terms, design.theta_slices())
 
     def lam(self, theta: np.ndarray) -> np.ndarray:
         r = self.A.shape[0]
@@ -185,16 +175,9 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
 def _rest_lambda_pt(design, layout, theta, r):
     import pytensor.tensor as pt
 
-    rows, cols, src, off = [], [], [], 0
-    for t, sl in zip(design.terms[1:], layout.slices[1:]):
-        tc, tr = np.triu_indices(t.k)
-        for j in range(t.m):
-            rows.append(off + j * t.k + tr)
-            cols.append(off + j * t.k + tc)
-            src.append(sl.start + np.arange(t.n_theta))
-        off += t.q
+    rows, cols, src, off = lambda_entries(design.terms[1:], layout.slices[1:])
     lam = pt.zeros((r, r))
-    lam = pt.set_subtensor(lam[np.concatenate(rows), np.concatenate(cols)], theta[np.concatenate(src)])
+    lam = pt.set_subtensor(lam[rows, cols], theta[src])
     idx = np.arange(off, r)
     return pt.set_subtensor(lam[idx, idx], 1.0)
 

@@ -40,16 +40,9 @@ class PosteriorMode:
 
     def varcorr(self) -> pd.DataFrame:
         """In ``fit.varcorr``'s layout (variances and covariances; correlations in sdcor)."""
-        rows = []
-        for label, D in self.D.items():
-            names = list(D.index)
-            Dm = D.to_numpy()
-            sd = np.sqrt(np.clip(np.diag(Dm), 0, None))
-            for i, n in enumerate(names):
-                rows.append((label, n, None, Dm[i, i], sd[i]))
-            for c in range(len(names)):
-                for r in range(c + 1, len(names)):
-                    rows.append((label, names[c], names[r], Dm[r, c], Dm[r, c] / (sd[r] * sd[c]) if sd[r] * sd[c] > 0 else np.nan))
+        from hierlmm.reterms import varcorr_rows
+
+        rows = [row for label, D in self.D.items() for row in varcorr_rows(label, list(D.index), D.to_numpy())]
         rows.append(("Residual", None, None, self.sigma2, np.sqrt(self.sigma2)))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 

@@ -10,6 +10,7 @@ correlations in the order of θ (``sd_(Intercept)|Subject``, ``cor_Days.(Interce
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -21,24 +22,16 @@ __all__ = ["confint", "sdcor_names", "sdcor_from_theta", "theta_from_sdcor"]
 
 
 def sdcor_names(fit) -> list[str]:
-    names = []
-    for t in fit.design.terms:
-        for c in range(t.k):
-            for r in range(c, t.k):
-                names.append(f"sd_{t.names[r]}|{t.group}" if r == c else f"cor_{t.names[r]}.{t.names[c]}|{t.group}")
-    return names + ["sigma"]
+    """Row names of the variance parameters (lme4's ``confint``), σ last."""
+    return [n for t in fit.design.terms for n in t.sdcor_names()] + ["sigma"]
 
 
 def sdcor_from_theta(design, theta, sigma) -> np.ndarray:
-    """``(θ, σ)`` -> standard deviations and correlations of each term (θ's order), σ."""
-    out = []
-    for t, s in zip(design.terms, design.theta_slices()):
-        D = sigma**2 * t.relcov(theta[s])
-        sd = np.sqrt(np.clip(np.diag(D), 0, None))
-        for c in range(t.k):
-            for r in range(c, t.k):
-                out.append(sd[r] if r == c else (D[r, c] / (sd[r] * sd[c]) if sd[r] * sd[c] > 0 else 0.0))
-    return np.array(out + [sigma])
+    """``(θ, σ)`` -> standard deviations and correlations of each term (θ's order), σ.
+
+    A correlation with a zero SD is NaN (:func:`hierlmm.reterms.sd_corr`)."""
+    return np.concatenate([t.sdcor(sigma**2 * t.relcov(theta[s])) for t, s in zip(design.terms, design.theta_slices())]
+                          + [[sigma]])
 
 
 def _psd_cholesky(D: np.ndarray) -> np.ndarray:
@@ -58,29 +51,24 @@ def theta_from_sdcor(design, sdcor) -> tuple[np.ndarray, float] | None:
     sigma = sdcor[-1]
     theta, i = [], 0
     for t in design.terms:
-        k = t.k
-        S = np.zeros((k, k))
-        for c in range(k):
-            for r in range(c, k):
-                S[r, c] = sdcor[i]
-                i += 1
-        sd = np.diag(S).copy()
-        R = np.eye(k) + np.tril(S, -1) + np.tril(S, -1).T
-        if k > 1 and np.linalg.eigvalsh(R).min() < -1e-10:
+        R = np.eye(t.k)
+        sd = np.zeros(t.k)
+        for r, c in t.pairs:
+            if r == c:
+                sd[r] = sdcor[i]
+            else:
+                R[r, c] = R[c, r] = sdcor[i]
+            i += 1
+        if t.k > 1 and np.linalg.eigvalsh(R).min() < -1e-10:
             return None
-        D = R * np.outer(sd, sd)
-        theta.append(t.theta_from_template(_psd_cholesky(D) / sigma))
+        theta.append(t.theta_from_template(_psd_cholesky(R * np.outer(sd, sd)) / sigma))
     return np.concatenate(theta), sigma
 
 
 def _bounds(design) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = [], []
-    for t in design.terms:
-        for c in range(t.k):
-            for r in range(c, t.k):
-                lo.append(0.0 if r == c else -1.0)
-                hi.append(np.inf if r == c else 1.0)
-    return np.array(lo + [1e-12]), np.array(hi + [np.inf])
+    """Bounds of :func:`sdcor_from_theta`'s entries (σ last, kept positive)."""
+    lo, hi = zip(*(t.sdcor_bounds() for t in design.terms))
+    return np.concatenate(lo + ([1e-12],)), np.concatenate(hi + ([np.inf],))
 
 
 def _wald(fit, level):
@@ -102,8 +90,6 @@ def _subdesign(design, X):
 
 def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_jobs=1):
     """Parametric bootstrap: simulate from the fit, refit each draw (threads when n_jobs != 1)."""
-    import warnings
-
     import hierlmm as hl
     from hierlmm.optimize import optimize_theta
 
@@ -138,8 +124,11 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
     if show:
         sys.stderr.write("\n")
     a = (1 - level) / 2
-    out = pd.DataFrame({"lower": np.quantile(draws, a, axis=0), "upper": np.quantile(draws, 1 - a, axis=0)},
-                       index=names)
+    with warnings.catch_warnings():  # a correlation never defined (an SD always 0): NaN limits
+        warnings.simplefilter("ignore", RuntimeWarning)
+        # a draw's correlation is NaN where its SD is 0; quantiles of the defined ones
+        lower, upper = np.nanquantile(draws, a, axis=0), np.nanquantile(draws, 1 - a, axis=0)
+    out = pd.DataFrame({"lower": lower, "upper": upper}, index=names)
     out.attrs["draws"] = pd.DataFrame(draws, columns=names)
     return out
 
@@ -177,9 +166,7 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     method = str(method).lower()
     if method == "wald":
         return _wald(fit, level)
-    if getattr(fit.model, "grouped", False):
-        raise HierlmmError("profile and bootstrap intervals are not available for fits with correlated "
-                           "residuals or in the marginal formulation; use method='wald'")
+    fit.model.require(f"confint(method={method!r})", instead="use method='wald'")
     if method == "profile":
         from hierlmm.inference.profile import profile_intervals
 

@@ -45,25 +45,25 @@ def _components(fit):
     gammas, pairs = [], []
     for ti, (t, D) in enumerate(zip(fit.design.terms, fit.covariance_matrices().values())):
         Dm = D.to_numpy()
-        for a in range(t.k):
-            for b in range(a, t.k):
-                gammas.append(Dm[a, b])
-                pairs.append((ti, a, b))
+        for r, c in t.pairs:  # D's lower triangle in θ's order
+            gammas.append(Dm[r, c])
+            pairs.append((ti, c, r))
     gammas.append(fit.sigma**2)
     return np.array(gammas), pairs
 
 
 def kr_adjust(fit) -> KRAdjustment:
-    """The Kenward–Roger adjusted ``Var(β̂)`` of a fit (cached on the fit)."""
-    if getattr(fit.model, "grouped", False):
-        raise HierlmmError("Kenward-Roger is not available for fits with correlated residuals or in the "
-                           "marginal formulation; use ddf='satterthwaite'")
+    """The Kenward–Roger adjusted ``Var(β̂)`` of a fit (computed once: the fit's cached
+    ``_kr_adjustment``)."""
+    fit.model.require("Kenward-Roger", instead="use ddf='satterthwaite'")
     if fit.method != "REML":
         raise HierlmmError("Kenward-Roger's method is only available for REML fits (as lmerTest); "
                            "refit with method='REML' or use ddf='satterthwaite'")
-    cached = getattr(fit, "_kr_cache", None)
-    if cached is not None:
-        return cached
+    return fit._kr_adjustment
+
+
+def compute_kr_adjust(fit) -> KRAdjustment:
+    """pbkrtest's ``vcovAdj`` (Kenward & Roger 1997, §2)."""
     design = fit.design
     X = design.X
     p = X.shape[1]
@@ -121,9 +121,7 @@ def kr_adjust(fit) -> KRAdjustment:
     U = U + U.T
     for i in range(ng):
         U += W[i, i] * (QQ[i, i] - PP[i] @ Phi @ PP[i])
-    out = KRAdjustment(vcov_adj=Phi + 2 * Phi @ U @ Phi, vcov=Phi, P=list(PP), W=W)
-    fit._kr_cache = out
-    return out
+    return KRAdjustment(vcov_adj=Phi + 2 * Phi @ U @ Phi, vcov=Phi, P=list(PP), W=W)
 
 
 def _ddf_and_scaling(L: np.ndarray, kr: KRAdjustment) -> tuple[float, float]:

@@ -165,9 +165,7 @@ def ranova(fit) -> pd.DataFrame:
 
     import hierlmm as hl
 
-    if getattr(fit.model, "grouped", False):
-        raise HierlmmError("ranova is not available for fits with correlated residuals or in the "
-                           "marginal formulation; compare fits with hl.anova")
+    fit.model.require("ranova()", instead="compare fits with hl.anova")
     parsed = fit.design.parsed
     reml = fit.method == "REML"
     rows = {"<none>": {"npar": fit.df_model, "loglik": fit.loglik, "aic": fit.aic,

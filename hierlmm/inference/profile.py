@@ -85,11 +85,8 @@ class Coordinates:
         self.terms = []  # per term: (k, positions of its sdcor entries, fixed (r, c) or None, perm)
         i = 0
         for t in design.terms:
-            pos = {}
-            for c in range(t.k):
-                for r in range(c, t.k):
-                    pos[r, c] = i
-                    i += 1
+            pos = {pair: i + a for a, pair in enumerate(t.pairs)}
+            i += t.n_theta
             fixed = next(((r, c) for (r, c), p in pos.items() if p == j and r != c), None)
             perm = list(range(t.k)) if fixed is None else (
                 [fixed[1], fixed[0]] + [a for a in range(t.k) if a not in fixed])
@@ -355,7 +352,9 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
     ml = fit if fit.method == "ML" else fit.model.fit(method="ML")
     base = ml.deviance
     z = stats.norm.ppf(0.5 + level / 2)
-    est = sdcor_from_theta(design, ml.solution.theta, ml.sigma)
+    # a correlation with a zero SD is undefined (NaN) and has no effect on the likelihood: any
+    # value is an optimum; 0 is the profile's centre for it
+    est = np.nan_to_num(sdcor_from_theta(design, ml.solution.theta, ml.sigma), nan=0.0)
     lo, hi = _bounds(design)
     names = sdcor_names(fit)
 

@@ -47,16 +47,18 @@ class VarparCovariance:
 
 
 def varpar_covariance(fit) -> VarparCovariance:
+    """Hessian of the deviance and Jacobian of ``Var(β̂)`` at ϑ̂ (computed once per fit: the
+    fit's cached ``_varpar_covariance``)."""
+    return fit._varpar_covariance
+
+
+def compute_varpar_covariance(fit) -> VarparCovariance:
     """Hessian of the deviance and Jacobian of ``Var(β̂)`` at ϑ̂ (numDeriv's method)."""
-    cached = getattr(fit, "_satterthwaite_cache", None)
-    if cached is not None:
-        return cached
     vp = np.asarray(fit.varpar, dtype=float)
     A = 2 * _positive_inverse(hessian(fit.deviance_at, vp))
     jac = jacobian(fit.vcov_at, vp)
     out = VarparCovariance(A=A, jac=jac, vcov=np.asarray(fit.vcov, dtype=float),
                            beta=np.asarray(fit.fixef, dtype=float), sigma=float(fit.sigma))
-    fit._satterthwaite_cache = out
     return out
 
 

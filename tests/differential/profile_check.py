@@ -44,7 +44,7 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
         best = min(optimize_theta(dev, theta0=t0, check=False, initial_step=0.1).fun for t0 in t0s)
         return best - ml.deviance
     ml_dev = fit.model.deviance_function(reml=False)
-    est = C.sdcor_from_theta(design, ml.solution.theta, ml.sigma)
+    est = np.nan_to_num(C.sdcor_from_theta(design, ml.solution.theta, ml.sigma), nan=0.0)  # as the profile
     j = C.sdcor_names(fit).index(name)
     lo, hi = C._bounds(design)
     free = np.arange(len(est)) != j
