@@ -80,6 +80,45 @@ class CrossProduct:
     def a21_sparse(self) -> bool:
         return sp.issparse(self.A21)
 
+    def _with_last(self, a21_last, a22_last) -> CrossProduct:
+        """A copy whose response row (the last of block 2) is replaced."""
+        A22 = self.A22.copy()
+        A22[-1, :] = a22_last
+        A22[:, -1] = a22_last
+        if self.a21_sparse:
+            A21 = sp.vstack([self.A21[:-1], sp.csr_matrix(a21_last[None, :])], format="csr")
+        else:
+            A21 = self.A21.copy()
+            A21[-1] = a21_last
+        return CrossProduct(self.A11, A21, A22, self.q_rest, self.p, self.n, self.x_scale)
+
+    def with_response(self, design: Design, y: np.ndarray) -> CrossProduct:
+        """``A`` for the same ``Z`` and ``X`` and the response ``y``: only the response's row
+        (``Z'y``, ``X'y``, ``y'y``) is computed, ``O(n k)``; the rest is shared."""
+        y = np.asarray(y, dtype=float)
+        first, rest = design.terms[0], design.terms[1:]
+        z1y = np.stack([np.bincount(first.codes, weights=first.Z[:, a] * y, minlength=first.m)
+                        for a in range(first.k)], axis=1).ravel()
+        parts = [np.asarray(term_matrix(t).T @ y).ravel() for t in rest]
+        parts += [(design.X / self.x_scale).T @ y, [y @ y]]
+        return self._with_last(z1y, np.concatenate(parts))
+
+    def with_offset(self, j: int, value: float) -> CrossProduct:
+        """``A`` with ``β_j`` fixed at ``value`` (``x_j`` dropped, ``y − value · x_j`` the
+        response), from ``A`` alone: no pass over the data. In ``A``'s scaled columns
+        ``x_j = s_j x̃_j``, so the response column becomes ``y − c x̃_j`` with ``c = value s_j``."""
+        i = self.q_rest + j  # x̃_j's row in block 2
+        c = value * self.x_scale[j]
+        a21 = self.A21[-1] - c * self.A21[i]
+        a21 = np.asarray(a21.toarray()).ravel() if sp.issparse(a21) else a21
+        a22 = self.A22[-1] - c * self.A22[i]
+        a22[-1] = self.A22[-1, -1] - 2 * c * self.A22[i, -1] + c * c * self.A22[i, i]
+        out = self._with_last(a21, a22)
+        keep = np.arange(self.r) != i
+        A21 = out.A21[np.flatnonzero(keep)] if out.a21_sparse else out.A21[keep]
+        return CrossProduct(self.A11, A21, out.A22[np.ix_(keep, keep)], self.q_rest, self.p - 1, self.n,
+                            np.delete(self.x_scale, j))
+
 
 def _a11(term: ReTerm) -> np.ndarray:
     m, k = term.m, term.k

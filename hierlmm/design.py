@@ -85,6 +85,23 @@ class Design:
     def response(self) -> str:
         return self.parsed.response
 
+    def with_response(self, y: np.ndarray) -> Design:
+        """The same design with another response (simulate, bootstrap): everything else shared."""
+        import dataclasses
+
+        y = np.asarray(y, dtype=float)
+        if y.shape != self.y.shape:
+            raise DataError(f"the new response has shape {y.shape}, the design's {self.y.shape}")
+        return dataclasses.replace(self, y=y)
+
+    def with_offset(self, j: int, value: float) -> Design:
+        """β_j fixed at ``value``: column j of X dropped and ``value · x_j`` subtracted from y
+        (a fixed effect's profile)."""
+        import dataclasses
+
+        return dataclasses.replace(self, y=self.y - value * self.X[:, j], X=np.delete(self.X, j, axis=1),
+                                   fixef_names=[n for i, n in enumerate(self.fixef_names) if i != j])
+
     def fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
         """``X`` for (new) data, with the fit's coding, columns and aliased columns dropped."""
         mm = self.fixed_spec.get_model_matrix(data, na_action="ignore", context=formula_context())

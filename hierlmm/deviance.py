@@ -90,6 +90,17 @@ class Deviance:
         self.n, self.p = design.n, design.p
         self.evaluations = 0
 
+    def with_response(self, y) -> Deviance:
+        """The same model's deviance for another response (simulate, parametric bootstrap):
+        ``A``'s response row recomputed, everything else shared (:meth:`CrossProduct.with_response`)."""
+        design = self.design.with_response(y)
+        return Deviance(design, reml=self.reml, cp=self.cp.with_response(design, design.y))
+
+    def with_offset(self, j: int, value: float) -> Deviance:
+        """The deviance with ``β_j`` fixed at ``value`` (a fixed effect's profile), from ``A``
+        alone (:meth:`CrossProduct.with_offset`)."""
+        return Deviance(self.design.with_offset(j, value), reml=self.reml, cp=self.cp.with_offset(j, value))
+
     def from_parts(self, factor: BlockedFactor) -> float:
         """The objective from a factor."""
         return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml)

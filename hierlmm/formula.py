@@ -82,18 +82,21 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
+def _depths(text: str):
+    """``(position, character, nesting depth after it)`` for each parenthesis of ``text``."""
+    depth = 0
+    for pos, ch in enumerate(text):
+        if ch in "()":
+            depth += 1 if ch == "(" else -1
+            yield pos, ch, depth
+
+
 def _check_parentheses(formula: str) -> None:
     depth = 0
-    for pos, ch in enumerate(formula):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth < 0:
-                raise FormulaError(
-                    f"unbalanced parentheses in formula {formula!r}: ')' at position {pos} "
-                    "closes nothing"
-                )
+    for pos, _, depth in _depths(formula):
+        if depth < 0:
+            raise FormulaError(f"unbalanced parentheses in formula {formula!r}: ')' at position {pos} "
+                               "closes nothing")
     if depth:
         raise FormulaError(f"unbalanced parentheses in formula {formula!r}: {depth} '(' not closed")
 
@@ -227,12 +230,4 @@ def parse_formula(formula: str) -> ParsedFormula:
 
 def _matching(text: str) -> int:
     """Index of the parenthesis closing the one at position 0."""
-    depth = 0
-    for i, ch in enumerate(text):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
+    return next((pos for pos, _, depth in _depths(text) if depth == 0), -1)

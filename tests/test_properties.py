@@ -185,3 +185,23 @@ def test_sparse_and_dense_storage_agree(data, formula):
             np.testing.assert_allclose(a.beta, b.beta, rtol=1e-9)
             for ua, ub in zip(a.b, b.b):
                 np.testing.assert_allclose(ua, ub, rtol=1e-8, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(designs(), st.booleans(), st.floats(-3, 3))
+def test_new_response_and_offset_reuse_the_cross_product(case, reml, value):
+    """``Deviance.with_response(y)`` (only A's response row recomputed) and
+    ``Deviance.with_offset(j, b)`` (β_j fixed, from A alone) equal deviances built from
+    scratch on the changed design, at any θ."""
+    from hierlmm.deviance import Deviance
+
+    formula, df, rng = case
+    model = hl.LMM(formula, df)
+    dev = model.deviance_function(reml=reml)
+    d = model.design
+    theta = np.where(dev.lower == 0, rng.uniform(0.05, 2.5, dev.lower.size), rng.normal(0, 0.5, dev.lower.size))
+    y2 = rng.normal(size=d.n) * 3 + 1
+    assert dev.with_response(y2)(theta) == pytest.approx(Deviance(d.with_response(y2), reml=reml)(theta), rel=1e-10)
+    for j in range(d.p):
+        assert dev.with_offset(j, value)(theta) == pytest.approx(
+            Deviance(d.with_offset(j, value), reml=reml)(theta), rel=1e-10)

@@ -79,15 +79,6 @@ def _wald(fit, level):
     return pd.DataFrame({"lower": lower, "upper": upper}, index=names + list(fit.fixef.index))
 
 
-def _subdesign(design, X):
-    import copy
-
-    sub = copy.copy(design)
-    sub.X = np.asfortranarray(X)
-    sub.y = design.y.copy()
-    return sub
-
-
 def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_jobs=1):
     """Parametric bootstrap: simulate from the fit, refit each draw (threads when n_jobs != 1)."""
     import hierlmm as hl
@@ -99,12 +90,10 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
     dev = fit.deviance_function
 
     def refit(y):
-        local = _subdesign(fit.design, fit.design.X)  # one per draw: safe across threads
-        local.y = y
-        d = type(dev)(local, reml=dev.reml)
+        d = dev.with_response(y)  # one per draw (safe across threads); A's response row only
         res = optimize_theta(d, theta0=fit.solution.theta, check=False)
         sol = d.solve(res.theta)
-        return np.concatenate([sdcor_from_theta(local, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
+        return np.concatenate([sdcor_from_theta(d.design, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
 
     draws = np.empty((n_boot, len(names)))
     with warnings.catch_warnings():

@@ -184,16 +184,18 @@ def _minimize(f, x0, lo, hi, coarse=False):
     The first step is moderate (restarted BOBYQA's, :func:`hierlmm.optimize._restart_step`),
     not nlopt's default of a fraction of ``x0``: an SD that sits at 0 at the optimum must be
     able to leave it as the profiled parameter moves (m0005 of the differential draw: the
-    other SD of a nested model grows from 0 to 3 below the estimate). ``coarse``: tolerances
-    1e-5 instead of 1e-9 (for exploring from random starts)."""
-    from hierlmm.optimize import _restart_step, bobyqa_restarted
+    other SD of a nested model grows from 0 to 3 below the estimate). ``coarse``: one run to
+    a tolerance of 1e-3 instead of restarted runs to 1e-9 (exploring from random starts)."""
+    from hierlmm.optimize import _restart_step, bobyqa, bobyqa_restarted
 
     x0 = np.clip(np.asarray(x0, dtype=float), lo, hi)
     if x0.size == 0:
         return f(x0), x0
-    tol = 1e-5 if coarse else 1e-9
-    x, fun, _, _ = bobyqa_restarted(f, x0, lo, hi, maxeval=5000, xtol=tol, ftol=tol / 10,
-                                    initial_step=_restart_step(x0, lo, hi))
+    step = _restart_step(x0, lo, hi)
+    if coarse:  # one BOBYQA run to 1e-3: which basin, roughly where its bottom is
+        x, fun, _, _ = bobyqa(f, x0, lo, hi, maxeval=1000, xtol_abs=1e-3, ftol_abs=1e-4, initial_step=step)
+    else:
+        x, fun, _, _ = bobyqa_restarted(f, x0, lo, hi, maxeval=5000, xtol=1e-9, ftol=1e-10, initial_step=step)
     return fun, x
 
 
@@ -262,7 +264,7 @@ class _Side:
       can be far lower; m0121: 1.31 instead of 3.84 above the minimum).
 
     At the limit found, :meth:`improve` tries ``restarts`` random starts (``random_start``,
-    seeded; coarse tolerances, the best one then polished); if one reaches a lower minimum,
+    seeded; coarse runs, the best one then polished); if one reaches a lower minimum,
     the points beyond are dropped and the crossing is searched again outward from there
     (m0121's fixed effect: two minima over θ).
     """
@@ -301,10 +303,13 @@ class _Side:
 
     def improve(self, psi) -> float | None:
         """ζ at ψ from random starts, if lower (by more than 1e-6) than found before; else None."""
-        before = self.points.get(psi, (None, np.inf))[1]
+        x_before, before = self.points.get(psi, (None, np.inf))
         val, x = min((self.inner(psi, self.random_start(self.rng), coarse=True)
                       for _ in range(self.restarts)), key=lambda r: r[0])
-        if not val < before + 1e-3:  # another minimum, not lower (coarse: within 1e-3 of it)
+        # polish only another basin that may be lower (coarse values are within ~1e-3 of its
+        # bottom); a coarse run that ended next to the known minimum found nothing new
+        same = x_before is not None and np.max(np.abs(x - x_before)) < 0.05
+        if not val < before - 1e-6 and (same or not val < before + 1e-3):
             return None
         val = self._best(psi, [x])
         if not val < before - 1e-6:
@@ -343,8 +348,7 @@ def _limit(name: str, side: str, find) -> float:
 # ------------------------------------------------------------------ the table
 def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> pd.DataFrame:
     """Profile intervals of the variance parameters (lme4's order) and the fixed effects."""
-    from hierlmm.deviance import Deviance
-    from hierlmm.inference.confint import _bounds, _progress, _subdesign, sdcor_from_theta, sdcor_names
+    from hierlmm.inference.confint import _bounds, _progress, sdcor_from_theta, sdcor_names
     from hierlmm.optimize import optimize_theta
 
     design = fit.design
@@ -385,8 +389,7 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
                    .limit(sgn * scale * 0.25, end, sgn * z))
             for side, sgn, end in (("lower", -1, lo[j]), ("upper", 1, top)))
 
-    # fixed effects: β_j fixed by an offset, θ optimised, β_-j and σ profiled (ML)
-    X, y = design.X, design.y
+    # fixed effects: β_j fixed by an offset (from A alone), θ optimised, β_-j and σ profiled (ML)
     diag = np.isfinite(ml_dev.lower)  # θ's diagonal entries (bounded below by 0)
 
     def random_theta(rng):
@@ -396,14 +399,12 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
         if parm is not None and name not in parm:
             continue
         _progress(show, len(rows) + 1, len(todo), "profile")
-        sub = _subdesign(design, np.delete(X, j, axis=1))
         bhat, se = ml.fixef.iloc[j], ml.se.iloc[j]
 
-        def inner_b(b, theta0, coarse=False, j=j, sub=sub):
-            sub.y = y - b * X[:, j]
-            tol = 1e-5 if coarse else 1e-8
-            res = optimize_theta(Deviance(sub, reml=False), theta0=theta0, check=False, initial_step=0.1,
-                                 xtol=tol, ftol=tol)
+        def inner_b(b, theta0, coarse=False, j=j):
+            tol = 1e-3 if coarse else 1e-8
+            res = optimize_theta(ml_dev.with_offset(j, b), theta0=theta0, check=False, initial_step=0.1,
+                                 xtol=tol, ftol=tol / 10)
             return res.fun, res.theta
 
         rows[name] = tuple(
