@@ -80,6 +80,24 @@ class CrossProduct:
     def a21_sparse(self) -> bool:
         return sp.issparse(self.A21)
 
+    def dense(self) -> np.ndarray:
+        """The whole ``A = [Z X y]'[Z X y]`` as one dense matrix, ``X`` on the user's scale
+        (for small designs: the Bayesian side's dense forms)."""
+        import scipy.linalg
+
+        m1, k1 = self.A11.shape[:2]
+        q1 = m1 * k1
+        A = np.empty((q1 + self.r, q1 + self.r))
+        A[:q1, :q1] = scipy.linalg.block_diag(*self.A11) if m1 else np.zeros((0, 0))
+        A21 = self.A21.toarray() if self.a21_sparse else self.A21
+        A[q1:, :q1] = A21
+        A[:q1, q1:] = A21.T
+        A[q1:, q1:] = self.A22
+        ix = q1 + self.q_rest + np.arange(self.p)
+        A[ix, :] *= self.x_scale[:, None]
+        A[:, ix] *= self.x_scale[None, :]
+        return A
+
     def _with_last(self, a21_last, a22_last) -> CrossProduct:
         """A copy whose response row (the last of block 2) is replaced."""
         A22 = self.A22.copy()

@@ -260,4 +260,10 @@ def test_profile_coordinates_are_a_box_of_valid_models(formula):
                 v = co.sdcor(x, psi)
                 assert v[j] == psi
                 assert C.theta_from_sdcor(fit.design, v) is not None  # PSD correlation matrices
+                # the direct θ (T = S C / σ) is a factor of the same covariances
+                th, sigma = co.theta(fit.design, x, psi)
+                th2, sigma2 = C.theta_from_sdcor(fit.design, v)
+                assert sigma == sigma2
+                for t, s in zip(fit.design.terms, fit.design.theta_slices()):
+                    np.testing.assert_allclose(t.relcov(th[s]), t.relcov(th2[s]), atol=1e-10)
                 assert np.all(v[lo == 0] >= 0) and np.all(np.abs(v[lo == -1]) <= 1 + 1e-12)

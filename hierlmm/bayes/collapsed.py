@@ -24,31 +24,21 @@ import numpy as np
 
 from hierlmm.bayes.priors import Layout
 from hierlmm.criterion import criterion
-from hierlmm.crossprod import term_matrix
 from hierlmm.reterms import lambda_entries
 
 __all__ = ["DenseSystem", "build_collapsed_model", "exact_conditional_draws"]
 
 
 class DenseSystem:
-    """Dense ``A = [Z X y]'[Z X y]`` and the index map of ``Λ*`` for a design."""
+    """Dense ``A = [Z X y]'[Z X y]`` (the core's cross-product, :meth:`CrossProduct.dense`)
+    and the index map of ``Λ*`` (:func:`hierlmm.reterms.lambda_entries`) for a design."""
 
-    def __init__(self, design):
-        import scipy.sparse as sp
+    def __init__(self, design, cp=None):
+        from hierlmm.crossprod import crossproduct
 
         self.design = design
-        Z = sp.hstack([term_matrix(t) for t in design.terms], format="csr")
-        XY = np.column_stack([design.X, design.y])
-        self.q, self.p, self.n = Z.shape[1], design.p, design.n
-        r = self.q + self.p + 1
-        A = np.empty((r, r))
-        A[: self.q, : self.q] = (Z.T @ Z).toarray()
-        ZXY = np.asarray(Z.T @ XY)
-        A[: self.q, self.q :] = ZXY
-        A[self.q :, : self.q] = ZXY.T
-        A[self.q :, self.q :] = XY.T @ XY
-        self.A = A
-        # positions (row, col) of Λ's entries and the index of the θ entry each takes
+        self.A = (cp if cp is not None else crossproduct(design, sparse=False)).dense()
+        self.q, self.p, self.n = design.q, design.p, design.n
         self.lam_rows, self.lam_cols, self.lam_src, _ = lambda_entries(design.terms, design.theta_slices())
 
     def lam(self, theta: np.ndarray) -> np.ndarray:
@@ -57,16 +47,6 @@ class DenseSystem:
         L[self.lam_rows, self.lam_cols] = theta[self.lam_src]
         L[np.arange(self.q, r), np.arange(self.q, r)] = 1.0
         return L
-
-    def factor(self, theta: np.ndarray) -> np.ndarray:
-        Lam = self.lam(theta)
-        M = Lam.T @ self.A @ Lam
-        M[np.arange(self.q), np.arange(self.q)] += 1.0
-        return np.linalg.cholesky(M)
-
-
-def _theta_vector(layout: Layout, Ls, sigma):
-    return np.concatenate([t.theta_from_template(L) for t, L in zip(layout.terms, Ls)]) / sigma
 
 
 def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) -> tuple:
@@ -80,9 +60,7 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
     betas = np.empty((nd, design.p))
     bs = [np.empty((nd, t.m, t.k)) for t in design.terms]
     for i in range(nd):
-        Ls, sigma2 = layout.unpack(x_draws[i])
-        sigma = np.sqrt(sigma2)
-        theta = _theta_vector(layout, Ls, sigma)
+        _, _, theta, sigma = layout.theta_sigma(x_draws[i])
         f = deviance.chol.factor(theta)
         beta, _, b = deviance.backsolve(theta, f, noise=sigma * rng.standard_normal(size))
         betas[i] = beta

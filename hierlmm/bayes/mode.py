@@ -80,11 +80,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
     ml_dev = model.deviance_function(reml=False)
     x0 = _neutral_start(design, layout) if start is None else np.asarray(start, dtype=float)
 
-    def theta_sigma(x):
-        Ls, s2 = layout.unpack(x)
-        sigma = np.sqrt(s2)
-        theta = np.concatenate([t.theta_from_template(L) for t, L in zip(design.terms, Ls)]) / sigma
-        return Ls, s2, theta, sigma
+    theta_sigma = layout.theta_sigma
 
     if joint:
         p = design.p

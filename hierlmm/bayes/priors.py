@@ -89,6 +89,13 @@ class Layout:
             Ls.append(t.template(v))
         return Ls, float(np.exp(x[self.n_eta]))
 
+    def theta_sigma(self, x):
+        """``x -> (Ls, σ², θ, σ)`` with the core's ``θ = vech(L_t) / σ`` (``D_t = L_t L_t'``)."""
+        Ls, s2 = self.unpack(x)
+        sigma = float(np.sqrt(s2))
+        theta = np.concatenate([t.theta_from_template(L) for t, L in zip(self.terms, Ls)]) / sigma
+        return Ls, s2, theta, sigma
+
     def pack(self, Ls, sigma2) -> np.ndarray:
         out = []
         for t, L, (pos, _) in zip(self.terms, Ls, self.diag):

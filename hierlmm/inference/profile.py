@@ -127,15 +127,16 @@ class Coordinates:
             lo, hi, sd = lo + [1e-12 / self.unit], hi + [np.inf], sd + [False]
         return np.array(lo), np.array(hi), np.array(sd)
 
-    def sdcor(self, x: np.ndarray, psi: float) -> np.ndarray:
-        """The SDs, correlations and σ (lme4's order, :func:`confint.sdcor_from_theta`)."""
-        v = np.empty(self.n)
-        v[self.j] = psi
-        i = 0
+    def _parts(self, x: np.ndarray, psi: float):
+        """Per term ``(SDs, C, perm)`` (``R = C C'`` in the order ``perm``), and σ."""
+        i, parts = 0, []
         for k, pos, fixed, perm in self.terms:
+            sd = np.empty(k)
             for a in range(k):
-                if pos[a, a] != self.j:
-                    v[pos[a, a]] = x[i] * self.unit
+                if pos[a, a] == self.j:
+                    sd[a] = psi
+                else:
+                    sd[a] = x[i] * self.unit
                     i += 1
             C = np.zeros((k, k))
             C[0, 0] = 1.0
@@ -144,15 +145,39 @@ class Coordinates:
             for a in self._free_rows(k, fixed):
                 C[a, :a + 1] = unit_row(x[i:i + a])
                 i += a
-            Rp = C @ C.T
-            R = np.empty_like(Rp)
-            R[np.ix_(perm, perm)] = Rp
+            parts.append((sd, C, perm))
+        sigma = psi if self.j == self.n - 1 else x[i] * self.unit
+        return parts, sigma
+
+    def sdcor(self, x: np.ndarray, psi: float) -> np.ndarray:
+        """The SDs, correlations and σ (lme4's order, :func:`confint.sdcor_from_theta`)."""
+        parts, sigma = self._parts(x, psi)
+        v = np.empty(self.n)
+        for (k, pos, _, _), (sd, C, perm) in zip(self.terms, parts):
+            R = np.empty((k, k))
+            R[np.ix_(perm, perm)] = C @ C.T
             for (r, c), p in pos.items():
-                if r != c and p != self.j:
-                    v[p] = R[r, c]
-        if self.j != self.n - 1:
-            v[-1] = x[i] * self.unit
+                v[p] = sd[r] if r == c else R[r, c]
+        v[-1] = sigma
         return v
+
+    def theta(self, design, x: np.ndarray, psi: float) -> tuple[np.ndarray, float]:
+        """``(θ, σ)`` at ``x``: ``T = S C / σ`` directly (lower triangular, ``TT'σ² = SRS``)
+        where the term's order is its own; a Cholesky factor of ``D`` where ψ's correlation
+        reordered it."""
+        from hierlmm.inference.confint import _psd_cholesky
+
+        parts, sigma = self._parts(x, psi)
+        theta = []
+        for t, (sd, C, perm) in zip(design.terms, parts):
+            if np.array_equal(perm, np.arange(t.k)):
+                T = sd[:, None] * C
+            else:
+                R = np.empty((t.k, t.k))
+                R[np.ix_(perm, perm)] = C @ C.T
+                T = _psd_cholesky(R * np.outer(sd, sd))
+            theta.append(t.theta_from_template(T / sigma))
+        return np.concatenate(theta), sigma
 
     def random(self, rng) -> np.ndarray:
         """A random start: SDs and σ in ``(0.05, 2) × max(1, estimate)``, angles in ``(0, π)``."""
@@ -195,7 +220,7 @@ def _minimize(f, x0, lo, hi, coarse=False):
     if coarse:  # one BOBYQA run to 1e-3: which basin, roughly where its bottom is
         x, fun, _, _ = bobyqa(f, x0, lo, hi, maxeval=1000, xtol_abs=1e-3, ftol_abs=1e-4, initial_step=step)
     else:
-        x, fun, _, _ = bobyqa_restarted(f, x0, lo, hi, maxeval=5000, xtol=1e-9, ftol=1e-10, initial_step=step)
+        x, fun, _, _ = bobyqa_restarted(f, x0, lo, hi, maxeval=5000, xtol=1e-7, ftol=1e-8, initial_step=step)
     return fun, x
 
 
@@ -266,7 +291,9 @@ class _Side:
     At the limit found, :meth:`improve` tries ``restarts`` random starts (``random_start``,
     seeded; coarse runs, the best one then polished); if one reaches a lower minimum,
     the points beyond are dropped and the crossing is searched again outward from there
-    (m0121's fixed effect: two minima over θ).
+    (m0121's fixed effect: two minima over θ). Likewise when the root found is not a
+    crossing (|ζ − z| ≥ 1e-4): a lower branch appeared inside the bracket, whose far end was
+    computed on the branch left behind (m0121's ``sd_x``: a jump from ζ 1.17 to 1.99).
     """
 
     def __init__(self, inner, centre, x0, base, bounded, random_start, restarts=4):
@@ -314,19 +341,28 @@ class _Side:
         val = self._best(psi, [x])
         if not val < before - 1e-6:
             return None
-        # the points beyond ψ lie on the branch left behind: the search outward restarts from ψ
+        return self._restart_from(psi)  # the search outward restarts from ψ
+
+    def _restart_from(self, psi) -> float:
+        """Drop the points beyond ψ (a branch left behind) and return ζ(ψ) as now known."""
         far = abs(psi - self.centre)
         self.points = {p: v for p, v in self.points.items() if abs(p - self.centre) <= far}
-        return self._zeta_of(psi, val)
+        return self._zeta_of(psi, self.points[psi][1])
 
     def limit(self, step, end, target):
         root = _crossing(self.zeta, self.centre, step, end, target)
-        for _ in range(3):
+        for _ in range(4):
             if not np.isfinite(root) or root == end:
                 break
-            z_root = self.improve(root)
-            if z_root is None:
-                break
+            z_root = self._zeta_of(root, self.points[root][1]) if root in self.points else np.nan
+            if not abs(z_root - target) < 1e-4:
+                # the bracket's far end was on a branch that a lower one replaced inside it:
+                # the root finder closed on a jump, not a crossing; search on from here
+                z_root = self._restart_from(root)
+            else:
+                z_root = self.improve(root)
+                if z_root is None:
+                    break
             root = _crossing(self.zeta, root, step, end, target, z_start=z_root)
         return root
 
@@ -362,12 +398,6 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
     lo, hi = _bounds(design)
     names = sdcor_names(fit)
 
-    def deviance(v):
-        from hierlmm.inference.confint import theta_from_sdcor
-
-        out = theta_from_sdcor(design, v)
-        return np.inf if out is None else ml_dev.unprofiled(*out)
-
     rows = {}
     show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
     todo = [n for n in names + list(design.fixef_names) if parm is None or n in parm]
@@ -379,7 +409,7 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
         a, b, sd = coords.bounds()
 
         def inner(psi, x0, coarse=False, coords=coords, a=a, b=b):
-            return _minimize(lambda x: deviance(coords.sdcor(x, psi)), x0, a, b, coarse)
+            return _minimize(lambda x: ml_dev.unprofiled(*coords.theta(design, x, psi)), x0, a, b, coarse)
 
         is_cor = lo[j] == -1
         scale = 0.05 if is_cor else max(abs(est[j]), 1e-3 * ml.sigma)
