@@ -35,33 +35,49 @@ __all__ = ["Deviance", "Solution", "make_deviance"]
 class Solution:
     """Everything that follows from the factorisation at one θ.
 
+    The one solution type of every engine (:class:`Deviance`, and
+    :class:`hierlmm.grouped.GroupedDeviance`, whose parameters also hold the residual
+    correlation's and which has no blocked factor).
+
     Attributes
     ----------
     theta : ndarray
-    factor : BlockedFactor
+        The parameters (θ; for the per-group engine θ or S, then the residual correlation's).
     beta : ndarray, shape (p,)
         ``β̂(θ)``.
-    u : list of ndarray, shape (m_t, k_t) per term
-        Spherical conditional modes.
     b : list of ndarray, shape (m_t, k_t) per term
         Conditional modes of the random effects, ``b = Λ_θ u`` (BLUPs).
     sigma2 : float
         Profiled residual variance (REML or ML denominator, as the deviance).
     deviance : float
         The objective at θ (REML criterion or ML deviance).
+    factor : BlockedFactor or None
+        The blocked Cholesky factor (blocked engine).
+    u : list of ndarray or None
+        Spherical conditional modes (blocked engine).
+    xtvx : ndarray or None
+        ``X'V0⁻¹X`` (per-group engine).
     """
 
     theta: np.ndarray
-    factor: BlockedFactor
     beta: np.ndarray
-    u: list[np.ndarray]
     b: list[np.ndarray]
     sigma2: float
     deviance: float
+    factor: BlockedFactor | None = None
+    u: list[np.ndarray] | None = None
+    xtvx: np.ndarray | None = None
 
 
 class Deviance:
     """The profiled deviance of a design: call it with θ.
+
+    The objective protocol both engines implement (this one, on the blocked cross-product,
+    for independent residuals; :class:`hierlmm.grouped.GroupedDeviance` block by block):
+    ``design, reml, lower, theta0, n, p, n_theta, n_resid, residual, marginal``;
+    ``__call__(θ)``, ``unprofiled(θ, σ)``, ``unscaled_vcov(θ)``, ``solve(θ) -> Solution``,
+    ``relcovs(θ)``, ``residual_value(θ)``, ``ranef_posterior(fit, beta)`` and
+    ``simulate(fit, n, rng)``. :class:`~hierlmm.results.LMMResult` works on these only.
 
     Parameters
     ----------
@@ -88,7 +104,40 @@ class Deviance:
         self.lower = np.concatenate([t.theta_lower() for t in design.terms])
         self.theta0 = np.concatenate([t.theta_start() for t in design.terms])
         self.n, self.p = design.n, design.p
+        self.n_theta = design.n_theta
         self.evaluations = 0
+
+    # what the per-group engine adds: no residual correlation, no marginal formulation here
+    n_resid = 0
+    residual = None
+    marginal = False
+
+    def relcovs(self, theta) -> list[np.ndarray]:
+        """``T_t T_t'`` per term: ``D_t / σ²``."""
+        return [t.relcov(theta[s]) for t, s in zip(self.design.terms, self.slices)]
+
+    def residual_value(self, theta):
+        return None
+
+    def ranef_posterior(self, fit, beta: str = "fixed"):
+        """The posterior of ``b`` from the blocked factor (:func:`ranef_posterior_blocks`)."""
+        from hierlmm.posterior_b import ranef_posterior_blocks
+
+        return ranef_posterior_blocks(fit, beta=beta)
+
+    def simulate(self, fit, n: int, rng) -> np.ndarray:
+        """``y* = Xβ̂ + Σ_t Z_t b*_t + ε*``, ``b*_t ~ N(0, D̂_t)`` per level, ``ε* ~ N(0, σ̂² I)``;
+        shape ``(n, nobs)``."""
+        d, sol, sigma = self.design, fit.solution, fit.sigma
+        mu = d.X @ sol.beta
+        out = np.empty((n, d.n))
+        for i in range(n):
+            y = mu + sigma * rng.standard_normal(d.n)
+            for t, s in zip(d.terms, self.slices):
+                b = sigma * rng.standard_normal((t.m, t.k)) @ t.template(sol.theta[s]).T
+                y += np.einsum("ik,ik->i", t.Z, b[t.codes])
+            out[i] = y
+        return out
 
     def with_response(self, y) -> Deviance:
         """The same model's deviance for another response (simulate, parametric bootstrap):
@@ -172,8 +221,8 @@ class Deviance:
         if f is None:
             raise np.linalg.LinAlgError("the penalised system is not positive definite at this theta")
         beta, us, bs = self.backsolve(theta, f)
-        return Solution(theta=theta, factor=f, beta=beta, u=us, b=bs, sigma2=self.sigma2(f),
-                        deviance=self.from_parts(f))
+        return Solution(theta=theta, beta=beta, b=bs, sigma2=self.sigma2(f), deviance=self.from_parts(f),
+                        factor=f, u=us)
 
 
 def make_deviance(design: Design, reml: bool = True) -> Deviance:

@@ -20,25 +20,14 @@ factorised together (batched Cholesky); no ``n x n`` matrix is formed. With
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from hierlmm.blocks import independent_blocks, split_blocks
 from hierlmm.criterion import criterion
+from hierlmm.deviance import Solution
 from hierlmm.errors import HierlmmError
 
-__all__ = ["GroupedDeviance", "GroupedSolution"]
-
-
-@dataclass(eq=False)
-class GroupedSolution:
-    theta: np.ndarray
-    beta: np.ndarray
-    b: list
-    sigma2: float
-    deviance: float
-    xtvx: np.ndarray  # X'V0⁻¹X
+__all__ = ["GroupedDeviance"]
 
 
 class GroupedDeviance:
@@ -192,7 +181,7 @@ class GroupedDeviance:
     def unscaled_vcov(self, params) -> np.ndarray:
         return np.linalg.inv(self._parts(params)[4])
 
-    def solve(self, params) -> GroupedSolution:
+    def solve(self, params) -> Solution:
         params = np.asarray(params, dtype=float)
         parts = self._parts(params)
         if parts is None:
@@ -201,7 +190,7 @@ class GroupedDeviance:
         sigma2 = r2 / (self.n - self.p if self.reml else self.n)
         dev = self(params)
         b = self._blups(params, beta)
-        return GroupedSolution(theta=params, beta=beta, b=b, sigma2=sigma2, deviance=dev, xtvx=XtVX)
+        return Solution(theta=params, beta=beta, b=b, sigma2=sigma2, deviance=dev, xtvx=XtVX)
 
     def _blups(self, params, beta):
         """``b̂ = S Z'V0⁻¹(y − Xβ̂)`` per term and level (``D Z'V⁻¹ r`` with σ² cancelling)."""
@@ -226,3 +215,53 @@ class GroupedDeviance:
             V = self._V0(stack, svec, rvalue)
             for g in range(V.shape[0]):
                 yield stack["rows"][g], V[g]
+
+    # -- what the results need of the engine (the protocol of hierlmm.deviance.Deviance) ----
+    def simulate(self, fit, n: int, rng) -> np.ndarray:
+        """``n`` draws ``y* ~ N(Xβ̂, σ̂² V0)`` block by block, with ``V0`` the fitted
+        ``ZSZ' + R(ψ̂)`` (in the marginal formulation the estimated ``V`` itself)."""
+        out = np.tile(self.design.X @ fit.solution.beta, (n, 1))
+        for rows, V0 in self.block_matrices(fit.solution.theta):
+            out[:, rows] += fit.sigma * rng.standard_normal((n, len(rows))) @ np.linalg.cholesky(V0).T
+        return out
+
+    def ranef_posterior(self, fit, beta: str = "fixed"):
+        """Per block: ``Cov(b | y) = D − DZ'V⁻¹ZD`` (+ ``DZ'V⁻¹X(X'V⁻¹X)⁻¹X'V⁻¹ZD`` when β is
+        integrated out), with ``V`` including the residual correlation."""
+        import pandas as pd
+        import scipy.linalg
+
+        from hierlmm.crossprod import term_matrix
+        from hierlmm.posterior_b import RanefPosterior
+
+        if beta not in ("fixed", "integrated"):
+            raise HierlmmError(f"beta must be 'fixed' or 'integrated', got {beta!r}")
+        d, sol = self.design, fit.solution
+        params, s2 = sol.theta, sol.sigma2
+        Ss = self.relcovs(params)
+        XtVXi = np.linalg.inv(sol.xtvx)
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(d.terms):
+            groups.setdefault(t.group, []).append(i)
+        Zs = [term_matrix(t).tocsr() for t in d.terms]
+        out = {}
+        for g, idx in groups.items():
+            ts = [d.terms[i] for i in idx]
+            K = sum(t.k for t in ts)
+            Sbig = scipy.linalg.block_diag(*[Ss[i] for i in idx])
+            cov = np.zeros((ts[0].m, K, K))
+            for rows, V0 in self.block_matrices(params):
+                Vi = np.linalg.inv(V0)
+                Xb = d.X[rows]
+                for j in np.unique(ts[0].codes[rows]):
+                    A = np.vstack([Ss[i] @ Zs[i][rows][:, j * d.terms[i].k:(j + 1) * d.terms[i].k].toarray().T
+                                   for i in idx])  # (K, s): D Z_j' / σ²
+                    C = Sbig - A @ Vi @ A.T
+                    if beta == "integrated":
+                        B = A @ Vi @ Xb
+                        C = C + B @ XtVXi @ B.T
+                    cov[j] = s2 * C
+            mean = pd.concat([pd.DataFrame(sol.b[i], index=pd.Index(d.terms[i].levels, name=g),
+                                           columns=d.terms[i].names) for i in idx], axis=1)
+            out[g] = RanefPosterior(g, mean, cov, beta)
+        return out

@@ -174,7 +174,6 @@ class LMM:
 
     def _fit_grouped(self, method, theta0, maxeval, check):
         from hierlmm.grouped import GroupedDeviance
-        from hierlmm.grouped_results import GroupedResult
 
         dev = GroupedDeviance(self.design, reml=method == "REML", residual=self.residual,
                               marginal=self.formulation == "marginal")
@@ -197,7 +196,7 @@ class LMM:
             other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
             if other.fun < opt.fun:
                 opt = other
-        return GroupedResult(self, dev, opt)
+        return LMMResult(self, dev, opt)
 
     def describe(self) -> str:
         """The model in hierarchical form and the marginal form it implies (text)."""

@@ -15,7 +15,7 @@ import pandas as pd
 from hierlmm.deviance import Deviance, Solution
 from hierlmm.errors import DataError, HierlmmError
 from hierlmm.optimize import SINGULAR_TOL, OptResult
-from hierlmm.posterior_b import RanefPosterior, ranef_posterior_blocks
+from hierlmm.posterior_b import RanefPosterior
 from hierlmm.reterms import varcorr_rows
 
 __all__ = ["LMMResult"]
@@ -43,6 +43,14 @@ class LMMResult:
         self.method = "REML" if deviance_function.reml else "ML"
 
     # ---------------------------------------------------------------- basic quantities
+    @property
+    def residual_params(self) -> dict:
+        """The estimated residual correlation parameter, e.g. ``{"phi": 0.54}`` (``{}``: none)."""
+        dev = self.deviance_function
+        if dev.residual is None:
+            return {}
+        return {dev.residual.param: dev.residual_value(self.solution.theta)}
+
     @property
     def formulation(self) -> str:
         """``"hierarchical"`` or ``"marginal"`` (the model's)."""
@@ -115,7 +123,8 @@ class LMMResult:
 
     @property
     def varpar_names(self) -> list[str]:
-        return [*self.theta.index, "sigma"]
+        res = self.deviance_function.residual
+        return [*self.theta.index, *([f"{res.param} (unconstrained)"] if res is not None else []), "sigma"]
 
     def deviance_at(self, varpar) -> float:
         """−2 log-likelihood (REML or ML, as fitted) at the variance parameters ``(θ, σ)``."""
@@ -139,12 +148,11 @@ class LMMResult:
         return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.design.fixef_names, name="se")
 
     def covariance_matrices(self) -> dict[str, pd.DataFrame]:
-        """``D_t = σ̂² T_t T_t'`` for each term, labelled by term columns."""
-        out = {}
-        for t, s in zip(self.design.terms, self.design.theta_slices()):
-            D = self.solution.sigma2 * t.relcov(self.solution.theta[s])
-            out[t.label] = pd.DataFrame(D, index=t.names, columns=t.names)
-        return out
+        """``D_t = σ̂² S_t`` for each term (``S_t = T_t T_t'``; in the marginal formulation any
+        symmetric ``S_t``), labelled by term columns."""
+        Ss = self.deviance_function.relcovs(self.solution.theta)
+        return {t.label: pd.DataFrame(self.solution.sigma2 * S, index=t.names, columns=t.names)
+                for t, S in zip(self.design.terms, Ss)}
 
     @property
     def varcorr(self) -> pd.DataFrame:
@@ -171,8 +179,8 @@ class LMMResult:
 
     @property
     def df_model(self) -> int:
-        """Number of parameters: ``p`` fixed effects, θ, and σ."""
-        return self.design.p + self.design.n_theta + 1
+        """Number of parameters: ``p`` fixed effects, θ, the residual correlation's, and σ."""
+        return self.design.p + self.design.n_theta + self.deviance_function.n_resid + 1
 
     @property
     def aic(self) -> float:
@@ -184,10 +192,12 @@ class LMMResult:
 
     @property
     def singular(self) -> bool:
-        """lme4's ``isSingular``: a bounded θ entry within 1e-4 of its bound."""
-        lower = self.deviance_function.lower
+        """lme4's ``isSingular``: a bounded θ entry within 1e-4 of its bound (never in the
+        marginal formulation, whose parameters are unbounded)."""
+        n = self.design.n_theta
+        lower = self.deviance_function.lower[:n]
         bounded = np.isfinite(lower)
-        return bool(np.any(self.solution.theta[bounded] - lower[bounded] < SINGULAR_TOL))
+        return bool(np.any(self.solution.theta[:n][bounded] - lower[bounded] < SINGULAR_TOL))
 
     @property
     def converged(self) -> bool:
@@ -196,6 +206,7 @@ class LMMResult:
     # ---------------------------------------------------------------- random effects
     def ranef(self) -> dict[str, pd.DataFrame]:
         """Conditional modes (BLUPs) of the random effects: grouping factor -> levels x terms."""
+        self.model.require("ranef()", needs="b", instead="use kind='marginal' or a hierarchical fit")
         out: dict[str, pd.DataFrame] = {}
         for t, b in zip(self.design.terms, self.solution.b):
             df = pd.DataFrame(b, index=pd.Index(t.levels, name=t.group), columns=t.names)
@@ -218,7 +229,8 @@ class LMMResult:
         dict
             grouping factor -> :class:`~hierlmm.posterior_b.RanefPosterior`
         """
-        return ranef_posterior_blocks(self, beta=beta)
+        self.model.require("the posterior of b", needs="b", instead="use a hierarchical fit")
+        return self.deviance_function.ranef_posterior(self, beta=beta)
 
     # ------------------------------------------------------------ fitted and residuals
     def _zb(self, terms_b, codes_list, Z_list) -> np.ndarray:
@@ -232,6 +244,7 @@ class LMMResult:
         kind = _check_kind(kind)
         mu = self.design.X @ self.solution.beta
         if kind == "conditional":
+            self.model.require("the conditional fitted value", needs="b", instead="use kind='marginal'")
             ts = self.design.terms
             mu = mu + self._zb(self.solution.b, [t.codes for t in ts], [t.Z for t in ts])
         return pd.Series(mu, index=self.design.data.index, name="fitted")
@@ -265,6 +278,7 @@ class LMMResult:
             raise DataError(f"cannot build the fixed-effects matrix for newdata: {exc}") from None
         mu = X @ self.solution.beta
         if kind == "conditional":
+            self.model.require("the conditional prediction", needs="b", instead="use kind='marginal'")
             for t, b in zip(self.design.terms, self.solution.b):
                 missing = [f for f in t.factors if f not in newdata.columns]
                 if missing:
