@@ -1,11 +1,12 @@
 """Profile intervals: hierlmm's ``fit.confint(method="profile")`` against lme4's
 ``confint(profile(m))``, timed side by side in one run (issue 11).
 
-    python bench/profile_bench.py [--reps 5]
+    python bench/profile_bench.py [--reps 5] [--load]
 
 Both profile a REML fit on the ML deviance (both refit by ML first; lme4 inside
 ``profile``). The fit itself is not timed. Prints medians and the ratio hierlmm / lme4 per
-model; record ratios, not times (the machine is shared).
+model; record ratios, not times (the machine is shared). ``--load`` repeats the run with a
+background numerical process (``bench/load.py``) on one core, as users run it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import hierlmm as hl  # noqa: E402
 
@@ -61,10 +63,22 @@ def time_lme4(data, formula, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--load", action="store_true", help="also time under a background CPU load")
     args = ap.parse_args()
+    print("quiet machine")
+    run(args.reps)
+    if args.load:
+        from load import background_load
+
+        print("under load (one background numerical process)")
+        with background_load(workers=1):
+            run(args.reps)
+
+
+def run(reps):
     for label, data, formula in MODELS:
-        t_h = time_hierlmm(data, formula, args.reps)
-        t_r = time_lme4(data, formula, args.reps)
+        t_h = time_hierlmm(data, formula, reps)
+        t_r = time_lme4(data, formula, reps)
         ratio = t_h / t_r if t_r else float("nan")
         print(f"{label:34s} hierlmm {t_h:7.3f}s  lme4 {t_r if t_r else float('nan'):7.3f}s  ratio {ratio:.2f}",
               flush=True)
