@@ -162,3 +162,28 @@ def test_collapsed_likelihood_is_the_reml_likelihood(data, formula):
         expected = -0.5 * dev.unprofiled(theta, np.sqrt(s2))
         assert blocked(v) == pytest.approx(expected, rel=1e-9)
         assert dense(v) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("prior", ["flat", "flat_sd", {"nu": 3}, {"eta": 4.0}])
+def test_pytensor_prior_is_the_numpy_prior(prior):
+    """The collapsed and hierarchical samplers' log p(σ², D) + log-Jacobian (PyTensor) is the
+    numpy prior of the posterior mode (one function, two array libraries)."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    from hierlmm.bayes.collapsed import log_prior_pt
+    from hierlmm.bayes.priors import Layout, WeaklyInformative, resolve_prior
+
+    prior = WeaklyInformative(**prior) if isinstance(prior, dict) else prior
+    df = hl.datasets.load("sleepstudy")
+    df["g2"] = (df.Days % 3).astype(str)
+    design = hl.LMM("Reaction ~ Days + (Days + I(Days**2) | Subject) + (1 | g2)", df).design
+    layout = Layout(design)
+    prior = resolve_prior(prior, design.y)
+    x = pt.vector("x")
+    f = pytensor.function([x], log_prior_pt(layout, prior, x))
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        v = rng.normal(0, 0.5, layout.size)
+        Ls, s2 = layout.unpack(v)
+        assert f(v) == pytest.approx(layout.log_jacobian(v) + layout.log_prior(prior, Ls, s2), rel=1e-10, abs=1e-10)

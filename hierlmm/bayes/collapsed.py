@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierlmm.bayes.priors import Layout
+from hierlmm.bayes.priors import Layout, log_prior
 from hierlmm.criterion import criterion
 from hierlmm.reterms import lambda_entries
 
@@ -184,38 +184,12 @@ def reml_loglik_pt(system: DenseSystem, layout: Layout, x):
 
 
 def log_prior_pt(layout: Layout, prior, x):
-    """log p(σ², D) + log-Jacobian at the unconstrained point ``x`` (PyTensor); see
-    :mod:`hierlmm.bayes.priors` for the formulas."""
+    """log p(σ², D) + log-Jacobian at the unconstrained point ``x`` (PyTensor): the numpy
+    functions of :mod:`hierlmm.bayes.priors` with ``ops=pytensor.tensor``."""
     import pytensor.tensor as pt
 
-    s = x[layout.n_eta]
-    total = s  # Jacobian of σ² = exp(s)
-    for t, sl, (pos, rows) in zip(layout.terms, layout.slices, layout.diag):
-        total = total + t.k * np.log(2.0) + pt.sum((t.k - rows + 1) * x[sl][pos])
-    if prior == "flat":
-        return total
-    log_sigma = 0.5 * s
-    total = total - log_sigma
-    if prior != "flat_sd":
-        total = total + _half_pt(pt.exp(log_sigma), prior.sigma_scale, prior.nu)
-    for t, sl, (pos, _) in zip(layout.terms, layout.slices, layout.diag):
-        eta = x[sl]
-        L = term_cholesky_pt(t, eta, pos)
-        log_sd = 0.5 * pt.log(pt.sum(L * L, axis=1))
-        total = total - t.k * pt.sum(log_sd)
-        if prior != "flat_sd":
-            total = total + pt.sum(_half_pt(pt.exp(log_sd), prior.sd_scale, prior.nu))
-            if t.k > 1:  # LKJ(η): (η - 1) log det R, log det R = 2 Σ log L_ii - 2 Σ log s_i
-                total = total + (prior.eta - 1) * (2 * pt.sum(eta[pos]) - 2 * pt.sum(log_sd))
-    return total
-
-
-def _half_pt(x, scale, nu):
-    import pytensor.tensor as pt
-
-    if nu is None:
-        return -0.5 * (x / scale) ** 2
-    return -(nu + 1) / 2 * pt.log1p((x / scale) ** 2 / nu)
+    Ls = [term_cholesky_pt(t, x[sl], pos) for t, sl, (pos, _) in zip(layout.terms, layout.slices, layout.diag)]
+    return layout.log_jacobian(x, ops=pt) + log_prior(prior, Ls, layout.ks, 0.5 * x[layout.n_eta], ops=pt)
 
 
 def build_collapsed_model(design, prior, start: np.ndarray, cp=None):

@@ -104,35 +104,43 @@ class Layout:
             out.append(v)
         return np.concatenate(out + [[np.log(sigma2)]])
 
-    def log_jacobian(self, x) -> float:
+    def log_jacobian(self, x, ops=np):
+        """``log|∂(σ², vech D)/∂(s, η)|`` at ``x`` (numpy, or PyTensor with ``ops=pytensor.tensor``)."""
         total = x[self.n_eta]
         for k, s, (pos, rows) in zip(self.ks, self.slices, self.diag):
-            total += k * np.log(2.0) + np.sum((k - rows + 1) * np.asarray(x[s])[pos])
-        return float(total)
+            total = total + k * np.log(2.0) + ops.sum((k - rows + 1) * x[s][pos])
+        return total
 
     def log_prior(self, prior, Ls, sigma2) -> float:
         """log p(σ², D) up to a constant (numpy)."""
-        if prior == "flat":
-            return 0.0
-        sds = [np.sqrt(np.sum(L * L, axis=1)) for L in Ls]
-        if prior == "flat_sd":
-            return float(-0.5 * np.log(sigma2) - sum(len(s) * np.sum(np.log(s)) for s in sds))
-        return float(_proper_log_prior_np(prior, Ls, sds, sigma2))
+        return float(log_prior(prior, Ls, self.ks, 0.5 * np.log(sigma2)))
 
 
-def _half(x, scale, nu):
+def log_prior(prior, Ls, ks, log_sigma, ops=np):
+    """``log p(σ², D)`` up to a constant from the Cholesky factors ``L_t`` (``D_t = L_tL_t'``,
+    ``k_t`` rows each) and ``log σ``: one function for numpy and PyTensor (``ops``).
+
+    ``flat``: 0. ``flat_sd``: ``−log σ − Σ_t k_t Σ_i log s_ti``. Weakly informative: half-normal
+    or half-t on σ and the SDs with their Jacobians (``p(σ²) = p(σ)/2σ``, ``p(D) ∋ ∏ s^{−k}``)
+    and LKJ(η): ``(η − 1) log|R_t|``, ``log|R_t| = 2 Σ log L_ii − 2 Σ log s_i``."""
+    if prior == "flat":
+        return 0.0
+    proper = prior != "flat_sd"
+    total = -log_sigma
+    if proper:
+        total = total + _half(ops.exp(log_sigma), prior.sigma_scale, prior.nu, ops)
+    for L, k in zip(Ls, ks):
+        log_sd = 0.5 * ops.log(ops.sum(L * L, axis=1))
+        total = total - k * ops.sum(log_sd)
+        if proper:
+            total = total + ops.sum(_half(ops.exp(log_sd), prior.sd_scale, prior.nu, ops))
+            if k > 1:
+                total = total + (prior.eta - 1) * (2 * ops.sum(ops.log(ops.diagonal(L))) - 2 * ops.sum(log_sd))
+    return total
+
+
+def _half(x, scale, nu, ops=np):
+    """Log-density of a half-normal (``nu=None``) or half-t(ν) with ``scale``, up to a constant."""
     if nu is None:
         return -0.5 * (x / scale) ** 2
-    return -(nu + 1) / 2 * np.log1p((x / scale) ** 2 / nu)
-
-
-def _proper_log_prior_np(prior, Ls, sds, sigma2):
-    sigma = np.sqrt(sigma2)
-    total = _half(sigma, prior.sigma_scale, prior.nu) - np.log(sigma)  # p(σ²) = p(σ)/(2σ)
-    for L, s in zip(Ls, sds):
-        k = len(s)
-        total += np.sum(_half(s, prior.sd_scale, prior.nu)) - k * np.sum(np.log(s))
-        if k > 1:
-            R = (L @ L.T) / np.outer(s, s)
-            total += (prior.eta - 1) * np.linalg.slogdet(R)[1]
-    return total
+    return -(nu + 1) / 2 * ops.log1p((x / scale) ** 2 / nu)
