@@ -174,6 +174,18 @@ class Deviance:
         return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml,
                          sigma2=sigma * sigma)
 
+    def at_beta(self, theta, beta, sigma: float) -> float:
+        """The ML deviance ``−2 log L(θ, β, σ)`` with nothing profiled (the joint density of
+        the flat-prior posterior): ``log|L|² + n log(2πσ²) + (r² + |R_X'(β − β̂)|²)/σ²``,
+        since ``|y − Xβ − Zb̂|² + |u|²`` grows by ``|R_X'(β − β̂)|²`` away from β̂."""
+        f = self.chol.factor(theta)
+        if f is None or not sigma > 0:
+            return np.inf
+        q, p = f.q_rest, f.p
+        beta_hat, _, _ = self.backsolve(theta, f)
+        d = f.L22[q : q + p, q : q + p].T @ ((np.asarray(beta) - beta_hat) * self.cp.x_scale)  # R_X of X S⁻¹
+        return criterion(f.logdet_L(), 0.0, f.r2 + d @ d, self.n, self.p, reml=False, sigma2=sigma * sigma)
+
     def unscaled_vcov(self, theta) -> np.ndarray:
         """``(X'V⁻¹X)⁻¹ / σ²`` at θ, i.e. ``(R_X R_X')⁻¹``: multiply by σ² for ``vcov(β̂)``."""
         f = self.chol.factor(theta)

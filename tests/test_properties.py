@@ -205,3 +205,24 @@ def test_new_response_and_offset_reuse_the_cross_product(case, reml, value):
     for j in range(d.p):
         assert dev.with_offset(j, value)(theta) == pytest.approx(
             Deviance(d.with_offset(j, value), reml=reml)(theta), rel=1e-10)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(designs())
+def test_joint_deviance_equals_dense_density(case):
+    """``Deviance.at_beta(θ, β, σ)`` (nothing profiled; the joint posterior mode's objective)
+    is −2 log N(y; Xβ, σ²V0) computed densely, at any β."""
+    formula, df, rng = case
+    model = hl.LMM(formula, df)
+    dev = model.deviance_function(reml=False)
+    d = model.design
+    theta = np.where(dev.lower == 0, rng.uniform(0.05, 2.5, dev.lower.size), rng.normal(0, 0.5, dev.lower.size))
+    beta, sigma = rng.normal(0, 1, d.p), float(rng.uniform(0.5, 2))
+    Zs, Ls = [], []
+    for t, s in zip(d.terms, d.theta_slices()):
+        Zs.append(term_matrix(t).toarray())
+        Ls.append(np.kron(np.eye(t.m), t.template(theta[s])))
+    Z, Lam = np.hstack(Zs), scipy.linalg.block_diag(*Ls)
+    V = sigma**2 * (Z @ Lam @ Lam.T @ Z.T + np.eye(d.n))
+    expected = -2 * scipy.stats.multivariate_normal(d.X @ beta, V).logpdf(d.y)
+    assert dev.at_beta(theta, beta, sigma) == pytest.approx(expected, rel=1e-9)

@@ -88,13 +88,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
         def neg(z):
             x, beta = z[:-p], z[-p:]
             Ls, s2, theta, sigma = theta_sigma(x)
-            sol = ml_dev.solve(theta)
-            f = sol.factor
-            q = f.q_rest
-            RX = f.L22[q : q + p, q : q + p]
-            d = RX.T @ ((beta - sol.beta) * ml_dev.cp.x_scale)  # RX is of the scaled X
-            dev = criterion(f.logdet_L(), 0.0, f.r2 + d @ d, design.n, p, reml=False, sigma2=s2)
-            return 0.5 * dev - layout.log_prior(prior, Ls, s2)
+            return 0.5 * ml_dev.at_beta(theta, beta, sigma) - layout.log_prior(prior, Ls, s2)
 
         b0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
         z, logd = _maximise(neg, np.concatenate([x0, b0]))
