@@ -153,3 +153,22 @@ def test_mathachieve_profile_every_row():
             assert err_mine < 0.02 and err_mine <= err_r, (name, mine, theirs, err_mine, err_r)
             decided += 1
     assert decided == 2  # the two rows above; more would be new disagreements to look at
+
+
+def test_kenward_roger_multi_df_f_is_scaled():
+    """Item 1: the Kenward-Roger F of a 2-df term is pbkrtest's λ-scaled Wald F with its
+    denominator df (``tests/reference/r/kr_multidf.R``: λ = 0.857 here, so the unscaled F
+    would be 17% too large), and lmerTest's Type III table agrees."""
+    ref = load_ref("kr_multidf")
+    df = pd.DataFrame(ref["data"]).astype({"f": "category", "g": "category"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.SingularFitWarning)  # as lme4's: the last θ is 0
+        fit = hl.LMM(ref["formula"], df).fit()
+    assert fit.deviance == pytest.approx(ref["reml_crit"], abs=1e-6)
+    kr = ref["KRmodcomp"]
+    assert kr["F_scaling"] < 0.9  # the case is one where the scaling matters
+    row = fit.anova(type=3, ddf="kenward-roger").loc["f"]
+    assert row.num_df == kr["ndf"] == ref["anova_KR"]["NumDF"]
+    assert row.F == pytest.approx(kr["F"], rel=2e-3)
+    assert row.den_df == pytest.approx(kr["ddf"], rel=2e-3)
+    assert row.p == pytest.approx(kr["p"], rel=1e-2)
