@@ -20,6 +20,7 @@ from hierlmm.errors import (
     FormulaError,
     HierlmmError,
     HierlmmWarning,
+    ProfileWarning,
     RankDeficiencyWarning,
     ScaleWarning,
     SingularFitWarning,
@@ -73,4 +74,5 @@ __all__ = [
     "ConvergenceWarning",
     "RankDeficiencyWarning",
     "ScaleWarning",
+    "ProfileWarning",
 ]

@@ -39,3 +39,7 @@ class RankDeficiencyWarning(HierlmmWarning):
 class ScaleWarning(HierlmmWarning):
     """Predictors on very different scales (lme4's ``checkScaleX``): the fit is still computed
     in a well-conditioned internal scaling, but rescaling helps interpretation and inference."""
+
+
+class ProfileWarning(HierlmmWarning):
+    """A profile limit could not be found; it is NaN (lme4 gives NA likewise)."""

@@ -29,13 +29,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hierlmm.errors import HierlmmWarning
+from hierlmm.errors import ProfileWarning
 
-__all__ = ["profile_intervals", "Coordinates", "ProfileWarning"]
-
-
-class ProfileWarning(HierlmmWarning):
-    """A profile limit could not be found; it is NaN (lme4 gives NA likewise)."""
+__all__ = ["profile_intervals", "Coordinates"]
 
 
 # ------------------------------------------------------------------ coordinates
