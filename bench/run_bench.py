@@ -1,13 +1,15 @@
 """hierlmm vs lme4 (and statsmodels MixedLM), timed side by side in one run.
 
     bash ../shared/tools/install-r.sh      # once: R + lme4 from Debian's packages
-    python bench/run_bench.py [--quick] [--out docs/benchmarks.md]
+    python bench/run_bench.py [--quick] [--load] [--out docs/benchmarks.md]
 
 Each model is fitted by REML from the same CSV file by both programs; the time is the
 median over repeats after one warm-up, from ``hl.LMM(formula, df).fit()`` to a finished
 result (hierlmm) and of ``lmer(formula, data)`` (lme4); reading the CSV is not timed. Peak
 RSS of a hierlmm fit is measured in a fresh subprocess. Results are printed as a table of
 medians and ratios; with ``--out`` the table is written as Markdown (ratios, machine).
+``--load`` times every comparison a second time with a background numerical process on one core
+(``bench/load.py``, started and stopped by this script), as users run hierlmm beside other work.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import hierlmm as hl  # noqa: E402
 
@@ -45,6 +48,14 @@ def simulate(kind: str, n: int, levels: int, seed: int = 1) -> pd.DataFrame:
         b = rng.integers(0, 10, n)
         y = 1 + 0.5 * x + rng.normal(size=levels)[a] + rng.normal(size=(levels, 10))[a, b] + rng.normal(size=n)
         return pd.DataFrame({"y": y, "x": x, "a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b]})
+    if kind == "nested2":  # Chem97-like: 131 areas, 2410 schools within them, n = 31022
+        areas, schools = levels
+        school_area = np.sort(rng.integers(0, areas, schools))
+        s = rng.integers(0, schools, n)
+        a = school_area[s]
+        y = 6 + 0.5 * x + 0.6 * rng.normal(size=areas)[a] + 1.1 * rng.normal(size=schools)[s] + 2.5 * rng.normal(size=n)
+        return pd.DataFrame({"y": y, "x": x, "g": rng.choice(["F", "M"], n),
+                             "a": [f"a{i}" for i in a], "s": [f"s{i}" for i in s]})
     if kind == "crossed":
         a = rng.integers(0, levels, n)
         b = rng.integers(0, levels // 2, n)
@@ -141,6 +152,7 @@ def models(quick: bool):
     out += [
         ("InstEval crossed s x d x dept", "InstEval", "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", None, 3),
         ("nested (1 | a/b), n=3e4", ("nested", 30_000, 300), "y ~ x + (1 | a/b)", None, 5),
+        ("nested 131 x 2410 (1 | a/s), n=31022", ("nested2", 31_022, (131, 2410)), "y ~ x + g + (1 | a/s)", None, 5),
         ("crossed (1|a)+(1|b), n=5e3", ("crossed", 5_000, 200), "y ~ x + (1 | a) + (1 | b)", None, 5),
     ]
     for n in (10_000, 100_000, 1_000_000):
@@ -155,6 +167,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", help="write the table as Markdown to this file")
+    ap.add_argument("--load", action="store_true", help="also time every comparison under a background load")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,16 +186,24 @@ def main():
                         df[c] = df[c].astype("category")
             t_h = time_hierlmm(formula, df, reps)
             t_r = time_lme4(csv, formula, max(1, reps if "InstEval" not in label else 3), levels_json)
+            ratio_load = np.nan
+            if args.load:
+                from load import background_load
+
+                with background_load(workers=1):
+                    t_hl = time_hierlmm(formula, df, reps)
+                    t_rl = time_lme4(csv, formula, max(1, reps if "InstEval" not in label else 3), levels_json)
+                ratio_load = t_hl / t_rl if t_rl else np.nan
             t_s = time_statsmodels(df, formula, group, min(reps, 3)) if group and len(df) <= 200_000 else None
             rss = peak_rss_mb(csv, formula, levels_json)
             t_eval = eval_cost(formula, df)
             row = {"model": label, "n": len(df), "hierlmm_s": t_h, "lme4_s": t_r, "statsmodels_s": t_s,
-                   "ratio_hierlmm_lme4": t_h / t_r if t_r else np.nan,
+                   "ratio_hierlmm_lme4": t_h / t_r if t_r else np.nan, "ratio_under_load": ratio_load,
                    "ratio_statsmodels_lme4": t_s / t_r if (t_s and t_r) else np.nan, "peak_rss_mb": rss,
                    "eval_s": t_eval}
             rows.append(row)
             print(f"{label:38s} hierlmm {t_h:8.4f}s  lme4 {t_r if t_r else float('nan'):8.4f}s  "
-                  f"ratio {row['ratio_hierlmm_lme4']:.3f}  statsmodels/lme4 {row['ratio_statsmodels_lme4']:.2f}  "
+                  f"ratio {row['ratio_hierlmm_lme4']:.3f} (under load {ratio_load:.3f})  statsmodels/lme4 {row['ratio_statsmodels_lme4']:.2f}  "
                   f"peak RSS {rss:.0f} MB", flush=True)
     table = pd.DataFrame(rows)
     if args.out:
@@ -207,13 +228,17 @@ def write_markdown(table: pd.DataFrame, path: str):
         "",
         f"Machine: {os.cpu_count()} cores, {cpu}; Python {platform.python_version()}; lme4 {r_version}.",
         "",
-        "| model | n | hierlmm / lme4 | statsmodels / lme4 | hierlmm peak RSS (MB) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "Under load: the same comparison with one background process doing small and medium BLAS",
+        "work on one core (`bench/load.py`, `--load`).",
+        "",
+        "| model | n | hierlmm / lme4 | under load | statsmodels / lme4 | hierlmm peak RSS (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for _, r in table.iterrows():
         sm = "—" if not np.isfinite(r.ratio_statsmodels_lme4) else f"{r.ratio_statsmodels_lme4:.2f}"
+        ld = "—" if not np.isfinite(r.ratio_under_load) else f"{r.ratio_under_load:.2f}"
         model = r.model.replace("|", "\\|")  # a formula's bar would end the table cell
-        lines.append(f"| {model} | {r.n} | {r.ratio_hierlmm_lme4:.2f} | {sm} | {r.peak_rss_mb:.0f} |")
+        lines.append(f"| {model} | {r.n} | {r.ratio_hierlmm_lme4:.2f} | {ld} | {sm} | {r.peak_rss_mb:.0f} |")
     scaling = table[table.model.str.contains("1e3 levels")]
     if len(scaling) > 1:
         base = scaling.eval_s.iloc[0]

@@ -136,13 +136,16 @@ class LMM:
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
+        from hierlmm.threads import blas_threads_for
+
         if self.grouped:
             fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
         else:
-            dev = self.deviance_function(reml=method == "REML")
-            opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
-            opt = self._off_the_boundary(dev, opt, maxeval, check_convergence)
-            fit = LMMResult(self, dev, opt)
+            with blas_threads_for(self.design):  # A's products too (X'X of a tall X)
+                dev = self.deviance_function(reml=method == "REML")
+                opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
+                opt = self._off_the_boundary(dev, opt, maxeval, check_convergence)
+                fit = LMMResult(self, dev, opt)
         opt = fit.opt
         if fit.singular:
             warnings.warn(
@@ -187,16 +190,19 @@ class LMM:
                 start = np.concatenate([t.theta_from_template(t.relcov(base[s]))
                                         for t, s in zip(self.design.terms, self.design.theta_slices())])
             theta0 = np.concatenate([start, dev.theta0[dev.n_theta:]])
-        # parameters without bounds (marginal S, correlation parameters) get a definite first step
-        opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
-        if dev.residual is not None:
-            # the likelihood is flat where the residual correlation vanishes; start there too
-            # and keep the better optimum
-            null = np.append(theta0[: dev.n_theta], dev.residual.null_start(dev.positions_all))
-            other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
-            if other.fun < opt.fun:
-                opt = other
-        return LMMResult(self, dev, opt)
+        from hierlmm.threads import blas_threads_for
+
+        with blas_threads_for(dev):
+            # parameters without bounds (marginal S, correlation parameters) get a definite first step
+            opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
+            if dev.residual is not None:
+                # the likelihood is flat where the residual correlation vanishes; start there too
+                # and keep the better optimum
+                null = np.append(theta0[: dev.n_theta], dev.residual.null_start(dev.positions_all))
+                other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
+                if other.fun < opt.fun:
+                    opt = other
+            return LMMResult(self, dev, opt)
 
     def describe(self) -> str:
         """The model in hierarchical form and the marginal form it implies (text)."""

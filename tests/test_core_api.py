@@ -227,3 +227,24 @@ def test_evaluation_counts_stay_in_range():
     assert 40 <= fit.opt.evaluations <= 130
     fit = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", hl.datasets.load("Penicillin")).fit()
     assert 30 <= fit.opt.evaluations <= 130
+
+
+@pytest.mark.parametrize("data, formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                           ("Pastes", "strength ~ 1 + (1 | batch/cask)"),
+                                           ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
+def test_blas_threads_by_problem_size(data, formula):
+    """hierlmm.threads: the size known from the design before A is built is the order of A's
+    dense block once it is; small problems run with one BLAS thread, and the limit is lifted
+    afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from hierlmm.threads import SMALL_BLOCK, blas_threads_for, largest_block
+
+    model = hl.LMM(formula, hl.datasets.load(data))
+    dev = model.deviance_function()
+    assert largest_block(model.design) == largest_block(dev) == dev.cp.r < SMALL_BLOCK
+    blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]  # noqa: E731
+    before = blas()
+    with blas_threads_for(model.design):
+        assert set(blas()) <= {1}
+    assert blas() == before

@@ -156,12 +156,16 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     if method == "wald":
         return _wald(fit, level)
     fit.model.require(f"confint(method={method!r})", instead="use method='wald'")
+    from hierlmm.threads import blas_threads_for
+
     if method == "profile":
         from hierlmm.inference.profile import profile_intervals
 
-        out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
+        with blas_threads_for(fit.deviance_function):
+            out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]
         return out.loc[order]
     if method in ("bootstrap", "boot"):
-        return _bootstrap(fit, level, **kwargs)
+        with blas_threads_for(fit.deviance_function):
+            return _bootstrap(fit, level, **kwargs)
     raise HierlmmError(f"method must be 'profile', 'wald' or 'bootstrap', got {method!r}")
