@@ -79,6 +79,13 @@ class BlockedFactor:
         return 2.0 * float(np.log(np.diag(self.L22)[q : q + self.p]).sum()) + self.logdet_RX_shift
 
 
+# The downdate map holds one entry (12 bytes) per pair of A21 entries of a level; above this
+# many (~720 MB; crossed designs dense in their pairs, e.g. 5e4 x 500 levels at 1e7 rows:
+# 6.8e8 pairs), A21 W A21' is a sparse product at every evaluation instead: memory
+# O(nnz(A21)), but ~9x slower per evaluation (2e6 rows, 5e4 x 500: 0.53 s vs 0.06 s).
+_MAP_MAX_ENTRIES = 60_000_000
+
+
 class BlockedCholesky:
     """Factorises ``Λ*' A Λ* + I`` for any θ, reusing the structure of ``A``.
 
@@ -98,6 +105,11 @@ class BlockedCholesky:
         self.slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
         self.scalar_rest = all(t.k == 1 for t in self.rest)
         self._S = None  # the sparse downdate map, built on the first factorisation
+        if cp.a21_sparse:
+            # its size: per level of the first term, the pairs of A21's entries in its columns
+            per_level = np.bincount(np.arange(cp.A21.shape[1]) // self.first.k,
+                                    weights=np.diff(cp.A21.tocsc().indptr), minlength=self.first.m)
+            self._use_map = float(np.sum(per_level * (per_level + 1) / 2)) <= _MAP_MAX_ENTRIES
         self._diag1 = np.arange(self.first.k)
         if not cp.a21_sparse and self.first.k > 1:
             # A21 as (m1, r, k1): level j's columns, for a batched product with G_j
@@ -155,34 +167,64 @@ class BlockedCholesky:
         cp, k = self.cp, self.first.k
         csc = cp.A21.tocsc()
         csc.sort_indices()
-        level_of_entry = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr)) // k
-        col_in_level = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr)) % k
-        rows, vals = csc.indices.astype(np.int64), csc.data
+        entry_col = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+        level_of_entry, col_in_level = np.divmod(entry_col, k)
+        del entry_col
+        rows, vals = csc.indices, csc.data
         # entries are ordered by column, hence by level: count entries per level
         counts = np.bincount(level_of_entry, minlength=self.first.m)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        tgt, widx, coef = [], [], []
-        for c in np.unique(counts[counts > 0]):
-            levels = np.flatnonzero(counts == c)
-            i1, i2 = np.tril_indices(c)
-            e1 = (starts[levels][:, None] + i1[None, :]).ravel()
-            e2 = (starts[levels][:, None] + i2[None, :]).ravel()
-            r1, r2 = rows[e1], rows[e2]
-            hi, lo = np.maximum(r1, r2), np.minimum(r1, r2)
-            a1, a2 = col_in_level[e1], col_in_level[e2]
-            twice = (r1 == r2) & (e1 != e2)
-            tgt.append(hi * cp.r + lo)
-            widx.append(level_of_entry[e1] * k * k + a1 * k + a2)
-            coef.append(vals[e1] * vals[e2] * np.where(twice, 2.0, 1.0))
-        tgt, widx, coef = np.concatenate(tgt), np.concatenate(widx), np.concatenate(coef)
-        # compress the targets (entries of the r x r lower triangle) without sorting
+
+        def pairs(lo_level, hi_level):
+            """(target, row of S' (level·k² + a·k + b), coefficient) of the levels in
+            [lo_level, hi_level), ordered by level then (a, b) as S' in CSR needs."""
+            tgt, widx, coef = [], [], []
+            cnt = counts[lo_level:hi_level]
+            for c in np.unique(cnt[cnt > 0]):
+                levels = lo_level + np.flatnonzero(cnt == c)
+                i1, i2 = np.tril_indices(c)
+                e1 = (starts[levels][:, None] + i1[None, :]).ravel()
+                e2 = (starts[levels][:, None] + i2[None, :]).ravel()
+                r1, r2 = rows[e1].astype(np.int64), rows[e2].astype(np.int64)
+                tgt.append(np.maximum(r1, r2) * cp.r + np.minimum(r1, r2))
+                widx.append(level_of_entry[e1] * k * k + col_in_level[e1] * k + col_in_level[e2])
+                coef.append(vals[e1] * vals[e2] * np.where((r1 == r2) & (e1 != e2), 2.0, 1.0))
+            if not tgt:
+                return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+            tgt, widx, coef = np.concatenate(tgt), np.concatenate(widx), np.concatenate(coef)
+            order = np.argsort(widx, kind="stable")
+            return tgt[order], widx[order], coef[order]
+
+        # chunks of levels of about 2e6 pairs each: the map is built without holding all
+        # its intermediates at once (2e6 rows crossed 5e4 x 500: 45e6 entries)
+        size = counts * (counts + 1) // 2
+        bounds = np.searchsorted(np.cumsum(size), np.arange(2_000_000, size.sum() + 2_000_000, 2_000_000),
+                                 side="right")
+        chunks = list(zip(np.concatenate([[0], bounds[:-1]]), bounds))
+        chunks = [(int(a), int(min(b, self.first.m))) for a, b in chunks if a < b] or [(0, self.first.m)]
+        # pass 1: which entries of the r x r lower triangle are ever hit, and how many entries
+        # each column of S (a level's (a, b)) has
+        ncols = self.first.m * k * k
         used = np.zeros(cp.r * cp.r, dtype=bool)
-        used[tgt] = True
-        position = np.cumsum(used) - 1
+        per_col = np.zeros(ncols, dtype=np.int64)
+        for lo, hi in chunks:
+            tgt, widx, _ = pairs(lo, hi)
+            used[tgt] = True
+            per_col += np.bincount(widx, minlength=ncols)
+        position = (np.cumsum(used) - 1).astype(np.int32)
         self._targets = np.flatnonzero(used)
         self._trow, self._tcol = np.divmod(self._targets, cp.r)
-        self._S = sp.csr_matrix((coef, (position[tgt], widx)),
-                                shape=(self._targets.size, self.first.m * k * k))
+        # pass 2: S in CSC (S' in CSR), filled in place: the chunks come in column order
+        indptr = np.concatenate([[0], np.cumsum(per_col)])
+        data = np.empty(indptr[-1])
+        indices = np.empty(indptr[-1], dtype=np.int32)
+        at = 0
+        for lo, hi in chunks:
+            tgt, _, coef = pairs(lo, hi)
+            data[at:at + coef.size] = coef
+            indices[at:at + coef.size] = position[tgt]
+            at += coef.size
+        self._S = sp.csc_matrix((data, indices, indptr), shape=(self._targets.size, ncols))
 
     def _lower_downdate(self, G, lam, M):
         """``M -= Λ_r' A21 G G' A21' Λ_r`` on the lower triangle (``A21`` sparse)."""
@@ -252,10 +294,13 @@ class BlockedCholesky:
             M = np.asarray(lam.T @ np.asarray(lam.T @ cp.A22).T)
         M[self._eye_rest, self._eye_rest] += 1.0
         L21 = None
-        if cp.a21_sparse:
+        if cp.a21_sparse and self._use_map:
             if self._S is None:
                 self._downdate_map()
             M = self._lower_downdate(G, lam, M)
+        elif cp.a21_sparse:  # the map would be too large: a sparse product per evaluation
+            L21 = self.l21(G, lam)
+            M -= (L21 @ L21.T).toarray()
         else:
             L21 = self.l21(G, lam)
             M -= L21 @ L21.T
