@@ -24,7 +24,8 @@ __all__ = ["Design", "build_design"]
 
 @dataclass(eq=False)
 class Design:
-    """Everything the deviance needs, and the labels the results need.
+    """The complete model specification: everything the deviance needs (the fixed part, the
+    random terms, the residual structure and the formulation), and the labels the results need.
 
     Attributes
     ----------
@@ -41,6 +42,10 @@ class Design:
         The rows used (complete cases), with their original index.
     n_missing : int
         Number of rows dropped for missing values (lme4's ``na.action``).
+    residual : ResidualCorrelation or None
+        The residuals' correlation structure (``None``: independent, ``σ²I``).
+    formulation : {"hierarchical", "marginal"}
+        ``"marginal"``: only ``V = ZDZ' + σ²R`` must be positive definite (D may be indefinite).
     """
 
     parsed: ParsedFormula
@@ -56,6 +61,8 @@ class Design:
     # the fixed part with every factor in treatment coding, where X is coded otherwise
     # (ordered factors): lmerTest builds Type III hypotheses there and maps them to X
     treatment_formula: str | None = None
+    residual: object = None
+    formulation: str = "hierarchical"
 
     @property
     def n(self) -> int:
@@ -218,7 +225,8 @@ def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
         )
 
 
-def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
+def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=None,
+                 formulation: str = "hierarchical") -> Design:
     """Evaluate an lme4 formula on a data frame.
 
     Parameters
@@ -231,6 +239,9 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
     extra_columns : sequence of str
         Further columns the model needs (e.g. the time column of a residual correlation
         structure): checked, kept in ``Design.data`` and included in the missing-value filter.
+    residual, formulation
+        Stored in the design (see :class:`Design`); the residual structure's columns are
+        added to ``extra_columns``.
 
     Returns
     -------
@@ -244,6 +255,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     parsed = parse_formula(formula)
+    if residual is not None:
+        extra_columns = tuple(extra_columns) + tuple(residual.columns())
 
     # which columns does each piece use?
     fixed_vars = _required(parsed.fixed_formula, "fixed part")
@@ -375,4 +388,6 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=()) -> Design:
         fixed_spec=mm.rhs.model_spec,
         all_fixef_names=all_names,
         treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
+        residual=residual,
+        formulation=formulation,
     )

@@ -37,12 +37,16 @@ class GroupedDeviance:
     ----------
     design : Design
     reml : bool
-    residual : ResidualCorrelation or None
-    marginal : bool
-        Parametrise each term by a symmetric ``S_t`` (any sign) instead of ``T_t``.
+    residual : ResidualCorrelation, optional
+        The design's (``design.residual``) by default.
+    marginal : bool, optional
+        Parametrise each term by a symmetric ``S_t`` (any sign) instead of ``T_t``; by default
+        when ``design.formulation == "marginal"``.
     """
 
-    def __init__(self, design, reml=True, residual=None, marginal=False):
+    def __init__(self, design, reml=True, residual=None, marginal=None):
+        residual = design.residual if residual is None else residual
+        marginal = design.formulation == "marginal" if marginal is None else marginal
         self.design, self.reml, self.residual, self.marginal = design, bool(reml), residual, bool(marginal)
         self.n, self.p = design.n, design.p
         self.n_theta = design.n_theta

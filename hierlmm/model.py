@@ -63,11 +63,18 @@ class LMM:
             )
         self.formula = formula
         self.data = data
-        extra = residual.columns() if residual is not None else ()
-        self.design: Design = build_design(formula, data, extra_columns=extra)
+        self.design: Design = build_design(formula, data, residual=residual, formulation=formulation)
         self._deviance: dict[bool, Deviance] = {}
-        self.residual = residual
-        self.formulation = formulation
+
+    @property
+    def residual(self):
+        """The residual correlation structure (the design's; ``None``: independent)."""
+        return self.design.residual
+
+    @property
+    def formulation(self) -> str:
+        """``"hierarchical"`` or ``"marginal"`` (the design's)."""
+        return self.design.formulation
 
     @property
     def grouped(self) -> bool:
@@ -178,8 +185,7 @@ class LMM:
     def _fit_grouped(self, method, theta0, maxeval, check):
         from hierlmm.grouped import GroupedDeviance
 
-        dev = GroupedDeviance(self.design, reml=method == "REML", residual=self.residual,
-                              marginal=self.formulation == "marginal")
+        dev = GroupedDeviance(self.design, reml=method == "REML")
         if theta0 is None:
             # start from the iid hierarchical fit (fast) and no residual correlation
             with warnings.catch_warnings():

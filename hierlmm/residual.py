@@ -41,12 +41,15 @@ class ResidualCorrelation:
 
     name = "iid"
     param = ""
+    # the map from the optimiser's unconstrained parameter to the natural one: "tanh" for a
+    # correlation in (-1, 1), "exp" for a positive range
+    link = "tanh"
 
     def natural(self, u: float) -> float:
-        raise NotImplementedError
+        return float(np.tanh(u) if self.link == "tanh" else np.exp(u))
 
     def unconstrained(self, value: float) -> float:
-        raise NotImplementedError
+        return float(np.arctanh(value) if self.link == "tanh" else np.log(value))
 
     def start(self, positions: list[np.ndarray]) -> float:
         return 0.0
@@ -96,12 +99,6 @@ class AR1(ResidualCorrelation):
     name = "AR(1)"
     param = "phi"
 
-    def natural(self, u):
-        return float(np.tanh(u))
-
-    def unconstrained(self, value):
-        return float(np.arctanh(value))
-
     def positions(self, data, rows, group_label):
         if self.order is None:
             if np.any(np.diff(rows) != 1):
@@ -130,12 +127,7 @@ class Exponential(ResidualCorrelation):
     time: str = ""
     name = "exponential"
     param = "range"
-
-    def natural(self, u):
-        return float(np.exp(u))
-
-    def unconstrained(self, value):
-        return float(np.log(value))
+    link = "exp"
 
     def start(self, positions):
         d = np.concatenate([np.abs(np.diff(np.sort(p))) for p in positions if len(p) > 1] or [[1.0]])
@@ -167,12 +159,6 @@ class CompoundSymmetry(ResidualCorrelation):
 
     name = "compound symmetry"
     param = "rho"
-
-    def natural(self, u):
-        return float(np.tanh(u))
-
-    def unconstrained(self, value):
-        return float(np.arctanh(value))
 
     def matrix(self, rho, pos):
         n = len(pos)
