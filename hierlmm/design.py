@@ -116,6 +116,13 @@ class Design:
         return np.asarray(mm[self.fixef_names], dtype=float)
 
 
+def design_attribute(name: str) -> property:
+    """A read-only property of a model or a fit that is its design's (one place for the
+    residual structure and the formulation)."""
+    return property(lambda self: getattr(self.design, name),
+                    doc=f"The design's ``{name}`` (see :class:`Design`).")
+
+
 def _required(expr: str, where: str) -> set[str]:
     from formulaic import Formula
 

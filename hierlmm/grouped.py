@@ -31,7 +31,9 @@ __all__ = ["GroupedDeviance"]
 
 
 class GroupedDeviance:
-    """Profiled REML/ML deviance of ``(θ or S, ψ)`` computed block by block.
+    """Profiled REML/ML deviance of ``(θ or S, ψ)`` computed block by block: the objective
+    protocol of :class:`hierlmm.deviance.Deviance` for correlated residuals and the marginal
+    formulation (the parameters hold ψ, the residual correlation's, after θ or S).
 
     Parameters
     ----------

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.deviance import Deviance
-from hierlmm.design import Design, build_design
+from hierlmm.design import Design, build_design, design_attribute
 from hierlmm.errors import HierlmmError, SingularFitWarning
 from hierlmm.optimize import optimize_theta, warn_messages
 from hierlmm.results import LMMResult
@@ -66,15 +66,8 @@ class LMM:
         self.design: Design = build_design(formula, data, residual=residual, formulation=formulation)
         self._deviance: dict[bool, Deviance] = {}
 
-    @property
-    def residual(self):
-        """The residual correlation structure (the design's; ``None``: independent)."""
-        return self.design.residual
-
-    @property
-    def formulation(self) -> str:
-        """``"hierarchical"`` or ``"marginal"`` (the design's)."""
-        return self.design.formulation
+    residual = design_attribute("residual")
+    formulation = design_attribute("formulation")
 
     @property
     def grouped(self) -> bool:

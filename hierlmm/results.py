@@ -12,6 +12,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from hierlmm.design import design_attribute
 from hierlmm.deviance import Deviance, Solution
 from hierlmm.errors import DataError, HierlmmError
 from hierlmm.optimize import SINGULAR_TOL, OptResult
@@ -51,15 +52,8 @@ class LMMResult:
             return {}
         return {dev.residual.param: dev.residual_value(self.solution.theta)}
 
-    @property
-    def formulation(self) -> str:
-        """``"hierarchical"`` or ``"marginal"`` (the model's)."""
-        return self.model.formulation
-
-    @property
-    def residual(self):
-        """The residual correlation structure (``None``: independent residuals)."""
-        return self.model.residual
+    residual = design_attribute("residual")
+    formulation = design_attribute("formulation")
 
     @property
     def nobs(self) -> int:
