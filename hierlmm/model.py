@@ -136,12 +136,12 @@ class LMM:
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
-        from hierlmm.threads import blas_threads_for
+        from hierlmm.threads import one_blas_thread
 
         if self.grouped:
             fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
         else:
-            with blas_threads_for(self.design):  # A's products too (X'X of a tall X)
+            with one_blas_thread():  # A's products too (X'X of a tall X)
                 dev = self.deviance_function(reml=method == "REML")
                 opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
                 opt = self._off_the_boundary(dev, opt, maxeval, check_convergence)
@@ -189,9 +189,9 @@ class LMM:
                 start = np.concatenate([t.theta_from_template(t.relcov(base[s]))
                                         for t, s in zip(self.design.terms, self.design.theta_slices())])
             theta0 = np.concatenate([start, dev.theta0[dev.n_theta:]])
-        from hierlmm.threads import blas_threads_for
+        from hierlmm.threads import one_blas_thread
 
-        with blas_threads_for(dev):
+        with one_blas_thread():
             # parameters without bounds (marginal S, correlation parameters) get a definite first step
             opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
             if dev.residual is not None:

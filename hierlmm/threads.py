@@ -1,16 +1,21 @@
-"""BLAS threads by problem size.
+"""One BLAS thread in hierlmm's loops.
 
-An evaluation of the deviance of a design with small dense blocks (nested and most crossed
-models: a few hundred columns in block 2, batched ``k x k`` blocks in block 1) makes many
-small BLAS/LAPACK calls. A multi-threaded BLAS wakes its threads for each, which costs more
-than the call, and stalls when another process holds a core (a nested model with 131 x 2410
-levels: 0.19 ms per evaluation with one thread, 0.70 ms with two under a background load;
-a Cholesky and a product of order 100-1,200 run twice as long with two threads as with one
-when another process is busy). On a quiet machine threads start to pay from order ~300
-(0.86 of the one-thread time at 400, 0.73 at 1,200): InstEval's ~1,100 columns keep them. So the
-loops that evaluate a deviance many times (the fit, profiles, the bootstrap) run with one
-BLAS thread when the largest dense block is below :data:`SMALL_BLOCK`, through threadpoolctl
-(the library scikit-learn uses for the same purpose) — set once around a loop, not per call.
+An evaluation of the deviance makes many small and medium BLAS/LAPACK calls (batched ``k x k``
+blocks, dense Cholesky factors of order 10 to ~1,000). A multi-threaded BLAS wakes its threads
+for each call, which costs more than the call, and when another process holds a core its
+threads spin and stall. Measured on this project's 2-core machine, with one background process
+doing BLAS work:
+
+* nested ``(1 | a/s)``, 131 x 2410 levels, n = 31,022: fit 0.145 s with two threads, 0.084 s
+  with one;
+* nested ``(1 | a/b)``, 300 x 3000 levels, n = 30,000: 75 times lme4's time with two threads;
+* InstEval ``(1 | s) + (1 | d) + (1 | dept)``: 334 s with two threads, 6.8 s with one.
+
+On a quiet machine one thread was never slower in a fit (InstEval 4.51 s vs 4.66 s with two;
+a lone dense Cholesky and product of order 1,200 gain 27% from a second thread, but a fit is
+not one large call). So the loops that evaluate a deviance many times (the fit, profiles, the
+bootstrap) run with one BLAS thread, through threadpoolctl (the library scikit-learn uses for
+the same purpose), set once around a loop, not per call; the user's setting is restored after.
 """
 
 from __future__ import annotations
@@ -18,30 +23,11 @@ from __future__ import annotations
 import contextlib
 import functools
 
-__all__ = ["SMALL_BLOCK", "blas_threads_for"]
-
-# order of the largest dense matrix below which one BLAS thread is faster (see the module doc)
-SMALL_BLOCK = 300
+__all__ = ["one_blas_thread"]
 
 
-def largest_block(obj) -> int:
-    """The order of the largest dense matrix an evaluation factorises: of a deviance (either
-    engine), or of the blocked engine's deviance of a design (``A22``: the columns of the
-    terms after the first, of X and y), known before ``A`` is built."""
-    cp = getattr(obj, "cp", None)
-    if cp is not None:
-        return cp.r
-    if hasattr(obj, "stacks"):
-        return max((s["rows"].shape[1] for s in obj.stacks), default=0)
-    return sum(t.q for t in obj.terms[1:]) + obj.p + 1
-
-
-def blas_threads_for(obj):
-    """A context manager: one BLAS thread while ``obj`` (a deviance, or a design whose
-    deviance is about to be built and evaluated) is at work, if its blocks are small
-    (:data:`SMALL_BLOCK`); otherwise nothing changes."""
-    if largest_block(obj) >= SMALL_BLOCK:
-        return contextlib.nullcontext()
+def one_blas_thread():
+    """A context manager: BLAS limited to one thread inside, as before outside."""
     controller = _controller()
     return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 

@@ -229,22 +229,31 @@ def test_evaluation_counts_stay_in_range():
     assert 30 <= fit.opt.evaluations <= 130
 
 
-@pytest.mark.parametrize("data, formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
-                                           ("Pastes", "strength ~ 1 + (1 | batch/cask)"),
-                                           ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
-def test_blas_threads_by_problem_size(data, formula):
-    """hierlmm.threads: the size known from the design before A is built is the order of A's
-    dense block once it is; small problems run with one BLAS thread, and the limit is lifted
-    afterwards."""
+def test_one_blas_thread_inside_and_the_users_setting_after():
+    """hierlmm.threads: BLAS runs with one thread inside hierlmm's loops (a fit, profiles, the
+    bootstrap; see the module for the measurements) and as before outside them."""
     from threadpoolctl import threadpool_info
 
-    from hierlmm.threads import SMALL_BLOCK, blas_threads_for, largest_block
+    from hierlmm.threads import one_blas_thread
 
-    model = hl.LMM(formula, hl.datasets.load(data))
-    dev = model.deviance_function()
-    assert largest_block(model.design) == largest_block(dev) == dev.cp.r < SMALL_BLOCK
     blas = lambda: [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]  # noqa: E731
     before = blas()
-    with blas_threads_for(model.design):
+    with one_blas_thread():
         assert set(blas()) <= {1}
+    assert blas() == before
+    seen = []
+    import hierlmm.optimize as O
+
+    original = O.bobyqa_restarted
+
+    def spy(*args, **kwargs):
+        seen.append(blas())
+        return original(*args, **kwargs)
+
+    O.bobyqa_restarted = spy
+    try:
+        hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    finally:
+        O.bobyqa_restarted = original
+    assert seen and all(set(s) <= {1} for s in seen)
     assert blas() == before

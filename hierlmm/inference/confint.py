@@ -156,16 +156,16 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     if method == "wald":
         return _wald(fit, level)
     fit.model.require(f"confint(method={method!r})", instead="use method='wald'")
-    from hierlmm.threads import blas_threads_for
+    from hierlmm.threads import one_blas_thread
 
     if method == "profile":
         from hierlmm.inference.profile import profile_intervals
 
-        with blas_threads_for(fit.deviance_function):
+        with one_blas_thread():
             out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]
         return out.loc[order]
     if method in ("bootstrap", "boot"):
-        with blas_threads_for(fit.deviance_function):
+        with one_blas_thread():
             return _bootstrap(fit, level, **kwargs)
     raise HierlmmError(f"method must be 'profile', 'wald' or 'bootstrap', got {method!r}")

@@ -177,7 +177,7 @@ class Coordinates:
 
     def random(self, rng) -> np.ndarray:
         """A random start: SDs and σ in ``(0.05, 2) × max(1, estimate)``, angles in ``(0, π)``."""
-        lo, hi, sd = self.bounds()
+        lo, hi, _ = self.bounds()
         x0 = self.start()
         scale = np.maximum(1.0, np.where(np.isfinite(hi), 1.0, x0))
         return np.where(np.isfinite(hi), rng.uniform(0, np.pi, lo.size), rng.uniform(0.05, 2.0, lo.size) * scale)
@@ -206,7 +206,7 @@ def _minimize(f, x0, lo, hi, coarse=False):
     not nlopt's default of a fraction of ``x0``: an SD that sits at 0 at the optimum must be
     able to leave it as the profiled parameter moves (m0005 of the differential draw: the
     other SD of a nested model grows from 0 to 3 below the estimate). ``coarse``: one run to
-    a tolerance of 1e-3 instead of restarted runs to 1e-9 (exploring from random starts)."""
+    a tolerance of 1e-3 instead of restarted runs to 1e-7 (exploring from random starts)."""
     from hierlmm.optimize import _restart_step, bobyqa, bobyqa_restarted
 
     x0 = np.clip(np.asarray(x0, dtype=float), lo, hi)
