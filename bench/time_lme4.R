@@ -2,12 +2,9 @@
 # Prints JSON {"median":..,"min":..,"max":..,"reps":..} (seconds), after one warm-up fit.
 args <- commandArgs(trailingOnly = TRUE)
 suppressMessages(library(lme4))
-d <- read.csv(args[1], stringsAsFactors = FALSE)
-if (length(args) >= 4 && file.exists(args[4])) {
-  lev <- jsonlite::fromJSON(args[4])
-  for (col in names(lev)) d[[col]] <- factor(as.character(d[[col]]), levels = lev[[col]])
-}
-for (col in names(d)) if (is.character(d[[col]])) d[[col]] <- factor(d[[col]])
+here <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(), value = TRUE)))
+source(file.path(here, "read_data.R"))
+d <- read_bench_data(args[1], if (length(args) >= 4) args[4] else NA)
 form <- as.formula(args[2])
 reps <- as.integer(args[3])
 invisible(lmer(form, data = d, REML = TRUE))
