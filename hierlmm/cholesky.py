@@ -107,8 +107,7 @@ class BlockedCholesky:
         self._S = None  # the sparse downdate map, built on the first factorisation
         if cp.a21_sparse:
             # its size: per level of the first term, the pairs of A21's entries in its columns
-            per_level = np.bincount(np.arange(cp.A21.shape[1]) // self.first.k,
-                                    weights=np.diff(cp.A21.tocsc().indptr), minlength=self.first.m)
+            per_level = np.bincount(cp.A21.indices // self.first.k, minlength=self.first.m)
             self._use_map = float(np.sum(per_level * (per_level + 1) / 2)) <= _MAP_MAX_ENTRIES
         self._diag1 = np.arange(self.first.k)
         if not cp.a21_sparse and self.first.k > 1:

@@ -8,6 +8,7 @@ levels (lme4's order, which also puts the largest block first in the blocked Cho
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -94,8 +95,6 @@ class Design:
 
     def with_response(self, y: np.ndarray) -> Design:
         """The same design with another response (simulate, bootstrap): everything else shared."""
-        import dataclasses
-
         y = np.asarray(y, dtype=float)
         if y.shape != self.y.shape:
             raise DataError(f"the new response has shape {y.shape}, the design's {self.y.shape}")
@@ -104,8 +103,6 @@ class Design:
     def with_offset(self, j: int, value: float) -> Design:
         """β_j fixed at ``value``: column j of X dropped and ``value · x_j`` subtracted from y
         (a fixed effect's profile)."""
-        import dataclasses
-
         return dataclasses.replace(self, y=self.y - value * self.X[:, j], X=np.delete(self.X, j, axis=1),
                                    fixef_names=[n for i, n in enumerate(self.fixef_names) if i != j])
 

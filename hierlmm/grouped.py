@@ -240,8 +240,6 @@ class GroupedDeviance:
         from hierlmm.crossprod import term_matrix
         from hierlmm.posterior_b import RanefPosterior
 
-        if beta not in ("fixed", "integrated"):
-            raise HierlmmError(f"beta must be 'fixed' or 'integrated', got {beta!r}")
         d, sol = self.design, fit.solution
         params, s2 = sol.theta, sol.sigma2
         Ss = self.relcovs(params)

@@ -16,7 +16,8 @@ import numpy as np
 
 from hierlmm.errors import ConvergenceWarning
 
-__all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian", "bobyqa", "bobyqa_restarted"]
+__all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian", "bobyqa", "bobyqa_restarted",
+           "restart_step"]
 
 # lme4's isSingular tolerance on θ's bounded entries
 SINGULAR_TOL = 1e-4
@@ -120,7 +121,7 @@ def bobyqa_restarted(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol
     x, fun, nev, messages = bobyqa(f, x0, lower, upper, maxeval=maxeval, xtol_abs=xtol, ftol_abs=ftol,
                                    initial_step=initial_step)
     for _ in range(_RESTARTS):
-        step = _restart_step(x, lower, upper)
+        step = restart_step(x, lower, upper)
         x2, f2, n2, _ = bobyqa(f, x, lower, upper, maxeval=max(maxeval - nev, 1), xtol_abs=xtol,
                                ftol_abs=ftol * 1e-2, initial_step=step)
         nev += n2
@@ -132,7 +133,7 @@ def bobyqa_restarted(f, x0, lower=None, upper=None, maxeval: int = 100_000, xtol
     return x, fun, nev, messages
 
 
-def _restart_step(x, lower=None, upper=None):
+def restart_step(x, lower=None, upper=None):
     """A restart's initial step: 10% of each coordinate, at least 0.02, and at most half the
     width of its box (BOBYQA's requirement). Not limited by the distance to a bound: BOBYQA
     moves a start that close onto the bound or a step inside, and a step shrunk to that
@@ -165,8 +166,7 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
     OptResult
     """
     lower = np.asarray(deviance.lower, dtype=float)
-    x0 = np.asarray(deviance.theta0 if theta0 is None else theta0, dtype=float)
-    x0 = np.maximum(x0, lower)
+    x0 = np.asarray(deviance.theta0 if theta0 is None else theta0, dtype=float)  # bobyqa clips it
     x, fun, nev, messages = bobyqa_restarted(deviance, x0, lower, maxeval=maxeval, xtol=xtol, ftol=ftol,
                                              initial_step=initial_step)
     res = OptResult(theta=x, fun=float(fun), evaluations=int(nev), messages=messages)

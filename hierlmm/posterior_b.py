@@ -100,10 +100,6 @@ def ranef_posterior_blocks(fit_parts, beta: str = "fixed") -> dict[str, RanefPos
         and ``sigma``.
     beta : {"fixed", "integrated"}
     """
-    if beta not in ("fixed", "integrated"):
-        from hierlmm.errors import HierlmmError
-
-        raise HierlmmError(f"beta must be 'fixed' or 'integrated', got {beta!r}")
     design, sol = fit_parts.design, fit_parts.solution
     f = sol.factor
     s = f.q_rest + (f.p if beta == "integrated" else 0)

@@ -224,6 +224,8 @@ class LMMResult:
             grouping factor -> :class:`~hierlmm.posterior_b.RanefPosterior`
         """
         self.model.require("the posterior of b", needs="b", instead="use a hierarchical fit")
+        if beta not in ("fixed", "integrated"):
+            raise HierlmmError(f"beta must be 'fixed' or 'integrated', got {beta!r}")
         return self.deviance_function.ranef_posterior(self, beta=beta)
 
     # ------------------------------------------------------------ fitted and residuals

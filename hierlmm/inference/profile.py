@@ -202,17 +202,17 @@ def _unit_cholesky(R: np.ndarray) -> np.ndarray:
 def _minimize(f, x0, lo, hi, coarse=False):
     """Minimise ``f`` over the box from ``x0`` (coordinates of order one).
 
-    The first step is moderate (restarted BOBYQA's, :func:`hierlmm.optimize._restart_step`),
+    The first step is moderate (restarted BOBYQA's, :func:`hierlmm.optimize.restart_step`),
     not nlopt's default of a fraction of ``x0``: an SD that sits at 0 at the optimum must be
     able to leave it as the profiled parameter moves (m0005 of the differential draw: the
     other SD of a nested model grows from 0 to 3 below the estimate). ``coarse``: one run to
     a tolerance of 1e-3 instead of restarted runs to 1e-7 (exploring from random starts)."""
-    from hierlmm.optimize import _restart_step, bobyqa, bobyqa_restarted
+    from hierlmm.optimize import restart_step, bobyqa, bobyqa_restarted
 
     x0 = np.clip(np.asarray(x0, dtype=float), lo, hi)
     if x0.size == 0:
         return f(x0), x0
-    step = _restart_step(x0, lo, hi)
+    step = restart_step(x0, lo, hi)
     if coarse:  # one BOBYQA run to 1e-3: which basin, roughly where its bottom is
         x, fun, _, _ = bobyqa(f, x0, lo, hi, maxeval=1000, xtol_abs=1e-3, ftol_abs=1e-4, initial_step=step)
     else:

@@ -16,7 +16,7 @@ import numpy as np
 
 from hierlmm.inference import confint as C
 from hierlmm.inference.profile import Coordinates
-from hierlmm.optimize import _restart_step, bobyqa_restarted, optimize_theta
+from hierlmm.optimize import restart_step, bobyqa_restarted, optimize_theta
 
 CUT = 3.841458820694124  # chi2(1) 0.95
 
@@ -84,7 +84,7 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
 
 def _run(f, x0, a, b):
     return bobyqa_restarted(f, x0, a, b, maxeval=20000, xtol=1e-10, ftol=1e-12,
-                            initial_step=_restart_step(x0, a, b))[1]
+                            initial_step=restart_step(x0, a, b))[1]
 
 
 def limit_error(fit, name: str, psi: float) -> float:
