@@ -22,6 +22,8 @@ from hierlmm.rsyntax import formula_context, r_name, to_formulaic
 
 __all__ = ["Design", "build_design"]
 
+_PANDAS_MAJOR = int(pd.__version__.split(".")[0])
+
 
 @dataclass(eq=False)
 class Design:
@@ -154,10 +156,12 @@ def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str
             cols.append(tok)
         else:
             return None
+    if not intercept and not cols:
+        return None
+    if not cols:  # (1 | g): a read-only column of ones that takes no memory
+        return np.broadcast_to(np.ones((1, 1)), (len(frame), 1)), ["(Intercept)"]
     parts = [np.ones(len(frame))] if intercept else []
     parts += [frame[c].to_numpy(dtype=float) for c in cols]
-    if not parts:
-        return None
     return np.column_stack(parts), (["(Intercept)"] if intercept else []) + cols
 
 
@@ -290,7 +294,10 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     frame = data[cols]
     complete = ~frame.isna().any(axis=1).to_numpy()
     n_missing = int((~complete).sum())
-    frame = frame.loc[complete] if n_missing else frame.copy()
+    if n_missing:
+        frame = frame.loc[complete]
+    else:  # pandas >= 3 copies on write: the user's later edits of data cannot reach the design
+        frame = pd.DataFrame({c: data[c] for c in cols}, copy=_PANDAS_MAJOR < 3)
     if len(frame) == 0:
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
     for c in frame.columns:
@@ -338,7 +345,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
             (Z, znames), zspec = simple, None
         else:
             zmm = _model_matrix(to_formulaic(spec.expr, ordered), frame, f"random-effects term {spec.source}")
-            Z, znames, zspec = np.asarray(zmm, dtype=float), [r_name(c) for c in zmm.columns], zmm.model_spec
+            Z, znames, zspec = (np.ascontiguousarray(zmm, dtype=float), [r_name(c) for c in zmm.columns],
+                                zmm.model_spec)
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term {spec.source} has no columns")
         term = ReTerm(
@@ -347,7 +355,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
             expr=spec.expr,
             codes=codes,
             levels=levels,
-            Z=np.ascontiguousarray(Z),
+            Z=Z,
             names=znames,
             source=spec.source,
             model_spec=zspec,

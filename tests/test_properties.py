@@ -167,16 +167,18 @@ def test_shift_and_scale_of_response(case, c, k):
     ],
 )
 def test_sparse_and_dense_storage_agree(data, formula):
-    """The two code paths of the blocked Cholesky (A21 sparse, with the precomputed downdate
-    map; A21 dense) give the same deviance and solution."""
+    """The code paths of the blocked Cholesky (A21 sparse, with each of its downdates: by
+    groups of equal A11 blocks, the per-level map, a sparse product; A21 dense) give the same
+    deviance and solution."""
     from hierlmm.crossprod import crossproduct
     from hierlmm.deviance import Deviance
 
     design = hl.LMM(formula, hl.datasets.load(data)).design
     rng = np.random.default_rng(1)
-    for reml in (True, False):
+    for reml, downdate in ((True, "grouped"), (False, "grouped"), (True, "map"), (False, "product")):
         dense = Deviance(design, reml, cp=crossproduct(design, sparse=False))
         sparse = Deviance(design, reml, cp=crossproduct(design, sparse=True))
+        sparse.chol._downdate = downdate
         for _ in range(3):
             theta = np.where(dense.lower == 0, rng.uniform(0.1, 2, dense.lower.size), rng.normal(0, 0.3, dense.lower.size))
             assert sparse(theta) == pytest.approx(dense(theta), rel=1e-11)
@@ -226,3 +228,38 @@ def test_joint_deviance_equals_dense_density(case):
     V = sigma**2 * (Z @ Lam @ Lam.T @ Z.T + np.eye(d.n))
     expected = -2 * scipy.stats.multivariate_normal(d.X @ beta, V).logpdf(d.y)
     assert dev.at_beta(theta, beta, sigma) == pytest.approx(expected, rel=1e-9)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(designs(), st.booleans())
+def test_vcov_jacobian_equals_dense_derivative(case, sparse):
+    """``Deviance.unscaled_vcov_jacobian`` (Satterthwaite's ``∂Var(β̂)/∂θ`` from the blocked
+    factor and A) equals the dense ``U X'V⁻¹Z (∂ΛΛ'/∂θ_i) Z'V⁻¹X U``, at any θ, with A21
+    sparse (the downdate map) or dense."""
+    from hierlmm.crossprod import crossproduct
+    from hierlmm.deviance import Deviance
+
+    formula, df, rng = case
+    d = hl.LMM(formula, df).design
+    dev = Deviance(d, cp=crossproduct(d, sparse=sparse))
+    theta = np.where(dev.lower == 0, rng.uniform(0.05, 2.5, dev.lower.size), rng.normal(0, 0.5, dev.lower.size))
+    Zs, Ls, dLs = [], [], []
+    for t, s in zip(d.terms, d.theta_slices()):
+        Zs.append(term_matrix(t).toarray())
+        Ls.append(np.kron(np.eye(t.m), t.template(theta[s])))
+        for a, b in t.pairs:
+            E = np.zeros((t.k, t.k))
+            E[a, b] = 1.0
+            dLs.append((len(Ls) - 1, np.kron(np.eye(t.m), E)))
+    Z, Lam = np.hstack(Zs), scipy.linalg.block_diag(*Ls)
+    Vi = np.linalg.inv(Z @ Lam @ Lam.T @ Z.T + np.eye(d.n))
+    U = np.linalg.inv(d.X.T @ Vi @ d.X)
+    W = Z.T @ Vi @ d.X
+    expected = []
+    for which, E in dLs:
+        dLam = scipy.linalg.block_diag(*[E if i == which else np.zeros_like(L) for i, L in enumerate(Ls)])
+        dD = dLam @ Lam.T + Lam @ dLam.T
+        expected.append(U @ W.T @ dD @ W @ U)
+    got = dev.unscaled_vcov_jacobian(theta)
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-7, atol=1e-9 * np.abs(expected).max())
+    np.testing.assert_allclose(dev.unscaled_vcov(theta), U, rtol=1e-8)

@@ -53,10 +53,22 @@ def varpar_covariance(fit) -> VarparCovariance:
 
 
 def compute_varpar_covariance(fit) -> VarparCovariance:
-    """Hessian of the deviance and Jacobian of ``Var(β̂)`` at ϑ̂ (numDeriv's method)."""
+    """Hessian of the deviance (numDeriv's method, as lmerTest) and Jacobian of ``Var(β̂)``
+    at ϑ̂: exact where the deviance function gives ``∂U/∂θ`` (the blocked engine:
+    ``Var(β̂) = σ² U(θ)``, so ``∂/∂σ = 2σU``), numDeriv's otherwise."""
+    from hierlmm.threads import one_blas_thread
+
     vp = np.asarray(fit.varpar, dtype=float)
-    A = 2 * _positive_inverse(hessian(fit.deviance_at, vp))
-    jac = jacobian(fit.vcov_at, vp)
+    dev = fit.deviance_function
+    with one_blas_thread():  # ~30 deviance evaluations, as in a fit
+        H = hessian(fit.deviance_at, vp)
+        if hasattr(dev, "unscaled_vcov_jacobian"):
+            theta, sigma = vp[:-1], vp[-1]
+            jac = np.concatenate([sigma**2 * dev.unscaled_vcov_jacobian(theta),
+                                  (2 * sigma * dev.unscaled_vcov(theta))[None]])
+        else:
+            jac = jacobian(fit.vcov_at, vp)
+    A = 2 * _positive_inverse(H)
     out = VarparCovariance(A=A, jac=jac, vcov=np.asarray(fit.vcov, dtype=float),
                            beta=np.asarray(fit.fixef, dtype=float), sigma=float(fit.sigma))
     return out
