@@ -29,11 +29,11 @@ from hierlmm.formula import parse_formula
 from hierlmm.inference.lrt import anova
 
 
-def compare(fit, post, mode=None):
+def compare(fit, post, mode=None, coordinates: str | None = None):
     """REML/ML estimates beside the posterior; see :func:`hierlmm.bayes.compare.compare`."""
     from hierlmm.bayes.compare import compare as _compare
 
-    return _compare(fit, post, mode=mode)
+    return _compare(fit, post, mode=mode, coordinates=coordinates)
 
 
 def compare_ranef(fit, post, level: float = 0.95):

@@ -37,9 +37,13 @@ _DENSE_A21_MAX = 4_000_000
 def term_matrix(term: ReTerm) -> sp.csr_matrix:
     """The sparse ``n x (m k)`` model matrix ``Z_t`` of one term."""
     n, k = term.Z.shape
-    cols = (term.codes[:, None] * k + np.arange(k)[None, :]).ravel()
-    rows = np.repeat(np.arange(n), k)
-    return sp.csr_matrix((term.Z.ravel(), (rows, cols)), shape=(n, term.q))
+    # CSR directly (row i holds columns codes_i k .. codes_i k + k - 1, in order): no COO
+    # triplets to sort, which at 10⁷ rows were the largest temporaries of the fit
+    index = np.int32 if term.q * k < 2**31 else np.int64
+    cols = (term.codes[:, None] * k + np.arange(k)[None, :]).ravel() if k > 1 else term.codes
+    cols = cols.astype(index, copy=False)
+    indptr = np.arange(0, n * k + 1, k, dtype=np.int64 if n * k >= 2**31 else index)
+    return sp.csr_matrix((np.ascontiguousarray(term.Z, dtype=float).ravel(), cols, indptr), shape=(n, term.q))
 
 
 @dataclass(eq=False)
@@ -161,26 +165,31 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
     """
     first, rest = design.terms[0], design.terms[1:]
-    scale = x_scale(design.X)
-    XY = np.column_stack([design.X / scale, design.y])
+    X, y = design.X, design.y
+    scale = x_scale(X)
+    # [X̃ y] = [X S⁻¹ y] is never formed (at 10⁷ rows a copy of X): products with X are
+    # divided by S afterwards
+    unscale = np.append(1.0 / scale, 1.0)
+    columns = [X[:, c] for c in range(X.shape[1])] + [y]
     A11 = _a11(first)
     # [X y]'Z1 by one bincount per (column of [X y], column of Z1): no sparse copy of Z1
-    bottom = np.empty((XY.shape[1], first.m, first.k))
+    bottom = np.empty((len(columns), first.m, first.k))
     for a in range(first.k):
         za = first.Z[:, a]
-        for c in range(XY.shape[1]):
-            bottom[c, :, a] = np.bincount(first.codes, weights=za * XY[:, c], minlength=first.m)
-    bottom = bottom.reshape(XY.shape[1], first.q)
-    XYtXY = XY.T @ XY
+        for c, col in enumerate(columns):
+            bottom[c, :, a] = np.bincount(first.codes, weights=za * col, minlength=first.m) * unscale[c]
+    bottom = bottom.reshape(len(columns), first.q)
+    Xy = X.T @ y
+    XYtXY = np.block([[X.T @ X, Xy[:, None]], [Xy[None, :], np.array([[y @ y]])]]) * np.outer(unscale, unscale)
     if not rest:
         return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n, scale)
-    Zr = sp.hstack([term_matrix(t) for t in rest], format="csr")
+    Zr = term_matrix(rest[0]) if len(rest) == 1 else sp.hstack([term_matrix(t) for t in rest], format="csr")
     q_rest = Zr.shape[1]
     top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
     r = q_rest + design.p + 1
     A22 = np.empty((r, r))
     A22[:q_rest, :q_rest] = (Zr.T @ Zr).toarray()
-    ZrXY = np.asarray(Zr.T @ XY)
+    ZrXY = np.column_stack([np.asarray(Zr.T @ col).ravel() for col in columns]) * unscale
     A22[:q_rest, q_rest:] = ZrXY
     A22[q_rest:, :q_rest] = ZrXY.T
     A22[q_rest:, q_rest:] = XYtXY

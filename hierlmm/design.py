@@ -165,6 +165,20 @@ def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str
     return np.column_stack(parts), (["(Intercept)"] if intercept else []) + cols
 
 
+def _drop_unused_categories(col: pd.Series) -> pd.Series | None:
+    """``col`` without its unused categories (``None`` if all are used), in ``O(n)``: pandas'
+    ``remove_unused_categories`` sorts the codes (4 s of a 7 s design at 10⁷ rows)."""
+    codes = col.cat.codes.to_numpy()
+    categories = col.cat.categories
+    used = np.bincount(codes[codes >= 0], minlength=len(categories)) > 0
+    if used.all():
+        return None
+    new = (np.cumsum(used) - 1).astype(codes.dtype)
+    codes = np.where(codes >= 0, new[codes], codes)
+    return pd.Series(pd.Categorical.from_codes(codes, categories=categories[used], ordered=col.cat.ordered),
+                     index=col.index, name=col.name)
+
+
 def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, list[str]]:
     """Codes and labels of the grouping factor ``a`` or interaction ``a:b`` (R's order)."""
     codes = np.zeros(len(data), dtype=np.int64)
@@ -177,8 +191,8 @@ def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, l
                 f"grouping variable {name!r} in {spec.source} holds non-integer numbers; "
                 "a grouping factor must be categorical (convert it with astype('category'))"
             )
+        # unused categories need no removal here: only the codes present are kept below
         cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
-        cat = cat.cat.remove_unused_categories()
         lev = [str(c) for c in cat.cat.categories]
         codes = codes * len(lev) + cat.cat.codes.to_numpy().astype(np.int64)
         levels.append(lev)
@@ -191,7 +205,8 @@ def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, l
         used, codes = np.unique(codes, return_inverse=True)
     digits = np.unravel_index(used, [len(lev) for lev in levels])
     labels = [":".join(lev[i] for lev, i in zip(levels, idx)) for idx in zip(*digits)]
-    return codes.astype(np.intp), labels
+    # int32 when the levels allow: 4 bytes a row per term fewer (the design holds the codes)
+    return codes.astype(np.int32 if len(labels) < 2**31 else np.intp), labels
 
 
 def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
@@ -302,7 +317,9 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
     for c in frame.columns:
         if isinstance(frame[c].dtype, pd.CategoricalDtype):
-            frame[c] = frame[c].cat.remove_unused_categories()
+            kept = _drop_unused_categories(frame[c])
+            if kept is not None:
+                frame[c] = kept
 
     # fixed part through formulaic, with R's meaning (powers in calls, ordered factors)
     ordered = {c for c in frame.columns

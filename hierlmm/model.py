@@ -220,7 +220,8 @@ class LMM:
         return describe(self, fmt="latex")
 
     def sample(self, prior="flat", sampler: str = "collapsed", draws: int = 1000, tune: int = 1000,
-               chains: int = 2, random_seed=None, progressbar: bool = True, **nuts_kwargs):
+               chains: int = 2, random_seed=None, progressbar: bool = True, max_draws: int | None = None,
+               **nuts_kwargs):
         """Sample the posterior of (β, b, σ², D) with NUTS (nutpie); needs the ``bayes`` extra.
 
         Parameters
@@ -228,12 +229,18 @@ class LMM:
         prior : {"flat", "flat_sd"} or hierlmm.bayes.WeaklyInformative
             ``"flat"``: p(β, σ², D) ∝ 1 (D over the PSD cone), under which the marginal
             posterior of (σ², D) is ∝ the REML likelihood; ``"flat_sd"``: flat on σ and the
-            SDs, uniform correlations. Improper posteriors are refused (Hobert & Casella).
+            SDs, uniform correlations. Improper posteriors are refused
+            (:func:`hierlmm.bayes.check_propriety`).
         sampler : {"collapsed", "hierarchical"}
             ``"collapsed"`` (default): NUTS over (σ², D) only, β and b drawn exactly given
             each draw; ``"hierarchical"``: the model as stated, non-centred.
         draws, tune, chains, random_seed, progressbar
             As PyMC's; further keyword arguments go to ``nutpie.sample``.
+        max_draws : int, optional
+            When the bulk or tail ESS of a variance parameter is below 400 or an R-hat above
+            1.01 (and no transition diverged), the chains are run again with more draws, up
+            to this many per chain (default ``4 * draws``), before R-hat, ESS and divergences
+            are reported as ``ConvergenceWarning``.
 
         Returns
         -------
@@ -245,20 +252,25 @@ class LMM:
         from hierlmm.bayes.sample import sample
 
         return sample(self, prior=prior, sampler=sampler, draws=draws, tune=tune, chains=chains,
-                      random_seed=random_seed, progressbar=progressbar, **nuts_kwargs)
+                      random_seed=random_seed, progressbar=progressbar, max_draws=max_draws, **nuts_kwargs)
 
-    def posterior_mode(self, prior="flat", beta_prior_sd: float | None = None, joint: bool = False):
+    def posterior_mode(self, prior="flat", beta_prior_sd: float | None = None, joint: bool = False,
+                       coordinates: str | None = None):
         """Mode of the marginal posterior of (σ², D) (β integrated out), found numerically.
 
         ``beta_prior_sd=s`` integrates β ~ N(0, s²I) instead of a flat β: as s grows the mode
         tends to REML. ``joint=True`` gives the joint mode of (β, σ², D) under flat priors,
-        which is the ML estimate. See :mod:`hierlmm.bayes.mode`.
+        which is the ML estimate. ``coordinates``: those of the density maximised,
+        ``"variances"`` or ``"sds"`` (SDs and correlations); default, those that carry the
+        prior, in which both ``"flat"`` and ``"flat_sd"`` have REML as their mode. Where the
+        density has no maximum (``"flat_sd"`` in variances) the result says so
+        (``.unbounded``). See :mod:`hierlmm.bayes.mode`.
         """
         self.require("posterior_mode()", instead="the Bayesian side implements the hierarchical model with "
                      "iid residuals only; fit this one with .fit()")
         from hierlmm.bayes.mode import posterior_mode
 
-        return posterior_mode(self, prior=prior, beta_prior_sd=beta_prior_sd, joint=joint)
+        return posterior_mode(self, prior=prior, beta_prior_sd=beta_prior_sd, joint=joint, coordinates=coordinates)
 
     def __repr__(self) -> str:
         d = self.design

@@ -105,9 +105,16 @@ def test_idata_structure(sleep_post):
 def test_compare_tables(sleep_post):
     model, fit, post = sleep_post
     table = hl.compare(fit, post)
-    assert list(table.columns[:5]) == ["grp", "var1", "var2", "estimate", "post_mode"]
+    assert list(table.columns[:6]) == ["grp", "var1", "var2", "estimate", "post_mode", "mode_in"]
     assert len(table) == len(fit.varcorr) + len(fit.fixef)
-    np.testing.assert_allclose(table.post_mode, table.estimate, rtol=1e-4)  # REML = mode
+    np.testing.assert_allclose(table.post_mode.astype(float), table.estimate, rtol=1e-4)  # REML = mode
+    assert post.prior == "flat" and set(table.mode_in) == {"variances"}
+    in_sds = hl.compare(fit, post, coordinates="sds")  # the flat posterior's density in SDs: another mode
+    assert set(in_sds.mode_in) == {"SDs"} and (in_sds.post_mode[:3] > 1.01 * in_sds.estimate[:3]).any()
+    from hierlmm.bayes.mode import posterior_mode
+
+    none = posterior_mode(model, prior="flat_sd", coordinates="variances")  # no mode: said so
+    assert set(hl.compare(fit, post, mode=none).post_mode) == {"none (unbounded at the boundary)"}
     assert (table.post_q025 < table.post_median).all() and (table.post_median < table.post_q975).all()
     assert (table.hdi_low < table.hdi_high).all()
     rt = hl.compare_ranef(fit, post)
@@ -118,9 +125,32 @@ def test_compare_tables(sleep_post):
 
 def test_short_run_warns_naming_parameters():
     model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
-    with pytest.warns(hl.ConvergenceWarning, match=r"(bulk ESS|R-hat) of (sigma2|var_Batch)") as record:
-        model.sample(draws=60, tune=100, chains=2, random_seed=1, progressbar=False)
-    assert any("bulk ESS" in str(w.message) and "< 400" in str(w.message) for w in record)
+    with pytest.warns(hl.ConvergenceWarning, match=r"(bulk ESS|tail ESS|R-hat) of (sigma2|var_Batch)") as record:
+        post = model.sample(draws=60, tune=100, chains=2, random_seed=1, progressbar=False, max_draws=60)
+    messages = [str(w.message) for w in record]
+    assert any("bulk ESS" in m and "< 400" in m for m in messages)
+    # the tail ESS is checked too, and reported as computed
+    diag = post.diagnostics()
+    assert {"r_hat", "ess_bulk", "ess_tail"} <= set(diag.columns)
+    short_tails = diag.index[diag.ess_tail < 400]
+    assert all(any(f"tail ESS of {name} is" in m for m in messages) for name in short_tails)
+    assert post.extended_to is None
+
+
+def test_short_default_run_draws_more_before_warning():
+    """ESS below 400 (or R-hat above 1.01) after the draws asked for: the chains run again with
+    more draws (the compiled model reused), up to max_draws per chain; the draws kept are the
+    longer run's."""
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.ConvergenceWarning)
+        post = model.sample(draws=100, tune=300, chains=2, random_seed=2, progressbar=False, max_draws=2000)
+    assert post.extended_to is not None and 100 < post.extended_to <= 2000
+    assert post.posterior.sizes["draw"] == post.extended_to
+    diag = post.diagnostics()
+    # either enough draws now, or the budget is spent
+    assert ((diag[["ess_bulk", "ess_tail"]].to_numpy().min() >= 400 and (diag.r_hat <= 1.01).all())
+            or post.extended_to == 2000)
 
 
 def test_weakly_informative_prior_runs():

@@ -25,11 +25,45 @@ def test_reml_is_the_flat_posterior_mode(data, formula):
     np.testing.assert_allclose(mode.beta, fit.fixef, rtol=1e-6)
 
 
-def test_flat_sd_mode_is_not_reml():
-    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+@pytest.mark.parametrize("data, formula", [("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+                                           ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                           ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
+def test_flat_sd_mode_in_sds_is_reml(data, formula):
+    """Flat on σ, the SDs and (uniformly) the correlations: the density in those coordinates
+    is ∝ the REML likelihood, so its mode is REML, as the flat prior's in variances."""
+    model = hl.LMM(formula, hl.datasets.load(data))
+    fit = model.fit()
     mode = model.posterior_mode(prior="flat_sd")
-    reml = model.fit().varcorr.vcov.to_numpy()
-    assert mode.varcorr().vcov.iloc[0] < reml[0] * 0.99  # the σ⁻¹-type prior pulls the mode down
+    assert mode.coordinates == "sds" and not mode.unbounded
+    np.testing.assert_allclose(mode.varcorr().vcov, fit.varcorr.vcov, rtol=1e-4)
+
+
+def test_a_mode_depends_on_the_coordinates():
+    """Dyestuff: the flat_sd density in variances, ∝ L_REML σ⁻¹ τ⁻¹, grows without bound as
+    τ² → 0 (no mode: said so, not a local maximum); the flat prior's density in SDs carries
+    the Jacobian 4στ and has its mode above REML."""
+    from hierlmm.bayes.priors import Layout
+
+    model = hl.LMM("Yield ~ 1 + (1 | Batch)", hl.datasets.load("Dyestuff"))
+    fit = model.fit()
+    none = model.posterior_mode(prior="flat_sd", coordinates="variances")
+    assert none.unbounded and np.isnan(none.sigma2)
+    dev, layout = model.deviance_function(), Layout(model.design)
+    s2 = fit.sigma ** 2
+
+    def log_density(tau2):  # flat_sd, in variances
+        return (-0.5 * dev.unprofiled(np.array([np.sqrt(tau2 / s2)]), np.sqrt(s2))
+                + layout.log_prior("flat_sd", [np.array([[np.sqrt(tau2)]])], s2))
+
+    values = [log_density(t) for t in (fit.varcorr.vcov[0], 1e-10, 1e-100, 1e-300)]
+    assert values == sorted(values) and values[-1] - values[-2] > 100  # ~ −½ log τ² → ∞
+    up = model.posterior_mode(prior="flat", coordinates="sds")
+    assert up.varcorr().vcov[0] > 1.2 * fit.varcorr.vcov[0]
+    # the density in SDs is the density in variances times |∂(σ², τ²)/∂(σ, τ)| = 4στ
+    from hierlmm.bayes.mode import log_jacobian_sds
+
+    L = [np.array([[np.sqrt(up.D["Batch"].iloc[0, 0])]])]
+    assert log_jacobian_sds(L, up.sigma2) == pytest.approx(np.log(4 * np.sqrt(up.sigma2) * L[0][0, 0]))
 
 
 @pytest.mark.parametrize("data, formula", [("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
@@ -100,16 +134,96 @@ def test_flat_sd_prior_density():
     assert lp[0] - lp[1] == pytest.approx(-(logj[0] - logj[1]), abs=1e-6)
 
 
-def test_propriety_check():
-    df = hl.datasets.load("Dyestuff")
-    three = df[df.Batch.isin(["A", "B", "C"])]
-    model = hl.LMM("Yield ~ 1 + (1 | Batch)", three)
+def _subset(data, column, k):
+    df = hl.datasets.load(data)
+    return df[df[column].isin(df[column].cat.categories[:k])]
+
+
+# Known answers. A balanced design's REML likelihood factorises into ANOVA kernels
+# λ^(-df/2) exp(-SS/2λ), λ = σ² + c τ² (one-way: df = levels - 1; crossed: the factor's
+# levels - 1; nested: batches - 1 and batches x (casks - 1)), and the flat prior on τ² is flat
+# on λ: the tail ∫^∞ λ^(-df/2) dλ converges iff df > 2; flat on τ is ∝ λ^(-1/2): iff df > 1.
+PROPRIETY_CASES = [
+    # data, formula, (column, levels kept), prior, proper
+    ("Dyestuff", "Yield ~ 1 + (1 | Batch)", ("Batch", 3), "flat", False),
+    ("Dyestuff", "Yield ~ 1 + (1 | Batch)", ("Batch", 3), "flat_sd", True),
+    ("Dyestuff", "Yield ~ 1 + (1 | Batch)", ("Batch", 4), "flat", True),
+    ("Pastes", "strength ~ 1 + (1 | batch/cask)", None, "flat", True),
+    ("Pastes", "strength ~ 1 + (1 | batch/cask)", None, "flat_sd", True),
+    ("Pastes", "strength ~ 1 + (1 | batch/cask)", ("batch", 3), "flat", False),
+    ("Pastes", "strength ~ 1 + (1 | batch/cask)", ("batch", 3), "flat_sd", True),
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", None, "flat", True),
+    # Hobert & Casella's count (q_i > q - t - 2a_i = 4) refused this proper posterior
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", ("sample", 4), "flat", True),
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", ("sample", 3), "flat", False),
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", ("sample", 3), "flat_sd", True),
+]
+
+
+@pytest.mark.parametrize("data, formula, keep, prior, proper", PROPRIETY_CASES)
+def test_propriety_check_on_designs_with_known_answers(data, formula, keep, prior, proper):
     from hierlmm.bayes import ImproperPosteriorError, check_propriety
 
-    with pytest.raises(ImproperPosteriorError, match=r"3 levels.*at least 4.*flat_sd"):
-        check_propriety(model.design, "flat")
-    check_propriety(model.design, "flat_sd")  # accepted
-    with pytest.raises(ImproperPosteriorError):
-        model.sample(prior="flat")  # refused before any sampler is imported
-    four = df[df.Batch.isin(["A", "B", "C", "D"])]
-    check_propriety(hl.LMM("Yield ~ 1 + (1 | Batch)", four).design, "flat")
+    df = _subset(data, *keep) if keep else hl.datasets.load(data)
+    model = hl.LMM(formula, df)
+    if proper:
+        check_propriety(model.design, prior)
+    else:
+        with pytest.raises(ImproperPosteriorError, match=r"\(3 levels\) spans only r = 2 .* needs r > 2"):
+            check_propriety(model.design, prior)
+        with pytest.raises(ImproperPosteriorError):
+            model.sample(prior=prior)  # refused before any sampler is imported
+
+
+def test_propriety_of_vector_terms_is_not_claimed():
+    from hierlmm.bayes import ProprietyNotVerifiedWarning, check_propriety
+
+    model = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy"))
+    with pytest.warns(ProprietyNotVerifiedWarning, match=r"not proven for the vector-valued term"):
+        check_propriety(model.design, "flat")  # no error: nothing here decides
+
+
+def _box_masses(model, prior, spans, bounds=(10.0, 20.0, 30.0)):
+    """Posterior mass (unnormalised) of the boxes ``log τ_t² ≤ b`` for each ``b`` in ``bounds``
+    along the last term's variance, from the REML likelihood times the prior on a grid in
+    log-variances (``spans``: each other term's log-variance grid; σ² around its estimate)."""
+    import itertools
+
+    dev = model.deviance_function(reml=True)
+    a = -1.0 if prior == "flat" else -0.5  # p(λ) ∝ λ^-(a+1); dλ = λ ds
+    s2 = model.fit().sigma ** 2
+    grids = [np.linspace(np.log(s2) - 3, np.log(s2) + 3, 9), *spans, np.arange(-10, bounds[-1] + 1e-9, 0.5)]
+    logf = np.empty([g.size for g in grids])
+    for idx in itertools.product(*[range(g.size) for g in grids]):
+        s = [g[i] for g, i in zip(grids, idx)]
+        sigma = np.exp(s[0] / 2)
+        logf[idx] = -0.5 * dev.unprofiled(np.exp(np.array(s[1:]) / 2) / sigma, sigma) - a * sum(s)
+    f = np.exp(logf - logf.max())
+    return [f[..., grids[-1] <= b].sum() for b in bounds]
+
+
+@pytest.mark.parametrize("data, formula, keep, prior, proper", [
+    c for c in PROPRIETY_CASES if c[0] in ("Dyestuff", "Penicillin") and c[2] is not None])
+def test_propriety_check_agrees_with_growing_boxes(data, formula, keep, prior, proper):
+    """Numerically: the mass over boxes growing along the last term's variance (e^10, e^20,
+    e^30) converges when the check accepts (the last increment a vanishing fraction of the
+    one before: the tail decays like λ^-(r/2 + a)) and keeps growing when it refuses (equal
+    increments: a λ^-1 tail)."""
+    from hierlmm.bayes import ImproperPosteriorError, check_propriety
+
+    model = hl.LMM(formula, _subset(data, *keep))
+    # the last term in lme4's order is the one with fewest levels: the one at issue
+    assert model.design.terms[-1].group == keep[0]
+    spans = [np.arange(-10, 12, 1.0)] * (len(model.design.terms) - 1)
+    m10, m20, m30 = _box_masses(model, prior, spans)
+    ratio = (m30 - m20) / (m20 - m10)
+    try:
+        check_propriety(model.design, prior)
+        accepted = True
+    except ImproperPosteriorError:
+        accepted = False
+    assert accepted == proper
+    if proper:
+        assert ratio < 0.02
+    else:
+        assert ratio == pytest.approx(1.0, abs=0.05)

@@ -4,7 +4,7 @@
 file                what
 ==================  =============================================================
 ``priors.py``       flat / flat_sd / weakly informative priors; the log-Jacobian
-``propriety.py``    Hobert & Casella's condition for improper priors
+``propriety.py``    is the posterior under an improper prior proper?
 ``collapsed.py``    NUTS over (σ², D) with β, b integrated out; exact draws of β, b
 ``hierarchical.py`` the model as stated, non-centred, in PyMC
 ``sample.py``       ``LMM.sample``: runs nutpie, assembles the posterior
@@ -19,7 +19,7 @@ PyMC, PyTensor, nutpie and ArviZ are imported only when sampling.
 from hierlmm.bayes.compare import compare, compare_ranef
 from hierlmm.bayes.mode import PosteriorMode, posterior_mode
 from hierlmm.bayes.priors import WeaklyInformative
-from hierlmm.bayes.propriety import ImproperPosteriorError, check_propriety
+from hierlmm.bayes.propriety import ImproperPosteriorError, ProprietyNotVerifiedWarning, check_propriety
 
 __all__ = ["compare", "compare_ranef", "posterior_mode", "PosteriorMode", "WeaklyInformative",
-           "ImproperPosteriorError", "check_propriety"]
+           "ImproperPosteriorError", "ProprietyNotVerifiedWarning", "check_propriety"]

@@ -18,24 +18,33 @@ def _stats(draws: np.ndarray) -> dict:
     hdi = az.hdi(da, prob=0.95).to_numpy()
     return {"post_mean": flat.mean(), "post_median": np.median(flat), "post_q025": np.quantile(flat, 0.025),
             "post_q975": np.quantile(flat, 0.975), "hdi_low": hdi[0], "hdi_high": hdi[1],
-            "ess_bulk": float(az.ess(da)), "r_hat": float(az.rhat(da)) if draws.shape[0] > 1 else np.nan}
+            "ess_bulk": float(az.ess(da)), "ess_tail": float(az.ess(da, method="tail")),
+            "r_hat": float(az.rhat(da)) if draws.shape[0] > 1 else np.nan}
 
 
-def compare(fit, post, mode=None) -> pd.DataFrame:
+NO_MODE = "none (unbounded at the boundary)"
+
+
+def compare(fit, post, mode=None, coordinates: str | None = None) -> pd.DataFrame:
     """One row per row of ``fit.varcorr`` (variances and covariances, residual last) and per
     fixed effect (``grp = "fixed"``): the fit's estimate beside the posterior.
 
     Columns ``estimate`` (REML or ML), ``post_mode`` (the mode of the marginal posterior of
     the variance parameters under ``post``'s prior, found numerically; for β, β̂ at that
-    mode), ``post_mean``, ``post_median``, ``post_q025``, ``post_q975``, ``hdi_low``,
-    ``hdi_high`` (95%), ``ess_bulk``, ``r_hat``. Under ``prior="flat"`` and a REML fit the
-    mode equals the estimate: REML is the posterior mode.
+    mode), ``mode_in`` (the coordinates of the density whose mode it is: ``variances`` or
+    ``SDs``, by default those that carry the prior, see :mod:`hierlmm.bayes.mode`),
+    ``post_mean``, ``post_median``, ``post_q025``, ``post_q975``, ``hdi_low``, ``hdi_high``
+    (95%), ``ess_bulk``, ``ess_tail``, ``r_hat``. With a REML fit, under ``prior="flat"`` (in variances) and
+    ``"flat_sd"`` (in SDs) alike, the mode equals the estimate: REML is the posterior mode.
+    Where the density has no mode in the coordinates asked for (``"flat_sd"`` in variances),
+    ``post_mode`` says ``"none (unbounded at the boundary)"``.
     """
-    from hierlmm.bayes.mode import posterior_mode
+    from hierlmm.bayes.mode import COORDINATES, posterior_mode
 
     if mode is None:
-        mode = posterior_mode(post.model, prior=post.prior)
+        mode = posterior_mode(post.model, prior=post.prior, coordinates=coordinates)
     mvc = mode.varcorr()
+    where = COORDINATES[mode.coordinates]
     P = post.posterior
     rows = []
     for (_, r), (_, m) in zip(fit.varcorr.iterrows(), mvc.iterrows()):
@@ -46,13 +55,16 @@ def compare(fit, post, mode=None) -> pd.DataFrame:
             i = t.names.index(r.var1)
             j = i if r.var2 is None or (isinstance(r.var2, float) and np.isnan(r.var2)) else t.names.index(r.var2)
             draws = P[f"cov_{r.grp}"].to_numpy()[:, :, i, j]
-        rows.append({"grp": r.grp, "var1": r.var1, "var2": r.var2, "estimate": r.vcov, "post_mode": m.vcov, **_stats(draws)})
+        rows.append({"grp": r.grp, "var1": r.var1, "var2": r.var2, "estimate": r.vcov,
+                     "post_mode": NO_MODE if mode.unbounded else m.vcov, "mode_in": where, **_stats(draws)})
     beta = P["beta"].to_numpy()
     for k, name in enumerate(fit.fixef.index):
         rows.append({"grp": "fixed", "var1": name, "var2": None, "estimate": fit.fixef.iloc[k],
-                     "post_mode": mode.beta.iloc[k], **_stats(beta[:, :, k])})
+                     "post_mode": NO_MODE if mode.unbounded else mode.beta.iloc[k], "mode_in": where,
+                     **_stats(beta[:, :, k])})
     out = pd.DataFrame(rows)
     out.attrs["prior"] = post.prior
+    out.attrs["mode_coordinates"] = where
     out.attrs["method"] = fit.method
     return out
 

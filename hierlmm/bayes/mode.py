@@ -11,9 +11,23 @@
 * ``joint=True``: the joint mode of ``(β, σ², D)`` under flat priors, i.e. the maximum of the
   likelihood ``p(y | β, σ², D)``: the ML estimate.
 
-The mode is a point of ``(σ², D)`` space (the density is not multiplied by a Jacobian), so
-it does not depend on how the optimiser parametrises the search. It does depend on which
-scale carries the flat prior: ``"flat_sd"`` moves it (a density flat in σ is ∝ σ⁻¹ in σ²).
+A mode is the maximum of a density, and a density depends on the coordinates it is written
+in: ``p_c(c) = p(σ², D) |∂(σ², vech D)/∂c|``. The mode is reported in the coordinates that
+carry the prior (``coordinates=None``):
+
+* ``"variances"`` (``prior="flat"``, flat on ``(σ², vech D)``): the density is the REML
+  likelihood, whose maximum is REML;
+* ``"sds"`` (``"flat_sd"`` and :class:`~hierlmm.bayes.WeaklyInformative`: priors on σ, the SDs
+  ``s_i`` and the correlations ``r_ij``): the Jacobian of ``D = S R S`` is ``2^k Π s_i^k``, of
+  σ² ``2σ``; under ``"flat_sd"`` the density in these coordinates is again ∝ the REML
+  likelihood, so its mode is REML too.
+
+The same ``flat_sd`` posterior written in variances is ``∝ L_REML σ⁻¹ Π s_i^{-k}``, which
+grows without bound as any SD goes to 0 (Dyestuff: −54 at τ² = 1e−100 against −167 at an
+interior local maximum): it has no mode, and :func:`posterior_mode` says so
+(``PosteriorMode.unbounded``) instead of returning a local maximum. The optimiser's own
+parametrisation (log-Cholesky) does not matter: the density maximised is a function of the
+point.
 """
 
 from __future__ import annotations
@@ -29,14 +43,24 @@ from hierlmm.criterion import criterion
 __all__ = ["PosteriorMode", "posterior_mode"]
 
 
+COORDINATES = {"variances": "variances", "sds": "SDs"}
+
+
 @dataclass
 class PosteriorMode:
-    """A mode: covariance matrices per term, σ², β (β̂ at the modal θ, or the joint mode)."""
+    """A mode: covariance matrices per term, σ², β (β̂ at the modal θ, or the joint mode).
+
+    ``coordinates``: those of the density maximised (``"variances"`` or ``"sds"``).
+    ``unbounded``: the density has no maximum in those coordinates (it grows without bound
+    as a standard deviation goes to 0); ``D``, ``sigma2`` and ``beta`` are then NaN.
+    """
 
     D: dict
     sigma2: float
     beta: pd.Series
     log_density: float
+    coordinates: str = "variances"
+    unbounded: bool = False
 
     def varcorr(self) -> pd.DataFrame:
         """In ``fit.varcorr``'s layout (variances and covariances; correlations in sdcor)."""
@@ -70,25 +94,55 @@ def _maximise(f, x0):
     return x, -fun
 
 
+def log_jacobian_sds(Ls, sigma2: float) -> float:
+    """``log|∂(σ², vech D)/∂(σ, s, r)|`` at ``(σ², D_t = L_t L_t')``: ``log 2σ`` plus, per
+    term of size k, ``k log 2 + k Σ_i log s_i`` (``D = S R S``), so that a density in
+    variances times it is the density in SDs and correlations."""
+    total = np.log(2.0) + 0.5 * np.log(sigma2)
+    for L in Ls:
+        k = L.shape[0]
+        total += k * np.log(2.0) + k * float(np.sum(0.5 * np.log(np.sum(L * L, axis=1))))
+    return total
+
+
 def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, joint: bool = False,
-                   start=None) -> PosteriorMode:
-    """The mode of the marginal posterior of (σ², D), or the joint mode (see module doc)."""
+                   start=None, coordinates: str | None = None) -> PosteriorMode:
+    """The mode of the marginal posterior of (σ², D), or the joint mode (see module doc),
+    in ``coordinates`` (``"variances"`` or ``"sds"``; default: those of the prior)."""
     design = model.design
     prior = resolve_prior(prior, design.y)
+    if coordinates is None:
+        coordinates = "variances" if prior == "flat" else "sds"
+    if coordinates not in COORDINATES:
+        from hierlmm.errors import HierlmmError
+
+        raise HierlmmError(f"coordinates must be 'variances' or 'sds', got {coordinates!r}")
+    if coordinates == "variances" and prior != "flat":
+        # p(σ², D) ∝ L · σ⁻¹ Π s^-k (times a bounded proper density): the likelihood stays
+        # positive as an SD goes to 0, the prior factor grows without bound
+        D = {t.label: pd.DataFrame(np.nan, index=t.names, columns=t.names) for t in design.terms}
+        return PosteriorMode(D=D, sigma2=np.nan, beta=pd.Series(np.nan, index=design.fixef_names),
+                             log_density=np.inf, coordinates=coordinates, unbounded=True)
     layout = Layout(design)
     reml_dev = model.deviance_function(reml=True)
     ml_dev = model.deviance_function(reml=False)
     x0 = _neutral_start(design, layout) if start is None else np.asarray(start, dtype=float)
 
-    theta_sigma = layout.theta_sigma
+    if coordinates == "sds":
+        def theta_sigma(x):
+            Ls, s2, theta, sigma = layout.theta_sigma(x)
+            return Ls, s2, theta, sigma, log_jacobian_sds(Ls, s2)
+    else:
+        def theta_sigma(x):
+            return (*layout.theta_sigma(x), 0.0)
 
     if joint:
         p = design.p
 
         def neg(z):
             x, beta = z[:-p], z[-p:]
-            Ls, s2, theta, sigma = theta_sigma(x)
-            return 0.5 * ml_dev.at_beta(theta, beta, sigma) - layout.log_prior(prior, Ls, s2)
+            Ls, s2, theta, sigma, logj = theta_sigma(x)
+            return 0.5 * ml_dev.at_beta(theta, beta, sigma) - layout.log_prior(prior, Ls, s2) - logj
 
         b0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
         z, logd = _maximise(neg, np.concatenate([x0, b0]))
@@ -96,8 +150,8 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
     else:
         if beta_prior_sd is None:
             def neg(x):
-                Ls, s2, theta, sigma = theta_sigma(x)
-                return 0.5 * reml_dev.unprofiled(theta, sigma) - layout.log_prior(prior, Ls, s2)
+                Ls, s2, theta, sigma, logj = theta_sigma(x)
+                return 0.5 * reml_dev.unprofiled(theta, sigma) - layout.log_prior(prior, Ls, s2) - logj
         else:
             from hierlmm.bayes.collapsed import DenseSystem
 
@@ -106,7 +160,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
             q, p, n = system.q, system.p, system.n
 
             def neg(x):
-                Ls, s2, theta, sigma = theta_sigma(x)
+                Ls, s2, theta, sigma, logj = theta_sigma(x)
                 Lam = system.lam(theta)
                 Lam[q : q + p, q : q + p] = np.eye(p) * (s / sigma)
                 M = Lam.T @ system.A @ Lam
@@ -117,11 +171,12 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
                     return np.inf
                 dev = criterion(2 * np.sum(np.log(np.diag(C)[: q + p])), 0.0, C[-1, -1] ** 2, n, p,
                                 reml=False, sigma2=s2)
-                return 0.5 * dev - layout.log_prior(prior, Ls, s2)
+                return 0.5 * dev - layout.log_prior(prior, Ls, s2) - logj
 
         x, logd = _maximise(neg, x0)
-        Ls, s2, theta, sigma = theta_sigma(x)
+        theta = theta_sigma(x)[2]
         beta = reml_dev.solve(theta).beta
     Ls, s2 = layout.unpack(x)
     D = {t.label: pd.DataFrame(L @ L.T, index=t.names, columns=t.names) for t, L in zip(design.terms, Ls)}
-    return PosteriorMode(D=D, sigma2=s2, beta=pd.Series(beta, index=design.fixef_names), log_density=logd)
+    return PosteriorMode(D=D, sigma2=s2, beta=pd.Series(beta, index=design.fixef_names), log_density=logd,
+                         coordinates=coordinates)

@@ -29,6 +29,8 @@ class Posterior:
     prior, sampler : str
     """
 
+    extended_to = None  # draws per chain, when sample() drew more than asked for ESS
+
     def __init__(self, idata, model, prior, sampler, layout=None):
         self.idata = idata
         self.model = model
@@ -59,17 +61,13 @@ class Posterior:
         v = self.posterior[name].to_numpy()
         return v.reshape((-1,) + v.shape[2:])
 
-    def check(self) -> list[str]:
-        """Warn about divergences, R-hat > 1.01 and bulk ESS < 400, naming the parameters."""
+    def diagnostics(self) -> pd.DataFrame:
+        """Per variance parameter (``sigma2``, ``var_*``, the covariances of ``cov_*``): the
+        worst R-hat, bulk ESS and tail ESS over its entries (ArviZ's rank-normalised ones)."""
         import arviz as az
 
-        messages = []
-        stats = self.idata.children.get("sample_stats") if hasattr(self.idata, "children") else None
-        if stats is not None and "diverging" in stats:
-            nd = int(stats["diverging"].to_numpy().sum())
-            if nd:
-                messages.append(f"{nd} divergent transitions after tuning: the draws may be biased")
         post = self.posterior
+        rows = []
         for name in ["sigma2"] + [n for n in post.data_vars if n.startswith(("var_", "cov_"))]:
             da = post[name]
             if name.startswith("cov_"):  # off-diagonal entries only; the diagonal is var_
@@ -79,11 +77,31 @@ class Posterior:
                 da = xr_pairs(da, i, j)
             with np.errstate(all="ignore"):
                 rhat = np.atleast_1d(az.rhat(da).to_numpy()).ravel()
-                ess = np.atleast_1d(az.ess(da).to_numpy()).ravel()
-            if post.sizes.get("chain", 1) > 1 and np.nanmax(rhat) > RHAT_MAX:
-                messages.append(f"R-hat of {name} is {np.nanmax(rhat):.3f} (> {RHAT_MAX})")
-            if np.nanmin(ess) < ESS_MIN:
-                messages.append(f"bulk ESS of {name} is {np.nanmin(ess):.0f} (< {ESS_MIN})")
+                bulk = np.atleast_1d(az.ess(da).to_numpy()).ravel()
+                tail = np.atleast_1d(az.ess(da, method="tail").to_numpy()).ravel()
+            rows.append({"name": name, "r_hat": np.nanmax(rhat) if post.sizes.get("chain", 1) > 1 else np.nan,
+                         "ess_bulk": np.nanmin(bulk), "ess_tail": np.nanmin(tail)})
+        return pd.DataFrame(rows).set_index("name")
+
+    def divergences(self) -> int:
+        """Divergent transitions after tuning."""
+        stats = self.idata.children.get("sample_stats") if hasattr(self.idata, "children") else None
+        return int(stats["diverging"].to_numpy().sum()) if stats is not None and "diverging" in stats else 0
+
+    def check(self) -> list[str]:
+        """Warn about divergences, R-hat > 1.01, bulk or tail ESS < 400, naming the parameters."""
+        messages = []
+        nd = self.divergences()
+        if nd:
+            messages.append(f"{nd} divergent transitions after tuning: the draws may be biased")
+        for name, row in self.diagnostics().iterrows():
+            if row.r_hat > RHAT_MAX:
+                messages.append(f"R-hat of {name} is {row.r_hat:.3f} (> {RHAT_MAX})")
+            for kind in ("bulk", "tail"):
+                if row[f"ess_{kind}"] < ESS_MIN:
+                    messages.append(f"{kind} ESS of {name} is {row[f'ess_{kind}']:.0f} (< {ESS_MIN})")
+        if messages and self.extended_to:
+            messages = [f"{m}, after {self.extended_to} draws per chain" for m in messages]
         for m in messages:
             warnings.warn(m, ConvergenceWarning, stacklevel=3)
         return messages

@@ -18,10 +18,9 @@ def start_point(fit, layout):
     return layout.pack(Ls, fit.sigma**2), Ls
 
 
-def _nutpie_sample(model, draws, tune, chains, random_seed, progressbar, nuts_kwargs):
+def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts_kwargs):
     import nutpie
 
-    compiled = nutpie.compile_pymc_model(model)
     return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=random_seed,
                          progress_bar=progressbar, save_warmup=False, **nuts_kwargs)
 
@@ -36,10 +35,20 @@ def _stats(trace):
 
 
 def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: int = 1000, chains: int = 2,
-           random_seed=None, progressbar: bool = True, check: bool = True, **nuts_kwargs):
-    """Sample the posterior of (β, b, σ², D); see :meth:`hierlmm.LMM.sample`."""
-    from hierlmm.bayes.collapsed import build_collapsed_model, exact_conditional_draws
-    from hierlmm.bayes.posterior import Posterior, assemble
+           random_seed=None, progressbar: bool = True, check: bool = True, max_draws: int | None = None,
+           **nuts_kwargs):
+    """Sample the posterior of (β, b, σ², D); see :meth:`hierlmm.LMM.sample`.
+
+    When the bulk or tail ESS of a variance parameter falls short of 400, or an R-hat exceeds
+    1.01, and there were no divergences (which more draws do not cure), the chains are run
+    again, with the compiled model, with as many draws as the shortfall asks for (times 1.2;
+    at least twice as many for R-hat), up to ``max_draws`` per chain (default ``4 * draws``);
+    only then do the checks warn.
+    """
+    import nutpie
+
+    from hierlmm.bayes.collapsed import build_collapsed_model
+    from hierlmm.bayes.posterior import ESS_MIN, RHAT_MAX, Posterior, assemble
     from hierlmm.bayes.priors import Layout, resolve_prior
     from hierlmm.bayes.propriety import check_propriety
 
@@ -59,16 +68,46 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     seed = int(rng.integers(2**31 - 1))
     if sampler == "collapsed":
         pm_model, layout = build_collapsed_model(design, prior, x0, cp=model.deviance_function().cp)
-        trace = _nutpie_sample(pm_model, draws, tune, chains, seed, progressbar, nuts_kwargs)
-        x = trace["posterior"]["x"].to_numpy()
-        nc, nd = x.shape[:2]
-        beta, bs = exact_conditional_draws(model.deviance_function(), layout, x.reshape(nc * nd, -1), rng)
     else:
         from hierlmm.bayes.hierarchical import build_hierarchical_model
 
         u0 = [b @ np.linalg.inv(L).T for b, L in zip(fit.solution.b, Ls)]
         pm_model, layout = build_hierarchical_model(design, prior, x0, fit.solution.beta, u0)
-        trace = _nutpie_sample(pm_model, draws, tune, chains, seed, progressbar, nuts_kwargs)
+    compiled = nutpie.compile_pymc_model(pm_model)
+
+    def run(n_draws, seed):
+        trace = _nutpie_sample(compiled, n_draws, tune, chains, seed, progressbar, nuts_kwargs)
+        return Posterior(assemble(model, layout, *_draws(trace, sampler, model, layout, rng),
+                                  sample_stats=_stats(trace)), model, prior, sampler, layout)
+
+    post = run(draws, seed)
+    max_draws = 4 * draws if max_draws is None else int(max_draws)
+    while check:
+        diag = post.diagnostics()
+        short = float(np.nanmin(diag[["ess_bulk", "ess_tail"]].to_numpy()))
+        mixing = bool((diag.r_hat > RHAT_MAX).any())
+        if (short >= ESS_MIN and not mixing) or draws >= max_draws or post.divergences():
+            break  # enough; or the budget is spent; or divergences, which more draws do not cure
+        grow = max(1.2 * ESS_MIN / max(short, 1.0), 2.0 if mixing else 1.0)
+        draws = min(max_draws, int(np.ceil(draws * grow)))
+        post = run(draws, int(rng.integers(2**31 - 1)))
+        post.extended_to = draws
+    if check:
+        post.check()
+    return post
+
+
+def _draws(trace, sampler, model, layout, rng):
+    """``(x, β, b)`` from a nutpie trace: the collapsed sampler's β and b drawn exactly given
+    each draw of the covariance parameters, the hierarchical one's read off the trace."""
+    from hierlmm.bayes.collapsed import exact_conditional_draws
+
+    design = model.design
+    if sampler == "collapsed":
+        x = trace["posterior"]["x"].to_numpy()
+        nc, nd = x.shape[:2]
+        beta, bs = exact_conditional_draws(model.deviance_function(), layout, x.reshape(nc * nd, -1), rng)
+    else:
         post = trace["posterior"]
         x = post["x"].to_numpy()
         nc, nd = x.shape[:2]
@@ -82,8 +121,4 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
                 L = layout.unpack(flat[i])[0][j]
                 b[i] = u[i] @ L.T
             bs.append(b)
-    idata = assemble(model, layout, x, beta, bs, sample_stats=_stats(trace))
-    post = Posterior(idata, model, prior, sampler, layout)
-    if check:
-        post.check()
-    return post
+    return x, beta, bs
