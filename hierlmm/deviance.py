@@ -207,7 +207,7 @@ class Deviance:
         s = self.cp.x_scale
         return (Rinv.T @ Rinv) / np.outer(s, s)
 
-    def unscaled_vcov_jacobian(self, theta) -> np.ndarray:
+    def unscaled_vcov_jacobian(self, theta, factor: BlockedFactor | None = None) -> np.ndarray:
         """``∂U/∂θ_i`` for every θ entry, ``U = (X'V⁻¹X)⁻¹`` (:meth:`unscaled_vcov`), exactly,
         from one factorisation and the blocks of ``A``; shape ``(n_theta, p, p)``.
 
@@ -218,17 +218,22 @@ class Deviance:
         ``K_i = Σ_j W_j[a]' Q_j[b]`` and ``∂U/∂θ_i = U (K_i + K_i') U``.
         """
         theta = np.asarray(theta, dtype=float)
-        f = self.chol.factor(theta)
+        f = self.chol.factor(theta) if factor is None else factor  # ``factor``: L at this θ
         cp, chol, terms = self.cp, self.chol, self.design.terms
         q, p, first = f.q_rest, f.p, terms[0]
         m1, k1 = first.m, first.k
         xr = slice(q, q + p)
         tri = dict(lower=True, check_finite=False)
-        # Q = L_Z^{-T} L_XZ' (the spherical coefficients of X̃ on ZΛ), blockwise
+        # Q = L_Z^{-T} L_XZ' (the spherical coefficients of X̃ on ZΛ), blockwise; products
+        # with the first q rows of L21 and A21 as products with zero-padded right-hand sides
+        # (slicing those rows would copy nearly all of a sparse A21)
+        def rows_q(M):  # (q, p) -> (r, p), zero beyond the first q rows
+            return np.vstack([M, np.zeros((cp.r - q, M.shape[1]))])
+
         L21 = f.L21
         L21_x = L21[xr].toarray().T if sp.issparse(L21) else L21[xr].T
         Q2 = scipy.linalg.solve_triangular(f.L22[:q, :q], f.L22[xr, :q].T, trans="T", **tri)
-        V1 = L21_x - np.asarray(L21[:q].T @ Q2)
+        V1 = L21_x - np.asarray(L21.T @ rows_q(Q2))
         if k1 == 1:
             Q1 = (V1 / f.L11[:, None]).reshape(m1, 1, p)
         else:  # L_j' Q1_j = V1_j per level
@@ -244,15 +249,15 @@ class Deviance:
             v2 = np.asarray(lam[:q, :q] @ Q2)
         A21 = cp.A21
         W1 = ((A21[xr].toarray().T if cp.a21_sparse else A21[xr].T) - np.einsum("jab,jbp->jap", cp.A11, v1)
-              .reshape(m1 * k1, p) - np.asarray(A21[:q].T @ v2))
-        W2 = cp.A22[:q, xr] - np.asarray(A21[:q] @ v1.reshape(m1 * k1, p)) - cp.A22[:q, :q] @ v2
+              .reshape(m1 * k1, p) - np.asarray(A21.T @ rows_q(v2)))
+        W2 = cp.A22[:q, xr] - np.asarray(A21 @ v1.reshape(m1 * k1, p))[:q] - cp.A22[:q, :q] @ v2
         Ws, Qs, start = [W1.reshape(m1, k1, p)], [Q1], 0
         for t in terms[1:]:
             Ws.append(W2[start : start + t.q].reshape(t.m, t.k, p))
             Qs.append(Q2[start : start + t.q].reshape(t.m, t.k, p))
             start += t.q
         Rinv = scipy.linalg.solve_triangular(f.L22[xr, xr], np.eye(p), **tri)
-        U = Rinv.T @ Rinv
+        U = Rinv.T @ Rinv  # (X̃'V⁻¹X̃)⁻¹
         out = []
         for t, W, Q in zip(terms, Ws, Qs):
             for a, b in t.pairs:

@@ -227,3 +227,33 @@ def test_propriety_check_agrees_with_growing_boxes(data, formula, keep, prior, p
         assert ratio < 0.02
     else:
         assert ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_anova_factorisation_is_the_reml_likelihood():
+    """The exact references of balanced designs (tests/exact_anova.py) rest on the REML
+    likelihood being the product of ANOVA kernels: checked against hierlmm's at random
+    parameters (the difference is one constant), for the crossed and the nested design."""
+    from exact_anova import crossed_parts, log_kernel, nested_parts
+
+    rng = np.random.default_rng(0)
+    pen = hl.datasets.load("Penicillin")
+    cp = crossed_parts(pen, "diameter", "plate", "sample")
+    pas = hl.datasets.load("Pastes")
+    npt = nested_parts(pas, "strength", "batch", "cask")
+    for formula, df, kernels in [
+        ("diameter ~ 1 + (1 | plate) + (1 | sample)", pen,
+         lambda s2, v: (log_kernel(s2 + cp["b"] * v["plate"], *cp["P"]) + log_kernel(s2 + cp["a"] * v["sample"], *cp["S"])
+                        + log_kernel(s2, *cp["E"]))),
+        ("strength ~ 1 + (1 | batch/cask)", pas,
+         lambda s2, v: (log_kernel(s2 + npt["r"] * v["cask:batch"] + npt["c"] * npt["r"] * v["batch"], *npt["A"])
+                        + log_kernel(s2 + npt["r"] * v["cask:batch"], *npt["B"]) + log_kernel(s2, *npt["E"]))),
+    ]:
+        model = hl.LMM(formula, df)
+        dev = model.deviance_function()
+        diffs = []
+        for _ in range(4):
+            s2 = rng.uniform(0.1, 5)
+            v = {t.group: rng.uniform(0.01, 10) for t in model.design.terms}
+            theta = np.array([np.sqrt(v[t.group] / s2) for t in model.design.terms])
+            diffs.append(-0.5 * dev.unprofiled(theta, np.sqrt(s2)) - kernels(s2, v))
+        assert np.ptp(diffs) < 1e-8

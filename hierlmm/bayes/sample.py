@@ -63,16 +63,16 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
         warnings.simplefilter("ignore")
         fit = model.fit()
     layout = Layout(design)
-    x0, Ls = start_point(fit, layout)
+    x0, _ = start_point(fit, layout)
     rng = np.random.default_rng(random_seed)
     seed = int(rng.integers(2**31 - 1))
     if sampler == "collapsed":
         pm_model, layout = build_collapsed_model(design, prior, x0, cp=model.deviance_function().cp)
     else:
-        from hierlmm.bayes.hierarchical import build_hierarchical_model
+        from hierlmm.bayes.hierarchical import build_hierarchical_model, centred_terms
 
-        u0 = [b @ np.linalg.inv(L).T for b, L in zip(fit.solution.b, Ls)]
-        pm_model, layout = build_hierarchical_model(design, prior, x0, fit.solution.beta, u0)
+        pm_model, layout = build_hierarchical_model(design, prior, x0, fit.solution.beta, fit.solution.b,
+                                                    centred_terms(fit))
     compiled = nutpie.compile_pymc_model(pm_model)
 
     def run(n_draws, seed):
@@ -115,6 +115,9 @@ def _draws(trace, sampler, model, layout, rng):
         bs = []
         flat = x.reshape(nc * nd, -1)
         for j, t in enumerate(design.terms):
+            if f"b_{j}" in post:  # centred
+                bs.append(post[f"b_{j}"].to_numpy().reshape(nc * nd, t.m, t.k))
+                continue
             u = post[f"u_{j}"].to_numpy().reshape(nc * nd, t.m, t.k)
             b = np.empty_like(u)
             for i in range(nc * nd):

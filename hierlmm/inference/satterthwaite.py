@@ -64,8 +64,8 @@ def compute_varpar_covariance(fit) -> VarparCovariance:
         H = hessian(fit.deviance_at, vp)
         if hasattr(dev, "unscaled_vcov_jacobian"):
             theta, sigma = vp[:-1], vp[-1]
-            jac = np.concatenate([sigma**2 * dev.unscaled_vcov_jacobian(theta),
-                                  (2 * sigma * dev.unscaled_vcov(theta))[None]])
+            jac = np.concatenate([sigma**2 * dev.unscaled_vcov_jacobian(theta, fit.solution.factor),
+                                  (2 * sigma * fit._rx_inv)[None]])
         else:
             jac = jacobian(fit.vcov_at, vp)
     A = 2 * _positive_inverse(H)
