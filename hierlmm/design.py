@@ -9,6 +9,7 @@ levels (lme4's order, which also puts the largest block first in the blocked Cho
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import pandas as pd
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.reterms import ReTerm
-from hierlmm.rsyntax import formula_context, r_name, to_formulaic
+from hierlmm.rsyntax import formula_context, python_attribute, r_name, to_formulaic
 
 __all__ = ["Design", "build_design"]
 
@@ -122,13 +123,28 @@ def design_attribute(name: str) -> property:
                     doc=f"The design's ``{name}`` (see :class:`Design`).")
 
 
-def _required(expr: str, where: str) -> set[str]:
+def _required(expr: str, where: str, columns=frozenset()) -> set[str]:
+    """The variables ``expr`` (R syntax) needs.
+
+    formulaic's ``required_variables`` misses the arguments of its stateful transforms
+    (``poly(x, 2)``, ``center(x)``) and reads R's dotted names (``my.var``, raw, backquoted or
+    in ``Q('my.var')``) as attribute accesses (``my``). So the names are also taken from the
+    expression's tokens: every dotted one (a name formulaic reports that only prefixes one is
+    dropped), and every other one that is a column of the data."""
     from formulaic import Formula
 
     try:
-        return set(Formula(expr).required_variables)
+        found = set(Formula(to_formulaic(expr)).required_variables)
     except Exception as exc:  # formulaic's parser errors
         raise FormulaError(f"cannot parse {where} {expr!r}: {exc}") from None
+    tokens = {next(g for g in m.groups() if g) for m in _NAME.finditer(expr)}
+    dotted = {t for t in tokens if "." in t and (t in columns or not python_attribute(t))}
+    return ({v for v in found if not any(d.startswith(v + ".") for d in dotted)} | dotted
+            | (tokens & set(columns)))
+
+
+# a name: bare (not a call), backquoted, or the string of Q('...') / Q("...")
+_NAME = re.compile(r"(?<![\w.`'\"])([A-Za-z.][\w.]*)(?![\w.]|\s*\()|`([^`]+)`|Q\(\s*['\"]([^'\"]+)['\"]\s*\)")
 
 
 def _model_matrix(spec: str, data: pd.DataFrame, where: str):
@@ -163,6 +179,19 @@ def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str
     parts = [np.ones(len(frame))] if intercept else []
     parts += [frame[c].to_numpy(dtype=float) for c in cols]
     return np.column_stack(parts), (["(Intercept)"] if intercept else []) + cols
+
+
+def _check_column_types(data: pd.DataFrame, cols, response: str, covariates) -> None:
+    """One-line messages for columns a model cannot use as they are: a response that is not
+    numeric, date-time covariates."""
+    if response in cols and not pd.api.types.is_numeric_dtype(data[response]):
+        raise DataError(f"response {response!r} is not numeric (dtype {data[response].dtype}); "
+                        f"convert it, e.g. with pd.to_numeric(data[{response!r}])")
+    for c in cols:
+        if c in covariates and (pd.api.types.is_datetime64_any_dtype(data[c])
+                                or pd.api.types.is_timedelta64_dtype(data[c])):
+            raise DataError(f"column {c!r} holds dates or times (dtype {data[c].dtype}); use a number, e.g. "
+                            f"days since the start, (data[{c!r}] - data[{c!r}].min()).dt.days")
 
 
 def _drop_unused_categories(col: pd.Series) -> pd.Series | None:
@@ -277,15 +306,23 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     """
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    duplicated = sorted({str(c) for c in data.columns[data.columns.duplicated()]})
+    if duplicated:
+        raise DataError(f"data has duplicated column name(s) {', '.join(map(repr, duplicated))}: "
+                        "rename them so that each column has one name")
+    if len(data) == 0:
+        raise DataError("data has no rows")
     parsed = parse_formula(formula)
     if residual is not None:
         extra_columns = tuple(extra_columns) + tuple(residual.columns())
 
     # which columns does each piece use?
-    fixed_vars = _required(parsed.fixed_formula, "fixed part")
+    fixed_vars = _required(parsed.fixed_formula, "fixed part", data.columns)
     used = set(fixed_vars)
     for spec in parsed.random:
-        used |= _required(spec.expr, f"random-effects term {spec.source}")
+        used |= _required(spec.expr, f"random-effects term {spec.source}", data.columns)
+    covariates = used - {parsed.response}  # grouping factors may be of any type
+    for spec in parsed.random:
         used |= set(spec.factors)
     absent = [c for c in extra_columns if c not in data.columns]
     if absent:
@@ -298,7 +335,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     if missing:
         where = []
         for v in missing:
-            pieces = [s.source for s in parsed.random if v in s.factors or v in _required(s.expr, "")]
+            pieces = [s.source for s in parsed.random if v in s.factors or v in _required(s.expr, "", data.columns)]
             where.append(f"{v!r} (in {pieces[0]})" if pieces else repr(v))
         raise FormulaError(
             f"formula {formula!r} refers to column(s) not in the data: {', '.join(where)}; "
@@ -306,6 +343,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         )
 
     cols = [c for c in data.columns if c in used]
+    _check_column_types(data, cols, parsed.response, covariates)
     frame = data[cols]
     complete = ~frame.isna().any(axis=1).to_numpy()
     n_missing = int((~complete).sum())

@@ -40,19 +40,35 @@ def _call_depths(text: str) -> list[bool]:
     return inside
 
 
+def python_attribute(name: str) -> bool:
+    """``np.pi``, ``contr.treatment``: a dotted name formulaic evaluates as an attribute of
+    a namespace it knows, not an R column name such as ``my.var``."""
+    return name.split(".", 1)[0] in ("np", "numpy", "contr")
+
+
 def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
-    """Rewrite an R formula (or one side of it) so formulaic evaluates it as R would."""
+    """Rewrite an R formula (or one side of it) so formulaic evaluates it as R would.
+
+    A bare R name with a dot (``my.var``, not followed by ``(``) is backquoted, which
+    formulaic reads as a column (for Python it would be an attribute access); quoted strings
+    (``Q('my.var')``) are copied as they are."""
     inside = _call_depths(expr)
     out, i = [], 0
     while i < len(expr):
         ch = expr[i]
+        if ch in "'\"":  # a string literal, e.g. formulaic's Q('my.var')
+            j = expr.find(ch, i + 1)
+            j = len(expr) - 1 if j < 0 else j
+            out.append(expr[i : j + 1])
+            i = j + 1
+            continue
         if ch == "`":  # a backquoted name: R's way of quoting a column name
             j = expr.find("`", i + 1)
             j = len(expr) - 1 if j < 0 else j
             quoted = expr[i : j + 1]
             name = quoted[1:-1]
-            wrap = name in ordered and name.isidentifier() and not inside[i]
-            out.append(f"C({name}{_POLY}" if wrap else quoted)
+            wrap = name in ordered and not inside[i]
+            out.append(f"C({quoted}{_POLY}" if wrap else quoted)
             i = j + 1
             continue
         if ch == "^" and inside[i]:
@@ -63,10 +79,12 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
         if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_.")):
             name = m.group(0)
             rest = expr[m.end() :].lstrip()
+            dotted = "." in name and not python_attribute(name) and not rest.startswith("(")
+            quoted = f"`{name}`" if dotted else name
             if name in ordered and not inside[i] and not rest.startswith("("):
-                out.append(f"C({name}{_POLY}")
+                out.append(f"C({quoted}{_POLY}")
             else:
-                out.append(name)
+                out.append(quoted)
             i = m.end()
             continue
         out.append(ch)
@@ -85,6 +103,7 @@ def r_name(name: str) -> str:
     ``C(o, contr.poly)`` → ``o``."""
     if name == "Intercept":
         return "(Intercept)"
+    name = name.replace("`", "")  # formulaic keeps the quotes of `my.var` in its names; R does not
     return _POLY_TERM.sub(r"\1", _POLY_COLUMN.sub(r"\1\2", name))
 
 

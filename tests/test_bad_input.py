@@ -94,3 +94,26 @@ def test_bad_method_and_kind(sleep):
 def test_unknown_dataset():
     with pytest.raises(hl.DataError, match="no bundled data set named 'sleep'"):
         hl.datasets.load("sleep")
+
+
+@pytest.mark.parametrize("change, formula, message", [
+    (lambda d: pd.concat([d, d[["Days"]]], axis=1), "Reaction ~ Days + (1 | Subject)",
+     r"duplicated column name\(s\) 'Days'"),
+    (lambda d: d.assign(Reaction=d.Reaction.astype(str)), "Reaction ~ Days + (1 | Subject)",
+     r"response 'Reaction' is not numeric .*pd.to_numeric"),
+    (lambda d: d.assign(t=pd.Timestamp("2020-01-01") + pd.to_timedelta(d.Days, unit="D")),
+     "Reaction ~ t + (1 | Subject)", r"column 't' holds dates or times .*\.dt\.days"),
+    (lambda d: d.iloc[:0], "Reaction ~ Days + (1 | Subject)", r"data has no rows"),
+])
+def test_unusable_columns_get_one_line_messages(change, formula, message):
+    data = change(hl.datasets.load("sleepstudy"))
+    with pytest.raises(hl.HierlmmError, match=message) as info:
+        hl.LMM(formula, data)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+
+
+def test_a_date_grouping_factor_is_a_factor():
+    data = hl.datasets.load("sleepstudy")
+    data["day"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(data.Days, unit="D")
+    fit = hl.LMM("Reaction ~ Days + (1 | Subject) + (1 | day)", data).fit()
+    assert fit.design.terms[1].m == 10

@@ -172,3 +172,24 @@ def test_kenward_roger_multi_df_f_is_scaled():
     assert row.F == pytest.approx(kr["F"], rel=2e-3)
     assert row.den_df == pytest.approx(kr["ddf"], rel=2e-3)
     assert row.p == pytest.approx(kr["p"], rel=1e-2)
+
+
+@pytest.mark.parametrize("formula", [
+    "my.react ~ n.days + (n.days | the.subject)",
+    "`my.react` ~ `n.days` + (`n.days` | `the.subject`)",
+    "my.react ~ I(n.days^2) + n.days + (1 | the.subject) + (0 + n.days | the.subject)",
+    "log(my.react) ~ poly(n.days, 2) + (1 | the.subject)",
+])
+def test_r_names_with_dots_in_every_position(formula):
+    """R's column names with dots (response, covariate, inside calls, slope, grouping factor;
+    raw or backquoted) fit the same model as the same data under plain names."""
+    plain = hl.datasets.load("sleepstudy")
+    dotted = plain.rename(columns={"Reaction": "my.react", "Days": "n.days", "Subject": "the.subject"})
+    same = (formula.replace("`", "").replace("my.react", "Reaction").replace("n.days", "Days")
+            .replace("the.subject", "Subject"))
+    a, b = hl.LMM(formula, dotted).fit(), hl.LMM(same, plain).fit()
+    assert a.deviance == pytest.approx(b.deviance, rel=1e-12)
+    np.testing.assert_allclose(a.fixef.to_numpy(), b.fixef.to_numpy(), rtol=1e-9)
+    assert [n.replace("n.days", "Days") for n in a.fixef.index] == list(b.fixef.index)
+    with pytest.raises(hl.FormulaError, match=r"'n\.dayz'"):
+        hl.LMM(formula.replace("n.days", "n.dayz", 1), dotted)

@@ -34,7 +34,7 @@ def _stats(trace):
     return out
 
 
-def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: int = 1000, chains: int = 2,
+def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: int = 1000, chains: int = 4,
            random_seed=None, progressbar: bool = True, check: bool = True, max_draws: int | None = None,
            **nuts_kwargs):
     """Sample the posterior of (β, b, σ², D); see :meth:`hierlmm.LMM.sample`.
@@ -52,6 +52,7 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     from hierlmm.bayes.priors import Layout, resolve_prior
     from hierlmm.bayes.propriety import check_propriety
 
+    nuts_kwargs.setdefault("target_accept", 0.9)
     design = model.design
     prior = resolve_prior(prior, design.y)
     check_propriety(design, prior)
@@ -66,14 +67,21 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     x0, _ = start_point(fit, layout)
     rng = np.random.default_rng(random_seed)
     seed = int(rng.integers(2**31 - 1))
-    if sampler == "collapsed":
-        pm_model, layout = build_collapsed_model(design, prior, x0, cp=model.deviance_function().cp)
-    else:
-        from hierlmm.bayes.hierarchical import build_hierarchical_model, centred_terms
+    # one compilation per model, sampler and prior (the compile is 10-60 s, the sampling of
+    # the seed models 0.5-2 s): a second sample() of the same model, e.g. with other draws or
+    # seed, reuses it
+    cache = model.__dict__.setdefault("_compiled", {})
+    key = (sampler, prior)
+    if key not in cache:
+        if sampler == "collapsed":
+            pm_model, _ = build_collapsed_model(design, prior, x0, cp=model.deviance_function().cp)
+        else:
+            from hierlmm.bayes.hierarchical import build_hierarchical_model, centred_terms
 
-        pm_model, layout = build_hierarchical_model(design, prior, x0, fit.solution.beta, fit.solution.b,
-                                                    centred_terms(fit))
-    compiled = nutpie.compile_pymc_model(pm_model)
+            pm_model, _ = build_hierarchical_model(design, prior, x0, fit.solution.beta, fit.solution.b,
+                                                   centred_terms(fit))
+        cache[key] = nutpie.compile_pymc_model(pm_model)
+    compiled = cache[key]
 
     def run(n_draws, seed):
         trace = _nutpie_sample(compiled, n_draws, tune, chains, seed, progressbar, nuts_kwargs)
