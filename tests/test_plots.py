@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -41,6 +42,11 @@ def test_diagnostics(sleep_fit):
 
 def test_caterpillar(sleep_fit):
     fig = plots.caterpillar(sleep_fit, beta="integrated")
+    # one order in every panel (by the intercept, as lme4's dotplot): a subject on one row
+    labels = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
+    assert len(labels) == 2 and labels[0] == labels[1]
+    b0 = sleep_fit.ranef()["Subject"]["(Intercept)"]
+    assert labels[0] == [str(i) for i in b0.sort_values(kind="stable").index]
     assert n_axes(fig) == 2
     assert len(fig.axes[0].get_yticklabels()) == 18
     with pytest.raises(hl.HierlmmError, match="not a grouping factor"):
@@ -51,7 +57,7 @@ def test_caterpillar_many_groups():
     fit = hl.LMM("MathAch ~ SES + (1 | School)", hl.datasets.load("MathAchieve")).fit()
     fig = plots.caterpillar(fit)
     assert fig.get_size_inches()[1] <= 10  # 160 levels stay on one readable page
-    assert fig.axes[0].get_ylabel() == "160 levels, sorted"
+    assert fig.axes[0].get_ylabel() == "160 levels, sorted by (Intercept)"
 
 
 def test_shrinkage(sleep_fit, ortho_fit):
@@ -83,3 +89,22 @@ def test_bayes_plots():
     assert len(fig.axes[0].get_yticklabels()) == 6
     fig = plots.limit_path(model, s_values=(1, 10, 100))
     assert n_axes(fig) == 2
+
+
+def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
+    """A plot returned by the last line of a cell appears as a PNG in Jupyter, with no
+    ``%matplotlib inline`` and no pyplot import (a bare matplotlib Figure shows as text)."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import sys; sys.path.insert(0, %r)\n" % str(Path(__file__).resolve().parent.parent)
+        + "import hierlmm as hl\nfrom hierlmm import plots\n"
+        "fit = hl.LMM('Reaction ~ Days + (Days | Subject)', hl.datasets.load('sleepstudy')).fit()\n"
+        "plots.caterpillar(fit)")]
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    data = [o.get("data", {}) for o in outputs if o.output_type == "execute_result"]
+    assert data and "image/png" in data[0], outputs

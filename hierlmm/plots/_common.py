@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
 def figure(nrows=1, ncols=1, width=6.0, height=4.0, **kw):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
+    """A new figure (not registered with pyplot, so nothing global changes) that Jupyter shows
+    inline as PNG without ``%matplotlib inline``: it has a ``_repr_png_`` (a bare matplotlib
+    ``Figure`` shows as ``<Figure size … with 2 Axes>`` unless pyplot's inline backend was
+    set up)."""
+    fig = _figure_class()(figsize=(width, height), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
+
+
+@functools.cache
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class InlineFigure(Figure):
+        def _repr_png_(self):
+            import io
+
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return InlineFigure
 
 
 def normal_quantiles(n: int) -> np.ndarray:

@@ -12,8 +12,9 @@ __all__ = ["caterpillar", "shrinkage"]
 def caterpillar(fit, group: str | None = None, beta: str = "fixed", level: float = 0.95):
     """BLUPs of one grouping factor, sorted, with intervals from ``fit.ranef_posterior(beta)``.
 
-    One panel per term; the figure grows with the number of levels and shrinks its labels
-    so that 50+ groups stay readable.
+    One panel per term, all in one order (by the first term, as lme4's ``dotplot(ranef(.))``),
+    so that a level sits on the same row in every panel; the figure grows with the number of
+    levels and shrinks its labels so that 50+ groups stay readable.
     """
     group = pick_group(fit, group)
     post = fit.ranef_posterior(beta=beta)[group]
@@ -23,8 +24,8 @@ def caterpillar(fit, group: str | None = None, beta: str = "fixed", level: float
     m = mean.shape[0]
     many = m > 100  # too many to label: draw them as a band, sorted
     fig, axes = figure(1, k, width=3.6 * k, height=max(3.0, min(0.16 * m + 1, 10 if many else 20)), sharey=False)
+    order = np.argsort(mean.iloc[:, 0].to_numpy(), kind="stable")
     for ax, col in zip(axes[0], mean.columns):
-        order = np.argsort(mean[col].to_numpy())
         y = np.arange(m)
         ax.errorbar(mean[col].to_numpy()[order], y, elinewidth=0.6 if many else 1,
                     xerr=[mean[col].to_numpy()[order] - lo[col].to_numpy()[order],
@@ -33,7 +34,7 @@ def caterpillar(fit, group: str | None = None, beta: str = "fixed", level: float
         ax.axvline(0, color="grey", lw=1)
         if many:
             ax.set_yticks([])
-            ax.set_ylabel(f"{m} levels, sorted")
+            ax.set_ylabel(f"{m} levels, sorted by {mean.columns[0]}")
         else:
             ax.set_yticks(y, [str(mean.index[i]) for i in order], fontsize=label_size(m))
         ax.set_title(f"{group}: {col}", fontsize=10)
