@@ -6,6 +6,8 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
 import pytest
 
 matplotlib.use("Agg")
@@ -70,6 +72,28 @@ def test_shrinkage(sleep_fit, ortho_fit):
 def test_spaghetti_and_effect(sleep_fit, ortho_fit):
     fig = plots.spaghetti(sleep_fit, "Days")
     assert len(fig.axes[0].lines) == 18 + 1  # each subject's fit and the population line
+    # with a factor in the fixed part: one population line per sex, each = predict(marginal)
+    fig = plots.spaghetti(ortho_fit, "age")
+    population = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("Sex = ")]
+    assert sorted(ln.get_label() for ln in population) == ["Sex = Female", "Sex = Male"]
+    data = ortho_fit.design.data
+    for ln in population:
+        ages, mu = ln.get_data()
+        sex = ln.get_label().split(" = ")[1]
+        new = pd.DataFrame({"age": ages, "Sex": pd.Categorical([sex] * len(ages), categories=data.Sex.cat.categories),
+                            "Subject": data.Subject.iloc[0]})
+        np.testing.assert_allclose(mu, ortho_fit.predict(new, kind="marginal").to_numpy(), rtol=1e-12)
+    # a second numeric covariate is held at its mean and said so; 160 groups are sampled, said so
+    fit = hl.LMM("MathAch ~ SES + MEANSES + (1 | School)", hl.datasets.load("MathAchieve")).fit()
+    fig = plots.spaghetti(fit, "SES")
+    assert "60 of 160 groups shown" in fig.axes[0].get_title()
+    labels = [ln.get_label() for ln in fig.axes[0].lines]
+    assert any(lab.startswith("held at MEANSES = ") for lab in labels)
+    (line,) = [ln for ln in fig.axes[0].lines if ln.get_label() == "population mean"]
+    ses, mu = line.get_data()
+    beta = fit.fixef
+    expected = beta["(Intercept)"] + beta["SES"] * ses + beta["MEANSES"] * fit.design.data.MEANSES.mean()
+    np.testing.assert_allclose(mu, expected, rtol=1e-12)
     fig = plots.effect(ortho_fit, "age", by="Sex")
     assert len(fig.axes[0].lines) == 2 and len(fig.axes[0].collections) == 2  # lines and bands
 
