@@ -207,6 +207,31 @@ class LMMResult:
             out[t.group] = pd.concat([out[t.group], df], axis=1) if t.group in out else df
         return out
 
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """lme4's ``coef()``: per grouping factor, each level's coefficients, ``β̂`` plus the
+        level's ``b̂`` in the columns its random effects share with the fixed part.
+
+        Columns as lme4's: first the random effects of any grouping factor that have no fixed
+        effect of the same name (as fixed effects of 0, e.g. the first level of ``(0 + f | g)``
+        beside an intercept), then ``fixef``'s; rows in ``ranef``'s order. Names align as R's
+        do: the fixed ``f[T.b]`` (treatment coding) is the random ``f[b]`` (full coding).
+        """
+        fe = self.fixef
+        ranef = self.ranef()
+        fixed_name = {n.replace("[T.", "["): n for n in fe.index}
+        missing = list(dict.fromkeys(c for re in ranef.values() for c in re.columns
+                                     if c.replace("[T.", "[") not in fixed_name))
+        fixed_name.update({c.replace("[T.", "["): c for c in missing})
+        row = np.concatenate([np.zeros(len(missing)), fe.to_numpy()])
+        out = {}
+        for group, re in ranef.items():
+            table = pd.DataFrame(np.tile(row, (len(re), 1)), index=re.index, columns=missing + list(fe.index))
+            for c in dict.fromkeys(re.columns):  # a name in two terms of one group: lme4 adds both
+                values = re[c].to_numpy()
+                table[fixed_name[c.replace("[T.", "[")]] += values if values.ndim == 1 else values.sum(axis=1)
+            out[group] = table
+        return out
+
     def ranef_posterior(self, beta: str = "fixed") -> dict[str, RanefPosterior]:
         """Gaussian posterior of each level's random effects given θ̂ and σ̂.
 
@@ -252,8 +277,9 @@ class LMMResult:
             r = r / self.sigma
         return pd.Series(r, index=self.design.data.index, name="residuals")
 
-    def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional") -> pd.Series:
-        """Predictions for new data; levels not seen in the fit get the population prediction.
+    def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional",
+                allow_new_levels: bool = True) -> pd.Series:
+        """Predictions for new data.
 
         Parameters
         ----------
@@ -261,6 +287,10 @@ class LMMResult:
             Needs the fixed-effects covariates and, for ``kind="conditional"``, the grouping
             columns and random-effect covariates. Defaults to the fitted data.
         kind : {"conditional", "marginal"}
+        allow_new_levels : bool
+            ``True`` (default): a level of a grouping factor not seen in the fit gets ``b = 0``
+            for that term, i.e. the population prediction (lme4's ``allow.new.levels = TRUE``).
+            ``False``: such a level is an error naming it (lme4's default).
         """
         kind = _check_kind(kind)
         if newdata is None:
@@ -283,6 +313,12 @@ class LMMResult:
                 lookup = pd.Series(np.arange(t.m), index=t.levels)
                 codes = lookup.reindex(labels.to_numpy()).to_numpy()
                 seen = ~np.isnan(codes)
+                if not allow_new_levels and not seen.all():
+                    new = list(dict.fromkeys(labels.to_numpy()[~seen]))
+                    raise DataError(
+                        f"newdata has level(s) of {t.group!r} not in the fit: "
+                        f"{', '.join(map(repr, new[:5]))}{' ...' if len(new) > 5 else ''}; "
+                        "allow_new_levels=True predicts them at the population level (b = 0)")
                 Z = term_columns(t, newdata)
                 contrib = np.zeros(len(newdata))
                 if seen.any():
@@ -390,11 +426,15 @@ class LMMResult:
 
         return confint(self, method=method, level=level, **kwargs)
 
-    def simulate(self, n: int = 1, random_seed=None) -> np.ndarray:
-        """``n`` draws of the response from the fitted model, shape ``(n, nobs)``."""
+    def simulate(self, n: int = 1, random_seed=None) -> pd.DataFrame:
+        """``n`` draws of the response from the fitted model, as lme4's ``simulate()``: one
+        column per draw (``sim_1``, ``sim_2``, ...), one row per observation used in the fit
+        (indexed as in the data). The engine's array, shape ``(n, nobs)``, is
+        :func:`hierlmm.inference.simulate.simulate`."""
         from hierlmm.inference.simulate import simulate
 
-        return simulate(self, n=n, random_seed=random_seed)
+        draws = simulate(self, n=n, random_seed=random_seed)
+        return pd.DataFrame(draws.T, index=self.design.data.index, columns=[f"sim_{i + 1}" for i in range(n)])
 
     # ---------------------------------------------------------------------- printing
     def summary(self):

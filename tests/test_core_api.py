@@ -257,3 +257,31 @@ def test_one_blas_thread_inside_and_the_users_setting_after():
         O.bobyqa_restarted = original
     assert seen and all(set(s) <= {1} for s in seen)
     assert blas() == before
+
+
+def test_coef_is_fixef_plus_ranef_where_names_align():
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    cf = fit.coef()["Subject"]
+    re = fit.ranef()["Subject"]
+    assert list(cf.columns) == list(fit.fixef.index) and list(cf.index) == list(re.index)
+    np.testing.assert_allclose(cf.to_numpy(), fit.fixef.to_numpy() + re.to_numpy(), rtol=1e-14)
+    # a fixed effect without a random counterpart is the same on every row
+    o = hl.LMM("distance ~ age + Sex + (1 | Subject)", hl.datasets.load("Orthodont")).fit()
+    assert (o.coef()["Subject"]["age"] == o.fixef["age"]).all()
+    # a random effect without a fixed counterpart: a fixed effect of 0, first (as lme4)
+    f = hl.LMM("Reaction ~ 1 + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    cf = f.coef()["Subject"]
+    assert list(cf.columns) == ["Days", "(Intercept)"]
+    np.testing.assert_allclose(cf["Days"], f.ranef()["Subject"]["Days"], rtol=1e-14)
+
+
+def test_predict_new_levels_as_lme4_offers():
+    data = hl.datasets.load("sleepstudy")
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", data).fit()
+    new = pd.DataFrame({"Days": [1.0, 2.0], "Subject": ["308", "999"]})
+    got = fit.predict(new)  # default: the new subject at the population level
+    assert got.iloc[1] == pytest.approx(fit.predict(new, kind="marginal").iloc[1], rel=1e-14)
+    assert got.iloc[0] != pytest.approx(fit.predict(new, kind="marginal").iloc[0], rel=1e-6)
+    with pytest.raises(hl.HierlmmError, match=r"level\(s\) of 'Subject' not in the fit: '999'"):
+        fit.predict(new, allow_new_levels=False)
+    fit.predict(new.iloc[:1], allow_new_levels=False)  # seen levels only: fine

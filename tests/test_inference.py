@@ -193,7 +193,10 @@ def test_bootstrap_confint_reproducible(fit_ref):
 def test_simulate_moments(fit_ref):
     """Draws have mean Xβ̂ and covariance V = ZDZ' + σ²I (checked within Monte Carlo error)."""
     fit, _ = fit_ref("dyestuff_reml")
-    ys = fit.simulate(4000, random_seed=1)
+    sims = fit.simulate(4000, random_seed=1)  # lme4's layout: one column per draw
+    assert sims.shape == (fit.nobs, 4000) and list(sims.columns[:2]) == ["sim_1", "sim_2"]
+    assert sims.index.equals(fit.design.data.index)
+    ys = sims.to_numpy().T
     mu = fit.fitted("marginal").to_numpy()
     tau2 = fit.varcorr.vcov.iloc[0]
     var = tau2 + fit.sigma**2

@@ -84,7 +84,9 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
     import hierlmm as hl
     from hierlmm.optimize import optimize_theta
 
-    ys = fit.simulate(n_boot, random_seed=random_seed)
+    from hierlmm.inference.simulate import simulate
+
+    ys = simulate(fit, n_boot, random_seed=random_seed)
     names = sdcor_names(fit) + list(fit.fixef.index)
     show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
     dev = fit.deviance_function

@@ -71,6 +71,8 @@ fit_lmer <- function(cs, d) {
   re <- as.data.frame(ranef(m, condVar = TRUE))
   out$ranef <- list(grpvar = I(as.character(re$grpvar)), term = I(as.character(re$term)),
                     grp = I(as.character(re$grp)), condval = I(re$condval), condsd = I(re$condsd))
+  out$coef <- catch(lapply(coef(m), function(x) list(levels = I(rownames(x)), names = I(colnames(x)),
+                                                    values = unname(as.matrix(x)))))
   out$fitted <- I(unname(fitted(m)))
   out <- c(out, inference(m, isTRUE(cs$kr)))
   if (!is.null(cs$rescale)) {

@@ -152,6 +152,31 @@ def test_ranef(diff_case):
     _own_or_at_lme4_theta(case, ref, fit, check)
 
 
+def test_coef(diff_case):
+    """lme4's coef(): β̂ + b̂ per level, random effects without a fixed counterpart first."""
+    case, ref, fit, err = diff_case
+    if case.ar1:
+        pytest.skip("AR(1) cases compare the fit only")
+    _agrees(case, ref, fit, err)
+    assert "error" not in ref["coef"], ref["coef"]
+
+    def check(f):
+        got = f.coef()
+        assert sorted(got) == sorted(ref["coef"]), (sorted(got), sorted(ref["coef"]))
+        for group, r in ref["coef"].items():
+            table = got[group]
+            assert [canon(c) for c in table.columns] == [canon(c) for c in r["names"]]
+            assert [str(i) for i in table.index] == list(r["levels"])
+            want = np.asarray(r["values"], dtype=float).reshape(len(r["levels"]), len(r["names"]))
+            # the tolerances of fixef (1e-4 relative + 2e-3 SE) and ranef (2e-3 relative + 2e-3 σ)
+            beta = np.array([ref["fixef"].get(k, 0.0) for k in r["names"]])
+            se = np.array([ref["se"].get(k, 0.0) for k in r["names"]])
+            tol = 1e-4 * np.abs(beta) + 2e-3 * se + 2e-3 * np.abs(want - beta) + 2e-3 * f.sigma
+            assert np.all(np.abs(table.to_numpy() - want) <= tol), group
+
+    _own_or_at_lme4_theta(case, ref, fit, check)
+
+
 def _own_or_at_lme4_theta(case, ref, fit, check):
     """``check`` hierlmm's result at its optimum; where it fails, the likelihood decides.
 
