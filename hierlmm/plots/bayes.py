@@ -11,12 +11,17 @@ __all__ = ["posterior_densities", "plugin_vs_full", "limit_path"]
 
 def posterior_densities(fit, post, mode=None):
     """Histogram of the posterior of each variance parameter (and σ²), with the REML/ML
-    estimate and the posterior mode marked. Heavy right tails are cut at the 99th
-    percentile for display."""
+    estimate, the median and the posterior mode marked. The mode is that of the joint density
+    of (σ², D) in the prior's coordinates (REML under both flat priors), a point of the joint
+    space: a 1-D marginal's own peak need not sit there, and the legend says so. Heavy right
+    tails are cut at the 99th percentile for display."""
     from hierlmm.bayes.mode import posterior_mode
 
     if mode is None:
         mode = posterior_mode(post.model, prior=post.prior)
+    from hierlmm.bayes.mode import COORDINATES
+
+    coords = COORDINATES[mode.coordinates]
     vc = fit.varcorr
     mvc = mode.varcorr()
     panels = []
@@ -34,7 +39,8 @@ def posterior_densities(fit, post, mode=None):
         hi = np.quantile(draws, 0.99)
         ax.hist(draws[draws <= hi], bins=60, density=True, color="C0", alpha=0.6)
         ax.axvline(est, color="C3", lw=2, label=f"{fit.method} {est:.3g}")
-        ax.axvline(mo, color="black", lw=1.2, ls="--", label=f"posterior mode {mo:.3g}")
+        ax.axvline(mo, color="black", lw=1.2, ls="--", label=f"joint mode {mo:.3g} (in {coords}; not\n"
+                                                            "this marginal's peak)")
         ax.axvline(np.median(draws), color="C2", lw=1.2, ls=":", label=f"median {np.median(draws):.3g}")
         ax.set_title(label, fontsize=10)
         ax.set_yticks([])
