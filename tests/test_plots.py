@@ -67,6 +67,22 @@ def test_shrinkage(sleep_fit, ortho_fit):
     assert len(fig.axes[0].texts) == 18  # one arrow per subject
     fig = plots.shrinkage(ortho_fit)
     assert "shrinkage factor" in fig.axes[0].get_title()
+    assert fig.axes[0].get_xlabel() == "Subject"
+    # slopes with a factor in the fixed part: like with like. Each subject's own line of
+    # distance less the Sex effects (at β̂) against coef()'s intercept and slope
+    data = hl.datasets.load("Orthodont")
+    fit = hl.LMM("distance ~ age * Sex + (age | Subject)", data).fit()
+    fig = plots.shrinkage(fit)
+    own, mixed = (c.get_offsets() for c in fig.axes[0].collections[:2])
+    b = fit.fixef
+    female = (data.Sex == "Female").to_numpy()
+    r = data.distance - female * (b["Sex[T.Female]"] + b["age:Sex[T.Female]"] * data.age)
+    t = fit.design.terms[0]
+    for j, subject in enumerate(t.levels):
+        sel = (data.Subject.astype(str) == subject).to_numpy()
+        np.testing.assert_allclose(own[j], np.polyfit(data.age[sel], r[sel], 1)[::-1], rtol=1e-10)
+    np.testing.assert_allclose(mixed, fit.coef()["Subject"][["(Intercept)", "age"]].to_numpy(), rtol=1e-12)
+    assert fig.axes[0].get_xlabel() == "(Intercept)" and fig.axes[0].get_ylabel() == "age"
 
 
 def test_spaghetti_and_effect(sleep_fit, ortho_fit):

@@ -46,9 +46,11 @@ def shrinkage(fit, group: str | None = None):
     """Per-group least-squares estimates vs the model's group-level predictions.
 
     Random intercept: each group's mean of ``y − Xβ̂`` (no pooling) against ``b̂_i``, with
-    the shrinkage factor ``n_iσ_u²/(σ² + n_iσ_u²)`` printed per group. Intercept and slope:
-    each group's own least-squares line against ``β̂ + b̂_i``, arrows pointing toward the
-    population value.
+    the shrinkage factor ``n_iσ_u²/(σ² + n_iσ_u²)`` (its range over the groups) in the title.
+    Intercept and slope: each group's own least-squares line of ``y`` less the fixed effects
+    that are not in the random term (other covariates, a factor's shifts, at ``β̂``), so that
+    both sides estimate the same thing, against ``coef()``'s ``β̂ + b̂_i`` of those two
+    columns; arrows point from the first to the second, toward the population value.
     """
     group = pick_group(fit, group)
     terms = [t for t in fit.design.terms if t.group == group]
@@ -72,8 +74,11 @@ def shrinkage(fit, group: str | None = None):
                         arrowprops={"arrowstyle": "->", "color": "grey", "lw": 0.8})
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(x, t.levels, rotation=90, fontsize=label_size(t.m))
+        ax.set_xlabel(group)
         ax.set_ylabel("group effect")
-        ax.set_title(f"shrinkage factor n·τ²/(σ² + n·τ²): {factor.min():.2f} to {factor.max():.2f}", fontsize=10)
+        span = (f"{factor.min():.2f} in every group" if np.ptp(factor) < 0.005
+                else f"{factor.min():.2f} to {factor.max():.2f}")
+        ax.set_title(f"shrinkage factor n·τ²/(σ² + n·τ²): {span}", fontsize=10)
         ax.legend(fontsize=8)
         return fig
     # intercept and one slope: per-group least squares lines
@@ -84,18 +89,22 @@ def shrinkage(fit, group: str | None = None):
         raise HierlmmError("shrinkage plots need (1 | g) or (1 + x | g) for the grouping factor")
     slope_col = names[1]
     x = t.Z[:, 1] if t.k == 2 else terms[1].Z[:, 0]
+    beta = fit.fixef
+    shared = {n.replace("[T.", "[") for n in names}
+    other = np.array([n.replace("[T.", "[") not in shared for n in beta.index])
+    r = d.y - d.X[:, other] @ beta.to_numpy()[other]  # y less the fixed effects outside the term
     own = np.full((t.m, 2), np.nan)
     for j in range(t.m):
         sel = t.codes == j
         if sel.sum() >= 2 and np.ptp(x[sel]) > 0:
-            own[j] = np.polyfit(x[sel], d.y[sel], 1)[::-1]
-    beta = fit.fixef
+            own[j] = np.polyfit(x[sel], r[sel], 1)[::-1]
     pop = np.array([beta.get("(Intercept)", 0.0), beta.get(slope_col, 0.0)])
-    pred = pop + re[names].to_numpy()
+    pred = fit.coef()[group][["(Intercept)", slope_col]].to_numpy()
     fig, axes = figure(width=6, height=5)
     ax = axes[0, 0]
-    ax.scatter(own[:, 0], own[:, 1], label="within-group least squares", color="C0")
-    ax.scatter(pred[:, 0], pred[:, 1], label="β̂ + b̂ (mixed model)", color="C1")
+    lab = "within-group least squares" + (" (other fixed effects at β̂ removed)" if other.any() else "")
+    ax.scatter(own[:, 0], own[:, 1], label=lab, color="C0")
+    ax.scatter(pred[:, 0], pred[:, 1], label="β̂ + b̂ (mixed model, coef())", color="C1")
     for j in range(t.m):
         if np.all(np.isfinite(own[j])):
             ax.annotate("", xy=pred[j], xytext=own[j], arrowprops={"arrowstyle": "->", "color": "grey", "lw": 0.8})
