@@ -127,8 +127,15 @@ def test_bayes_plots():
     assert len(fig.axes[0].lines) == 3  # REML, mode, median
     fig = plots.plugin_vs_full(fit, post)
     assert len(fig.axes[0].get_yticklabels()) == 6
-    fig = plots.limit_path(model, s_values=(1, 10, 100))
+    fig = plots.limit_path(model, s_values=(1, 10, 100, 1000))
     assert n_axes(fig) == 2
+    first = []
+    for ax in fig.axes:  # relative distance to REML on a log scale: near it at s = 1000
+        assert ax.get_yscale() == "log" and ax.get_ylabel() == "|mode − REML| / REML"
+        rel = ax.lines[0].get_ydata()
+        assert rel[-1] < 1e-4
+        first.append(rel[0])
+    assert max(first) > 1e-2  # and far from it at s = 1 (the intercept, 1527, shrunk to 0)
 
 
 def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
