@@ -231,3 +231,67 @@ def parse_formula(formula: str) -> ParsedFormula:
 def _matching(text: str) -> int:
     """Index of the parenthesis closing the one at position 0."""
     return next((pos for pos, _, depth in _depths(text) if depth == 0), -1)
+
+
+def _signed_pieces(rhs: str) -> list[tuple[str, str]]:
+    """The top-level ``+``/``-`` pieces of a right-hand side, with their signs."""
+    pieces, depth, start, sign = [], 0, 0, "+"
+    for i, ch in enumerate(rhs):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and ch in "+-":
+            if rhs[start:i].strip():
+                pieces.append((sign, rhs[start:i].strip()))
+            sign, start = ch, i + 1
+    if rhs[start:].strip():
+        pieces.append((sign, rhs[start:].strip()))
+    return pieces
+
+
+def update_formula(old: str, new: str) -> str:
+    """R's ``update.formula`` for lme4 formulas: ``"."`` stands for the old side.
+
+    ``". ~ . - x"`` drops the fixed term ``x`` (formulaic's subtraction, so ``- a:b`` from
+    ``a*b`` works as in R), ``". ~ . + z"`` adds one, ``". ~ . - (1 | g)"`` drops that
+    random-effects term and ``". ~ . + (0 + x | g)"`` adds one; ``"log(.) ~ ."`` transforms
+    the response.
+    """
+    po = parse_formula(old)
+    sides = _split_top(new, "~")
+    if len(sides) != 2:
+        raise FormulaError(f"the update {new!r} must have the form 'response ~ terms' ('.' for the old side)")
+    dot = re.compile(r"(?<![\w.])\.(?![\w.])")
+    lhs = sides[0].strip() or "."
+    response = dot.sub(po.response, lhs)
+    fixed: list[str] = []
+    old_random = list(dict.fromkeys(r.source for r in po.random))
+    random: list[str] = []
+
+    def norm(term: str) -> str:
+        return re.sub(r"\s+", "", term)
+
+    for sign, piece in _signed_pieces(sides[1]):
+        if piece == ".":
+            if sign == "-":
+                raise FormulaError(f"the update {new!r} subtracts '.', the whole old side: write the new side instead")
+            fixed.append(("+ " if fixed else "") + po.fixed)
+            random.extend(old_random)
+            continue
+        bare = piece[1:-1] if piece.startswith("(") and piece.endswith(")") and _matching(piece) == len(piece) - 1 else ""
+        if bare and _find_bar(bare) is not None:
+            if sign == "+":
+                random.append(piece)
+            else:
+                kept = [r for r in random if norm(r) != norm(piece)]
+                if len(kept) == len(random):
+                    raise FormulaError(f"cannot remove {piece!r}: the formula {old!r} has no such random-effects "
+                                       f"term (it has {', '.join(random)})")
+                random = kept
+            continue
+        fixed.append(f"{sign} {piece}" if fixed or sign == "-" else piece)
+    fixed_part = " ".join(fixed).strip() or "1"
+    if fixed_part.startswith("-"):
+        fixed_part = "1 " + fixed_part
+    return f"{response} ~ {fixed_part}" + "".join(f" + {r}" for r in random)

@@ -232,6 +232,65 @@ class LMMResult:
             out[group] = table
         return out
 
+    def update(self, formula: str | None = None, data: pd.DataFrame | None = None, method: str | None = None,
+               **fit_kwargs) -> LMMResult:
+        """lme4's ``update()``: the same model with a new formula (R's ``"."`` notation:
+        ``". ~ . - Days"``, ``". ~ . + (0 + x | g)"``, ``"log(.) ~ ."``; see
+        :func:`hierlmm.formula.update_formula`), new data, or the other method
+        (``"REML"``/``"ML"``). What did not change is reused: with the same formula and data
+        the model and its cross-product A are shared."""
+        from hierlmm.formula import update_formula
+        from hierlmm.model import LMM
+
+        model = self.model
+        if formula is not None or data is not None:
+            model = LMM(model.formula if formula is None else update_formula(model.formula, formula),
+                        model.data if data is None else data, residual=model.residual,
+                        formulation=model.formulation)
+        return model.fit(method=method or self.method, **fit_kwargs)
+
+    def refit(self, y) -> LMMResult:
+        """lme4's ``refit(newresp)``: the same model, method and design for a new response
+        ``y`` (one value per observation used in the fit); of the cross-product A only the
+        response's row is computed again."""
+        import copy
+
+        self.model.require("refit()", instead="use update(data=...) with the new response in the data")
+        y = np.asarray(y, dtype=float).ravel()
+        if y.shape != (self.nobs,):
+            raise DataError(f"refit() needs one response value per observation used in the fit ({self.nobs}), "
+                            f"got {y.size}")
+        model = copy.copy(self.model)
+        model.design = self.design.with_response(y)
+        model._deviance = {reml: dev.with_response(y) for reml, dev in self.model._deviance.items()}
+        return model.fit(method=self.method)
+
+    def r2(self) -> dict[str, float]:
+        """R² for mixed models (Nakagawa & Schielzeth 2013; random slopes per Johnson 2014), as
+        ``performance::r2_nakagawa``:
+
+        .. math::  R^2_m = \\frac{σ_f^2}{σ_f^2 + σ_r^2 + σ^2}, \\qquad
+                   R^2_c = \\frac{σ_f^2 + σ_r^2}{σ_f^2 + σ_r^2 + σ^2}
+
+        with ``σ_f²`` the variance of ``Xβ̂`` over the observations (``n − 1`` denominator),
+        ``σ_r² = Σ_t mean_i z_it' D̂_t z_it`` (each term's variance averaged over the rows'
+        covariates ``z_it``: a random intercept's variance, or for ``(x | g)`` the mean of
+        ``D11 + 2 D12 x_i + D22 x_i²``) and ``σ²`` the residual variance.
+
+        Returns
+        -------
+        dict
+            ``{"marginal": R²_m, "conditional": R²_c}``
+        """
+        self.model.require("r2()", instead="it needs independent residuals and a covariance D per term")
+        d = self.design
+        var_fixed = float(np.var(d.X @ self.solution.beta, ddof=1))
+        Ds = self.covariance_matrices()
+        var_random = sum(float(np.mean(np.einsum("ik,kl,il->i", t.Z, Ds[t.label].to_numpy(), t.Z)))
+                         for t in d.terms)
+        total = var_fixed + var_random + self.sigma**2
+        return {"marginal": var_fixed / total, "conditional": (var_fixed + var_random) / total}
+
     def ranef_posterior(self, beta: str = "fixed") -> dict[str, RanefPosterior]:
         """Gaussian posterior of each level's random effects given θ̂ and σ̂.
 

@@ -285,3 +285,29 @@ def test_predict_new_levels_as_lme4_offers():
     with pytest.raises(hl.HierlmmError, match=r"level\(s\) of 'Subject' not in the fit: '999'"):
         fit.predict(new, allow_new_levels=False)
     fit.predict(new.iloc[:1], allow_new_levels=False)  # seen levels only: fine
+
+
+def test_update_and_refit_as_lme4():
+    data = hl.datasets.load("sleepstudy")
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", data).fit()
+    for new, same in [(". ~ . - Days", "Reaction ~ 1 + (Days | Subject)"),
+                      (". ~ . - (Days | Subject) + (1 | Subject)", "Reaction ~ Days + (1 | Subject)"),
+                      ("log(.) ~ .", "log(Reaction) ~ Days + (Days | Subject)")]:
+        a, b = fit.update(new), hl.LMM(same, data).fit()
+        assert a.deviance == pytest.approx(b.deviance, rel=1e-10)
+        np.testing.assert_allclose(a.fixef.to_numpy(), b.fixef.to_numpy(), rtol=1e-8)
+    ml = fit.update(method="ML")
+    assert ml.model is fit.model and ml.deviance == pytest.approx(fit.model.fit(method="ML").deviance, rel=1e-12)
+    half = fit.update(data=data[data.Days < 5])
+    assert half.nobs == 90
+    # refit: a new response through the same design and A's response row only
+    y = data.Reaction.to_numpy() * 2 + 1
+    r = fit.refit(y)
+    direct = hl.LMM("Reaction ~ Days + (Days | Subject)", data.assign(Reaction=y)).fit()
+    assert r.deviance == pytest.approx(direct.deviance, rel=1e-10)
+    np.testing.assert_allclose(r.fixef.to_numpy(), direct.fixef.to_numpy(), rtol=1e-8)
+    assert fit.deviance == pytest.approx(hl.LMM("Reaction ~ Days + (Days | Subject)", data).fit().deviance)
+    with pytest.raises(hl.HierlmmError, match="one response value per observation"):
+        fit.refit(y[:10])
+    with pytest.raises(hl.FormulaError, match="no such random-effects term"):
+        fit.update(". ~ . - (1 | Days)")

@@ -73,6 +73,18 @@ fit_lmer <- function(cs, d) {
                     grp = I(as.character(re$grp)), condval = I(re$condval), condsd = I(re$condsd))
   out$coef <- catch(lapply(coef(m), function(x) list(levels = I(rownames(x)), names = I(colnames(x)),
                                                     values = unname(as.matrix(x)))))
+  out$r2 <- catch({
+    r <- suppressWarnings(suppressMessages(performance::r2_nakagawa(m)))
+    list(marginal = unname(r$R2_marginal), conditional = unname(r$R2_conditional))
+  })
+  # Nakagawa & Schielzeth / Johnson's definition from lme4's own matrices: the random part's
+  # variance averaged over the rows, sigma^2 mean_i |Lambda' z_i|^2
+  out$r2_definition <- catch({
+    vf <- var(as.vector(getME(m, "X") %*% fixef(m)))
+    vr <- sigma(m)^2 * mean(Matrix::colSums((getME(m, "Lambdat") %*% getME(m, "Zt"))^2))
+    tot <- vf + vr + sigma(m)^2
+    list(marginal = vf / tot, conditional = (vf + vr) / tot)
+  })
   out$fitted <- I(unname(fitted(m)))
   out <- c(out, inference(m, isTRUE(cs$kr)))
   if (!is.null(cs$rescale)) {
