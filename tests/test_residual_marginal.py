@@ -207,6 +207,8 @@ def _public_calls(fit):
         "residuals": [("conditional",), ("marginal",)],
         "predict": [(None, "conditional"), (None, "marginal")],
         "simulate": [(3,)],
+        "refit": [(fit.design.y * 2,)],
+        "update": [(". ~ . - Days",), (None, None, "ML")],
     }
     for name in sorted(dir(fit)):
         if name.startswith("_") or name in ("model", "deviance_function"):
@@ -249,7 +251,7 @@ def test_every_public_member_works_or_names_the_feature(kind):
         with pytest.raises(hl.HierlmmError, match=feature.replace("(", r"\(")):
             getattr(fit.model, model_method)()
     # what each kind cannot do, and nothing else
-    expected = {"ar1": {"confint", "coef_table", "anova", "ranova"},
+    expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit"},
                 "marginal": {"confint", "coef_table", "anova", "ranova", "fitted", "residuals", "predict",
-                             "ranef", "ranef_posterior", "icc"}}[kind]
+                             "ranef", "ranef_posterior", "icc", "coef", "r2", "refit"}}[kind]
     assert set(refused) <= expected, set(refused) - expected
