@@ -232,6 +232,56 @@ class LMMResult:
             out[group] = table
         return out
 
+    def tidy(self, effects=("ran_pars", "fixed"), ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Every estimate in one long table, in broom.mixed's ``tidy()`` layout.
+
+        Parameters
+        ----------
+        effects : str or sequence of {"fixed", "ran_pars", "ran_vals"}
+            ``"fixed"``: β̂ with SE, t, df and p (``ddf``: ``"satterthwaite"`` or
+            ``"kenward-roger"``); ``"ran_pars"``: per term the SDs and correlations
+            (``sd__(Intercept)``, ``cor__(Intercept).Days``, in θ's order) and the residual SD
+            (``sd__Observation``); ``"ran_vals"``: each level's BLUP with its conditional SD
+            (lme4's ``condVar``) as ``std.error``.
+
+        Returns
+        -------
+        DataFrame
+            Columns ``effect, group, level, term, estimate, std.error, statistic, df,
+            p.value`` (``level`` only with ``"ran_vals"``), rows in broom.mixed's order: fixed
+            effects, then random parameters, then random values.
+        """
+        from hierlmm.reterms import sd_corr
+
+        effects = (effects,) if isinstance(effects, str) else tuple(effects)
+        unknown = [e for e in effects if e not in ("fixed", "ran_pars", "ran_vals")]
+        if unknown:
+            raise HierlmmError(f"effects must be among 'fixed', 'ran_pars', 'ran_vals'; got {unknown}")
+        rows = []
+        if "fixed" in effects:
+            table = self.coef_table(ddf)
+            for name, r in table.iterrows():
+                rows.append({"effect": "fixed", "group": None, "term": name, "estimate": r.estimate,
+                             "std.error": r.se, "statistic": r.t, "df": r.df, "p.value": r.p})
+        if "ran_pars" in effects:
+            for t, D in zip(self.design.terms, self.covariance_matrices().values()):
+                sd, corr = sd_corr(D.to_numpy())
+                for a, b in t.pairs:
+                    term = f"sd__{t.names[a]}" if a == b else f"cor__{t.names[b]}.{t.names[a]}"
+                    rows.append({"effect": "ran_pars", "group": t.label, "term": term,
+                                 "estimate": sd[a] if a == b else corr[a, b]})
+            rows.append({"effect": "ran_pars", "group": "Residual", "term": "sd__Observation",
+                         "estimate": self.sigma})
+        if "ran_vals" in effects:
+            for group, post in self.ranef_posterior(beta="fixed").items():
+                for term in post.mean.columns:
+                    for level in post.mean.index:
+                        rows.append({"effect": "ran_vals", "group": group, "level": str(level), "term": term,
+                                     "estimate": post.mean.loc[level, term], "std.error": post.sd.loc[level, term]})
+        columns = ["effect", "group", *(["level"] if "ran_vals" in effects else []), "term", "estimate",
+                   "std.error", "statistic", "df", "p.value"]
+        return pd.DataFrame(rows, columns=columns)
+
     def update(self, formula: str | None = None, data: pd.DataFrame | None = None, method: str | None = None,
                **fit_kwargs) -> LMMResult:
         """lme4's ``update()``: the same model with a new formula (R's ``"."`` notation:

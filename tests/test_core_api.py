@@ -311,3 +311,36 @@ def test_update_and_refit_as_lme4():
         fit.refit(y[:10])
     with pytest.raises(hl.FormulaError, match="no such random-effects term"):
         fit.update(". ~ . - (1 | Days)")
+
+
+@pytest.mark.parametrize("key, data", [("sleepstudy", "sleepstudy"), ("sleepstudy_uncorr", "sleepstudy"),
+                                       ("penicillin", "Penicillin")])
+def test_tidy_is_broom_mixed(key, data):
+    """tidy() against broom.mixed 0.2.x (tests/reference/r/tidy_refs.R): the same rows, names
+    and numbers (fixed with lmerTest's Satterthwaite df; random SDs and correlations; each
+    level's BLUP and conditional SD)."""
+    from conftest import load_ref
+
+    ref = load_ref("tidy_broom_mixed")[key]
+    fit = hl.LMM(ref["formula"], hl.datasets.load(data)).fit()
+    for effects, want in ((("ran_pars", "fixed"), ref["default"]), ("ran_vals", ref["ran_vals"])):
+        got = fit.tidy(effects)
+        assert list(got.effect) == want["effect"]
+        assert [None if pd.isna(g) else g for g in got.group] == want["group"]
+        assert list(got.term) == want["term"]
+        if "level" in want:
+            assert list(got.level) == want["level"]
+        for col in ("estimate", "std.error", "statistic", "df", "p.value"):
+            if col not in want:
+                continue
+            mine = got[col].to_numpy(dtype=float)
+            theirs = np.array([np.nan if v is None else v for v in want[col]], dtype=float)
+            assert np.array_equal(np.isnan(mine), np.isnan(theirs)), col
+            ok = ~np.isnan(theirs)
+            # p within 1% (as the differential suite: a p of 1e-17 moves 6e-4 with df in the 6th
+            # digit); the rest to 1e-4 of the column's scale (BLUPs near 0 move with θ's last digits)
+            if col == "p.value":
+                np.testing.assert_allclose(mine[ok], theirs[ok], rtol=1e-2, err_msg=col)
+            else:
+                np.testing.assert_allclose(mine[ok], theirs[ok], rtol=1e-4, atol=1e-4 * np.abs(theirs[ok]).max(),
+                                           err_msg=col)
