@@ -55,6 +55,18 @@ def test_caterpillar(sleep_fit):
         plots.caterpillar(sleep_fit, group="Days")
 
 
+def test_residuals_by_group_stay_readable_with_many_groups():
+    """160 schools: medians and quartiles instead of 160 box plots, no tick labels, a bounded
+    figure; the medians drawn are the groups' medians of the scaled residuals, sorted."""
+    fit = hl.LMM("MathAch ~ SES + (SES | School)", hl.datasets.load("MathAchieve")).fit()
+    for fig, ax in ((f := plots.residuals_by_group(fit), f.axes[0]), (g := plots.diagnostics(fit), g.axes[3])):
+        assert fig.get_size_inches()[0] <= 10
+        assert ax.get_xlabel() == "School: 160 levels, sorted by median" and len(ax.get_xticks()) == 0
+        medians = ax.lines[0].get_ydata()
+        r = fit.residuals(scaled=True).groupby(fit.design.terms[0].codes).median().to_numpy()
+        np.testing.assert_allclose(medians, np.sort(r), rtol=1e-12)
+
+
 def test_caterpillar_many_groups():
     fit = hl.LMM("MathAch ~ SES + (1 | School)", hl.datasets.load("MathAchieve")).fit()
     fig = plots.caterpillar(fit)

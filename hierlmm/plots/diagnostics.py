@@ -48,22 +48,41 @@ def residuals_vs_fitted(fit, kind: str = "conditional"):
     return fig
 
 
+MANY_GROUPS = 40  # above this, per-group box plots become a smear: medians and quartiles instead
+
+
 def residuals_by_group(fit, group: str | None = None):
-    """Box plot of the residuals per level of a grouping factor, levels ordered by median."""
+    """Scaled residuals per level of a grouping factor, levels ordered by median: box plots
+    up to 40 levels; beyond, each level's median and quartiles as a point and a bar (no
+    labels), in a figure of bounded size."""
     group = pick_group(fit, group)
     term = next(t for t in fit.design.terms if t.group == group)
-    r = fit.residuals(scaled=True).to_numpy()
-    data = [r[term.codes == j] for j in range(term.m)]
-    order = np.argsort([np.median(d) for d in data])
-    m = term.m
-    fig, axes = figure(width=max(5, min(0.18 * m, 16)), height=4)
-    ax = axes[0, 0]
-    ax.boxplot([data[j] for j in order], showfliers=True, widths=0.6)
-    ax.set_xticks(np.arange(1, m + 1), [term.levels[j] for j in order], rotation=90, fontsize=label_size(m))
-    ax.axhline(0, color="grey", lw=1)
-    ax.set_xlabel(group)
-    ax.set_ylabel("scaled residuals")
+    fig, axes = figure(width=max(5, min(0.18 * term.m, 8 if term.m > MANY_GROUPS else 16)), height=4)
+    _by_group(axes[0, 0], fit, term)
     return fig
+
+
+def _by_group(ax, fit, term):
+    """The scaled residuals of each level of ``term``'s grouping factor, sorted by median."""
+    r = fit.residuals(scaled=True).to_numpy()
+    order_rows = np.argsort(term.codes, kind="stable")
+    data = np.split(r[order_rows], np.cumsum(np.bincount(term.codes, minlength=term.m))[:-1])
+    q = np.array([np.quantile(d, [0.25, 0.5, 0.75]) for d in data])
+    order = np.argsort(q[:, 1], kind="stable")
+    m = term.m
+    if m <= MANY_GROUPS:
+        ax.boxplot([data[j] for j in order], widths=0.6)
+        ax.set_xticks(np.arange(1, m + 1), [term.levels[j] for j in order], rotation=90, fontsize=label_size(m))
+        ax.set_xlabel(term.group)
+    else:
+        x = np.arange(m)
+        ax.vlines(x, q[order, 0], q[order, 2], color="C0", lw=0.6, alpha=0.6, label="quartiles")
+        ax.plot(x, q[order, 1], "o", ms=1.5, color="C0", label="median")
+        ax.set_xticks([])
+        ax.set_xlabel(f"{term.group}: {m} levels, sorted by median")
+        ax.legend(fontsize=7, loc="upper left")
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_ylabel("scaled residuals")
 
 
 def diagnostics(fit):
@@ -78,15 +97,5 @@ def diagnostics(fit):
     ax.axhline(0, color="grey", lw=1)
     ax.set_xlabel("fitted values")
     ax.set_ylabel("scaled residuals")
-    term = fit.design.terms[0]
-    r = fit.residuals(scaled=True).to_numpy()
-    data = [r[term.codes == j] for j in range(term.m)]
-    order = np.argsort([np.median(d) for d in data])
-    ax = axes[1, 1]
-    ax.boxplot([data[j] for j in order], widths=0.6)
-    ax.set_xticks(np.arange(1, term.m + 1), [term.levels[j] for j in order], rotation=90,
-                  fontsize=label_size(term.m))
-    ax.axhline(0, color="grey", lw=1)
-    ax.set_xlabel(term.group)
-    ax.set_ylabel("scaled residuals")
+    _by_group(axes[1, 1], fit, fit.design.terms[0])
     return fig
