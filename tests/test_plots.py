@@ -138,7 +138,10 @@ def test_bayes_plots():
     assert n_axes(fig) == 2
     assert len(fig.axes[0].lines) == 3  # REML, mode, median
     fig = plots.plugin_vs_full(fit, post)
-    assert len(fig.axes[0].get_yticklabels()) == 6
+    assert len(fig.axes[0].get_yticklabels()) == 6 and fig.axes[0].get_title() == ""
+    fig = plots.plugin_vs_full(fit, post, max_levels=4)  # many levels: an even sample, said so
+    assert len(fig.axes[0].get_yticklabels()) == 4
+    assert fig.axes[0].get_title().startswith("4 of 6 levels shown")
     fig = plots.limit_path(model, s_values=(1, 100, 1e4, 1e6))
     assert n_axes(fig) == 2
     first = []

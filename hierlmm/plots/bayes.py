@@ -49,9 +49,12 @@ def posterior_densities(fit, post, mode=None):
     return fig
 
 
-def plugin_vs_full(fit, post, group: str | None = None, term: str | None = None, level: float = 0.95):
+def plugin_vs_full(fit, post, group: str | None = None, term: str | None = None, level: float = 0.95,
+                   max_levels: int = 40):
     """Intervals for each level's effect: plug-in posterior (θ, σ fixed at the estimates,
-    β integrated) beside the full posterior (everything integrated)."""
+    β integrated) beside the full posterior (everything integrated). With more than
+    ``max_levels`` levels, that many spread evenly over the sorted levels are drawn and the
+    title says so; the legend sits below the axes."""
     from hierlmm.bayes.compare import compare_ranef
 
     group = pick_group(fit, group)
@@ -62,8 +65,11 @@ def plugin_vs_full(fit, post, group: str | None = None, term: str | None = None,
     from scipy.stats import norm
 
     z = norm.ppf(0.5 + level / 2)
+    total = len(table)
+    if total > max_levels:
+        table = table.iloc[np.unique(np.linspace(0, total - 1, max_levels).round().astype(int))].reset_index(drop=True)
     m = len(table)
-    fig, axes = figure(width=6, height=max(3.0, min(0.2 * m + 1, 20)))
+    fig, axes = figure(width=6, height=max(3.0, 0.2 * m + 1.5))
     ax = axes[0, 0]
     y = np.arange(m)
     ax.errorbar(table.plugin_mean, y - 0.15, xerr=z * table.plugin_sd, fmt="o", ms=3, lw=1,
@@ -74,7 +80,9 @@ def plugin_vs_full(fit, post, group: str | None = None, term: str | None = None,
     ax.set_yticks(y, table.level, fontsize=label_size(m))
     ax.axvline(0, color="grey", lw=1)
     ax.set_xlabel(f"{group}: {term} ({int(level * 100)}% intervals)")
-    ax.legend(fontsize=8)
+    if m < total:
+        ax.set_title(f"{m} of {total} levels shown, evenly over the sorted posterior means", fontsize=9)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     return fig
 
 
