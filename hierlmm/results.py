@@ -311,6 +311,7 @@ class LMMResult:
             raise DataError(f"refit() needs one response value per observation used in the fit ({self.nobs}), "
                             f"got {y.size}")
         model = copy.copy(self.model)
+        model.__dict__.pop("_compiled", None)  # samplers compiled for the old response's A
         model.design = self.design.with_response(y)
         model._deviance = {reml: dev.with_response(y) for reml, dev in self.model._deviance.items()}
         return model.fit(method=self.method)
