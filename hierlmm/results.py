@@ -282,6 +282,46 @@ class LMMResult:
                    "std.error", "statistic", "df", "p.value"]
         return pd.DataFrame(rows, columns=columns)
 
+    def drop1(self) -> pd.DataFrame:
+        """lme4's ``drop1(fit, test = "Chisq")``: for each fixed term that can be dropped (one
+        contained in no other term, R's ``drop.scope``), the model without it, by ML (a REML
+        fit is refitted by ML first, as lme4's drop1 does).
+
+        Returns
+        -------
+        DataFrame
+            Rows ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``AIC``,
+            ``LRT`` (the ML deviance's increase) and ``Pr(Chi)``. Each reduced model comes from
+            the full model's cross-product A with the term's columns removed (no pass over the
+            data), its θ optimised from the full model's.
+        """
+        from scipy.stats import chi2
+
+        from hierlmm.inference.contrasts import fixed_terms
+        from hierlmm.optimize import optimize_theta
+        from hierlmm.threads import one_blas_thread
+
+        self.model.require("drop1()", instead="compare fits with hl.anova(small, big)")
+        ml = self if self.method == "ML" else self.model.fit(method="ML")
+        names, cols, factors, _ = fixed_terms(self.design)
+        scope = [t for t in names if not any(factors[t] < factors[u] for u in names)]
+        k_full = self.design.p + self.design.n_theta + 1
+        rows = {"<none>": (np.nan, ml.deviance + 2 * k_full, np.nan, np.nan)}
+        with one_blas_thread():
+            for t in scope:
+                dev = ml.deviance_function
+                for j in sorted(cols[t], reverse=True):
+                    dev = dev.with_offset(j, 0.0)
+                # from the full model's θ̂ and from lme4's start, as a fit would (escaping a
+                # singular local minimum of a vector-valued term): the lower
+                opts = [optimize_theta(dev, theta0=start) for start in (ml.solution.theta, None)]
+                best = min(opts, key=lambda o: o.fun)
+                fun = self.model._off_the_boundary(dev, best, 100_000, None).fun
+                df_t = len(cols[t])
+                lrt = max(fun - ml.deviance, 0.0)
+                rows[t] = (df_t, fun + 2 * (k_full - df_t), lrt, float(chi2.sf(lrt, df_t)))
+        return pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "AIC", "LRT", "Pr(Chi)"])
+
     def update(self, formula: str | None = None, data: pd.DataFrame | None = None, method: str | None = None,
                **fit_kwargs) -> LMMResult:
         """lme4's ``update()``: the same model with a new formula (R's ``"."`` notation:

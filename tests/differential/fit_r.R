@@ -85,6 +85,10 @@ fit_lmer <- function(cs, d) {
     tot <- vf + vr + sigma(m)^2
     list(marginal = vf / tot, conditional = (vf + vr) / tot)
   })
+  out$drop1 <- catch({
+    a <- suppressWarnings(suppressMessages(drop1(as(m, "lmerMod"), test = "Chisq")))
+    list(terms = I(rownames(a)), npar = I(a$npar), AIC = I(a$AIC), LRT = I(a$LRT), p = I(a[["Pr(Chi)"]]))
+  })
   out$fitted <- I(unname(fitted(m)))
   out <- c(out, inference(m, isTRUE(cs$kr)))
   if (!is.null(cs$rescale)) {

@@ -177,6 +177,45 @@ def test_coef(diff_case):
     _own_or_at_lme4_theta(case, ref, fit, check)
 
 
+def test_drop1(diff_case):
+    """lme4's drop1(test = "Chisq"): the droppable terms, their df, and each reduced model's
+    ML deviance (from AIC), LRT and p; where hierlmm's reduced deviance is lower (lme4 short of
+    its optimum), the likelihood decides."""
+    case, ref, fit, err = diff_case
+    if case.ar1:
+        pytest.skip("AR(1) cases compare the fit only")
+    _agrees(case, ref, fit, err)
+    r = ref["drop1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tab = fit.drop1()
+    if "error" in r:
+        # lme4 refits each reduced model to the rows its own variables leave (a dropped
+        # covariate with missing values changes them) and refuses; hierlmm's reduced models
+        # come from A, on the full model's rows, which is the comparison a drop1 means
+        assert "number of rows in use has changed" in r["error"], r
+        assert tab.LRT.iloc[1:].ge(0).all()
+        return
+    assert [canon(t) for t in tab.index] == [canon(t) for t in r["terms"]]
+    k = len(r["terms"])
+    assert list(tab.npar.iloc[1:]) == list(r["npar"][1:k])
+    full = r["AIC"][0]
+    tol = 2e-4 + 1e-7 * abs(full)
+    assert close(tab.AIC.iloc[0], full, 0, tol) or tab.AIC.iloc[0] < full
+    # lme4's full ML fit short of its optimum (seed 7's m0046: its LRT for I(x^2) is -2.4, the
+    # reduced model better than the full one that contains it): its LRTs are moot
+    full_short = tab.AIC.iloc[0] < full - tol
+    for i in range(1, k):
+        mine, theirs = tab.AIC.iloc[i], r["AIC"][i]
+        assert mine <= theirs + 2e-4 + 1e-7 * abs(theirs), (tab.index[i], mine, theirs)
+        if full_short or mine < theirs - 2e-4 - 1e-7 * abs(theirs):
+            case.notes.append("better")
+            continue
+        assert close(tab.LRT.iloc[i], r["LRT"][i], 1e-3, 4e-4), (tab.index[i], tab.LRT.iloc[i], r["LRT"][i])
+        stat_tol = float(stats.chi2.pdf(r["LRT"][i], r["npar"][i]) * (1e-3 * r["LRT"][i] + 4e-4))
+        assert p_close(tab["Pr(Chi)"].iloc[i], r["p"][i], stat_tol)
+
+
 def test_r2(diff_case):
     """Nakagawa's marginal and conditional R² (random slopes per Johnson 2014): against the
     definition computed in R from lme4's own matrices (σ² mean_i |Λ'z_i|²), and against
