@@ -223,22 +223,15 @@ class Deviance:
         q, p, first = f.q_rest, f.p, terms[0]
         m1, k1 = first.m, first.k
         xr = slice(q, q + p)
-        tri = dict(lower=True, check_finite=False)
-        # Q = L_Z^{-T} L_XZ' (the spherical coefficients of X̃ on ZΛ), blockwise; products
-        # with the first q rows of L21 and A21 as products with zero-padded right-hand sides
-        # (slicing those rows would copy nearly all of a sparse A21)
+        # Q = L_Z^{-T} L_XZ' (the spherical coefficients of X̃ on ZΛ): L's X rows solved
+        # through its random-effects columns
+        L21_x = f.L21[xr].toarray().T if sp.issparse(f.L21) else f.L21[xr].T
+        Q1, Q2 = self._back_substitute(f, L21_x, f.L22[xr, :q].T, q)
+        # ΛQ, then W = Z'X̃ − Z'Z ΛQ from the blocks of A; products with the first q rows of
+        # A21 as products with zero-padded right-hand sides (slicing would copy a sparse A21)
         def rows_q(M):  # (q, p) -> (r, p), zero beyond the first q rows
             return np.vstack([M, np.zeros((cp.r - q, M.shape[1]))])
 
-        L21 = f.L21
-        L21_x = L21[xr].toarray().T if sp.issparse(L21) else L21[xr].T
-        Q2 = scipy.linalg.solve_triangular(f.L22[:q, :q], f.L22[xr, :q].T, trans="T", **tri)
-        V1 = L21_x - np.asarray(L21.T @ rows_q(Q2))
-        if k1 == 1:
-            Q1 = (V1 / f.L11[:, None]).reshape(m1, 1, p)
-        else:  # L_j' Q1_j = V1_j per level
-            Q1 = np.linalg.solve(np.transpose(f.L11, (0, 2, 1)), V1.reshape(m1, k1, p))
-        # ΛQ, then W = Z'X̃ − Z'Z ΛQ from the blocks of A
         v1 = np.einsum("ab,jbp->jap", first.template(theta[self.slices[0]]), Q1)
         lam = chol.rest_lambda(theta) if q else None
         if lam is None:
@@ -256,7 +249,7 @@ class Deviance:
             Ws.append(W2[start : start + t.q].reshape(t.m, t.k, p))
             Qs.append(Q2[start : start + t.q].reshape(t.m, t.k, p))
             start += t.q
-        Rinv = scipy.linalg.solve_triangular(f.L22[xr, xr], np.eye(p), **tri)
+        Rinv = scipy.linalg.solve_triangular(f.L22[xr, xr], np.eye(p), lower=True, check_finite=False)
         U = Rinv.T @ Rinv  # (X̃'V⁻¹X̃)⁻¹
         out = []
         for t, W, Q in zip(terms, Ws, Qs):
@@ -282,14 +275,8 @@ class Deviance:
         if noise is not None:
             first_q = self.design.terms[0].q
             c1, c2 = c1 + noise[:first_q], c2 + noise[first_q:]
-        x2 = scipy.linalg.solve_triangular(f.L22[:-1, :-1], c2, trans="T", lower=True, check_finite=False)
-        v = c1 - np.asarray(f.L21[:-1].T @ x2).ravel()
-        first = self.design.terms[0]
-        if first.k == 1:
-            u1 = (v / f.L11)[:, None]
-        else:  # L_j' u_j = v_j
-            u1 = np.linalg.solve(np.transpose(f.L11, (0, 2, 1)), v.reshape(first.m, first.k)[..., None])[..., 0]
-        us = [u1]
+        x1, x2 = self._back_substitute(f, c1, c2, q + p)
+        us = [x1]
         start = 0
         for t in self.design.terms[1:]:
             us.append(x2[start : start + t.q].reshape(t.m, t.k))
@@ -297,6 +284,26 @@ class Deviance:
         beta = x2[q : q + p] / self.cp.x_scale
         bs = [u @ t.template(theta[s]).T for t, u, s in zip(self.design.terms, us, self.slices)]
         return beta, us, bs
+
+    def _back_substitute(self, f: BlockedFactor, c1, c2, k: int):
+        """Solve ``[[L11', L21[:k]'], [0, L22[:k, :k]']] [x1; x2] = [c1; c2]``: back through
+        ``L``'s first ``q1 + k`` columns (``k = q_rest + p`` for ``(u, β)``, ``k = q_rest`` for
+        the random effects alone), for one right-hand side (vectors) or several (columns).
+
+        Returns ``x1`` per level of the first term (``(m1, k1)``, or ``(m1, k1, columns)``)
+        and ``x2``. ``L21[:k]' x2`` is taken as ``L21' [x2; 0]``: slicing rows of a sparse
+        ``L21`` would copy nearly all of it.
+        """
+        first = self.design.terms[0]
+        x2 = scipy.linalg.solve_triangular(f.L22[:k, :k], c2, trans="T", lower=True, check_finite=False)
+        padded = np.zeros((f.L22.shape[0],) + x2.shape[1:])
+        padded[:k] = x2
+        v = (c1 - np.asarray(f.L21.T @ padded).reshape(np.shape(c1))).reshape(first.m, first.k, -1)
+        if first.k == 1:
+            x1 = v / f.L11[:, None, None]
+        else:  # L_j' x_j = v_j per level
+            x1 = np.linalg.solve(np.transpose(f.L11, (0, 2, 1)), v)
+        return (x1[..., 0] if np.ndim(c1) == 1 else x1), x2
 
     def solve(self, theta) -> Solution:
         """β̂, the conditional modes and σ̂² at θ (lme4's ``updateXwts``/``solve`` step)."""
