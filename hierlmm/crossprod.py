@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from hierlmm.design import Design
 from hierlmm.reterms import ReTerm
 
-__all__ = ["CrossProduct", "crossproduct", "term_matrix", "x_scale"]
+__all__ = ["CrossProduct", "crossproduct", "level_blocks", "term_matrix", "x_scale"]
 
 # A21 is kept dense while it has at most this many entries and is not sparse
 _DENSE_A21_MAX = 4_000_000
@@ -142,7 +142,8 @@ class CrossProduct:
                             np.delete(self.x_scale, j))
 
 
-def _a11(term: ReTerm) -> np.ndarray:
+def level_blocks(term: ReTerm) -> np.ndarray:
+    """``Z_j'Z_j`` per level ``j`` of a term, shape ``(m, k, k)`` (``A11`` of a first term)."""
     m, k = term.m, term.k
     A11 = np.empty((m, k, k))
     for a in range(k):
@@ -171,7 +172,7 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     # divided by S afterwards
     unscale = np.append(1.0 / scale, 1.0)
     columns = [X[:, c] for c in range(X.shape[1])] + [y]
-    A11 = _a11(first)
+    A11 = level_blocks(first)
     # [X y]'Z1 by one bincount per (column of [X y], column of Z1): no sparse copy of Z1
     bottom = np.empty((len(columns), first.m, first.k))
     for a in range(first.k):

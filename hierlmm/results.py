@@ -216,19 +216,21 @@ class LMMResult:
         beside an intercept), then ``fixef``'s; rows in ``ranef``'s order. Names align as R's
         do: the fixed ``f[T.b]`` (treatment coding) is the random ``f[b]`` (full coding).
         """
+        from hierlmm.rsyntax import full_coding_name
+
         fe = self.fixef
         ranef = self.ranef()
-        fixed_name = {n.replace("[T.", "["): n for n in fe.index}
+        fixed_name = {full_coding_name(n): n for n in fe.index}
         missing = list(dict.fromkeys(c for re in ranef.values() for c in re.columns
-                                     if c.replace("[T.", "[") not in fixed_name))
-        fixed_name.update({c.replace("[T.", "["): c for c in missing})
+                                     if full_coding_name(c) not in fixed_name))
+        fixed_name.update({full_coding_name(c): c for c in missing})
         row = np.concatenate([np.zeros(len(missing)), fe.to_numpy()])
         out = {}
         for group, re in ranef.items():
             table = pd.DataFrame(np.tile(row, (len(re), 1)), index=re.index, columns=missing + list(fe.index))
             for c in dict.fromkeys(re.columns):  # a name in two terms of one group: lme4 adds both
                 values = re[c].to_numpy()
-                table[fixed_name[c.replace("[T.", "[")]] += values if values.ndim == 1 else values.sum(axis=1)
+                table[fixed_name[full_coding_name(c)]] += values if values.ndim == 1 else values.sum(axis=1)
             out[group] = table
         return out
 

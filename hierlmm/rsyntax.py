@@ -96,6 +96,13 @@ _POLY_COLUMN = re.compile(r"C\(([^,()]+), contr\.poly\)\[([^\]]+)\]")
 _POLY_TERM = re.compile(r"C\(([^,()]+), contr\.poly\)")
 
 
+def full_coding_name(name: str) -> str:
+    """``Sex[T.Female]`` (treatment coding) -> ``Sex[Female]`` (indicator coding): the one
+    name a factor level's effect has whichever way its term is coded (a fixed ``f`` in
+    treatment coding, a random ``(0 + f | g)`` in indicator coding), as R's ``fFemale`` does."""
+    return name.replace("[T.", "[")
+
+
 def r_name(name: str) -> str:
     """R's name of a column or term: ``Intercept`` → ``(Intercept)``; polynomial contrasts
     ``C(o, contr.poly)[.L]`` → ``o.L``, ``[^4]`` → ``o^4``, and a level in full coding (where

@@ -26,17 +26,12 @@ def centred_terms(fit) -> list[bool]:
     effect exceeds the prior's on average, i.e. the mean over levels of the smallest
     eigenvalue of ``T̂' Z_j'Z_j T̂`` (the data precision in units of ``D̂⁻¹``; ``θ̂`` is ``T̂``
     in units of σ̂) is above 1. A term estimated at zero variance is non-centred."""
-    A11 = fit.deviance_function.cp.A11 if fit.design.terms else None
+    from hierlmm.crossprod import level_blocks
+
     out = []
     for t, s in zip(fit.design.terms, fit.design.theta_slices()):
         T = t.template(fit.solution.theta[s])
-        if t is fit.design.terms[0]:
-            blocks = A11
-        else:
-            Zt = t.Z
-            blocks = np.zeros((t.m, t.k, t.k))
-            np.add.at(blocks, t.codes, Zt[:, :, None] * Zt[:, None, :])
-        precision = np.einsum("ba,jbc,cd->jad", T, blocks, T)
+        precision = np.einsum("ba,jbc,cd->jad", T, level_blocks(t), T)
         out.append(bool(np.mean(np.linalg.eigvalsh(precision)[:, 0]) > 1.0))
     return out
 

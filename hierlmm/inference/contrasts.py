@@ -16,11 +16,9 @@ treatment coding this reproduces SAS's Type III hypotheses.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from hierlmm.rsyntax import formula_context, r_name
+from hierlmm.rsyntax import formula_context, full_coding_name, r_name
 
 __all__ = ["fixed_terms", "contrasts_type1", "contrasts_type3"]
 
@@ -74,11 +72,6 @@ def contrasts_type1(design) -> dict[str, np.ndarray]:
     return {t: U[cols[t]] for t in names}
 
 
-def _full_coding_name(name: str) -> str:
-    """``Sex[T.Female]`` (treatment coding) -> ``Sex[Female]`` (indicator coding)."""
-    return re.sub(r"\[T\.", "[", name)
-
-
 def contrasts_type3(design) -> dict[str, np.ndarray]:
     """Type III contrasts per term, as lmerTest's ``get_contrasts_type3``.
 
@@ -128,7 +121,7 @@ def _type3(X, coef_names, terms, data) -> dict[str, np.ndarray]:
             coef, *_ = np.linalg.lstsq(B, L[:, cols[t]], rcond=None)
             L[:, cols[t]] = _zapsmall(L[:, cols[t]] - B @ coef)
     row_of = {n: i for i, n in enumerate(rd_names)}
-    rows = [row_of[_full_coding_name(n)] for n in coef_names]
+    rows = [row_of[full_coding_name(n)] for n in coef_names]
     L = L[rows]
     out = {}
     for t in names:

@@ -90,8 +90,10 @@ def shrinkage(fit, group: str | None = None):
     slope_col = names[1]
     x = t.Z[:, 1] if t.k == 2 else terms[1].Z[:, 0]
     beta = fit.fixef
-    shared = {n.replace("[T.", "[") for n in names}
-    other = np.array([n.replace("[T.", "[") not in shared for n in beta.index])
+    from hierlmm.rsyntax import full_coding_name
+
+    shared = {full_coding_name(n) for n in names}
+    other = np.array([full_coding_name(n) not in shared for n in beta.index])
     r = d.y - d.X[:, other] @ beta.to_numpy()[other]  # y less the fixed effects outside the term
     own = np.full((t.m, 2), np.nan)
     for j in range(t.m):
