@@ -29,7 +29,7 @@ __all__ = ["LOG2PI", "criterion"]
 LOG2PI = float(np.log(2 * np.pi))
 
 
-def criterion(logdet_v, logdet_x, r2, n: int, p: int, reml: bool, sigma2=None, log=np.log):
+def criterion(logdet_v, logdet_x, r2, n: int, p: int, reml: bool, sigma2=None, log=np.log, log_weights=0.0):
     """``−2 log L`` (REML or ML), profiled in σ² when ``sigma2`` is None.
 
     Parameters
@@ -46,8 +46,12 @@ def criterion(logdet_v, logdet_x, r2, n: int, p: int, reml: bool, sigma2=None, l
         σ² (not profiled).
     log : callable
         ``np.log`` or ``pytensor.tensor.log``.
+    log_weights : float
+        ``Σ log w_i`` of prior weights (``V0`` then holds ``W⁻¹`` where ``I`` stood, and the
+        other pieces are the whitened model's): subtracted, ``log|V0| = log|L_θ|² − Σ log w_i``.
     """
     m = n - p if reml else n
+    logdet_v = logdet_v - log_weights
     if sigma2 is None:
         out = logdet_v + m * (1.0 + LOG2PI + log(r2 / m))
     else:

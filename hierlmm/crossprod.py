@@ -16,10 +16,15 @@ The columns of ``X`` enter ``A`` divided by their root mean square ``s_j`` (``X_
 so a covariate on a scale of 1e8 next to one of 1e-8 does not ruin the Cholesky factor. The
 profiled deviance is the same function of θ up to ``log|R_X|² = log|R_{X_s}|² + 2 Σ log s_j``
 (added back by :class:`~hierlmm.cholesky.BlockedFactor`), and ``β = S⁻¹ β_s``.
+
+With prior weights or an offset, ``A`` is that of the whitened model
+(:meth:`~hierlmm.design.Design.whitened`), ``[W^½Z W^½X W^½(y − o)]``, and ``Σ log w_i`` is
+kept beside it for the likelihood's Jacobian.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +66,8 @@ class CrossProduct:
     n : int
     x_scale : ndarray, shape (p,)
         ``s_j``, the root mean square of column j of ``X``: ``A`` holds ``X S⁻¹``.
+    log_weights : float
+        ``Σ log w_i`` of the prior weights (0 without): ``−2ℓ`` is the whitened model's minus it.
     """
 
     A11: np.ndarray
@@ -70,6 +77,7 @@ class CrossProduct:
     p: int
     n: int
     x_scale: np.ndarray
+    log_weights: float = 0.0
 
     @property
     def logdet_scale(self) -> float:
@@ -112,12 +120,13 @@ class CrossProduct:
         else:
             A21 = self.A21.copy()
             A21[-1] = a21_last
-        return CrossProduct(self.A11, A21, A22, self.q_rest, self.p, self.n, self.x_scale)
+        return dataclasses.replace(self, A21=A21, A22=A22)
 
     def with_response(self, design: Design, y: np.ndarray) -> CrossProduct:
-        """``A`` for the same ``Z`` and ``X`` and the response ``y``: only the response's row
-        (``Z'y``, ``X'y``, ``y'y``) is computed, ``O(n k)``; the rest is shared."""
-        y = np.asarray(y, dtype=float)
+        """``A`` for the same ``Z`` and ``X`` and the response ``y`` (on the data's scale): only
+        the response's row (``Z'y``, ``X'y``, ``y'y``) is computed, ``O(n k)``; the rest is shared."""
+        y = design.whiten_response(y)
+        design = design.whitened()
         first, rest = design.terms[0], design.terms[1:]
         z1y = np.stack([np.bincount(first.codes, weights=first.Z[:, a] * y, minlength=first.m)
                         for a in range(first.k)], axis=1).ravel()
@@ -138,8 +147,8 @@ class CrossProduct:
         out = self._with_last(a21, a22)
         keep = np.arange(self.r) != i
         A21 = out.A21[np.flatnonzero(keep)] if out.a21_sparse else out.A21[keep]
-        return CrossProduct(self.A11, A21, out.A22[np.ix_(keep, keep)], self.q_rest, self.p - 1, self.n,
-                            np.delete(self.x_scale, j))
+        return dataclasses.replace(out, A21=A21, A22=out.A22[np.ix_(keep, keep)], p=self.p - 1,
+                                   x_scale=np.delete(self.x_scale, j))
 
 
 def level_blocks(term: ReTerm) -> np.ndarray:
@@ -165,6 +174,8 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
 
     ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
     """
+    log_weights = design.log_weights
+    design = design.whitened()
     first, rest = design.terms[0], design.terms[1:]
     X, y = design.X, design.y
     scale = x_scale(X)
@@ -183,7 +194,7 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     Xy = X.T @ y
     XYtXY = np.block([[X.T @ X, Xy[:, None]], [Xy[None, :], np.array([[y @ y]])]]) * np.outer(unscale, unscale)
     if not rest:
-        return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n, scale)
+        return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n, scale, log_weights)
     Zr = term_matrix(rest[0]) if len(rest) == 1 else sp.hstack([term_matrix(t) for t in rest], format="csr")
     q_rest = Zr.shape[1]
     top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
@@ -201,4 +212,4 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
         A21 = np.vstack([top.toarray(), bottom])
     else:
         A21 = sp.vstack([top, sp.csr_matrix(bottom)], format="csr")
-    return CrossProduct(A11, A21, A22, q_rest, design.p, design.n, scale)
+    return CrossProduct(A11, A21, A22, q_rest, design.p, design.n, scale, log_weights)

@@ -67,8 +67,10 @@ def describe(model, fmt: str = "text") -> str:
         lines.append(r"y_i &\sim \mathcal{N}(X_i\beta, V_i),\quad V_i = Z_i D Z_i' + \sigma^2 " + ("I" if residual is None else "R_i"))
         lines.append(r"\end{aligned}")
         return "$$" + "\n".join(lines) + "$$"
-    mean = " + ".join(fixed + rand)
-    lines = ["Hierarchical form:", f"  {resp}_ij | b ~ N({mean}, σ²)"]
+    offset = ["offset_ij"] if d.offset is not None else []
+    mean = " + ".join(offset + fixed + rand)
+    var = "σ²" if d.weights is None else "σ²/w_ij"
+    lines = ["Hierarchical form:", f"  {resp}_ij | b ~ N({mean}, {var})"]
     for sym, idx, dname, t, struct in dists:
         lines.append(f"  {sym}_{idx} ~ N(0, {dname}),  {dname}: {t.k} x {t.k} {struct} ({', '.join(t.names)}); "
                      f"{t.m} levels of {t.group}")
@@ -76,7 +78,9 @@ def describe(model, fmt: str = "text") -> str:
         lines.append(f"  residuals within {d.terms[0].group if residual.group is None else residual.group}: "
                      f"N(0, σ² R_i), R_i {residual.name}")
     lines.append("Implied marginal form:")
-    lines.append(f"  y_i ~ N(X_i β, V_i),  V_i = Z_i D Z_i' + σ² {r_text}")
+    if d.weights is not None:
+        r_text = "W_i⁻¹ (W_i the prior weights)"
+    lines.append(f"  y_i ~ N({'o_i + ' if offset else ''}X_i β, V_i),  V_i = Z_i D Z_i' + σ² {r_text}")
     if marginal:
         lines.append("  (fitted in the marginal formulation: only V_i must be positive definite, D may be "
                      "indefinite, and then no hierarchical model implies V_i)")

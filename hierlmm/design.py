@@ -50,6 +50,16 @@ class Design:
         The residuals' correlation structure (``None``: independent, ``σ²I``).
     formulation : {"hierarchical", "marginal"}
         ``"marginal"``: only ``V = ZDZ' + σ²R`` must be positive definite (D may be indefinite).
+    weights : ndarray, shape (n,), or None
+        Prior weights ``w_i`` (lme4's ``weights=``): ``Var(ε_i) = σ²/w_i``.
+    offset : ndarray, shape (n,), or None
+        A known part of the linear predictor (``offset(z)`` terms and ``offset=``):
+        ``E(y | b) = o + Xβ + Zb``.
+
+    With weights or an offset the likelihood is that of the whitened model
+    (:meth:`whitened`) ``W^½(y − o) = W^½X β + W^½Z b + ε̃``, ``ε̃ ~ N(0, σ²I)``, an ordinary
+    LMM, times the Jacobian ``|W|^½``: ``−2ℓ`` is the whitened model's minus ``Σ log w_i``
+    (lme4's deviance and log-likelihood).
     """
 
     parsed: ParsedFormula
@@ -67,6 +77,9 @@ class Design:
     treatment_formula: str | None = None
     residual: object = None
     formulation: str = "hierarchical"
+    weights: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    offset_argument: object = None  # offset= as given: a column name, an array, or None
 
     @property
     def n(self) -> int:
@@ -103,11 +116,58 @@ class Design:
             raise DataError(f"the new response has shape {y.shape}, the design's {self.y.shape}")
         return dataclasses.replace(self, y=y)
 
+    @property
+    def log_weights(self) -> float:
+        """``Σ log w_i`` (0 without weights): ``−2ℓ`` of the weighted model is the whitened
+        model's minus this."""
+        return 0.0 if self.weights is None else float(np.log(self.weights).sum())
+
+    def whiten_response(self, y: np.ndarray) -> np.ndarray:
+        """``W^½(y − o)``: a response of the model on the whitened scale."""
+        y = np.asarray(y, dtype=float)
+        if self.offset is not None:
+            y = y - self.offset
+        return y if self.weights is None else y * np.sqrt(self.weights)
+
+    def whitened(self) -> Design:
+        """The ordinary LMM with independent equal-variance residuals whose likelihood is this
+        model's up to ``|W|^½``: ``y, X, Z`` replaced by ``W^½(y − o), W^½X, W^½Z``, no weights,
+        no offset. ``self`` when there are neither (what every engine factorises)."""
+        if self.weights is None and self.offset is None:
+            return self
+        cached = self.__dict__.get("_whitened")
+        if cached is None:
+            if self.weights is None:
+                cached = dataclasses.replace(self, y=self.y - self.offset, offset=None)
+            else:
+                sw = np.sqrt(self.weights)
+                cached = dataclasses.replace(
+                    self, y=self.whiten_response(self.y), X=np.asfortranarray(self.X * sw[:, None]),
+                    terms=[dataclasses.replace(t, Z=t.Z * sw[:, None]) for t in self.terms], weights=None,
+                    offset=None)
+            self.__dict__["_whitened"] = cached
+        return cached
+
     def with_offset(self, j: int, value: float) -> Design:
         """β_j fixed at ``value``: column j of X dropped and ``value · x_j`` subtracted from y
         (a fixed effect's profile)."""
         return dataclasses.replace(self, y=self.y - value * self.X[:, j], X=np.delete(self.X, j, axis=1),
                                    fixef_names=[n for i, n in enumerate(self.fixef_names) if i != j])
+
+    def offset_on(self, data: pd.DataFrame) -> np.ndarray | None:
+        """The offset on (new) data: the formula's ``offset()`` terms plus the ``offset=``
+        column (``None`` when the model has no offset)."""
+        if self.offset is None:
+            return None
+        extra = None
+        if self.offset_argument is not None:
+            if not isinstance(self.offset_argument, str):
+                raise DataError("the model's offset= was given as an array, which new data cannot supply: give it "
+                                "as a column name of the data to predict on new data")
+            if self.offset_argument not in data.columns:
+                raise DataError(f"new data has no column {self.offset_argument!r}, the model's offset")
+            extra = data[self.offset_argument].to_numpy(dtype=float)
+        return _offset(self.parsed, data, extra)
 
     def fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
         """``X`` for (new) data, with the fit's coding, columns and aliased columns dropped."""
@@ -277,8 +337,43 @@ def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
         )
 
 
+def _argument_column(value, data: pd.DataFrame, what: str) -> tuple[pd.Series | None, str]:
+    """``weights=`` / ``offset=`` (a column name or one number per row) as a Series aligned
+    with ``data``, and how to name it in messages."""
+    if value is None:
+        return None, ""
+    if isinstance(value, str):
+        if value not in data.columns:
+            raise DataError(f"{what}={value!r} is not a column of the data; the data has "
+                            f"{', '.join(map(str, data.columns))}")
+        col, name = data[value], f"{what} column {value!r}"
+    else:
+        arr = np.asarray(value)
+        if arr.ndim != 1 or len(arr) != len(data):
+            raise DataError(f"{what} must be a column name or one value per row of the data ({len(data)} rows), "
+                            f"got shape {arr.shape}")
+        col, name = pd.Series(arr, index=data.index), f"the {what} given"
+    if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        raise DataError(f"{name} is not numeric (dtype {col.dtype})")
+    return col, name
+
+
+def _offset(parsed: ParsedFormula, frame: pd.DataFrame, extra: np.ndarray | None) -> np.ndarray | None:
+    """The sum of the formula's ``offset(expr)`` terms and the ``offset=`` argument."""
+    parts = [] if extra is None else [extra]
+    for expr in parsed.offsets:
+        mm = _model_matrix(to_formulaic(f"~ 0 + I({expr})"), frame, f"offset({expr})")
+        parts.append(np.asarray(mm, dtype=float)[:, 0])
+    if not parts:
+        return None
+    out = np.sum(parts, axis=0)
+    if not np.all(np.isfinite(out)):
+        raise DataError("the offset has non-finite values (" + ", ".join(f"offset({e})" for e in parsed.offsets) + ")")
+    return out
+
+
 def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=None,
-                 formulation: str = "hierarchical") -> Design:
+                 formulation: str = "hierarchical", weights=None, offset=None) -> Design:
     """Evaluate an lme4 formula on a data frame.
 
     Parameters
@@ -294,6 +389,9 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     residual, formulation
         Stored in the design (see :class:`Design`); the residual structure's columns are
         added to ``extra_columns``.
+    weights, offset : str or array_like, optional
+        Prior weights (positive) and an offset added to the formula's ``offset()`` terms: a
+        column of ``data`` or one value per row. Rows where either is missing are dropped.
 
     Returns
     -------
@@ -315,12 +413,20 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     parsed = parse_formula(formula)
     if residual is not None:
         extra_columns = tuple(extra_columns) + tuple(residual.columns())
+    wcol, wname = _argument_column(weights, data, "weights")
+    ocol, _ = _argument_column(offset, data, "offset")
+    if (wcol is not None or ocol is not None or parsed.offsets) and (residual is not None
+                                                                     or formulation == "marginal"):
+        raise FormulaError("weights and offsets are not available with a residual correlation structure or the "
+                           "marginal formulation (only for the hierarchical model with independent residuals)")
 
     # which columns does each piece use?
     fixed_vars = _required(parsed.fixed_formula, "fixed part", data.columns)
     used = set(fixed_vars)
     for spec in parsed.random:
         used |= _required(spec.expr, f"random-effects term {spec.source}", data.columns)
+    for expr in parsed.offsets:
+        used |= _required(f"I({expr})", f"offset({expr})", data.columns)
     covariates = used - {parsed.response}  # grouping factors may be of any type
     for spec in parsed.random:
         used |= set(spec.factors)
@@ -346,6 +452,9 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     _check_column_types(data, cols, parsed.response, covariates)
     frame = data[cols]
     complete = ~frame.isna().any(axis=1).to_numpy()
+    for col in (wcol, ocol):
+        if col is not None:
+            complete &= col.notna().to_numpy()
     n_missing = int((~complete).sum())
     if n_missing:
         frame = frame.loc[complete]
@@ -353,6 +462,14 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         frame = pd.DataFrame({c: data[c] for c in cols}, copy=_PANDAS_MAJOR < 3)
     if len(frame) == 0:
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
+    w = None
+    if wcol is not None:
+        w = wcol.to_numpy(dtype=float)[complete]
+        bad = ~np.isfinite(w) | (w <= 0)
+        if bad.any():
+            raise DataError(f"{wname} must be positive and finite; it has {int(bad.sum())} value(s) that are not "
+                            f"(e.g. {w[bad][0]:g}); drop those rows (a zero weight removes a row)")
+    offset_values = _offset(parsed, frame, None if ocol is None else ocol.to_numpy(dtype=float)[complete])
     for c in frame.columns:
         if isinstance(frame[c].dtype, pd.CategoricalDtype):
             kept = _drop_unused_categories(frame[c])
@@ -457,4 +574,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
         residual=residual,
         formulation=formulation,
+        weights=w,
+        offset=offset_values,
+        offset_argument=offset,
     )

@@ -127,13 +127,16 @@ class Deviance:
         return ranef_posterior_blocks(fit, beta=beta)
 
     def simulate(self, fit, n: int, rng) -> np.ndarray:
-        """``y* = Xβ̂ + Σ_t Z_t b*_t + ε*``, ``b*_t ~ N(0, D̂_t)`` per level, ``ε* ~ N(0, σ̂² I)``;
-        shape ``(n, nobs)``."""
+        """``y* = o + Xβ̂ + Σ_t Z_t b*_t + ε*``, ``b*_t ~ N(0, D̂_t)`` per level,
+        ``ε* ~ N(0, σ̂² W⁻¹)`` (``W`` the prior weights, ``o`` the offset); shape ``(n, nobs)``."""
         d, sol, sigma = self.design, fit.solution, fit.sigma
         mu = d.X @ sol.beta
+        if d.offset is not None:
+            mu = mu + d.offset
+        noise_sd = sigma if d.weights is None else sigma / np.sqrt(d.weights)
         out = np.empty((n, d.n))
         for i in range(n):
-            y = mu + sigma * rng.standard_normal(d.n)
+            y = mu + noise_sd * rng.standard_normal(d.n)
             for t, s in zip(d.terms, self.slices):
                 b = sigma * rng.standard_normal((t.m, t.k)) @ t.template(sol.theta[s]).T
                 y += np.einsum("ik,ik->i", t.Z, b[t.codes])
@@ -153,7 +156,8 @@ class Deviance:
 
     def from_parts(self, factor: BlockedFactor) -> float:
         """The objective from a factor."""
-        return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml)
+        return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml,
+                         log_weights=self.cp.log_weights)
 
     def __call__(self, theta) -> float:
         self.evaluations += 1
@@ -172,7 +176,7 @@ class Deviance:
         parts = self._criterion_parts(theta)
         if parts is None or not sigma > 0:
             return np.inf
-        return criterion(*parts, self.n, self.p, self.reml, sigma2=sigma * sigma)
+        return criterion(*parts, self.n, self.p, self.reml, sigma2=sigma * sigma, log_weights=self.cp.log_weights)
 
     def _criterion_parts(self, theta) -> tuple[float, float, float] | None:
         """``(log|L|², log|R_X|², r²)`` at θ (``None`` where ``L`` does not exist), memoised
@@ -197,7 +201,8 @@ class Deviance:
         q, p = f.q_rest, f.p
         beta_hat, _, _ = self.backsolve(theta, f)
         d = f.L22[q : q + p, q : q + p].T @ ((np.asarray(beta) - beta_hat) * self.cp.x_scale)  # R_X of X S⁻¹
-        return criterion(f.logdet_L(), 0.0, f.r2 + d @ d, self.n, self.p, reml=False, sigma2=sigma * sigma)
+        return criterion(f.logdet_L(), 0.0, f.r2 + d @ d, self.n, self.p, reml=False, sigma2=sigma * sigma,
+                         log_weights=self.cp.log_weights)
 
     def unscaled_vcov(self, theta) -> np.ndarray:
         """``(X'V⁻¹X)⁻¹ / σ²`` at θ, i.e. ``(R_X R_X')⁻¹``: multiply by σ² for ``vcov(β̂)``."""

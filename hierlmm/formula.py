@@ -10,6 +10,9 @@ Grammar of a random-effects term, as lme4's ``findbars``/``expandDoubleVerts``:
 * ``(expr || g)``  uncorrelated: one term per formula term of ``expr``;
 * ``g`` may be ``a:b`` (the interaction of grouping factors) or ``a/b`` (nested:
   ``(expr | a) + (expr | b:a)``; ``a/b/c`` likewise).
+
+``offset(expr)`` terms of the fixed part are set apart (``ParsedFormula.offsets``): known
+terms added to the linear predictor, as in R.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class ParsedFormula:
     response: str
     fixed: str
     random: tuple[RandomSpec, ...]
+    offsets: tuple[str, ...] = ()  # the expressions of the fixed part's offset(...) terms
 
     @property
     def fixed_formula(self) -> str:
@@ -202,17 +206,28 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise FormulaError(f"formula {formula!r} has nothing to the right of '~'")
 
     fixed_parts: list[str] = []
+    offsets: list[str] = []
     random: list[RandomSpec] = []
     # split the right-hand side into top-level '+' pieces, keeping '-' pieces with the fixed part
     for piece in _split_top(rhs, "+"):
         stripped = piece.strip()
         if not stripped:
             raise FormulaError(f"empty term (a stray '+') in formula {formula!r}")
+        signed = _signed_pieces(stripped)
+        if len(signed) > 1 and any(p.startswith("offset(") for _, p in signed):  # "offset(o) - 1"
+            offsets.extend(_offset_expr(p, formula) for s, p in signed if s == "+" and p.startswith("offset("))
+            rest = [(s, p) for s, p in signed if not (s == "+" and p.startswith("offset("))]
+            stripped = " ".join(f"{s} {p}" for s, p in rest).lstrip("+ ")
+            if stripped.startswith("-"):
+                stripped = "1 " + stripped
         if stripped.startswith("(") and stripped.endswith(")") and _matching(stripped) == len(stripped) - 1:
             inner = stripped[1:-1]
             if _find_bar(inner) is not None:
                 random.extend(_random_terms(inner, stripped))
                 continue
+        if stripped.startswith("offset(") and _matching(stripped[6:]) == len(stripped) - 7:
+            offsets.append(_offset_expr(stripped, formula))
+            continue
         if "|" in stripped:
             raise FormulaError(
                 f"term {stripped!r} of formula {formula!r} uses '|' outside a parenthesised "
@@ -225,7 +240,16 @@ def parse_formula(formula: str) -> ParsedFormula:
             "a linear mixed model needs at least one"
         )
     fixed = " + ".join(fixed_parts) if fixed_parts else "1"
-    return ParsedFormula(formula=formula, response=response, fixed=fixed, random=tuple(random))
+    return ParsedFormula(formula=formula, response=response, fixed=fixed, random=tuple(random),
+                         offsets=tuple(offsets))
+
+
+def _offset_expr(term: str, formula: str) -> str:
+    """The expression of an ``offset(expr)`` term."""
+    expr = term.strip()[7:-1].strip()
+    if not expr:
+        raise FormulaError(f"offset() in formula {formula!r} needs an expression, e.g. offset(log(exposure))")
+    return expr
 
 
 def _matching(text: str) -> int:
@@ -266,6 +290,7 @@ def update_formula(old: str, new: str) -> str:
     lhs = sides[0].strip() or "."
     response = dot.sub(po.response, lhs)
     fixed: list[str] = []
+    offsets: tuple[str, ...] = ()
     old_random = list(dict.fromkeys(r.source for r in po.random))
     random: list[str] = []
 
@@ -277,6 +302,7 @@ def update_formula(old: str, new: str) -> str:
             if sign == "-":
                 raise FormulaError(f"the update {new!r} subtracts '.', the whole old side: write the new side instead")
             fixed.append(("+ " if fixed else "") + po.fixed)
+            offsets = po.offsets
             random.extend(old_random)
             continue
         bare = piece[1:-1] if piece.startswith("(") and piece.endswith(")") and _matching(piece) == len(piece) - 1 else ""
@@ -294,4 +320,5 @@ def update_formula(old: str, new: str) -> str:
     fixed_part = " ".join(fixed).strip() or "1"
     if fixed_part.startswith("-"):
         fixed_part = "1 " + fixed_part
+    fixed_part += "".join(f" + offset({o})" for o in offsets)
     return f"{response} ~ {fixed_part}" + "".join(f" + {r}" for r in random)

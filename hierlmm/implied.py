@@ -27,7 +27,8 @@ def marginal_cov(fit, level, group: str | None = None) -> pd.DataFrame:
 
     Every random-effects term contributes ``Z_t D_t Z_t'`` between rows that share its level
     (so a crossed factor adds covariance within the group too); the residual contributes
-    ``σ² R_i`` (``R_i = I`` unless the fit has a residual correlation structure).
+    ``σ² R_i`` (``R_i = I`` unless the fit has a residual correlation structure; ``W_i⁻¹``
+    with prior weights).
     """
     rows = _rows(fit, level, group)
     d = fit.design
@@ -38,7 +39,7 @@ def marginal_cov(fit, level, group: str | None = None) -> pd.DataFrame:
         V += (Z @ D.to_numpy() @ Z.T) * same
     residual = fit.residual
     if residual is None:
-        R = np.eye(len(rows))
+        R = np.eye(len(rows)) if d.weights is None else np.diag(1.0 / d.weights[rows])
     else:
         dev = fit.deviance_function
         rg = dev.rgroup.codes[rows]

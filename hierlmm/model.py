@@ -41,6 +41,13 @@ class LMM:
     data : pandas.DataFrame
         Rows with a missing value in any variable of the formula are dropped (the count is
         reported as ``n_missing``).
+    weights : str or array_like, optional
+        Prior weights (lme4's ``weights=``), a column name or one positive number per row:
+        ``Var(ε_i) = σ²/w_i`` (e.g. inverse known sampling variances, or the number of
+        observations an averaged response stands for).
+    offset : str or array_like, optional
+        A known term of the linear predictor, a column name or one number per row, added to
+        the formula's ``offset(expr)`` terms (e.g. ``offset(log(exposure))``).
 
     Examples
     --------
@@ -51,7 +58,8 @@ class LMM:
     25.592
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame, residual=None, formulation: str = "hierarchical"):
+    def __init__(self, formula: str, data: pd.DataFrame, residual=None, formulation: str = "hierarchical",
+                 weights=None, offset=None):
         from hierlmm.residual import ResidualCorrelation
 
         if formulation not in ("hierarchical", "marginal"):
@@ -63,7 +71,9 @@ class LMM:
             )
         self.formula = formula
         self.data = data
-        self.design: Design = build_design(formula, data, residual=residual, formulation=formulation)
+        self.weights, self.offset = weights, offset
+        self.design: Design = build_design(formula, data, residual=residual, formulation=formulation,
+                                           weights=weights, offset=offset)
         self._deviance: dict[bool, Deviance] = {}
 
     residual = design_attribute("residual")

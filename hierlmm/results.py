@@ -338,7 +338,7 @@ class LMMResult:
         if formula is not None or data is not None:
             model = LMM(model.formula if formula is None else update_formula(model.formula, formula),
                         model.data if data is None else data, residual=model.residual,
-                        formulation=model.formulation)
+                        formulation=model.formulation, weights=model.weights, offset=model.offset)
         return model.fit(method=method or self.method, **fit_kwargs)
 
     def refit(self, y) -> LMMResult:
@@ -377,6 +377,9 @@ class LMMResult:
         """
         self.model.require("r2()", instead="it needs independent residuals and a covariance D per term")
         d = self.design
+        if d.weights is not None:
+            raise HierlmmError("r2() is not defined for a model with prior weights: the residual variance σ²/w_i "
+                               "differs by observation, and Nakagawa & Schielzeth's R² has one σ²")
         var_fixed = float(np.var(d.X @ self.solution.beta, ddof=1))
         Ds = self.covariance_matrices()
         var_random = sum(float(np.mean(np.einsum("ik,kl,il->i", t.Z, Ds[t.label].to_numpy(), t.Z)))
@@ -413,9 +416,12 @@ class LMMResult:
         return out
 
     def fitted(self, kind: str = "conditional") -> pd.Series:
-        """Fitted values: ``Xβ̂ + Zb̂`` (conditional) or ``Xβ̂`` (marginal), in data order."""
+        """Fitted values: ``Xβ̂ + Zb̂`` (conditional) or ``Xβ̂`` (marginal), plus the offset if
+        the model has one (as lme4), in data order."""
         kind = _check_kind(kind)
         mu = self.design.X @ self.solution.beta
+        if self.design.offset is not None:
+            mu = mu + self.design.offset
         if kind == "conditional":
             self.model.require("the conditional fitted value", needs="b", instead="use kind='marginal'")
             ts = self.design.terms
@@ -423,10 +429,13 @@ class LMMResult:
         return pd.Series(mu, index=self.design.data.index, name="fitted")
 
     def residuals(self, kind: str = "conditional", scaled: bool = False) -> pd.Series:
-        """Response minus fitted values; ``scaled=True`` divides by σ̂ (lme4's scaled Pearson)."""
+        """Response minus fitted values; ``scaled=True`` gives lme4's scaled Pearson residuals,
+        ``√w_i (y_i − ŷ_i) / σ̂`` (``w_i`` the prior weights, 1 without)."""
         r = self.design.y - self.fitted(kind).to_numpy()
         if scaled:
             r = r / self.sigma
+            if self.design.weights is not None:
+                r = r * np.sqrt(self.design.weights)
         return pd.Series(r, index=self.design.data.index, name="residuals")
 
     def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional",
@@ -443,6 +452,11 @@ class LMMResult:
             ``True`` (default): a level of a grouping factor not seen in the fit gets ``b = 0``
             for that term, i.e. the population prediction (lme4's ``allow.new.levels = TRUE``).
             ``False``: such a level is an error naming it (lme4's default).
+
+        Notes
+        -----
+        A model's offset (``offset()`` terms, ``offset=`` as a column name) is evaluated on
+        ``newdata`` and added, as lme4's ``predict``.
         """
         kind = _check_kind(kind)
         if newdata is None:
@@ -455,6 +469,9 @@ class LMMResult:
         except Exception as exc:
             raise DataError(f"cannot build the fixed-effects matrix for newdata: {exc}") from None
         mu = X @ self.solution.beta
+        offset = self.design.offset_on(newdata)
+        if offset is not None:
+            mu = mu + offset
         if kind == "conditional":
             self.model.require("the conditional prediction", needs="b", instead="use kind='marginal'")
             for t, b in zip(self.design.terms, self.solution.b):
@@ -589,11 +606,12 @@ class LMMResult:
         return pd.DataFrame(draws.T, index=self.design.data.index, columns=[f"sim_{i + 1}" for i in range(n)])
 
     # ---------------------------------------------------------------------- printing
-    def summary(self):
-        """lme4-style summary; prints as text, renders as HTML in a notebook."""
+    def summary(self, ddf: str = "satterthwaite"):
+        """lme4-style summary; prints as text, renders as HTML in a notebook. ``ddf``: the t
+        tests' df, ``"satterthwaite"`` (lmerTest's default) or ``"kenward-roger"``."""
         from hierlmm.summary import Summary
 
-        return Summary(self)
+        return Summary(self, ddf=ddf)
 
     def __repr__(self) -> str:
         return str(self.summary())

@@ -63,21 +63,24 @@ class Summary:
         Groups, Name, Variance, Std.Dev. and correlations.
     """
 
-    def __init__(self, fit):
+    def __init__(self, fit, ddf: str = "satterthwaite"):
         self.fit = fit
+        self.ddf = ddf
         self.inference_note: str | None = None  # why df and p are missing, if they are
         self.coefficients = self._coefficients()
 
     def _coefficients(self) -> pd.DataFrame:
-        """Satterthwaite's table; where it cannot be computed (a refusal, or a singular
-        matrix), Estimate/SE/t only and the reason in :attr:`inference_note` (printed)."""
+        """The t tests with ``self.ddf``'s df (Satterthwaite, or Kenward–Roger with its adjusted
+        SEs); where they cannot be computed (a refusal, or a singular matrix), Estimate/SE/t
+        only and the reason in :attr:`inference_note` (printed)."""
         from hierlmm.errors import HierlmmError
 
         fit = self.fit
         try:
-            ct = fit.coef_table(ddf="satterthwaite")
+            ct = fit.coef_table(ddf=self.ddf)
         except (HierlmmError, np.linalg.LinAlgError) as exc:
-            self.inference_note = f"no Satterthwaite df or p-values: {exc}"
+            name = "Kenward-Roger" if self.ddf.lower().startswith("k") else "Satterthwaite"
+            self.inference_note = f"no {name} df or p-values: {exc}"
             est, se = fit.fixef, fit.se
             return pd.DataFrame({"Estimate": est, "Std. Error": se, "t value": est / se})
         return pd.DataFrame({"Estimate": ct["estimate"], "Std. Error": ct["se"], "df": ct["df"],
@@ -87,7 +90,12 @@ class Summary:
     def _header(self) -> list[str]:
         fit = self.fit
         how = "REML" if fit.method == "REML" else "maximum likelihood"
-        lines = [f"Linear mixed model fit by {how}", f"Formula: {fit.design.parsed.formula}"]
+        tests = "" if self.inference_note else (
+            ". t-tests use " + ("Kenward-Roger" if self.ddf.lower().startswith("k") else "Satterthwaite") + "'s method")
+        lines = [f"Linear mixed model fit by {how}{tests}", f"Formula: {fit.design.parsed.formula}"]
+        for what, arg in (("Weights", fit.model.weights), ("Offset", fit.model.offset)):
+            if arg is not None:
+                lines.append(f"{what}: {arg if isinstance(arg, str) else 'given as an array'}")
         if fit.n_missing:
             lines.append(f"   (rows dropped for missing values: {fit.n_missing})")
         lines.append("")

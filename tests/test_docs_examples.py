@@ -81,6 +81,41 @@ def test_cli_fit_json_matches_api():
     assert got["loglik"] == pytest.approx(fit.loglik, rel=1e-12)
     assert got["sigma"] == pytest.approx(fit.sigma, rel=1e-10)
     np.testing.assert_allclose([r["vcov"] for r in got["varcorr"]], fit.varcorr.vcov, rtol=1e-10)
+    table = fit.coef_table()
+    for name, row in got["coefficients"].items():
+        for key in ("estimate", "se", "df", "t", "p"):
+            assert row[key] == pytest.approx(table.loc[name, key], rel=1e-8), (name, key)
+
+
+def test_cli_weights_offset_and_kenward_roger(tmp_path):
+    """--weights/--offset are the API's weights=/offset=; --ddf kenward-roger its KR table."""
+    d = hl.datasets.load("sleepstudy").assign(w=lambda d: 1 + (d.Days % 3), o=lambda d: 0.5 * d.Days)
+    csv = tmp_path / "ss.csv"
+    d.to_csv(csv, index=False)
+    out = _cli("fit", str(csv), "Reaction ~ Days + (Days | Subject)", "--weights", "w", "--offset", "o",
+               "--ddf", "kenward-roger", "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    d["Subject"] = d["Subject"].astype(str)
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", d, weights="w", offset="o").fit()
+    table = fit.coef_table(ddf="kenward-roger")
+    assert got["ddf"] == "kenward-roger"
+    for name, row in got["coefficients"].items():
+        assert row["df"] == pytest.approx(table.loc[name, "df"], rel=1e-6)
+        assert row["se"] == pytest.approx(table.loc[name, "se"], rel=1e-8)
+    text = _cli("fit", str(csv), "Reaction ~ Days + (Days | Subject)", "--weights", "w", "--ddf", "kenward-roger")
+    assert "Kenward-Roger's method" in text.stdout and "Weights: w" in text.stdout
+
+
+def test_cli_sample_prints_intervals_with_digits():
+    """The sample table's interval bounds keep five significant digits (not "150 150")."""
+    pytest.importorskip("pymc")
+    out = _cli("sample", "sleepstudy", "Reaction ~ Days + (1 | Subject)", "--draws", "200", "--tune", "200",
+               "--chains", "2", "--seed", "1", "--prior", "weak")
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("beta[Days]"))
+    lb, ub = (float(v) for v in row.split()[3:5])
+    assert 8 < lb < ub < 13 and lb != round(lb) and ub != round(ub)
 
 
 def test_cli_csv_with_factor_order(tmp_path):

@@ -37,7 +37,8 @@ class DenseSystem:
         from hierlmm.crossprod import crossproduct
 
         self.design = design
-        self.A = (cp if cp is not None else crossproduct(design, sparse=False)).dense()
+        cp = cp if cp is not None else crossproduct(design, sparse=False)
+        self.A, self.log_weights = cp.dense(), cp.log_weights
         self.q, self.p, self.n = design.q, design.p, design.n
         self.lam_rows, self.lam_cols, self.lam_src, _ = lambda_entries(design.terms, design.theta_slices())
 
@@ -147,7 +148,8 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
               + cp.logdet_scale)
     r2 = L22[-1, -1] ** 2
     # logdet holds log|R_X|² too: the REML criterion with logdet_x folded into logdet_v
-    return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=pt.exp(s), log=pt.log)
+    return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=pt.exp(s), log=pt.log,
+                            log_weights=cp.log_weights)
 
 
 def _rest_lambda_pt(design, layout, theta, r):
@@ -180,7 +182,8 @@ def reml_loglik_pt(system: DenseSystem, layout: Layout, x):
     d = pt.diagonal(C)
     logdet = 2 * pt.sum(pt.log(d[: q + p]))
     r2 = C[-1, -1] ** 2
-    return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=sigma2, log=pt.log)
+    return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=sigma2, log=pt.log,
+                            log_weights=system.log_weights)
 
 
 def log_prior_pt(layout: Layout, prior, x):

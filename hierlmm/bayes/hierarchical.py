@@ -41,6 +41,7 @@ def build_hierarchical_model(design, prior, start_x, start_beta, start_b, centre
     import pymc as pm
     import pytensor.tensor as pt
 
+    design = design.whitened()  # prior weights and offset: W^½(y − o) ~ N(W^½(Xβ + Zb), σ²I)
     layout = Layout(design)
     with pm.Model() as model:
         x = pm.Flat("x", shape=layout.size, initval=start_x)

@@ -73,6 +73,7 @@ class PosteriorMode:
 
 def _neutral_start(design, layout):
     """OLS residual variance split evenly between σ² and each term: no REML involved."""
+    design = design.whitened()
     X, y = design.X, design.y
     resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
     v = float(resid @ resid / max(len(y) - X.shape[1], 1))
@@ -144,7 +145,8 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
             Ls, s2, theta, sigma, logj = theta_sigma(x)
             return 0.5 * ml_dev.at_beta(theta, beta, sigma) - layout.log_prior(prior, Ls, s2) - logj
 
-        b0 = np.linalg.lstsq(design.X, design.y, rcond=None)[0]
+        w = design.whitened()
+        b0 = np.linalg.lstsq(w.X, w.y, rcond=None)[0]
         z, logd = _maximise(neg, np.concatenate([x0, b0]))
         x, beta = z[:-p], z[-p:]
     else:
@@ -170,7 +172,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
                 except np.linalg.LinAlgError:
                     return np.inf
                 dev = criterion(2 * np.sum(np.log(np.diag(C)[: q + p])), 0.0, C[-1, -1] ** 2, n, p,
-                                reml=False, sigma2=s2)
+                                reml=False, sigma2=s2, log_weights=system.log_weights)
                 return 0.5 * dev - layout.log_prior(prior, Ls, s2) - logj
 
         x, logd = _maximise(neg, x0)

@@ -45,14 +45,17 @@ class Posterior:
     def variance_names(self) -> list[str]:
         return [n for n in self.posterior.data_vars if n.startswith(("var_", "cov_")) or n == "sigma2"]
 
-    def summary(self, var_names=None, ci_prob: float = 0.95) -> pd.DataFrame:
-        """ArviZ summary: mean, sd, 95% equal-tailed interval, bulk/tail ESS, R-hat."""
+    def summary(self, var_names=None, ci_prob: float = 0.95, round_to="auto") -> pd.DataFrame:
+        """ArviZ summary: mean, sd, 95% equal-tailed interval, bulk/tail ESS, R-hat.
+
+        ``round_to``: ArviZ's rounding, ``"auto"`` (digits the Monte Carlo error supports)
+        or ``"none"`` (full precision)."""
         import arviz as az
 
         if var_names is None:
             var_names = ["beta", "sigma"] + [n for n in self.posterior.data_vars if n.startswith(("sd_", "corr_"))]
         with np.errstate(all="ignore"):  # the unit diagonal of a correlation matrix has no R-hat
-            out = az.summary(self.idata, var_names=var_names, ci_prob=ci_prob)
+            out = az.summary(self.idata, var_names=var_names, ci_prob=ci_prob, round_to=round_to)
         diagonal = [i for i in out.index if i.startswith("corr_") and _same_pair(i)]
         return out.drop(index=diagonal)
 

@@ -63,8 +63,9 @@ def kr_adjust(fit) -> KRAdjustment:
 
 
 def compute_kr_adjust(fit) -> KRAdjustment:
-    """pbkrtest's ``vcovAdj`` (Kenward & Roger 1997, §2)."""
-    design = fit.design
+    """pbkrtest's ``vcovAdj`` (Kenward & Roger 1997, §2), on the whitened model (prior weights:
+    ``W^½X``, ``W^½Z``; ``Var(β̂)`` and its derivatives are the same)."""
+    design = fit.design.whitened()
     X = design.X
     p = X.shape[1]
     gammas, pairs = _components(fit)

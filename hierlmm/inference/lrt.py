@@ -35,13 +35,14 @@ def chibar_pvalue(stat: float, df: int) -> float:
     return float(0.5 * lower + 0.5 * stats.chi2.sf(stat, df))
 
 
-def lm_loglik(y: np.ndarray, X: np.ndarray, reml: bool) -> float:
-    """Log-likelihood of the linear model without random effects (REML as lme4 defines it)."""
+def lm_loglik(y: np.ndarray, X: np.ndarray, reml: bool, log_weights: float = 0.0) -> float:
+    """Log-likelihood of the linear model without random effects (REML as lme4 defines it);
+    with prior weights ``y, X`` are the whitened ones and ``log_weights = Σ log w_i``."""
     n, p = X.shape
     Q, R = np.linalg.qr(X)
     resid = y - Q @ (Q.T @ y)
     r2 = float(resid @ resid)
-    return -0.5 * criterion(0.0, 2 * np.sum(np.log(np.abs(np.diag(R)))), r2, n, p, reml)
+    return -0.5 * criterion(0.0, 2 * np.sum(np.log(np.abs(np.diag(R)))), r2, n, p, reml, log_weights=log_weights)
 
 
 def _refit_ml(fit):
@@ -172,13 +173,16 @@ def ranova(fit) -> pd.DataFrame:
                        "lrt": np.nan, "df": np.nan, "p": np.nan, "p_mixture": np.nan}}
     for label, remaining in _reductions(parsed):
         if remaining:
-            formula = f"{parsed.response} ~ {parsed.fixed} + " + " + ".join(remaining)
+            offsets = "".join(f" + offset({o})" for o in parsed.offsets)
+            formula = f"{parsed.response} ~ {parsed.fixed}{offsets} + " + " + ".join(remaining)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", hl.SingularFitWarning)
-                sub = hl.LMM(formula, fit.model.data).fit(method=fit.method)
+                sub = hl.LMM(formula, fit.model.data, weights=fit.model.weights,
+                             offset=fit.model.offset).fit(method=fit.method)
             ll, npar = sub.loglik, sub.df_model
         else:
-            ll = lm_loglik(fit.design.y, fit.design.X, reml)
+            w = fit.design.whitened()
+            ll = lm_loglik(w.y, w.X, reml, fit.design.log_weights)
             npar = fit.design.p + 1
         lrt = max(2 * (fit.loglik - ll), 0.0)
         df = fit.df_model - npar

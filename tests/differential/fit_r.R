@@ -45,10 +45,18 @@ inference <- function(m, kr) {
   out
 }
 
+# lmer on data d, with the case's prior-weight column (weights = <column>, as users write it,
+# so that update() and drop1() re-evaluate it in the data)
+lmer_case <- function(cs, d) {
+  if (is.null(cs$weights)) return(lmerTest::lmer(as.formula(cs$formula), data = d, REML = isTRUE(cs$reml)))
+  eval(bquote(lmerTest::lmer(as.formula(cs$formula), data = d, REML = isTRUE(cs$reml),
+                             weights = .(as.name(cs$weights)))))
+}
+
 fit_lmer <- function(cs, d) {
   warns <- character(0)
   m <- withCallingHandlers(
-    lmerTest::lmer(as.formula(cs$formula), data = d, REML = isTRUE(cs$reml)),
+    lmer_case(cs, d),
     warning = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleWarning") },
     message = function(w) { warns <<- c(warns, conditionMessage(w)); invokeRestart("muffleMessage") })
   out <- list(ok = TRUE, warnings = I(warns))
@@ -95,8 +103,7 @@ fit_lmer <- function(cs, d) {
     # the same model with one covariate in other units: the same hypotheses, a well-scaled X
     d2 <- d
     d2[[cs$rescale]] <- d2[[cs$rescale]] / sd(d2[[cs$rescale]], na.rm = TRUE)
-    m2 <- suppressWarnings(suppressMessages(
-      lmerTest::lmer(as.formula(cs$formula), data = d2, REML = isTRUE(cs$reml))))
+    m2 <- suppressWarnings(suppressMessages(lmer_case(cs, d2)))
     out$rescaled <- inference(m2, isTRUE(cs$kr))
   }
   if (isTRUE(cs$profile)) {

@@ -9,7 +9,10 @@
   ordered factors, interactions, ``I(x^2)`` and ``log(w)`` written as R users write them;
 * data: unbalanced groups, groups of size one, missing values in the response and the
   covariates, random-effect variances that are sometimes zero (singular fits), responses on
-  scales from 1e-2 to 1e3; REML and ML.
+  scales from 1e-2 to 1e3; REML and ML;
+* prior weights (lme4's ``weights=``, a column ``pw``: counts or spread-out positive numbers,
+  the residual SD σ/√pw) and offsets (``offset(ofs)``, ``offset(2 * log(w))``). These are
+  drawn from a second stream, so adding them left every other choice of a seed unchanged.
 
 Every formula is written once, in lme4's syntax, and given unchanged to both lme4 and
 hierlmm. A case carries flags for the costlier comparisons (Kenward–Roger, profile
@@ -45,6 +48,8 @@ class Case:
         formula without it.
     ar1 : bool
         Fit with AR(1) residuals within the grouping factor (nlme's ``lme`` + ``corAR1``).
+    weights : str or None
+        The column of prior weights (``weights=`` of both lme4 and hierlmm).
     rescale : str or None
         A covariate on a scale far from 1: R also fits the model with it divided by its SD
         (the same hypotheses in other units), since lmerTest's contrasts use absolute
@@ -61,6 +66,7 @@ class Case:
     small_formula: str | None = None
     ar1: bool = False
     rescale: str | None = None
+    weights: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,7 +100,7 @@ def _cov(rng, k: int, scale: float, zero: bool) -> np.ndarray:
     return D
 
 
-def _case(rng, i: int) -> Case:
+def _case(rng, i: int, extra=None) -> Case:
     kind = RANDOM_KINDS[i % len(RANDOM_KINDS)] if rng.random() < 0.7 else str(rng.choice(RANDOM_KINDS))
     m = int(rng.integers(5, 26))
     mean = float(rng.uniform(2.5, 9))
@@ -190,9 +196,23 @@ def _case(rng, i: int) -> Case:
         else:
             eta += float(np.exp(rng.normal(-0.3, 0.6))) * rng.normal(size=hc.max() + 1)[hc]
     yscale = 10.0 ** rng.uniform(-2, 3)
-    d["y"] = (eta + sigma * rng.normal(size=n)) * yscale + rng.normal(0, 3) * yscale
+    noise = rng.normal(size=n)
+    weighted = extra is not None and extra.random() < 0.25
+    offset = str(extra.choice(["offset(ofs)", "offset(2 * log(w))"])) if extra is not None and extra.random() < 0.2 else ""
+    if weighted:
+        pw = extra.integers(1, 9, n).astype(float) if extra.random() < 0.5 else np.exp(extra.normal(0, 1, n))
+        d["pw"] = pw
+        noise = noise / np.sqrt(pw)
+    d["y"] = (eta + sigma * noise) * yscale + rng.normal(0, 3) * yscale
+    if offset == "offset(ofs)":
+        d["ofs"] = extra.normal(0, 2, n) * yscale
+        d["y"] += d["ofs"]
+    elif offset:
+        d["y"] += 2 * np.log(d["w"])
 
-    notes = [kind]
+    notes = [kind] + (["weights"] if weighted else []) + (["offset"] if offset else [])
+    if offset:
+        fixed = f"{fixed} + {offset}"
     if rng.random() < 0.2:
         for col in rng.choice(["y", "x", "w", "f"], size=2, replace=False):
             rows = rng.choice(n, size=max(1, n // 30), replace=False)
@@ -205,11 +225,13 @@ def _case(rng, i: int) -> Case:
         formula=f"y ~ {fixed} + {random}",
         data=d[["y"] + [c for c in d.columns if c != "y"]],
         reml=reml,
-        kr=reml and n <= 350,
+        # pbkrtest ignores prior weights (its V is ZDZ' + σ²I): no reference for weighted KR
+        kr=reml and n <= 350 and not weighted,
         profile=bool(n <= 180 and rng.random() < 0.25),
         lrt_drop=lrt,
-        small_formula=f"y ~ {' + '.join(chosen[:-1])} + {random}" if lrt else None,
+        small_formula=f"y ~ {' + '.join(chosen[:-1] + ([offset] if offset else []))} + {random}" if lrt else None,
         rescale="z" if "z" in chosen and not 1e-3 < d["z"].std() < 1e3 else None,
+        weights="pw" if weighted else None,
         notes=notes,
     )
     return case
@@ -240,7 +262,8 @@ def _ar1_case(rng, i: int) -> Case:
 def generate(seed: int, n: int, n_ar1: int | None = None) -> list[Case]:
     """``n`` random cases (about one in fifteen with AR(1) residuals), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 14])  # weights and offsets
     n_ar1 = max(1, n // 15) if n_ar1 is None else n_ar1
-    cases = [_case(rng, i) for i in range(n - n_ar1)]
+    cases = [_case(rng, i, extra) for i in range(n - n_ar1)]
     cases += [_ar1_case(rng, i) for i in range(n_ar1)]
     return cases

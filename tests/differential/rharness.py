@@ -46,7 +46,7 @@ def _spec(case, folder: Path) -> dict:
             factors[col] = {"levels": [str(c) for c in dtype.categories], "ordered": bool(dtype.ordered)}
     return {"id": case.id, "formula": case.formula, "csv": str(csv), "factors": factors,
             "reml": case.reml, "kr": case.kr, "profile": case.profile, "lrt_drop": case.lrt_drop,
-            "ar1": case.ar1, "rescale": case.rescale}
+            "ar1": case.ar1, "rescale": case.rescale, "weights": case.weights}
 
 
 def _run(specs: list[dict], folder: Path, tag: str) -> list[dict]:
