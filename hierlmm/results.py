@@ -284,29 +284,37 @@ class LMMResult:
                    "std.error", "statistic", "df", "p.value"]
         return pd.DataFrame(rows, columns=columns)
 
-    def drop1(self) -> pd.DataFrame:
-        """lme4's ``drop1(fit, test = "Chisq")``: for each fixed term that can be dropped (one
-        contained in no other term, R's ``drop.scope``), the model without it, by ML (a REML
-        fit is refitted by ML first, as lme4's drop1 does).
+    def drop1(self, test: str = "Chisq", ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Single-term deletions of every fixed term that can be dropped (one contained in no
+        other term, R's ``drop.scope``).
 
-        Returns
-        -------
-        DataFrame
-            Rows ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``AIC``,
-            ``LRT`` (the ML deviance's increase) and ``Pr(Chi)``. Each reduced model comes from
-            the full model's cross-product A with the term's columns removed (no pass over the
-            data), its θ optimised from the full model's.
+        ``test="Chisq"`` (default): lme4's ``drop1(fit, test = "Chisq")``, the model without
+        the term, by ML (a REML fit is refitted by ML first, as lme4's drop1 does): rows
+        ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``AIC``, ``LRT``
+        (the ML deviance's increase) and ``Pr(Chi)``. Each reduced model comes from the full
+        model's cross-product A with the term's columns removed (no pass over the data), its θ
+        optimised from the full model's.
+
+        ``test="F"``: lmerTest's ``drop1``, the F test that all the term's coefficients are 0 in
+        the fitted model (no refits), with ``ddf`` Satterthwaite's or Kenward–Roger's df;
+        columns as :meth:`anova`'s.
         """
         from scipy.stats import chi2
 
-        from hierlmm.inference.contrasts import fixed_terms
+        from hierlmm.inference.contrasts import droppable_terms, fixed_terms
         from hierlmm.optimize import optimize_theta
         from hierlmm.threads import one_blas_thread
 
-        self.model.require("drop1()", instead="compare fits with hl.anova(small, big)")
+        if str(test).lower() == "f":
+            from hierlmm.inference.ftests import drop1_f
+
+            return drop1_f(self, ddf=ddf)
+        if str(test).lower() not in ("chisq", "chi", "lrt"):
+            raise HierlmmError(f"test must be 'Chisq' (likelihood ratio) or 'F', got {test!r}")
+        self.model.require("drop1()", instead="compare fits with hl.anova(small, big), or use drop1(test='F')")
         ml = self if self.method == "ML" else self.model.fit(method="ML")
-        names, cols, factors, _ = fixed_terms(self.design)
-        scope = [t for t in names if not any(factors[t] < factors[u] for u in names)]
+        _, cols, _, _ = fixed_terms(self.design)
+        scope = droppable_terms(self.design)
         k_full = self.design.p + self.design.n_theta + 1
         rows = {"<none>": (np.nan, ml.deviance + 2 * k_full, np.nan, np.nan)}
         with one_blas_thread():
@@ -458,64 +466,22 @@ class LMMResult:
         A model's offset (``offset()`` terms, ``offset=`` as a column name) is evaluated on
         ``newdata`` and added, as lme4's ``predict``.
         """
+        from hierlmm.newdata import new_data
+
         kind = _check_kind(kind)
         if newdata is None:
             return self.fitted(kind)
-        if not isinstance(newdata, pd.DataFrame):
-            raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
-        newdata = self._align_categories(newdata)
-        try:
-            X = self.design.fixed_matrix(newdata)
-        except Exception as exc:
-            raise DataError(f"cannot build the fixed-effects matrix for newdata: {exc}") from None
-        mu = X @ self.solution.beta
-        offset = self.design.offset_on(newdata)
-        if offset is not None:
-            mu = mu + offset
-        if kind == "conditional":
+        conditional = kind == "conditional"
+        if conditional:
             self.model.require("the conditional prediction", needs="b", instead="use kind='marginal'")
-            for t, b in zip(self.design.terms, self.solution.b):
-                missing = [f for f in t.factors if f not in newdata.columns]
-                if missing:
-                    raise DataError(f"newdata lacks grouping column(s) {', '.join(missing)} of {t.source}")
-                labels = newdata[list(t.factors)].astype(str).agg(":".join, axis=1)
-                lookup = pd.Series(np.arange(t.m), index=t.levels)
-                codes = lookup.reindex(labels.to_numpy()).to_numpy()
-                seen = ~np.isnan(codes)
-                if not allow_new_levels and not seen.all():
-                    new = list(dict.fromkeys(labels.to_numpy()[~seen]))
-                    raise DataError(
-                        f"newdata has level(s) of {t.group!r} not in the fit: "
-                        f"{', '.join(map(repr, new[:5]))}{' ...' if len(new) > 5 else ''}; "
-                        "allow_new_levels=True predicts them at the population level (b = 0)")
-                Z = term_columns(t, newdata)
-                contrib = np.zeros(len(newdata))
-                if seen.any():
-                    ci = codes[seen].astype(int)
-                    contrib[seen] = np.einsum("ik,ik->i", Z[seen], b[ci])
-                mu = mu + contrib
-        return pd.Series(mu, index=newdata.index, name="predicted")
-
-    def _align_categories(self, newdata: pd.DataFrame) -> pd.DataFrame:
-        """Check newdata's columns and give its factors the fit's categories (same contrasts)."""
-        d = self.design
-        grouping = {f for t in d.terms for f in t.factors}
-        needed = [c for c in d.data.columns if c != d.response and c not in grouping]
-        missing = [c for c in needed if c not in newdata.columns]
-        if missing:
-            raise DataError(f"newdata lacks column(s) {', '.join(missing)} used by the model")
-        newdata = newdata.copy()
-        for c in needed:
-            col = d.data[c]
-            if not isinstance(col.dtype, pd.CategoricalDtype):
-                continue
-            cats = col.cat.categories
-            values = newdata[c].astype(str) if cats.dtype == object else newdata[c]
-            unknown = sorted(set(values[values.notna() & ~values.isin(cats)].astype(str)))
-            if unknown:
-                raise DataError(f"newdata column {c!r} has level(s) not in the fit: {', '.join(unknown)}")
-            newdata[c] = pd.Categorical(values, categories=cats)
-        return newdata
+        nd = new_data(self.design, newdata, random=conditional, allow_new_levels=allow_new_levels)
+        mu = nd.X @ self.solution.beta
+        if nd.offset is not None:
+            mu = mu + nd.offset
+        for codes, Z, b in zip(nd.codes, nd.Z, self.solution.b):
+            seen = codes >= 0
+            mu[seen] += np.einsum("ik,ik->i", Z[seen], b[codes[seen]])
+        return pd.Series(mu, index=nd.index, name="predicted")
 
     def marginal_cov(self, level, group: str | None = None) -> pd.DataFrame:
         """The implied ``V_i = Z_i D Z_i' + σ² R_i`` for the rows of one level (see
@@ -572,7 +538,7 @@ class LMMResult:
         return coef_table(self, ddf=ddf)
 
     def anova(self, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
-        """F tests of the fixed-effects terms (lmerTest's ``anova``): Type III or Type I.
+        """F tests of the fixed-effects terms (lmerTest's ``anova``): Type III, II or I.
 
         Columns ``sum_sq, mean_sq, num_df, den_df, F, p``, one row per term (``age``,
         ``Sex``, ``age:Sex``).
@@ -580,6 +546,17 @@ class LMMResult:
         from hierlmm.inference.ftests import anova_table
 
         return anova_table(self, type=type, ddf=ddf)
+
+    def emmeans(self, specs, by=None, at: dict | None = None, ddf: str = "kenward-roger", level: float = 0.95,
+                pairwise: bool = False, adjust: str = "tukey") -> pd.DataFrame:
+        """Estimated marginal means of the factor(s) ``specs`` within each level of ``by``
+        (R's ``emmeans(fit, specs, by = by)``), or with ``pairwise=True`` their pairwise
+        differences (``pairs()``, Tukey-adjusted by default). Covariates at their means unless
+        ``at`` gives values; ``ddf`` ``"kenward-roger"`` (emmeans' default: adjusted SEs and
+        df), ``"satterthwaite"`` or ``"asymptotic"``. See :mod:`hierlmm.inference.emmeans`."""
+        from hierlmm.inference.emmeans import emmeans
+
+        return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level, pairwise=pairwise, adjust=adjust)
 
     def ranova(self) -> pd.DataFrame:
         """Likelihood-ratio tests that reduce each random term in turn (lmerTest's ``ranova``)."""
@@ -594,6 +571,18 @@ class LMMResult:
         from hierlmm.inference.confint import confint
 
         return confint(self, method=method, level=level, **kwargs)
+
+    def bootstrap(self, n_boot: int = 200, statistic=None, random_seed=None, progressbar=None,
+                  n_jobs: int = 1) -> pd.DataFrame:
+        """Parametric bootstrap replicates of ``statistic(fit)`` (default: the parameters of
+        :meth:`confint`), as lme4's ``bootMer``: a DataFrame, one row per replicate, with the
+        fit's own value in ``.attrs["t0"]``. See :func:`hierlmm.inference.confint.bootstrap`."""
+        from hierlmm.inference.confint import bootstrap
+        from hierlmm.threads import one_blas_thread
+
+        with one_blas_thread():
+            return bootstrap(self, n_boot, statistic=statistic, random_seed=random_seed, progressbar=progressbar,
+                             n_jobs=n_jobs)
 
     def simulate(self, n: int = 1, random_seed=None) -> pd.DataFrame:
         """``n`` draws of the response from the fitted model, as lme4's ``simulate()``: one
@@ -623,18 +612,6 @@ class LMMResult:
 def theta_names(terms) -> list[str]:
     """lme4's names of θ's entries: ``Subject.(Intercept)``, ``Subject.Days.(Intercept)``, ..."""
     return [n for t in terms for n in t.theta_names()]
-
-
-def term_columns(term, data: pd.DataFrame) -> np.ndarray:
-    """The ``Z`` columns of a random-effects term evaluated on (new) data."""
-    if term.model_spec is None:
-        from hierlmm.design import simple_columns
-
-        return simple_columns(term.expr, data)[0]
-    from hierlmm.rsyntax import formula_context
-
-    return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore", context=formula_context()),
-                      dtype=float)
 
 
 def _check_kind(kind: str) -> str:

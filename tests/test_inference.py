@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import hierlmm as hl
-from conftest import load_ref, r_name
+from conftest import at_theta, load_ref, r_name
 
 SATT = [m for m in ("sleepstudy_slope_reml", "sleepstudy_int_reml", "sleepstudy_uncorr_reml", "orthodont_ort4_reml",
                     "orthodont_ort6_reml", "orthodont_ort7_reml", "oats_splitplot_reml", "mathach_ses_reml")]
@@ -270,3 +270,80 @@ def test_profile_coordinates_are_a_box_of_valid_models(formula):
                 for t, s in zip(fit.design.terms, fit.design.theta_slices()):
                     np.testing.assert_allclose(t.relcov(th[s]), t.relcov(th2[s]), atol=1e-10)
                 assert np.all(v[lo == 0] >= 0) and np.all(np.abs(v[lo == -1]) <= 1 + 1e-12)
+
+
+# ------------------------------------------------------------------- emmeans (R's emmeans)
+def _emm_frame_close(got, ref, columns):
+    for c_got, c_ref in columns.items():
+        if isinstance(ref[c_ref][0], str):
+            assert list(map(str, got[c_got])) == ref[c_ref], c_got
+        else:
+            np.testing.assert_allclose(got[c_got].to_numpy(dtype=float), ref[c_ref], rtol=1e-6, atol=1e-9,
+                                       err_msg=c_got)
+
+
+EMM = {"emmean": "emmean", "SE": "SE", "df": "df", "lower.CL": "lower.CL", "upper.CL": "upper.CL"}
+PAIRS = {"contrast": "contrast", "estimate": "estimate", "SE": "SE", "df": "df", "t.ratio": "t.ratio",
+         "p.value": "p.value"}
+
+
+def test_emmeans_as_r():
+    """hierlmm's emmeans against R's emmeans 1.8.4 (tests/reference/r/emmeans_refs.R): a
+    covariate set by ``at=`` as ``by``, Satterthwaite df, averaging over an interacting factor,
+    two factors, Tukey and Bonferroni pairs. At lme4's θ (its optimum of Orthodont is 1e-4 from
+    hierlmm's in a flat valley, and SEs follow θ), so the comparison is of the same function."""
+    ref = load_ref("emmeans")
+    ortho = hl.datasets.load("Orthodont")
+    ortho["Sex"] = ortho["Sex"].cat.reorder_categories(["Male", "Female"])
+    r = ref["orthodont"]
+    f1 = at_theta(hl.LMM("distance ~ age * Sex + (age | Subject)", ortho).fit(), r["theta"])
+    by_age = f1.emmeans("Sex", by="age", at={"age": [8, 14]})
+    _emm_frame_close(by_age, r["by_age"], {"Sex": "Sex", "age": "age", **EMM})
+    _emm_frame_close(f1.emmeans("Sex", ddf="satterthwaite"), r["sex_satterthwaite"], {"Sex": "Sex", **EMM})
+    _emm_frame_close(f1.emmeans("Sex", by="age", at={"age": [8, 14]}, pairwise=True), r["pairs_by_age"],
+                     {"age": "age", **PAIRS})
+    oats = hl.datasets.load("Oats")
+    oats["N"] = pd.Categorical(oats["nitro"].map(lambda v: f"{v:g}"))
+    r = ref["oats"]
+    f2 = at_theta(hl.LMM("yield ~ Variety * N + (1 | Block / Variety)", oats).fit(), r["theta"])
+    _emm_frame_close(f2.emmeans("Variety"), r["variety"], {"Variety": "Variety", **EMM})
+    _emm_frame_close(f2.emmeans(["Variety", "N"]), r["variety_n"], {"Variety": "Variety", "N": "N", **EMM})
+    _emm_frame_close(f2.emmeans("N", pairwise=True), r["pairs_n"], PAIRS)
+    _emm_frame_close(f2.emmeans("N", pairwise=True, adjust="bonferroni"), r["pairs_n_bonferroni"], PAIRS)
+
+
+def test_emmeans_refuses_what_it_cannot_do():
+    d = hl.datasets.load("sleepstudy")
+    fit = hl.LMM("Reaction ~ Days + (1 | Subject)", d).fit()
+    with pytest.raises(hl.HierlmmError, match="'Sex' is not a variable"):
+        fit.emmeans("Sex")
+    with pytest.raises(hl.HierlmmError, match="at= names"):
+        fit.emmeans("Days", at={"nope": 1})
+    off = hl.LMM("Reaction ~ Days + offset(Days) + (1 | Subject)", d).fit()
+    with pytest.raises(hl.HierlmmError, match="offset"):
+        off.emmeans("Days")
+    ml = hl.LMM("Reaction ~ Days + (1 | Subject)", d).fit(method="ML")
+    with pytest.raises(hl.HierlmmError, match="REML"):
+        ml.emmeans("Days")
+
+
+def test_bootstrap_replicates_are_refits():
+    """``bootstrap()`` (lme4's bootMer): replicate i is the refit of the i-th simulated response
+    (``simulate`` with the same seed), for a user statistic and for the default one, whose
+    fast path (no result objects) gives the same numbers; ``t0`` is the fit's own value."""
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    stat = lambda f: {"beta_days": f.fixef["Days"], "sigma": f.sigma, "se_days": f.se["Days"]}  # noqa: E731
+    boot = fit.bootstrap(4, statistic=stat, random_seed=3, progressbar=False)
+    assert list(boot.columns) == ["beta_days", "sigma", "se_days"] and len(boot) == 4
+    assert boot.attrs["t0"]["beta_days"] == fit.fixef["Days"]
+    ys = fit.simulate(4, random_seed=3)
+    for i in range(4):
+        again = fit.refit(ys[f"sim_{i + 1}"].to_numpy())
+        np.testing.assert_allclose(boot.iloc[i], list(stat(again).values()), rtol=1e-5)
+    default = fit.bootstrap(4, random_seed=3, progressbar=False)
+    assert list(default.columns) == list(fit.confint(method="wald").index)
+    np.testing.assert_allclose(default["sigma"], boot["sigma"], rtol=1e-6)
+    np.testing.assert_allclose(default["Days"], boot["beta_days"], rtol=1e-6)
+    with pytest.raises(hl.HierlmmError, match="returned 1 values where the fit gave 2"):
+        fit.bootstrap(2, statistic=lambda f: f.fixef.to_numpy() if f is fit else 1.0, random_seed=1,
+                      progressbar=False)

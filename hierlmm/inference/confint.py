@@ -79,23 +79,59 @@ def _wald(fit, level):
     return pd.DataFrame({"lower": lower, "upper": upper}, index=names + list(fit.fixef.index))
 
 
-def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_jobs=1):
-    """Parametric bootstrap: simulate from the fit, refit each draw (threads when n_jobs != 1)."""
+def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progressbar=None,
+              n_jobs: int = 1) -> pd.DataFrame:
+    """Parametric bootstrap replicates, as lme4's ``bootMer(fit, FUN, nsim)``: ``n_boot``
+    responses simulated from the fit (:func:`~hierlmm.inference.simulate.simulate`), each
+    refitted (same method, from the fit's θ; of A only the response's row recomputed), and the
+    statistic of each refit.
+
+    Parameters
+    ----------
+    statistic : callable, optional
+        ``statistic(fit) ->`` a number, a dict or Series of named numbers, or an array; called
+        on each refit (an :class:`~hierlmm.results.LMMResult`) and on the fit itself. Default:
+        the parameters of :meth:`confint` (SDs, correlations, σ, then β; a fast path that
+        builds no result objects).
+    n_jobs : int
+        Threads (``-1``: as many as cores).
+
+    Returns
+    -------
+    DataFrame
+        One row per replicate, one column per statistic; ``.attrs["t0"]`` holds the statistic
+        of the fit itself (bootMer's ``t0``).
+    """
     import hierlmm as hl
     from hierlmm.optimize import optimize_theta
 
     from hierlmm.inference.simulate import simulate
 
+    fit.model.require("bootstrap()", instead="use confint(method='wald')")
     ys = simulate(fit, n_boot, random_seed=random_seed)
-    names = sdcor_names(fit) + list(fit.fixef.index)
     show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
     dev = fit.deviance_function
+    if statistic is None:
+        names = sdcor_names(fit) + list(fit.fixef.index)
+        t0 = np.concatenate([sdcor_from_theta(fit.design, fit.solution.theta, fit.sigma), fit.fixef.to_numpy()])
 
-    def refit(y):
-        d = dev.with_response(y)  # one per draw (safe across threads); A's response row only
-        res = optimize_theta(d, theta0=fit.solution.theta, check=False)
-        sol = d.solve(res.theta)
-        return np.concatenate([sdcor_from_theta(d.design, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
+        def refit(y):
+            d = dev.with_response(y)  # one per draw (safe across threads); A's response row only
+            res = optimize_theta(d, theta0=fit.solution.theta, check=False)
+            sol = d.solve(res.theta)
+            return np.concatenate([sdcor_from_theta(d.design, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
+    else:
+        from hierlmm.optimize import OptResult
+        from hierlmm.results import LMMResult
+
+        first = statistic(fit)
+        names = _statistic_names(first)
+        t0 = _statistic_values(first, names)
+
+        def refit(y):
+            d = dev.with_response(y)
+            res = optimize_theta(d, theta0=fit.solution.theta, check=False)
+            return _statistic_values(statistic(LMMResult(fit.model, d, res)), names)
 
     draws = np.empty((n_boot, len(names)))
     with warnings.catch_warnings():
@@ -114,13 +150,43 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
                 _progress(show, i + 1, n_boot)
     if show:
         sys.stderr.write("\n")
+    out = pd.DataFrame(draws, columns=names)
+    out.attrs["t0"] = pd.Series(t0, index=names)
+    return out
+
+
+def _statistic_names(value) -> list[str]:
+    if isinstance(value, pd.Series):
+        return [str(i) for i in value.index]
+    if isinstance(value, dict):
+        return [str(k) for k in value]
+    arr = np.atleast_1d(np.asarray(value, dtype=float))
+    return ["t"] if arr.size == 1 and np.ndim(value) == 0 else [f"t{i + 1}" for i in range(arr.size)]
+
+
+def _statistic_values(value, names) -> np.ndarray:
+    if isinstance(value, (pd.Series, dict)):
+        value = pd.Series(value)
+        if [str(i) for i in value.index] != names:
+            raise HierlmmError(f"the bootstrap statistic returned {list(value.index)} where the fit gave {names}")
+        return value.to_numpy(dtype=float)
+    arr = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    if arr.size != len(names):
+        raise HierlmmError(f"the bootstrap statistic returned {arr.size} values where the fit gave {len(names)}")
+    return arr
+
+
+def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_jobs=1):
+    """Percentile intervals from the parametric bootstrap's replicates."""
+    boot = bootstrap(fit, n_boot, random_seed=random_seed, progressbar=progressbar, n_jobs=n_jobs)
+    names, draws = list(boot.columns), boot.to_numpy()
     a = (1 - level) / 2
     with warnings.catch_warnings():  # a correlation never defined (an SD always 0): NaN limits
         warnings.simplefilter("ignore", RuntimeWarning)
         # a draw's correlation is NaN where its SD is 0; quantiles of the defined ones
         lower, upper = np.nanquantile(draws, a, axis=0), np.nanquantile(draws, 1 - a, axis=0)
     out = pd.DataFrame({"lower": lower, "upper": upper}, index=names)
-    out.attrs["draws"] = pd.DataFrame(draws, columns=names)
+    out.attrs["draws"] = boot
     return out
 
 

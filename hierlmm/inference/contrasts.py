@@ -1,4 +1,5 @@
-"""Contrast matrices for Type I (sequential) and Type III F tests, as lmerTest builds them.
+"""Contrast matrices for Type I (sequential), Type II and Type III F tests and for the F
+tests of ``drop1``, as lmerTest builds them.
 
 Type I: the rows of ``U`` of the Doolittle factorisation ``X'X = L D U`` (``U = L'`` unit upper
 triangular) that belong to each term: each term adjusted for the terms before it. lmerTest
@@ -12,15 +13,29 @@ Type III (lmerTest's ``extract_contrasts_type3``): with ``X`` in treatment codin
 are then made orthogonal to those of the terms that contain it (highest order first), and
 the rows that correspond to the coefficients of ``X`` give the term's hypothesis. For
 treatment coding this reproduces SAS's Type III hypotheses.
+
+Type II (lmerTest's ``anova(type = 2)``, its ``get_contrasts_type2_unfolded``): each term
+adjusted for every term that does not contain it. A term contained in no other is tested by
+the identity rows of its columns; any other by its Type I rows with ``X``'s columns reordered
+as [terms unrelated to it, the term, the terms containing it] (the same hypothesis either way
+for a term contained in nothing, but the basis, and so Satterthwaite's multi-df DenDF, is
+lmerTest's). Containment is SAS's (lmerTest's ``term_contain``): ``F1`` is contained in ``F2``
+when every variable of ``F1`` is in ``F2``, ``F2`` has more, and both involve the same numeric
+covariates.
+
+``drop1``'s F tests (lmerTest's ``get_contrasts_marginal``): each term contained in no other
+(R's ``drop.scope``) is tested by the identity rows of its columns (all its coefficients 0).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from hierlmm.rsyntax import formula_context, full_coding_name, r_name
 
-__all__ = ["fixed_terms", "contrasts_type1", "contrasts_type3"]
+__all__ = ["fixed_terms", "contrasts_type1", "contrasts_type2", "contrasts_type3", "contrasts_marginal",
+           "droppable_terms"]
 
 
 def _zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:
@@ -54,22 +69,90 @@ def fixed_terms(design) -> tuple[list[str], dict[str, list[int]], dict[str, froz
     return _terms(design.fixed_spec, design.all_fixef_names, design.fixef_names)
 
 
-def contrasts_type1(design) -> dict[str, np.ndarray]:
-    """Sequential (Type I) contrasts per term."""
+def _sequential(X: np.ndarray) -> np.ndarray:
+    """``U`` of the Doolittle factorisation ``X'X = U' D U`` (unit upper triangular): row ``j``
+    is column ``j``'s hypothesis adjusted for the columns before it."""
     from hierlmm.crossprod import x_scale
 
-    X = design.X
-    names, cols, _, _ = fixed_terms(design)
     # in the coordinates of X S⁻¹ (unit-RMS columns), so that the zapping of round-off below
     # is free of the columns' units; Ũ β_s = Ũ S β, and row i divided by s_i is lmerTest's
     # unit-diagonal row (the basis matters: Satterthwaite's multi-df DenDF depends on it)
     s = x_scale(X)
     Xs = X / s
     C = np.linalg.cholesky(Xs.T @ Xs)
-    U = (C / np.diag(C)).T  # unit upper triangular: X'X = U' D U
+    U = (C / np.diag(C)).T
     U[np.abs(U) < 1e-6] = 0.0
-    U = U * s[None, :] / s[:, None]
+    return U * s[None, :] / s[:, None]
+
+
+def contrasts_type1(design) -> dict[str, np.ndarray]:
+    """Sequential (Type I) contrasts per term."""
+    names, cols, _, _ = fixed_terms(design)
+    U = _sequential(design.X)
     return {t: U[cols[t]] for t in names}
+
+
+def _numeric_variables(design, variables) -> set[str]:
+    """The variables (of formulaic's terms) that are numeric covariates in R's sense
+    (``dataClasses == "numeric"``): not factors, characters, logicals or ``C(...)``."""
+    data = design.data
+    out = set()
+    for v in variables:
+        if v.startswith("C("):
+            continue
+        col = data[v] if v in data.columns else None
+        if col is not None and (isinstance(col.dtype, pd.CategoricalDtype) or not pd.api.types.is_numeric_dtype(col)
+                                or pd.api.types.is_bool_dtype(col)):
+            continue
+        out.add(v)
+    return out
+
+
+def _containing(design, terms) -> dict[str, list[str]]:
+    """For each term, the terms that contain it (SAS's definition, lmerTest's ``containment``)."""
+    names, _, factors, _ = terms
+    numeric = _numeric_variables(design, set().union(*factors.values()) if factors else set())
+    return {t: [u for u in names if u != t and factors[t] < factors[u]
+                and factors[t] & numeric == factors[u] & numeric] for t in names}
+
+
+def contrasts_type2(design) -> dict[str, np.ndarray]:
+    """Type II contrasts per term (lmerTest's ``get_contrasts_type2``)."""
+    terms = fixed_terms(design)
+    names, cols, _, _ = terms
+    if design.X.shape[1] <= 1 or len(names) <= 1:
+        return contrasts_type1(design)
+    contained = _containing(design, terms)
+    p = design.X.shape[1]
+    out = {}
+    for t in names:
+        if not contained[t]:
+            out[t] = np.eye(p)[cols[t]]
+            continue
+        last = [c for u in [t] + contained[t] for c in cols[u]]
+        order = [c for c in range(p) if c not in set(last)] + last
+        U = _sequential(design.X[:, order])
+        rows = [order.index(c) for c in cols[t]]
+        L = np.empty((len(rows), p))
+        L[:, order] = U[rows]
+        out[t] = L
+    return out
+
+
+def droppable_terms(design) -> list[str]:
+    """The terms contained in no other (R's ``drop.scope``: by variables alone)."""
+    names, _, factors, _ = fixed_terms(design)
+    return [t for t in names if not any(factors[t] < factors[u] for u in names)]
+
+
+def contrasts_marginal(design) -> dict[str, np.ndarray]:
+    """Per droppable term, the identity rows of its columns (lmerTest's ``drop1``); with one
+    term or one column, its Type I rows, as lmerTest's ``get_contrasts_marginal``."""
+    names, cols, _, _ = fixed_terms(design)
+    if design.X.shape[1] <= 1 or len(names) <= 1:
+        return contrasts_type1(design)
+    eye = np.eye(design.X.shape[1])
+    return {t: eye[cols[t]] for t in droppable_terms(design)}
 
 
 def contrasts_type3(design) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from scipy import stats
 
 from hierlmm.errors import HierlmmError
 
-__all__ = ["coef_table", "anova_table"]
+__all__ = ["coef_table", "anova_table", "f_tests", "drop1_f"]
 
 _DDF = {"satterthwaite": "satterthwaite", "kenward-roger": "kenward-roger", "kr": "kenward-roger",
         "kenward_roger": "kenward-roger", "asymptotic": "asymptotic", "wald": "asymptotic"}
@@ -64,20 +64,31 @@ def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
 
     Parameters
     ----------
-    type : {3, 1}
-        Type III (each term adjusted for all others, lmerTest's contrasts) or Type I
-        (sequential).
+    type : {3, 2, 1}
+        Type III (each term adjusted for all others, lmerTest's contrasts), Type II (each
+        term adjusted for the terms that do not contain it) or Type I (sequential).
     ddf : {"satterthwaite", "kenward-roger"}
     """
-    from hierlmm.inference.contrasts import contrasts_type1, contrasts_type3
+    from hierlmm.inference.contrasts import contrasts_type1, contrasts_type2, contrasts_type3
 
+    kinds = {"3": ("III", contrasts_type3), "III": ("III", contrasts_type3), "2": ("II", contrasts_type2),
+             "II": ("II", contrasts_type2), "1": ("I", contrasts_type1), "I": ("I", contrasts_type1)}
+    if str(type) not in kinds:
+        raise HierlmmError(f"type must be 1, 2 or 3, got {type!r}")
+    roman, make = kinds[str(type)]
+    out = f_tests(fit, make(fit.design), ddf)
+    out.attrs["title"] = f"Type {roman} Analysis of Variance Table with {_method(ddf)} method"
+    return out
+
+
+def _method(ddf: str) -> str:
+    return "Kenward-Roger's" if _ddf(ddf) == "kenward-roger" else "Satterthwaite's"
+
+
+def f_tests(fit, Ls: dict[str, np.ndarray], ddf: str = "satterthwaite") -> pd.DataFrame:
+    """One F test per named contrast matrix ``L`` (hypothesis ``Lβ = 0``): columns ``sum_sq,
+    mean_sq, num_df, den_df, F, p`` (lmerTest's ``contestMD``); empty matrices are left out."""
     ddf = _ddf(ddf)
-    if type in (3, "3", "III"):
-        Ls = contrasts_type3(fit.design)
-    elif type in (1, "1", "I"):
-        Ls = contrasts_type1(fit.design)
-    else:
-        raise HierlmmError(f"type must be 1 or 3, got {type!r}")
     if ddf == "satterthwaite":
         from hierlmm.inference.satterthwaite import contestmd, varpar_covariance
 
@@ -94,6 +105,19 @@ def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
     out = pd.DataFrame.from_dict(rows, orient="index")
     if out.empty:
         return pd.DataFrame(columns=cols)
-    out = out[cols]
-    out.attrs["title"] = f"Type {'III' if type in (3, '3', 'III') else 'I'} Analysis of Variance Table with {ddf.title()}'s method"
+    return out[cols]
+
+
+def drop1_f(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
+    """lmerTest's ``drop1``: the F test of every term contained in no other, ``Lβ = 0`` with
+    ``L`` the identity rows of its columns, in the full model (no refits)."""
+    from hierlmm.inference.contrasts import contrasts_marginal
+
+    if fit.design.dropped_columns:
+        raise HierlmmError(
+            "drop1(test='F') on a rank-deficient fixed part (dropped column(s) "
+            f"{', '.join(fit.design.dropped_columns)}) is not implemented: the hypotheses then come from "
+            "comparing design matrices; use drop1(test='Chisq') or remove the aliased terms")
+    out = f_tests(fit, contrasts_marginal(fit.design), ddf)
+    out.attrs["title"] = f"Single term deletions using {_method(ddf)} method"
     return out

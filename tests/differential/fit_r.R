@@ -3,11 +3,13 @@
 # cases.json: a list of {id, formula, csv, factors: {col: {levels, ordered}}, reml, kr, profile,
 # lrt_drop, ar1}. R's start-up is paid once per batch. Every number in results.json is R's.
 suppressPackageStartupMessages({
+  library(emmeans)
   library(jsonlite)
   library(lme4)
   library(lmerTest)
   library(nlme)
 })
+emm_options(pbkrtest.limit = Inf, lmerTest.limit = Inf, msg.interaction = FALSE)
 args <- commandArgs(trailingOnly = TRUE)
 cases <- fromJSON(args[1], simplifyVector = FALSE)
 
@@ -34,13 +36,18 @@ coef_list <- function(cf) {
 
 catch <- function(expr) tryCatch(expr, error = function(e) list(error = conditionMessage(e)))
 
-inference <- function(m, kr) {
+inference <- function(m, kr, cs) {
   out <- list(satterthwaite = coef_list(summary(m)$coefficients),
               anova3_S = catch(anova_list(anova(m, type = 3))),
-              anova1_S = catch(anova_list(anova(m, type = 1))))
+              anova2_S = catch(anova_list(anova(m, type = 2))),
+              anova1_S = catch(anova_list(anova(m, type = 1))),
+              drop1_S = catch(anova_list(drop1(m))),
+              emmeans = catch(emm_case(m, cs)))
   if (kr) {
     out$kr <- catch(coef_list(summary(m, ddf = "Kenward-Roger")$coefficients))
     out$anova3_KR <- catch(anova_list(anova(m, type = 3, ddf = "Kenward-Roger")))
+    out$anova2_KR <- catch(anova_list(anova(m, type = 2, ddf = "Kenward-Roger")))
+    out$drop1_KR <- catch(anova_list(drop1(m, ddf = "Kenward-Roger")))
   }
   out
 }
@@ -51,6 +58,22 @@ lmer_case <- function(cs, d) {
   if (is.null(cs$weights)) return(lmerTest::lmer(as.formula(cs$formula), data = d, REML = isTRUE(cs$reml)))
   eval(bquote(lmerTest::lmer(as.formula(cs$formula), data = d, REML = isTRUE(cs$reml),
                              weights = .(as.name(cs$weights)))))
+}
+
+# emmeans of the first factor of the fixed part (by the ordered factor o when both are there),
+# and its pairs() with Tukey's adjustment; Kenward-Roger df where the case compares KR
+emm_case <- function(m, cs) {
+  vars <- all.vars(lme4::nobars(as.formula(cs$formula))[[3]])
+  specs <- intersect(c("f", "o"), vars)
+  if (!length(specs)) return(list(none = TRUE))
+  by <- if (length(specs) == 2) "o" else NULL
+  e <- emmeans::emmeans(m, specs[1], by = by, lmer.df = if (isTRUE(cs$kr)) "kenward-roger" else "satterthwaite")
+  s <- as.data.frame(summary(e))
+  pr <- as.data.frame(summary(pairs(e)))
+  list(specs = specs[1], by = by, ddf = if (isTRUE(cs$kr)) "kenward-roger" else "satterthwaite",
+       emmean = I(s$emmean), SE = I(s$SE), df = I(s$df), lower = I(s$lower.CL), upper = I(s$upper.CL),
+       contrast = I(as.character(pr$contrast)), estimate = I(pr$estimate), cSE = I(pr$SE), cdf = I(pr$df),
+       t = I(pr$t.ratio), p = I(pr$p.value))
 }
 
 fit_lmer <- function(cs, d) {
@@ -98,13 +121,13 @@ fit_lmer <- function(cs, d) {
     list(terms = I(rownames(a)), npar = I(a$npar), AIC = I(a$AIC), LRT = I(a$LRT), p = I(a[["Pr(Chi)"]]))
   })
   out$fitted <- I(unname(fitted(m)))
-  out <- c(out, inference(m, isTRUE(cs$kr)))
+  out <- c(out, inference(m, isTRUE(cs$kr), cs))
   if (!is.null(cs$rescale)) {
     # the same model with one covariate in other units: the same hypotheses, a well-scaled X
     d2 <- d
     d2[[cs$rescale]] <- d2[[cs$rescale]] / sd(d2[[cs$rescale]], na.rm = TRUE)
     m2 <- suppressWarnings(suppressMessages(lmer_case(cs, d2)))
-    out$rescaled <- inference(m2, isTRUE(cs$kr))
+    out$rescaled <- inference(m2, isTRUE(cs$kr), cs)
   }
   if (isTRUE(cs$profile)) {
     out$profile <- catch({

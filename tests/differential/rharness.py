@@ -18,7 +18,7 @@ import pandas as pd
 SCRIPT = Path(__file__).with_name("fit_r.R")
 
 INSTALL_HINT = (
-    "R with lme4, lmerTest, pbkrtest, nlme and jsonlite is needed for the differential tests: "
+    "R with lme4, lmerTest, pbkrtest, nlme, emmeans, performance and jsonlite is needed for the differential tests: "
     "run `bash .ci/install-r.sh` (Debian's r-base-core and r-cran-* packages, a few minutes)"
 )
 
@@ -28,7 +28,7 @@ def r_available() -> str | None:
     if shutil.which("Rscript") is None:
         return "Rscript is not on PATH"
     probe = subprocess.run(
-        ["Rscript", "-e", "for (p in c('lme4','lmerTest','pbkrtest','nlme','jsonlite')) "
+        ["Rscript", "-e", "for (p in c('lme4','lmerTest','pbkrtest','nlme','emmeans','performance','jsonlite')) "
          "if (!requireNamespace(p, quietly=TRUE)) stop('missing R package ', p)"],
         capture_output=True, text=True)
     if probe.returncode != 0:

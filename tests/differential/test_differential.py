@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 import pytest
 from conftest import at_theta
+
+import hierlmm as hl
 from scipy import stats
 
 # hierlmm's criterion lower than lme4's by more than this (relative): lme4 stopped short.
@@ -229,8 +231,6 @@ def test_r2(diff_case):
         pytest.skip("AR(1) cases compare the fit only")
     _agrees(case, ref, fit, err)
     if case.weights:  # one σ² in its definition: refused, not computed with the weights ignored
-        import hierlmm as hl
-
         with pytest.raises(hl.HierlmmError, match="prior weights"):
             fit.r2()
         return
@@ -354,9 +354,20 @@ def test_anova_satterthwaite(diff_case):
 
     def check(f):
         _anova_table(f.anova(type=3, ddf="satterthwaite"), _inference(case, ref, "anova3_S"), "Type III Satterthwaite")
+        _anova_table(f.anova(type=2, ddf="satterthwaite"), _inference(case, ref, "anova2_S"), "Type II Satterthwaite")
         _anova_table(f.anova(type=1, ddf="satterthwaite"), _inference(case, ref, "anova1_S"), "Type I Satterthwaite")
+        _drop1_f(f, _inference(case, ref, "drop1_S"), "satterthwaite")
 
     _own_or_at_lme4_theta(case, ref, fit, check)
+
+
+def _drop1_f(fit, r, ddf):
+    """lmerTest's drop1 (F tests of the droppable terms); refused on a rank-deficient X."""
+    if fit.design.dropped_columns:
+        with pytest.raises(hl.HierlmmError, match="rank-deficient"):
+            fit.drop1(test="F", ddf=ddf)
+        return
+    _anova_table(fit.drop1(test="F", ddf=ddf), r, f"drop1 F {ddf}")
 
 
 def test_kenward_roger(diff_case):
@@ -370,6 +381,8 @@ def test_kenward_roger(diff_case):
 
     def check(f):
         _coef_table(f.coef_table(ddf="kenward-roger"), kr, "rescaled" not in ref)
+        _anova_table(f.anova(type=2, ddf="kenward-roger"), _inference(case, ref, "anova2_KR"), "Type II KR")
+        _drop1_f(f, _inference(case, ref, "drop1_KR"), "kenward-roger")
         _anova_table(f.anova(type=3, ddf="kenward-roger"), _inference(case, ref, "anova3_KR"), "Type III Kenward-Roger")
 
     _own_or_at_lme4_theta(case, ref, fit, check)
@@ -380,8 +393,6 @@ def test_lrt(diff_case):
     if not case.lrt_drop:
         pytest.skip("no nested pair for this case")
     _agrees(case, ref, fit, err)
-    import hierlmm as hl
-
     r = ref["lrt"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -443,3 +454,52 @@ def test_profile(diff_case):
             decided = True
     if decided:
         case.notes.append("better")
+
+
+def _tukey_close(p, p_ref, t, df, k) -> bool:
+    """A Tukey-adjusted p against emmeans': within what t's tolerance (2e-3 relative + 2e-3)
+    moves it, plus 1e-9 absolute: R's ``ptukey`` is accurate to about 5e-10 absolute (k = 5,
+    df = 93.49: 1.65211e-06 vs 1.65162e-06 at q = 8, and 6.52e-10 where a direct integration of
+    the range's tail, in tests' history, gives 1.6377e-10 and scipy 1.6380e-10)."""
+    if k <= 2:
+        return p_close(p, p_ref, _p_tol(t, df))
+    dt = 2e-3 * abs(t) + 2e-3
+    sf = lambda x: stats.studentized_range.sf(np.sqrt(2) * x, k, df)  # noqa: E731
+    tol = float(abs(sf(max(abs(t) - dt, 0.0)) - sf(abs(t) + dt)))
+    return abs(p - p_ref) <= 0.01 * p_ref + tol + 1e-9
+
+
+def test_emmeans(diff_case):
+    """emmeans of the first factor (by the ordered factor when both are there) and pairs()
+    with Tukey's adjustment, Kenward–Roger df where the case compares KR, else Satterthwaite."""
+    case, ref, fit, err = diff_case
+    if case.ar1:
+        pytest.skip("AR(1) cases compare the fit only")
+    _agrees(case, ref, fit, err)
+    r = _inference(case, ref, "emmeans")
+    if "none" in r:
+        pytest.skip("no factor in the fixed part")
+    if fit.design.offset is not None or fit.design.dropped_columns:
+        with pytest.raises(hl.HierlmmError, match="offset|rank-deficient"):
+            fit.emmeans(r["specs"], by=r.get("by"), ddf=r["ddf"])
+        return
+    if "error" in r:
+        pytest.fail(f"emmeans failed: {r['error']}")
+
+    def check(f):
+        e = f.emmeans(r["specs"], by=r.get("by"), ddf=r["ddf"])
+        scale = float(np.max(np.abs(r["emmean"]))) + f.sigma
+        np.testing.assert_allclose(e["emmean"], r["emmean"], rtol=2e-3, atol=2e-3 * scale)
+        np.testing.assert_allclose(e["SE"], r["SE"], rtol=2e-3)
+        np.testing.assert_allclose(e["df"], r["df"], rtol=2e-3)
+        np.testing.assert_allclose(e["lower.CL"], r["lower"], rtol=2e-3, atol=2e-3 * scale)
+        pr = f.emmeans(r["specs"], by=r.get("by"), ddf=r["ddf"], pairwise=True)
+        assert [canon(c) for c in pr["contrast"]] == [canon(c) for c in r["contrast"]]
+        np.testing.assert_allclose(pr["SE"], r["cSE"], rtol=2e-3)
+        np.testing.assert_allclose(pr["df"], r["cdf"], rtol=2e-3)
+        np.testing.assert_allclose(pr["t.ratio"], r["t"], rtol=2e-3, atol=2e-3)
+        k = len(e) // max(1, len(e.drop_duplicates(r["by"])) if r.get("by") else 1)
+        for p, p_ref, t, df in zip(pr["p.value"], r["p"], pr["t.ratio"], pr["df"]):
+            assert _tukey_close(p, p_ref, t, df, k), (p, p_ref)
+
+    _own_or_at_lme4_theta(case, ref, fit, check)

@@ -1,0 +1,182 @@
+"""Estimated marginal means and their pairwise contrasts, as R's emmeans computes them.
+
+The *reference grid* crosses every level of every factor of the fixed part with every numeric
+covariate at its mean over the rows used (``at=`` sets other values); a covariate enters at
+its own mean even where the formula transforms it (``I(x^2)`` at ``mean(x)²``, emmeans'
+default). Each grid row ``g`` has a linear function ``x_g'β`` of the coefficients (the fit's
+model matrix evaluated on the grid). The EMM of a cell of the ``specs`` factors (within each
+level of ``by``) is the equally weighted mean of the grid rows in that cell:
+
+.. math::  \\hat\\mu_c = l_c'\\hat\\beta, \\qquad l_c = \\frac{1}{|c|}\\sum_{g \\in c} x_g,
+           \\qquad \\operatorname{SE} = \\sqrt{l_c' V l_c},
+
+with ``V`` and the df Kenward–Roger's (the adjusted covariance and pbkrtest's df, emmeans'
+default for ``lmer`` fits) or Satterthwaite's (``Var(β̂)`` and lmerTest's df). Pairwise
+contrasts ``l_i − l_j`` (emmeans' ``pairs()``, ``i < j`` in level order) carry Tukey's
+adjustment of the p-values by default (the studentized range over the cells of each ``by``
+group).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from hierlmm.errors import HierlmmError
+
+__all__ = ["emmeans", "reference_grid"]
+
+
+def _variables(design) -> dict[str, object]:
+    """The fixed part's variables: factor -> its levels, numeric covariate -> its mean."""
+    from hierlmm.design import _required
+
+    data = design.data
+    out = {}
+    for v in sorted(_required(design.parsed.fixed_formula, "fixed part", data.columns) - {design.response},
+                    key=list(data.columns).index):
+        col = data[v]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            out[v] = list(col.cat.categories)
+        elif pd.api.types.is_bool_dtype(col) or not pd.api.types.is_numeric_dtype(col):
+            out[v] = sorted(col.unique())
+        else:
+            out[v] = float(col.mean())
+    return out
+
+
+def reference_grid(fit, at: dict | None = None) -> pd.DataFrame:
+    """emmeans' reference grid: every combination of the factors' levels, the covariates at
+    their means (or at the values ``at`` gives, a number or a list per variable)."""
+    variables = _variables(fit.design)
+    at = dict(at or {})
+    unknown = [k for k in at if k not in variables]
+    if unknown:
+        raise HierlmmError(f"at= names variable(s) {', '.join(map(repr, unknown))} not in the fixed part "
+                           f"(it has {', '.join(variables)})")
+    axes = {}
+    for v, val in variables.items():
+        given = at.get(v)
+        if given is not None:
+            axes[v] = list(np.atleast_1d(given))
+        else:
+            axes[v] = val if isinstance(val, list) else [val]
+    grid = pd.DataFrame(list(itertools.product(*axes.values())), columns=list(axes))
+    for v, val in variables.items():
+        if isinstance(val, list) and isinstance(fit.design.data[v].dtype, pd.CategoricalDtype):
+            grid[v] = pd.Categorical(grid[v], categories=fit.design.data[v].cat.categories,
+                                     ordered=fit.design.data[v].cat.ordered)
+    return grid
+
+
+def _covariance_and_df(fit, ddf: str):
+    """``(V, df(l))``: the covariance the SEs use and the df of a contrast ``l``."""
+    from hierlmm.inference.ftests import _ddf
+
+    ddf = _ddf(ddf)
+    if ddf == "kenward-roger":
+        from hierlmm.inference.kenward_roger import kr_adjust, lb_ddf
+
+        kr = kr_adjust(fit)
+        return kr.vcov_adj, lambda L: lb_ddf(np.atleast_2d(L), kr)
+    if ddf == "satterthwaite":
+        from hierlmm.inference.satterthwaite import contest1d, varpar_covariance
+
+        vc = varpar_covariance(fit)
+        return vc.vcov, lambda L: contest1d(vc, L)["df"]
+    return fit.vcov.to_numpy(), lambda L: np.inf
+
+
+def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-roger", level: float = 0.95,
+            pairwise: bool = False, adjust: str = "tukey") -> pd.DataFrame:
+    """Estimated marginal means of ``specs`` (a factor or a list), within each level of
+    ``by``; with ``pairwise=True`` their pairwise differences instead.
+
+    Returns
+    -------
+    DataFrame
+        EMMs: the ``specs`` and ``by`` columns, ``emmean, SE, df, lower.CL, upper.CL``
+        (emmeans' names). Contrasts: ``contrast`` (``"a - b"``), the ``by`` columns,
+        ``estimate, SE, df, t.ratio, p.value`` with ``adjust`` ``"tukey"`` (default, as
+        emmeans' ``pairs()``), ``"bonferroni"`` or ``"none"``.
+    """
+    design = fit.design
+    fit.model.require("emmeans()", instead="it needs the hierarchical model with independent residuals")
+    if design.offset is not None:
+        raise HierlmmError("emmeans() for a model with an offset is not implemented (emmeans would put the "
+                           "offset's variables at their means)")
+    if design.dropped_columns:
+        raise HierlmmError(f"emmeans() on a rank-deficient fixed part (dropped {', '.join(design.dropped_columns)}) "
+                           "needs an estimability check that is not implemented; remove the aliased terms")
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    by = [] if by is None else ([by] if isinstance(by, str) else list(by))
+    grid = reference_grid(fit, at)
+    for v in specs + by:
+        if v not in grid.columns:
+            raise HierlmmError(f"{v!r} is not a variable of the fixed part (it has {', '.join(grid.columns)})")
+    Xg = design.fixed_matrix(grid)
+    keys = specs + by
+    cells = grid[keys].astype(object).apply(tuple, axis=1) if keys else pd.Series([()] * len(grid))
+    # emmeans' row order: expand.grid's, the first variable fastest (so ``by`` slowest)
+    order = [c[::-1] for c in itertools.product(*[_levels(grid[k]) for k in reversed(keys)])]
+    L = np.array([Xg[(cells == c).to_numpy()].mean(axis=0) for c in order])
+    V, df_of = _covariance_and_df(fit, ddf)
+    beta = fit.fixef.to_numpy()
+    labels = pd.DataFrame(order, columns=keys)
+    if not pairwise:
+        est = L @ beta
+        se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
+        df = np.array([df_of(row) for row in L])
+        q = stats.t.ppf(0.5 + level / 2, df)
+        return labels.assign(emmean=est, SE=se, df=df, **{"lower.CL": est - q * se, "upper.CL": est + q * se})
+    return _pairs(labels, L, beta, V, df_of, specs, by, adjust)
+
+
+def _levels(col: pd.Series) -> list:
+    return list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else list(dict.fromkeys(col))
+
+
+def _is_number(value) -> bool:
+    try:
+        float(str(value))
+        return True
+    except ValueError:
+        return False
+
+
+def _label(name: str, value, numeric: bool) -> str:
+    """A level in a contrast's name; numbers get the factor's name in front (``N0 - N0.2``),
+    as emmeans writes them."""
+    return f"{name}{value}" if numeric else str(value)
+
+
+def _pairs(labels, L, beta, V, df_of, specs, by, adjust) -> pd.DataFrame:
+    """emmeans' ``pairs()``: ``l_i − l_j`` for ``i < j`` within each ``by`` group."""
+    if adjust not in ("tukey", "bonferroni", "none"):
+        raise HierlmmError(f"adjust must be 'tukey', 'bonferroni' or 'none', got {adjust!r}")
+    groups = labels.groupby(by, sort=False).indices if by else {(): np.arange(len(labels))}
+    numeric = {s: all(_is_number(v) for v in labels[s].unique()) for s in specs}
+    rows = []
+    for key, idx in groups.items():
+        idx = list(idx)
+        k = len(idx)
+        for a, b in itertools.combinations(idx, 2):
+            name = " - ".join(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs) for i in (a, b))
+            l = L[a] - L[b]
+            est, se = float(l @ beta), float(np.sqrt(l @ V @ l))
+            df = float(df_of(l))
+            t = est / se
+            if adjust == "tukey" and k > 2:
+                p = float(stats.studentized_range.sf(abs(t) * np.sqrt(2), k, df))
+            else:
+                p = float(2 * stats.t.sf(abs(t), df))
+                if adjust == "bonferroni":
+                    p = min(1.0, p * k * (k - 1) / 2)
+            row = {"contrast": name}
+            row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
+            row.update({"estimate": est, "SE": se, "df": df, "t.ratio": t, "p.value": p})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,96 @@
+"""New data for prediction: the fixed and random model matrices of a fitted design.
+
+One construction for the fit's :meth:`~hierlmm.results.LMMResult.predict` and the posterior's
+:meth:`~hierlmm.bayes.posterior.Posterior.predict`: ``X`` with the fit's coding, the offset,
+and per random-effects term the level codes (``-1`` for a level the fit has not seen) and its
+``Z`` columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from hierlmm.errors import DataError
+
+__all__ = ["NewData", "new_data", "term_columns"]
+
+
+@dataclass
+class NewData:
+    """``X`` (n x p), the offset (or None), and per term ``codes`` (-1: unseen) and ``Z``."""
+
+    X: np.ndarray
+    offset: np.ndarray | None
+    codes: list[np.ndarray]
+    Z: list[np.ndarray]
+    index: pd.Index
+
+
+def term_columns(term, data: pd.DataFrame) -> np.ndarray:
+    """The ``Z`` columns of a random-effects term evaluated on (new) data."""
+    if term.model_spec is None:
+        from hierlmm.design import simple_columns
+
+        return simple_columns(term.expr, data)[0]
+    from hierlmm.rsyntax import formula_context
+
+    return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore", context=formula_context()),
+                      dtype=float)
+
+
+def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
+    """Check newdata's columns and give its factors the fit's categories (same contrasts)."""
+    grouping = {f for t in design.terms for f in t.factors}
+    needed = [c for c in design.data.columns if c != design.response and c not in grouping]
+    missing = [c for c in needed if c not in newdata.columns]
+    if missing:
+        raise DataError(f"newdata lacks column(s) {', '.join(missing)} used by the model")
+    newdata = newdata.copy()
+    for c in needed:
+        col = design.data[c]
+        if not isinstance(col.dtype, pd.CategoricalDtype):
+            continue
+        cats = col.cat.categories
+        values = newdata[c].astype(str) if cats.dtype == object else newdata[c]
+        unknown = sorted(set(values[values.notna() & ~values.isin(cats)].astype(str)))
+        if unknown:
+            raise DataError(f"newdata column {c!r} has level(s) not in the fit: {', '.join(unknown)}")
+        newdata[c] = pd.Categorical(values, categories=cats)
+    return newdata
+
+
+def new_data(design, newdata: pd.DataFrame, random: bool = True, allow_new_levels: bool = True) -> NewData:
+    """The matrices of ``newdata`` (``random=False``: the fixed part only).
+
+    ``allow_new_levels=False`` refuses a level of a grouping factor the fit has not seen,
+    naming it (lme4's default); otherwise its code is -1.
+    """
+    if not isinstance(newdata, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
+    newdata = align_categories(design, newdata)
+    try:
+        X = design.fixed_matrix(newdata)
+    except Exception as exc:
+        raise DataError(f"cannot build the fixed-effects matrix for newdata: {exc}") from None
+    codes, Zs = [], []
+    if random:
+        for t in design.terms:
+            missing = [f for f in t.factors if f not in newdata.columns]
+            if missing:
+                raise DataError(f"newdata lacks grouping column(s) {', '.join(missing)} of {t.source}")
+            labels = newdata[list(t.factors)].astype(str).agg(":".join, axis=1)
+            lookup = pd.Series(np.arange(t.m), index=t.levels)
+            c = lookup.reindex(labels.to_numpy()).to_numpy()
+            seen = ~np.isnan(c)
+            if not allow_new_levels and not seen.all():
+                new = list(dict.fromkeys(labels.to_numpy()[~seen]))
+                raise DataError(
+                    f"newdata has level(s) of {t.group!r} not in the fit: "
+                    f"{', '.join(map(repr, new[:5]))}{' ...' if len(new) > 5 else ''}; "
+                    "allow_new_levels=True predicts them at the population level (b = 0)")
+            codes.append(np.where(seen, np.nan_to_num(c), -1).astype(np.int64))
+            Zs.append(term_columns(t, newdata))
+    return NewData(X=X, offset=design.offset_on(newdata), codes=codes, Z=Zs, index=newdata.index)
