@@ -20,7 +20,8 @@ __all__ = ["NewData", "new_data", "term_columns"]
 
 @dataclass
 class NewData:
-    """``X`` (n x p), the offset (or None), and per term ``codes`` (-1: unseen) and ``Z``."""
+    """``X`` (n x p), the offset (or None), and per term ``codes`` and ``Z``; a level the fit has
+    not seen has a negative code, ``-1`` for the first such level, ``-2`` for the next, ..."""
 
     X: np.ndarray
     offset: np.ndarray | None
@@ -66,7 +67,7 @@ def new_data(design, newdata: pd.DataFrame, random: bool = True, allow_new_level
     """The matrices of ``newdata`` (``random=False``: the fixed part only).
 
     ``allow_new_levels=False`` refuses a level of a grouping factor the fit has not seen,
-    naming it (lme4's default); otherwise its code is -1.
+    naming it (lme4's default); otherwise its code is negative (one per unseen level).
     """
     if not isinstance(newdata, pd.DataFrame):
         raise DataError(f"newdata must be a pandas DataFrame, got {type(newdata).__name__}")
@@ -91,6 +92,9 @@ def new_data(design, newdata: pd.DataFrame, random: bool = True, allow_new_level
                     f"newdata has level(s) of {t.group!r} not in the fit: "
                     f"{', '.join(map(repr, new[:5]))}{' ...' if len(new) > 5 else ''}; "
                     "allow_new_levels=True predicts them at the population level (b = 0)")
-            codes.append(np.where(seen, np.nan_to_num(c), -1).astype(np.int64))
+            unseen = pd.factorize(labels.to_numpy()[~seen])[0]
+            full = np.nan_to_num(c).astype(np.int64)
+            full[~seen] = -1 - unseen
+            codes.append(full)
             Zs.append(term_columns(t, newdata))
     return NewData(X=X, offset=design.offset_on(newdata), codes=codes, Z=Zs, index=newdata.index)

@@ -271,3 +271,96 @@ def test_second_sample_reuses_the_compiled_model():
     assert not np.allclose(a.posterior["sigma2"].to_numpy()[:, :200], b.posterior["sigma2"].to_numpy()[:, :200])
     _sample(model, prior="flat_sd", draws=200, tune=200, random_seed=1, max_draws=200)
     assert len(model._compiled) == 2
+
+
+def _dense_loglik(design, beta, sigma2, Ds):
+    """log N(y | o + Xβ, Σ_t Z_t (I ⊗ D_t) Z_t' + σ²W⁻¹) over all rows, dense (brute force)."""
+    from scipy import stats
+
+    from hierlmm.crossprod import term_matrix
+
+    V = sigma2 * np.diag(1.0 / (np.ones(design.n) if design.weights is None else design.weights))
+    for t, D in zip(design.terms, Ds):
+        Z = term_matrix(t).toarray()
+        V = V + Z @ np.kron(np.eye(t.m), D) @ Z.T
+    mean = design.X @ beta + (0.0 if design.offset is None else design.offset)
+    return stats.multivariate_normal.logpdf(design.y, mean, V)
+
+
+def _synthetic_posterior(model, fit, n_draws=3, seed=0):
+    """A Posterior whose draws are the fit's estimates perturbed (no sampling): for checking
+    the arithmetic of log-likelihoods and predictions against brute force."""
+    from hierlmm.bayes.posterior import Posterior, assemble
+    from hierlmm.bayes.priors import Layout
+
+    rng = np.random.default_rng(seed)
+    design = model.design
+    layout = Layout(design)
+    Ls = [np.linalg.cholesky(D.to_numpy() + 1e-9 * np.eye(len(D))) for D in fit.covariance_matrices().values()]
+    x0 = layout.pack(Ls, fit.sigma**2)
+    x = x0 + 0.1 * rng.standard_normal((1, n_draws, x0.size))
+    beta = fit.fixef.to_numpy() + 0.1 * rng.standard_normal((1, n_draws, design.p))
+    bs = [rng.standard_normal((1, n_draws, t.m, t.k)) * 3 for t in design.terms]
+    return Posterior(assemble(model, layout, x, beta, bs), model, "flat", "collapsed", layout)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_log_likelihood_against_brute_force(weighted):
+    """The ``log_likelihood`` group: per observation given b, and per group with b integrated
+    out, whose sum over the groups is the dense multivariate normal density of all rows;
+    prior weights and an offset included."""
+    from scipy import stats
+
+    d = hl.datasets.load("sleepstudy").assign(w=lambda d: 1 + (d.Days % 4), o=lambda d: 0.3 * d.Days)
+    kw = {"weights": "w", "offset": "o"} if weighted else {}
+    model = hl.LMM("Reaction ~ Days + (Days | Subject)", d, **kw)
+    post = _synthetic_posterior(model, model.fit())
+    design = model.design
+    beta, sigma2, bs, Ds = post._draws()
+    ll = post.log_likelihood()["log_likelihood"]["y"].to_numpy()
+    w = np.ones(design.n) if design.weights is None else design.weights
+    t = design.terms[0]
+    for i in range(3):
+        mu = design.X @ beta[0, i] + np.einsum("nk,nk->n", t.Z, bs[0][0, i][t.codes])
+        mu = mu + (0.0 if design.offset is None else design.offset)
+        np.testing.assert_allclose(ll[0, i], stats.norm.logpdf(design.y, mu, np.sqrt(sigma2[0, i] / w)), rtol=1e-10)
+    llm = post.log_likelihood("marginal")["log_likelihood"]["y"]
+    assert llm.dims == ("chain", "draw", "Subject_level") and llm.shape[-1] == 18
+    for i in range(3):
+        want = _dense_loglik(design, beta[0, i], sigma2[0, i], [D[0, i] for D in Ds])
+        assert float(llm[0, i].sum()) == pytest.approx(want, rel=1e-10)
+
+
+def test_log_likelihood_marginal_refuses_crossed_terms():
+    model = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", hl.datasets.load("Penicillin"))
+    post = _synthetic_posterior(model, model.fit())
+    with pytest.raises(hl.HierlmmError, match="crossed"):
+        post.log_likelihood("marginal")
+
+
+def test_loo_and_predictions(sleep_post):
+    """arviz.loo runs on the group; predictions: marginal = Xβ per draw, conditional adds each
+    draw's b, a new subject's spread adds z'Dz (within Monte Carlo error), and posterior
+    predictive draws centre on the conditional mean."""
+    import pandas as pd
+
+    model, fit, post = sleep_post
+    loo = az.loo(post.log_likelihood())
+    assert np.isfinite(loo["elpd"])
+    new = pd.DataFrame({"Days": [0.0, 9.0, 9.0], "Subject": ["308", "308", "new"]})
+    beta = post.posterior["beta"].to_numpy()
+    b308 = post.posterior["b_Subject"].sel(Subject_level="308").to_numpy()
+    marg = post.predict(new, kind="marginal").to_numpy()
+    np.testing.assert_allclose(marg[..., 1], beta[..., 0] + 9 * beta[..., 1], rtol=1e-12)
+    cond = post.predict(new, random_seed=1).to_numpy()
+    np.testing.assert_allclose(cond[..., 1], marg[..., 1] + b308[..., 0] + 9 * b308[..., 1], rtol=1e-12)
+    # the new subject: b ~ N(0, D) per draw, so Var(cond - marg) = E[z'Dz] with z = (1, 9)
+    D = post.posterior["cov_Subject"].to_numpy()
+    want = np.mean(D[..., 0, 0] + 18 * D[..., 0, 1] + 81 * D[..., 1, 1])
+    diff = (cond[..., 2] - marg[..., 2]).ravel()
+    se = np.std(diff**2) / np.sqrt(diff.size)  # MCSE of the mean of squares (draws nearly independent)
+    assert abs(np.mean(diff**2) - want) < 5 * se
+    rep = post.posterior_predictive(random_seed=2)["posterior_predictive"]["y"].to_numpy()
+    mu = post.predict().to_numpy()
+    z = (rep - mu).ravel() / np.sqrt(np.repeat(post.posterior["sigma2"].to_numpy().ravel(), mu.shape[-1]))
+    assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.std() - 1) < 5 / np.sqrt(2 * z.size)

@@ -109,6 +109,133 @@ class Posterior:
             warnings.warn(m, ConvergenceWarning, stacklevel=3)
         return messages
 
+    # ------------------------------------------------------ likelihood and predictions
+    def _draws(self):
+        """β (chain, draw, p), σ² (chain, draw), b per term (chain, draw, m, k), D per term."""
+        post = self.posterior
+        design = self.model.design
+        beta = post["beta"].to_numpy()
+        bs = [post[f"b_{t.label}"].to_numpy() for t in design.terms]
+        Ds = [post[f"cov_{t.label}"].to_numpy() for t in design.terms]
+        return beta, post["sigma2"].to_numpy(), bs, Ds
+
+    def _mean(self, X, offset, codes, Zs, rng=None):
+        """``o + Xβ + Σ_t Z_t b_t`` per draw, shape (chain, draw, n); a negative code (a level
+        not in the fit) gets ``b ~ N(0, D)`` drawn per draw and level (``rng`` given), else 0."""
+        beta, _, bs, Ds = self._draws()
+        mu = np.einsum("cdp,np->cdn", beta, X)
+        if offset is not None:
+            mu = mu + offset
+        for codes_t, Z, b, D in zip(codes, Zs, bs, Ds):
+            seen = codes_t >= 0
+            if seen.any():
+                mu[..., seen] += np.einsum("nk,cdnk->cdn", Z[seen], b[:, :, codes_t[seen]])
+            if rng is not None and not seen.all():
+                new_levels, inverse = np.unique(codes_t[~seen], return_inverse=True)
+                k = D.shape[-1]
+                lam, Q = np.linalg.eigh(D)  # D = L L' with L = Q Λ^½ (D may be singular)
+                L = Q * np.sqrt(np.clip(lam, 0.0, None))[..., None, :]
+                u = rng.standard_normal(D.shape[:2] + (len(new_levels), k))
+                bnew = np.einsum("cdkl,cdml->cdmk", L, u)
+                mu[..., ~seen] += np.einsum("nk,cdnk->cdn", Z[~seen], bnew[:, :, inverse])
+        return mu
+
+    def log_likelihood(self, kind: str = "conditional"):
+        """The pointwise log-likelihood of every draw, stored as the ``log_likelihood`` group
+        (variable ``y``) of :attr:`idata`, so that ``arviz.loo(post.idata)`` and
+        ``arviz.compare`` work; returns :attr:`idata`.
+
+        ``kind="conditional"`` (default): per observation, given the draw's ``b``,
+        ``log N(y_i | o_i + x_i'β + z_i'b, σ²/w_i)`` (dim ``obs``): leave-one-observation-out.
+        ``kind="marginal"``: per level of the outermost grouping factor (every term's levels
+        nested in its levels), ``b`` integrated out, ``log N(y_g | o_g + X_gβ, Z_g D Z_g' +
+        σ²W_g⁻¹)`` (dim ``GROUP_level``): leave-one-group-out, the prediction of a new group.
+        """
+        import xarray as xr
+
+        design = self.model.design
+        y = design.y
+        beta, sigma2, _, Ds = self._draws()
+        w = np.ones(design.n) if design.weights is None else design.weights
+        if kind == "conditional":
+            mu = self._mean(design.X, design.offset, [t.codes for t in design.terms], [t.Z for t in design.terms])
+            var = sigma2[..., None] / w
+            ll = -0.5 * (np.log(2 * np.pi * var) + (y - mu) ** 2 / var)
+            self.idata["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", "obs"), ll)})
+            return self.idata
+        if kind != "marginal":
+            from hierlmm.errors import HierlmmError
+
+            raise HierlmmError(f"kind must be 'conditional' or 'marginal', got {kind!r}")
+        outer = _outermost(design)
+        mu = np.einsum("cdp,np->cdn", beta, design.X) + (0.0 if design.offset is None else design.offset)
+        rows = [np.flatnonzero(outer.codes == j) for j in range(outer.m)]
+        ll = np.empty(sigma2.shape + (outer.m,))
+        for j, r in enumerate(rows):
+            V = np.zeros(sigma2.shape + (len(r), len(r)))
+            for t, D in zip(design.terms, Ds):
+                Z = t.Z[r]
+                same = (t.codes[r][:, None] == t.codes[r][None, :])
+                V += np.einsum("ik,cdkl,jl->cdij", Z, D, Z) * same
+            V += sigma2[..., None, None] * np.diag(1.0 / w[r])
+            C = np.linalg.cholesky(V)
+            e = (y[r] - mu[..., r])[..., None]
+            z = np.linalg.solve(C, e)[..., 0]
+            ll[..., j] = (-0.5 * len(r) * np.log(2 * np.pi) - np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(-1)
+                          - 0.5 * (z * z).sum(-1))
+        dim = f"{outer.label}_level"
+        self.idata["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", dim), ll)},
+                                                  coords={dim: list(outer.levels)})
+        return self.idata
+
+    def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional", noise: bool = False,
+                random_seed=None):
+        """Posterior draws of the mean (``noise=False``) or of new observations
+        (``noise=True``: ``+ ε``, ``ε ~ N(0, σ²)``, ``σ²/w_i`` on the fitted rows) for
+        ``newdata`` (default: the rows fitted), as an ``xarray.DataArray`` (chain, draw, obs).
+
+        ``kind="conditional"``: ``o + Xβ + Zb`` with each draw's ``b``; a level the fit has not
+        seen gets ``b ~ N(0, D)`` drawn from the same draw's ``D`` (the posterior predictive of
+        a new group, brms's ``sample_new_levels = "gaussian"``). ``kind="marginal"``: ``o + Xβ``.
+        """
+        import xarray as xr
+
+        from hierlmm.newdata import new_data
+
+        design = self.model.design
+        rng = np.random.default_rng(random_seed)
+        conditional = kind == "conditional"
+        if kind not in ("conditional", "marginal"):
+            from hierlmm.errors import HierlmmError
+
+            raise HierlmmError(f"kind must be 'conditional' or 'marginal', got {kind!r}")
+        if newdata is None:
+            X, offset, index = design.X, design.offset, design.data.index
+            codes, Zs = [t.codes for t in design.terms], [t.Z for t in design.terms]
+            w = design.weights
+        else:
+            nd = new_data(design, newdata, random=conditional)
+            X, offset, codes, Zs, index, w = nd.X, nd.offset, nd.codes, nd.Z, nd.index, None
+        if not conditional:
+            codes, Zs = [], []
+        out = self._mean(X, offset, codes, Zs, rng=rng)
+        if noise:
+            sigma2 = self.posterior["sigma2"].to_numpy()[..., None]
+            var = sigma2 if w is None else sigma2 / w
+            out = out + np.sqrt(var) * rng.standard_normal(out.shape)
+        return xr.DataArray(out, dims=("chain", "draw", "obs"), coords={"obs": np.asarray(index)},
+                            name="y" if noise else "mu")
+
+    def posterior_predictive(self, random_seed=None):
+        """Replicated responses ``y_rep`` of the fitted rows, one per draw (each draw's β, b,
+        σ²), stored as the ``posterior_predictive`` group (variable ``y``) of :attr:`idata` for
+        ArviZ's predictive checks; returns :attr:`idata`."""
+        import xarray as xr
+
+        y_rep = self.predict(noise=True, random_seed=random_seed)
+        self.idata["posterior_predictive"] = xr.Dataset({"y": (("chain", "draw", "obs"), y_rep.to_numpy())})
+        return self.idata
+
     def __repr__(self) -> str:
         c, d = self.posterior.sizes.get("chain", 1), self.posterior.sizes.get("draw", 0)
         return f"Posterior({self.model.formula!r}, prior={self.prior!r}, sampler={self.sampler!r}, {c} chains x {d} draws)"
@@ -123,6 +250,18 @@ def xr_pairs(da, i, j):
 
     values = da.to_numpy()[..., i, j]
     return xr.DataArray(values, dims=("chain", "draw", "pair"))
+
+
+def _outermost(design):
+    """The term whose grouping factors are part of every term's (its levels contain every
+    other term's levels): the groups of the marginal likelihood."""
+    for t in design.terms:
+        if all(set(t.factors) <= set(u.factors) for u in design.terms):
+            return t
+    from hierlmm.errors import HierlmmError
+
+    raise HierlmmError("the marginal log-likelihood per group needs a grouping factor in which every term's levels "
+                       "are nested; crossed terms make all rows one group: use kind='conditional'")
 
 
 def _same_pair(label: str) -> bool:
