@@ -121,7 +121,6 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
             sol = d.solve(res.theta)
             return np.concatenate([sdcor_from_theta(d.design, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
     else:
-        from hierlmm.optimize import OptResult
         from hierlmm.results import LMMResult
 
         first = statistic(fit)
