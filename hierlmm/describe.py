@@ -70,7 +70,10 @@ def describe(model, fmt: str = "text") -> str:
     offset = ["offset_ij"] if d.offset is not None else []
     mean = " + ".join(offset + fixed + rand)
     var = "σ²" if d.weights is None else "σ²/w_ij"
-    lines = ["Hierarchical form:", f"  {resp}_ij | b ~ N({mean}, {var})"]
+    lines = []
+    if getattr(model, "levels", None) is not None:
+        lines += ["Level-wise form:"] + [f"  {line}" for line in model.levels.lines()]
+    lines += ["Hierarchical form:", f"  {resp}_ij | b ~ N({mean}, {var})"]
     for sym, idx, dname, t, struct in dists:
         lines.append(f"  {sym}_{idx} ~ N(0, {dname}),  {dname}: {t.k} x {t.k} {struct} ({', '.join(t.names)}); "
                      f"{t.m} levels of {t.group}")

@@ -76,6 +76,29 @@ class LMM:
                                            weights=weights, offset=offset)
         self._deviance: dict[bool, Deviance] = {}
 
+    levels = None  # the level-wise statement (LevelSpec) of a model built by from_levels()
+
+    @classmethod
+    def from_levels(cls, level1: str, level2: dict, group, data: pd.DataFrame, level3: dict | None = None,
+                    **kwargs) -> LMM:
+        """A model stated level by level, as textbooks write two- and three-level models.
+
+        ``level1`` is the level-1 regression (``"MathAch ~ 1 + SES"``); ``level2`` maps each
+        level-1 coefficient that varies by ``group`` to its level-2 regression
+        (``{"(Intercept)": "~ 1 + Sector", "SES": "~ 1 + Sector"}``); unlisted coefficients are
+        fixed. The model is exactly the combined one (here ``MathAch ~ SES * Sector +
+        (SES | School)``), which ``model.formula`` shows and ``describe()`` prints beside the
+        level equations. ``group=["school", "class"]`` with ``level3`` gives three levels.
+        Other keyword arguments go to :class:`LMM`. See :mod:`hierlmm.levels`.
+        """
+        from hierlmm.levels import check_constant_within, combined_formula
+
+        spec = combined_formula(level1, level2, group, level3)
+        model = cls(spec.formula, data, **kwargs)
+        check_constant_within(spec, model.design.data)
+        model.levels = spec
+        return model
+
     residual = design_attribute("residual")
     formulation = design_attribute("formulation")
 

@@ -330,7 +330,10 @@ class LMMResult:
                 df_t = len(cols[t])
                 lrt = max(fun - ml.deviance, 0.0)
                 rows[t] = (df_t, fun + 2 * (k_full - df_t), lrt, float(chi2.sf(lrt, df_t)))
-        return pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "AIC", "LRT", "Pr(Chi)"])
+        from hierlmm.table import as_table
+
+        return as_table(pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "AIC", "LRT", "Pr(Chi)"]),
+                        "Single term deletions (likelihood ratio, ML fits)", pvalues=["Pr(Chi)"])
 
     def update(self, formula: str | None = None, data: pd.DataFrame | None = None, method: str | None = None,
                **fit_kwargs) -> LMMResult:

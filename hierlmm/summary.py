@@ -14,6 +14,8 @@ from hierlmm.reterms import sd_corr
 
 __all__ = ["Summary"]
 
+SIGNIF_LEGEND = "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"
+
 
 def _column(values, digits=4) -> list[str]:
     """Format a column with a common number of decimals, as R's print.default."""
@@ -109,6 +111,10 @@ class Summary:
         return lines
 
     def _residual_lines(self) -> list[str]:
+        header, rows = self._residual_cells()
+        return ["Scaled residuals:", _table(rows, header, 0), ""]
+
+    def _residual_cells(self) -> tuple[list[str], list[list[str]]]:
         kind = "marginal" if self.fit.model.formulation == "marginal" else "conditional"
         r = self.fit.residuals(kind=kind, scaled=True).to_numpy()
         qs = np.quantile(r, [0, 0.25, 0.5, 0.75, 1.0])
@@ -117,7 +123,7 @@ class Summary:
         zap = max(0, 5 - int(np.ceil(np.log10(mx)))) if mx > 0 else 5
         qs = np.round(qs, zap)
         dec = _decimals_for(qs, 4, zap)
-        return ["Scaled residuals:", _table([[f"{v:.{dec}f}" for v in qs]], ["Min", "1Q", "Median", "3Q", "Max"], 0), ""]
+        return ["Min", "1Q", "Median", "3Q", "Max"], [[f"{v:.{dec}f}" for v in qs]]
 
     def random_table(self) -> tuple[list[str], list[list[str]]]:
         fit = self.fit
@@ -153,6 +159,14 @@ class Summary:
         return lines + [f"Number of obs: {fit.nobs}, groups:  {groups}", ""]
 
     def _fixed_lines(self) -> list[str]:
+        header, body, has_p = self._fixed_cells()
+        lines = ["Fixed effects:", _table(body, header, 1)]
+        if has_p:
+            lines += ["---", SIGNIF_LEGEND]
+        return lines
+
+    def _fixed_cells(self) -> tuple[list[str], list[list[str]], bool]:
+        """printCoefmat's cells: header, rows (name first), whether p-values are there."""
         t = self.coefficients
         cols = list(t.columns)
         body = []
@@ -165,22 +179,25 @@ class Summary:
                 row += [_pvalue(p), _stars(p)]
             body.append(row)
         header = [""] + [c for c in cols if c != "Pr(>|t|)"] + (["Pr(>|t|)", ""] if has_p else [])
-        lines = ["Fixed effects:", _table(body, header, 1)]
-        if has_p:
-            lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
-        return lines
+        return header, body, has_p
 
     def _corr_lines(self) -> list[str]:
+        cells = self._corr_cells()
+        if cells is None:
+            return []
+        return ["", "Correlation of Fixed Effects:", _table(cells[1], cells[0], 1)]
+
+    def _corr_cells(self) -> tuple[list[str], list[list[str]]] | None:
         V = self.fit.vcov.to_numpy()
         p = V.shape[0]
         if p < 2:
-            return []
+            return None
         sd = np.sqrt(np.diag(V))
         C = V / np.outer(sd, sd)
         names = self.fit.design.fixef_names
         abbrev = [_abbrev(n) for n in names]
         rows = [[names[i]] + [f"{C[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i) for i in range(1, p)]
-        return ["", "Correlation of Fixed Effects:", _table(rows, [""] + abbrev[: p - 1], 1)]
+        return [""] + abbrev[: p - 1], rows
 
     def _notes(self) -> list[str]:
         fit, notes = self.fit, []
@@ -207,19 +224,32 @@ class Summary:
 
     # -------------------------------------------------------------------- HTML
     def _repr_html_(self) -> str:
+        """What the text shows, as HTML tables of the same cells."""
         fit = self.fit
         head = html.escape("\n".join(self._header()).strip())
-        header, rows = self.random_table()
-        rand = pd.DataFrame(rows, columns=[h or " " * (i + 1) for i, h in enumerate(header)])
-        coef = self.coefficients.copy()
         groups = ", ".join(f"{g}: {m}" for g, m in fit.ngroups.items())
         notes = "".join(f"<p><em>{html.escape(n)}</em></p>" for n in self._notes() if n)
-        return (
-            f"<div class='hierlmm-summary'><pre>{head}</pre>"
-            f"<h4>Random effects</h4>{rand.to_html(index=False)}"
-            f"<p>Number of obs: {fit.nobs}; groups: {html.escape(groups)}</p>"
-            f"<h4>Fixed effects</h4>{coef.to_html(float_format=lambda v: f'{v:.4g}')}{notes}</div>"
-        )
+        fixed_header, fixed_rows, has_p = self._fixed_cells()
+        corr = self._corr_cells()
+        parts = [
+            f"<div class='hierlmm-summary'><pre>{head}</pre>",
+            "<h4>Scaled residuals</h4>", _html(*self._residual_cells()),
+            "<h4>Random effects</h4>", _html(*self.random_table()),
+            f"<p>Number of obs: {fit.nobs}; groups: {html.escape(groups)}</p>",
+            "<h4>Fixed effects</h4>", _html(fixed_header, fixed_rows),
+            f"<p><small>{html.escape(SIGNIF_LEGEND)}</small></p>" if has_p else "",
+        ]
+        if corr is not None:
+            parts += ["<h4>Correlation of fixed effects</h4>", _html(*corr)]
+        return "".join(parts) + notes + "</div>"
+
+
+def _html(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table of already formatted cells (numbers right-aligned)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:{'left' if j == 0 else 'right'}'>{html.escape(c)}</td>"
+                                    for j, c in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table class='hierlmm'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _decimals_for(values, digits: int, cap: int) -> int:

@@ -157,6 +157,13 @@ def test_compare_tables(sleep_post):
     assert set(hl.compare(fit, post, mode=none).post_mode) == {"none (unbounded at the boundary)"}
     assert (table.post_q025 < table.post_median).all() and (table.post_median < table.post_q975).all()
     assert (table.hdi_low < table.hdi_high).all()
+    # printed: the columns that show "REML = mode" and the interval, the rest named, none cut
+    text = repr(table)
+    header = text.splitlines()[2].split()
+    assert header == ["grp", "var1", "var2", "estimate", "post_mode", "post_median", "post_q025", "post_q975",
+                      "ess_bulk", "r_hat"]
+    assert "..." not in text and "also in the table: mode_in, post_mean, hdi_low" in text
+    assert "(posterior mode in variances)" in text.splitlines()[0]
     rt = hl.compare_ranef(fit, post)
     assert len(rt) == 36
     # the plug-in posterior ignores the uncertainty of θ and σ: full posterior SDs are larger

@@ -346,3 +346,44 @@ def test_tidy_is_broom_mixed(key, data):
             else:
                 np.testing.assert_allclose(mine[ok], theirs[ok], rtol=1e-4, atol=1e-4 * np.abs(theirs[ok]).max(),
                                            err_msg=col)
+
+
+def test_tables_print_as_r_and_render_html():
+    """Result tables keep their numbers (a DataFrame) but print as R does: a title, p-values
+    as '< 2e-16' or three significant digits with significance codes, integer counts, empty
+    cells for missing values; HTML with the same cells and a caption."""
+    from hierlmm.table import Table
+
+    d = hl.datasets.load("Orthodont")
+    fit = hl.LMM("distance ~ age * Sex + (age | Subject)", d).fit()
+    tab = fit.anova()
+    assert isinstance(tab, Table) and isinstance(tab, pd.DataFrame)
+    assert tab.loc["age", "p"] == pytest.approx(fit.anova().loc["age", "p"])  # numbers untouched
+    text = repr(tab)
+    assert text.splitlines()[0] == "Type III Analysis of Variance Table with Satterthwaite's method"
+    assert "1.15e-09 ***" in text and "Signif. codes:" in text and "nan" not in text.lower()
+    html = tab._repr_html_()
+    assert "<caption>Type III Analysis of Variance Table" in html and "1.15e-09" in html and "nan" not in html
+    coef = repr(fit.coef_table())
+    assert "< 2e-16" not in coef and "1.14e-14 ***" in coef
+    small = fit.update(". ~ . - age:Sex")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lrt = hl.anova(small, fit)
+    assert list(lrt.index) == [small.design.parsed.formula, fit.design.parsed.formula]
+    first = repr(lrt).splitlines()[3]
+    assert first.split()[-1] == "432.84"  # the first row's chi-square, df and p are empty, not NaN
+    sleep = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    assert "< 2e-16 ***" in repr(sleep.coef_table())
+    ran = repr(sleep.ranova())
+    assert "npar" in ran and " 6 " in ran  # integer counts
+    # slicing keeps the display; pandas operations stay available
+    assert isinstance(tab[["F", "p"]], Table) and tab["p"].max() < 1
+
+
+def test_summary_html_shows_what_the_text_shows():
+    fit = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")).fit()
+    html = fit._repr_html_()
+    for piece in ("Scaled residuals", "Random effects", "Fixed effects", "Correlation of fixed effects",
+                  "-3.9536", "&lt; 2e-16", "-0.138", "Signif. codes"):
+        assert piece in html, piece

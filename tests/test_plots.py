@@ -170,3 +170,25 @@ def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
     outputs = nb.cells[0].outputs
     data = [o.get("data", {}) for o in outputs if o.output_type == "execute_result"]
     assert data and "image/png" in data[0], outputs
+
+
+def test_notebook_shows_progress_and_html_summary(tmp_path):
+    """In a Jupyter kernel (stderr not a terminal) the bootstrap's progress bar still shows
+    (tqdm.auto), and a fit's summary renders as HTML."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import sys; sys.path.insert(0, %r)\n" % str(Path(__file__).resolve().parent.parent)
+        + "import hierlmm as hl\n"
+        "fit = hl.LMM('Reaction ~ Days + (Days | Subject)', hl.datasets.load('sleepstudy')).fit()\n"
+        "ci = fit.confint(method='bootstrap', n_boot=30, random_seed=1)\nfit")]
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    shown = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    shown += "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs if o.output_type == "display_data")
+    assert "bootstrap" in shown, outputs
+    html = [o["data"]["text/html"] for o in outputs if o.output_type == "execute_result"]
+    assert html and "Random effects" in html[0] and "Fixed effects" in html[0]

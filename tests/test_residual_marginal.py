@@ -209,6 +209,9 @@ def _public_calls(fit):
         "simulate": [(3,)],
         "refit": [(fit.design.y * 2,)],
         "update": [(". ~ . - Days",), (None, None, "ML")],
+        "emmeans": [("Days",), ("Days", None, None, "satterthwaite")],
+        "bootstrap": [(3,)],
+        "drop1": [(), ("F",)],
     }
     for name in sorted(dir(fit)):
         if name.startswith("_") or name in ("model", "deviance_function"):
@@ -251,7 +254,8 @@ def test_every_public_member_works_or_names_the_feature(kind):
         with pytest.raises(hl.HierlmmError, match=feature.replace("(", r"\(")):
             getattr(fit.model, model_method)()
     # what each kind cannot do, and nothing else
-    expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit", "drop1"},
+    expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit", "drop1", "bootstrap", "emmeans"},
                 "marginal": {"confint", "coef_table", "anova", "ranova", "fitted", "residuals", "predict",
-                             "ranef", "ranef_posterior", "icc", "coef", "r2", "refit", "drop1"}}[kind]
+                             "ranef", "ranef_posterior", "icc", "coef", "r2", "refit", "drop1", "bootstrap",
+                             "emmeans"}}[kind]
     assert set(refused) <= expected, set(refused) - expected

@@ -38,6 +38,10 @@ def compare(fit, post, mode=None, coordinates: str | None = None) -> pd.DataFram
     ``"flat_sd"`` (in SDs) alike, the mode equals the estimate: REML is the posterior mode.
     Where the density has no mode in the coordinates asked for (``"flat_sd"`` in variances),
     ``post_mode`` says ``"none (unbounded at the boundary)"``.
+
+    Displayed (printed or in a notebook) are the columns that tell the story, estimate,
+    mode, median, 95% interval, bulk ESS and R-hat (:class:`hierlmm.table.Table`); the others
+    are in the frame.
     """
     from hierlmm.bayes.mode import COORDINATES, posterior_mode
 
@@ -62,7 +66,13 @@ def compare(fit, post, mode=None, coordinates: str | None = None) -> pd.DataFram
         rows.append({"grp": "fixed", "var1": name, "var2": None, "estimate": fit.fixef.iloc[k],
                      "post_mode": NO_MODE if mode.unbounded else mode.beta.iloc[k], "mode_in": where,
                      **_stats(beta[:, :, k])})
-    out = pd.DataFrame(rows)
+    from hierlmm.table import as_table
+
+    prior = post.prior if isinstance(post.prior, str) else type(post.prior).__name__
+    out = as_table(pd.DataFrame(rows), f"{fit.method} estimates beside the posterior under prior={prior!r} "
+                   f"(posterior mode in {where})",
+                   shown=["grp", "var1", "var2", "estimate", "post_mode", "post_median", "post_q025", "post_q975",
+                          "ess_bulk", "r_hat"])
     out.attrs["prior"] = post.prior
     out.attrs["mode_coordinates"] = where
     out.attrs["method"] = fit.method

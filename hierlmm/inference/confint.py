@@ -9,7 +9,6 @@ correlations in the order of θ (``sd_(Intercept)|Subject``, ``cor_Days.(Interce
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -106,10 +105,10 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
     from hierlmm.optimize import optimize_theta
 
     from hierlmm.inference.simulate import simulate
+    from hierlmm.progress import progress
 
     fit.model.require("bootstrap()", instead="use confint(method='wald')")
     ys = simulate(fit, n_boot, random_seed=random_seed)
-    show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
     dev = fit.deviance_function
     if statistic is None:
         names = sdcor_names(fit) + list(fit.fixef.index)
@@ -133,22 +132,21 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
             return _statistic_values(statistic(LMMResult(fit.model, d, res)), names)
 
     draws = np.empty((n_boot, len(names)))
+    bar = progress(n_boot, "bootstrap", progressbar)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hl.HierlmmWarning)
         if n_jobs and n_jobs != 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=None if n_jobs < 0 else n_jobs) as ex:
-                results = ex.map(refit, ys)
-                for i, row in enumerate(results):
+                for i, row in enumerate(ex.map(refit, ys)):
                     draws[i] = row
-                    _progress(show, i + 1, n_boot)
+                    bar.update(1)
         else:
             for i, y in enumerate(ys):
                 draws[i] = refit(y)
-                _progress(show, i + 1, n_boot)
-    if show:
-        sys.stderr.write("\n")
+                bar.update(1)
+    bar.close()
     out = pd.DataFrame(draws, columns=names)
     out.attrs["t0"] = pd.Series(t0, index=names)
     return out
@@ -189,14 +187,6 @@ def _bootstrap(fit, level, n_boot=200, random_seed=None, progressbar=None, n_job
     return out
 
 
-def _progress(show, i, n, what="bootstrap"):
-    """A one-line progress bar on standard error (when ``show``)."""
-    if show and (i == n or i % max(1, n // 50) == 0):
-        done = int(40 * i / n)
-        sys.stderr.write(f"\r{what} [{'#' * done}{'.' * (40 - done)}] {i}/{n}")
-        sys.stderr.flush()
-
-
 def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwargs) -> pd.DataFrame:
     """Confidence intervals (lme4's ``confint.merMod``).
 
@@ -207,7 +197,7 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     parm : list of str, optional
         Rows to compute (profile only); all by default.
     **kwargs
-        ``progressbar`` (default: when standard error is a terminal) for ``"profile"`` and
+        ``progressbar`` (default: on a terminal or in Jupyter, :mod:`hierlmm.progress`) for ``"profile"`` and
         ``"bootstrap"``; for ``"bootstrap"`` also ``n_boot`` (200), ``random_seed``,
         ``n_jobs`` (threads).
 
@@ -220,8 +210,11 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     if not 0 < level < 1:
         raise HierlmmError(f"level must be between 0 and 1, got {level}")
     method = str(method).lower()
+    from hierlmm.table import as_table
+
+    title = f"{100 * level:g}% confidence intervals ({method})"
     if method == "wald":
-        return _wald(fit, level)
+        return as_table(_wald(fit, level), title)
     fit.model.require(f"confint(method={method!r})", instead="use method='wald'")
     from hierlmm.threads import one_blas_thread
 
@@ -231,8 +224,9 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
         with one_blas_thread():
             out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]
-        return out.loc[order]
+        return as_table(out.loc[order], title)
     if method in ("bootstrap", "boot"):
         with one_blas_thread():
-            return _bootstrap(fit, level, **kwargs)
+            out = _bootstrap(fit, level, **kwargs)
+            return as_table(out, title).__finalize__(out)
     raise HierlmmError(f"method must be 'profile', 'wald' or 'bootstrap', got {method!r}")

@@ -26,6 +26,8 @@ import pandas as pd
 from scipy import stats
 
 from hierlmm.errors import HierlmmError
+from hierlmm.inference.ftests import _ddf
+from hierlmm.table import as_table
 
 __all__ = ["emmeans", "reference_grid"]
 
@@ -74,8 +76,6 @@ def reference_grid(fit, at: dict | None = None) -> pd.DataFrame:
 
 def _covariance_and_df(fit, ddf: str):
     """``(V, df(l))``: the covariance the SEs use and the df of a contrast ``l``."""
-    from hierlmm.inference.ftests import _ddf
-
     ddf = _ddf(ddf)
     if ddf == "kenward-roger":
         from hierlmm.inference.kenward_roger import kr_adjust, lb_ddf
@@ -104,7 +104,6 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
         emmeans' ``pairs()``), ``"bonferroni"`` or ``"none"``.
     """
     design = fit.design
-    fit.model.require("emmeans()", instead="it needs the hierarchical model with independent residuals")
     if design.offset is not None:
         raise HierlmmError("emmeans() for a model with an offset is not implemented (emmeans would put the "
                            "offset's variables at their means)")
@@ -131,8 +130,10 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
         se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
         df = np.array([df_of(row) for row in L])
         q = stats.t.ppf(0.5 + level / 2, df)
-        return labels.assign(emmean=est, SE=se, df=df, **{"lower.CL": est - q * se, "upper.CL": est + q * se})
-    return _pairs(labels, L, beta, V, df_of, specs, by, adjust)
+        out = labels.assign(emmean=est, SE=se, df=df, **{"lower.CL": est - q * se, "upper.CL": est + q * se})
+        return as_table(out, f"Estimated marginal means ({_ddf(ddf)} df, {100 * level:g}% intervals)")
+    return as_table(_pairs(labels, L, beta, V, df_of, specs, by, adjust),
+                    f"Pairwise differences of estimated marginal means (p adjusted: {adjust})", pvalues=["p.value"])
 
 
 def _levels(col: pd.Series) -> list:

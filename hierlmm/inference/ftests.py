@@ -30,7 +30,11 @@ def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
         Satterthwaite df as lmerTest; Kenward–Roger (adjusted SE and df, as pbkrtest);
         or asymptotic (columns ``z`` and a normal p-value, df = inf).
     """
+    from hierlmm.table import as_table
+
     ddf = _ddf(ddf)
+    title = {"satterthwaite": "t tests with Satterthwaite's df", "kenward-roger": "t tests with Kenward-Roger's "
+             "df and adjusted SEs", "asymptotic": "z tests (asymptotic)"}[ddf]
     names = list(fit.fixef.index)
     beta = fit.fixef.to_numpy()
     p = len(names)
@@ -38,8 +42,8 @@ def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
     if ddf == "asymptotic":
         se = fit.se.to_numpy()
         z = beta / se
-        return pd.DataFrame({"estimate": beta, "se": se, "df": np.inf, "z": z,
-                             "p": 2 * stats.norm.sf(np.abs(z))}, index=names)
+        return as_table(pd.DataFrame({"estimate": beta, "se": se, "df": np.inf, "z": z,
+                                      "p": 2 * stats.norm.sf(np.abs(z))}, index=names), title, pvalues=["p"])
     if ddf == "satterthwaite":
         from hierlmm.inference.satterthwaite import contest1d, varpar_covariance
 
@@ -56,7 +60,7 @@ def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
             df = lb_ddf(L, kr)
             t = beta[j] / se
             rows.append({"estimate": beta[j], "se": se, "df": df, "t": t, "p": 2 * stats.t.sf(abs(t), df)})
-    return pd.DataFrame(rows, index=names)[["estimate", "se", "df", "t", "p"]]
+    return as_table(pd.DataFrame(rows, index=names)[["estimate", "se", "df", "t", "p"]], title, pvalues=["p"])
 
 
 def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
@@ -75,10 +79,11 @@ def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
              "II": ("II", contrasts_type2), "1": ("I", contrasts_type1), "I": ("I", contrasts_type1)}
     if str(type) not in kinds:
         raise HierlmmError(f"type must be 1, 2 or 3, got {type!r}")
+    from hierlmm.table import as_table
+
     roman, make = kinds[str(type)]
-    out = f_tests(fit, make(fit.design), ddf)
-    out.attrs["title"] = f"Type {roman} Analysis of Variance Table with {_method(ddf)} method"
-    return out
+    return as_table(f_tests(fit, make(fit.design), ddf),
+                    f"Type {roman} Analysis of Variance Table with {_method(ddf)} method", pvalues=["p"])
 
 
 def _method(ddf: str) -> str:
@@ -118,6 +123,7 @@ def drop1_f(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
             "drop1(test='F') on a rank-deficient fixed part (dropped column(s) "
             f"{', '.join(fit.design.dropped_columns)}) is not implemented: the hypotheses then come from "
             "comparing design matrices; use drop1(test='Chisq') or remove the aliased terms")
-    out = f_tests(fit, contrasts_marginal(fit.design), ddf)
-    out.attrs["title"] = f"Single term deletions using {_method(ddf)} method"
-    return out
+    from hierlmm.table import as_table
+
+    return as_table(f_tests(fit, contrasts_marginal(fit.design), ddf),
+                    f"Single term deletions using {_method(ddf)} method", pvalues=["p"])

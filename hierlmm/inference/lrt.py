@@ -75,7 +75,8 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
         ``refit=False`` REML likelihoods are used, which is allowed only when every model
         has the same fixed-effects design.
     names : list of str, optional
-        Row labels; ``model1``, ``model2``, ... by default.
+        Row labels; by default each model's formula (``[REML]``/``[ML]`` added where two
+        models share one).
 
     Returns
     -------
@@ -95,7 +96,12 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
     ys = [f.design.y for f in fits]
     if any(not np.array_equal(ys[0], y) for y in ys[1:]):
         raise HierlmmError("models were fitted to different responses; compare models of the same data")
-    names = list(names) if names is not None else [f"model{i + 1}" for i in range(len(fits))]
+    if names is None:
+        formulas = [f.design.parsed.formula for f in fits]
+        names = [fm if formulas.count(fm) == 1 else f"{fm} [{f.method}]" for fm, f in zip(formulas, fits)]
+        if len(set(names)) < len(names):
+            names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    names = list(names)
     if refit and any(f.method == "REML" for f in fits):
         warnings.warn("refitting model(s) with ML (instead of REML)", RefitWarning, stacklevel=2)
         fits = [_refit_ml(f) for f in fits]
@@ -123,7 +129,10 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
             row.update(chisq=chisq, df=df, p=stats.chi2.sf(chisq, df) if df > 0 else np.nan)
         rows.append(row)
         prev = f
-    out = pd.DataFrame(rows, index=[names[i] for i in order])
+    from hierlmm.table import as_table
+
+    out = as_table(pd.DataFrame(rows, index=[names[i] for i in order]),
+                   "Likelihood-ratio tests of nested models" + (" (refitted by ML)" if refit else ""), pvalues=["p"])
     out.attrs["formulas"] = {names[i]: fits[i].design.parsed.formula for i in order}
     return out
 
@@ -188,4 +197,7 @@ def ranova(fit) -> pd.DataFrame:
         df = fit.df_model - npar
         rows[label] = {"npar": npar, "loglik": ll, "aic": -2 * ll + 2 * npar, "lrt": lrt, "df": df,
                        "p": stats.chi2.sf(lrt, df), "p_mixture": chibar_pvalue(lrt, df)}
-    return pd.DataFrame.from_dict(rows, orient="index")
+    from hierlmm.table import as_table
+
+    return as_table(pd.DataFrame.from_dict(rows, orient="index"),
+                    "ANOVA-like table for random effects: single term deletions", pvalues=["p", "p_mixture"])

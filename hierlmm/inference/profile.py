@@ -22,7 +22,6 @@ random starts; a lower minimum there restarts the search outward.
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import numpy as np
@@ -380,7 +379,8 @@ def _limit(name: str, side: str, find) -> float:
 # ------------------------------------------------------------------ the table
 def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> pd.DataFrame:
     """Profile intervals of the variance parameters (lme4's order) and the fixed effects."""
-    from hierlmm.inference.confint import _bounds, _progress, sdcor_from_theta, sdcor_names
+    from hierlmm.inference.confint import _bounds, sdcor_from_theta, sdcor_names
+    from hierlmm.progress import progress
     from hierlmm.optimize import optimize_theta
 
     design = fit.design
@@ -395,12 +395,12 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
     names = sdcor_names(fit)
 
     rows = {}
-    show = sys.stderr.isatty() if progressbar is None else bool(progressbar)
     todo = [n for n in names + list(design.fixef_names) if parm is None or n in parm]
+    bar = progress(len(todo), "profile", progressbar)
     for j, name in enumerate(names):
         if parm is not None and name not in parm:
             continue
-        _progress(show, len(rows) + 1, len(todo), "profile")
+        bar.update(1)
         coords = Coordinates(design, est, j, ml.sigma)
         a, b, sd = coords.bounds()
 
@@ -424,7 +424,7 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
     for j, name in enumerate(design.fixef_names):
         if parm is not None and name not in parm:
             continue
-        _progress(show, len(rows) + 1, len(todo), "profile")
+        bar.update(1)
         bhat, se = ml.fixef.iloc[j], ml.se.iloc[j]
 
         def inner_b(b, theta0, coarse=False, j=j):
@@ -437,6 +437,5 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
             _limit(name, side, lambda: _Side(inner_b, bhat, ml.solution.theta, base, diag, random_theta)
                    .limit(sgn * se, sgn * np.inf, sgn * z))
             for side, sgn in (("lower", -1), ("upper", 1)))
-    if show:
-        sys.stderr.write("\n")
+    bar.close()
     return pd.DataFrame.from_dict(rows, orient="index", columns=["lower", "upper"])
