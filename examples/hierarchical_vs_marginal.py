@@ -1,25 +1,98 @@
 # %% [markdown]
-# # Hierarchical vs marginal formulation, and serial correlation
+# # The hierarchical model implies the marginal one, not vice versa
 #
-# The hierarchical model `y_i | b_i ~ N(X_iβ + Z_ib_i, σ²R_i)`, `b_i ~ N(0, D)` implies the
-# marginal model `y_i ~ N(X_iβ, V_i)`, `V_i = Z_iDZ_i' + σ²R_i` — but not the other way: `V_i`
-# can be positive definite while `D` is not.
+# A hierarchical model $y_i \mid b_i \sim N(X_i\beta + Z_ib_i,\ \sigma^2 R_i)$,
+# $b_i \sim N(0, D)$ implies the marginal model $y_i \sim N(X_i\beta,\ V_i)$ with
+# $V_i = Z_iDZ_i' + \sigma^2R_i$. The converse fails twice:
+#
+# 1. **Different hierarchical models, one marginal model.** Several $(D, \sigma^2)$ can give
+#    the same $V_i$; the likelihood, a function of $V_i$ only, cannot tell them apart.
+# 2. **Marginal models no hierarchical model implies.** $V_i$ can be positive definite while
+#    $D$ is not (a "negative variance").
 
 # %%
 import warnings
 
-from pathlib import Path
+import numpy as np
+import pandas as pd
 
-import matplotlib
-
-matplotlib.use("Agg")
 import hierlmm as hl
-
-out = Path("output") / "hierarchical_vs_marginal"  # figures go to ./output/hierarchical_vs_marginal/
-out.mkdir(parents=True, exist_ok=True)
+from hierlmm import plots
 
 # %% [markdown]
-# ## Dyestuff2: τ² stops at 0 in the hierarchical fit, goes negative in the marginal one
+# ## 1. Two hierarchical models, one marginal model
+#
+# Orthodont: the distance grows with age in each of 27 children. Model A lets intercept and
+# slope vary, `(age | Subject)`, the intercept being the distance at age 0. Model B is the
+# same but with age centred at 11, `(age11 | Subject)`: its intercept is the distance at 11.
+# Their $D$ differ — at age 0 the children differ far more (and the intercept and slope are
+# negatively correlated) than at 11 — but $Z_iDZ_i'$ is the same matrix, so $V_i$, the
+# likelihood and every fitted value are the same.
+
+# %%
+ortho = hl.datasets.load("Orthodont")
+ortho["age11"] = ortho.age - 11
+a = hl.LMM("distance ~ age * Sex + (age | Subject)", ortho).fit()
+b = hl.LMM("distance ~ age11 * Sex + (age11 | Subject)", ortho).fit()
+generic = {"(Intercept)": "intercept", "age": "slope", "age11": "slope"}
+pd.concat({"A: D of (age | Subject)": a.covariance_matrices()["Subject"].rename(index=generic, columns=generic),
+           "B: D of (age11 | Subject)": b.covariance_matrices()["Subject"].rename(index=generic, columns=generic)}
+          ).round(3)
+
+# %%
+pd.DataFrame({"REML log-likelihood": [a.loglik, b.loglik],
+              "max |V_i(A) - V_i(B)|, child M01": [0.0, float(np.abs(a.marginal_cov("M01").to_numpy()
+                                                                   - b.marginal_cov("M01").to_numpy()).max())]},
+             index=["A", "B"])
+
+# %% [markdown]
+# The data cannot prefer one hierarchical story to the other; they only see $V_i$. Under flat
+# priors the two posteriors agree too: $D_B = AD_AA'$ with $A$ unit triangular is a linear
+# map of unit Jacobian, so a flat prior on $D_A$ is a flat prior on $D_B$, and the posterior
+# of $\sigma^2$ (a function of $V_i$) is the same. The propriety check treats both alike.
+
+# %%
+try:
+    import pymc  # noqa: F401
+
+    have_bayes = True
+except ImportError:
+    have_bayes = False
+if have_bayes:
+    rows = {}
+    for name, formula in [("A", "distance ~ age * Sex + (age | Subject)"),
+                          ("B", "distance ~ age11 * Sex + (age11 | Subject)")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            post = hl.LMM(formula, ortho).sample(random_seed=2, progressbar=False)
+        s2 = post.draws("sigma2")
+        rows[name] = {"sigma^2 median": np.median(s2), "2.5%": np.quantile(s2, 0.025),
+                      "97.5%": np.quantile(s2, 0.975)}
+        notes = [str(w.message) for w in caught if isinstance(w.message, hl.bayes.ProprietyNotVerifiedWarning)]
+        print(f"{name}: propriety check: {notes[0] if notes else 'proper (proven)'}")
+    comparison = pd.DataFrame(rows).T
+comparison if have_bayes else None
+
+# %% [markdown]
+# The extreme case is a random intercept and slope with **two** measurements per subject:
+# $V_i$ ($2\times2$, three numbers) cannot determine $D$ and $\sigma^2$ (four), so a whole
+# ridge of hierarchical models has one likelihood. hierlmm refuses the model, as lme4 does:
+
+# %%
+rng = np.random.default_rng(1)
+two = pd.DataFrame({"y": rng.normal(size=40), "t": np.tile([0.0, 1.0], 20),
+                    "subject": pd.Categorical(np.repeat(np.arange(20), 2).astype(str))})
+try:
+    hl.LMM("y ~ t + (t | subject)", two)
+except hl.HierlmmError as exc:
+    print(exc)
+
+# %% [markdown]
+# ## 2. A marginal model no hierarchical model implies: Dyestuff2
+#
+# In `Dyestuff2` the batches vary less than the assays within them. The hierarchical fit
+# stops at $\tau^2 = 0$ (a singular fit); the marginal formulation only asks $V_i$ to be
+# positive definite and finds $\tau^2 < 0$, with a higher likelihood.
 
 # %%
 d2 = hl.datasets.load("Dyestuff2")
@@ -27,52 +100,37 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", hl.SingularFitWarning)
     hier = hl.LMM("Yield ~ 1 + (1 | Batch)", d2).fit()
 marg = hl.LMM("Yield ~ 1 + (1 | Batch)", d2, formulation="marginal").fit()
-print(hier.varcorr, "\nlogLik", round(hier.loglik, 3))
-print(marg.varcorr, "\nlogLik", round(marg.loglik, 3))
-print(marg.summary())
-print("implied V_i, hierarchical:\n", hier.marginal_cov("A").round(2))
-print("implied V_i, marginal:\n", marg.marginal_cov("A").round(2))
+pd.DataFrame({"hierarchical": [hier.varcorr.vcov[0], hier.sigma**2, hier.loglik],
+              "marginal": [marg.varcorr.vcov[0], marg.sigma**2, marg.loglik]},
+             index=["tau^2 (Batch)", "sigma^2", "REML log-likelihood"])
 
 # %% [markdown]
-# ## Two hierarchical models, one marginal V
-#
-# With `age` centred at 11 the correlated model `(1 + age11 | Subject)` is the same model as
-# `(1 + age | Subject)` — D differs, V_i and the likelihood do not.
+# The implied $V_i$ of one batch: compound symmetry with a negative covariance in the
+# marginal fit — a valid covariance matrix, but no random intercept produces it.
 
 # %%
-ortho = hl.datasets.load("Orthodont")
-ortho["age11"] = ortho.age - 11
-a = hl.LMM("distance ~ age * Sex + (age | Subject)", ortho).fit()
-b = hl.LMM("distance ~ age11 * Sex + (age11 | Subject)", ortho).fit()
-print(a.covariance_matrices()["Subject"].round(3))
-print(b.covariance_matrices()["Subject"].round(3))
-print("logLik:", round(a.loglik, 4), round(b.loglik, 4))
-print("max |V_a - V_b| for M01:", float(abs(a.marginal_cov("M01").to_numpy() - b.marginal_cov("M01").to_numpy()).max()))
+marg.marginal_cov("A").round(2)
 
 # %% [markdown]
-# ## Ovary: random intercept vs AR(1) residuals vs both
+# ## 3. Serial correlation: what a random intercept cannot say
+#
+# Ovary (follicle counts of 11 mares over time): a random intercept makes every pair of a
+# mare's observations equally correlated; AR(1) residuals add correlation that decays with
+# the time between them. The likelihood-ratio test prefers the second.
 
 # %%
 ov = hl.datasets.load("Ovary")
 fixed = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time)"
 ri = hl.LMM(fixed + " + (1 | Mare)", ov).fit()
 both = hl.LMM(fixed + " + (1 | Mare)", ov, residual=hl.AR1()).fit()
-print(both.summary())
-print(hl.anova(ri, both, names=["random intercept", "random intercept + AR(1)"], refit=False))
-print("AR(1) phi:", round(both.residual_params["phi"], 4))
-print(both.marginal_corr("1").iloc[:5, :5].round(3))
-
-# %% [markdown]
-# ## The implied correlation of one mare's observations, without and with AR(1)
+hl.anova(ri, both, refit=False)  # rows: the formula, and the residual structure where it differs
 
 # %%
-from matplotlib.figure import Figure
-
-fig = Figure(figsize=(9, 4), layout="constrained")
-for ax, (label, f) in zip(fig.subplots(1, 2), [("random intercept", ri), ("random intercept + AR(1)", both)]):
+fig, axes = plots.figure(1, 2, width=9, height=4)
+for ax, (label, f) in zip(axes[0], [("random intercept", ri), ("random intercept + AR(1)", both)]):
     im = ax.imshow(f.marginal_corr("1").to_numpy(), vmin=0, vmax=1, cmap="viridis")
     ax.set_title(f"{label}: corr(y_i), mare 1", fontsize=10)
     ax.set_xlabel("observation")
     ax.set_ylabel("observation")
-fig.colorbar(im, ax=fig.axes, shrink=0.8)
-fig.savefig(out / "implied_correlation.png", dpi=90)
+fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+fig

@@ -2,22 +2,21 @@
 # # Pastes: nested random effects and the variance decomposition
 #
 # Strength of paste from 10 batches, 3 casks per batch, 2 assays per cask (lme4's
-# `Pastes`). `(1 | batch/cask)` is `(1 | batch) + (1 | cask:batch)`; the total variance
-# splits into batch, cask-within-batch and assay parts.
+# `Pastes`). `(1 | batch/cask)` is `(1 | batch) + (1 | cask:batch)`:
+# $y_{ijk} = \mu + a_i + c_{ij} + \varepsilon_{ijk}$, and the total variance splits into batch,
+# cask-within-batch and assay parts. The same model stated level by level is
+# `LMM.from_levels`.
 
 # %%
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 import hierlmm as hl
 from hierlmm import plots
 
-out = Path("output") / "pastes"  # figures go to ./output/pastes/
-out.mkdir(parents=True, exist_ok=True)
-fit = hl.LMM("strength ~ 1 + (1 | batch/cask)", hl.datasets.load("Pastes")).fit()
-print(fit.summary())
+pastes = hl.datasets.load("Pastes")
+model = hl.LMM.from_levels("strength ~ 1", {"(Intercept)": "~ 1"}, group=["batch", "cask"], data=pastes,
+                           level3={"(Intercept)": "~ 1"})
+print(model.describe())
+fit = model.fit()
+fit
 
 # %% [markdown]
 # ## How the variance divides
@@ -25,6 +24,10 @@ print(fit.summary())
 # %%
 vc = fit.varcorr[["grp", "vcov"]].copy()
 vc["share"] = vc.vcov / vc.vcov.sum()
-print(vc.round(3))
-print(fit.ranova())
-plots.caterpillar(fit, group="cask:batch").savefig(out / "caterpillar_cask.png", dpi=90)
+vc
+
+# %%
+fit.ranova()
+
+# %%
+plots.caterpillar(fit, group="cask:batch")

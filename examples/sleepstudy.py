@@ -2,48 +2,69 @@
 # # sleepstudy: random intercepts and slopes
 #
 # Reaction times of 18 subjects over 10 days of sleep deprivation (lme4's `sleepstudy`).
-# Each subject gets their own intercept and slope; the BLUPs shrink each subject's own
-# least-squares line toward the population line.
+# Subject $j$ has its own line,
+#
+# $$\text{Reaction}_{ij} = (\beta_0 + b_{0j}) + (\beta_1 + b_{1j})\,\text{Days}_{ij} + \varepsilon_{ij},
+#   \qquad (b_{0j}, b_{1j})' \sim N(0, D),\quad \varepsilon_{ij} \sim N(0, \sigma^2),$$
+#
+# and the BLUPs shrink each subject's own least-squares line toward the population line.
 
 # %%
-from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 import hierlmm as hl
 from hierlmm import plots
 
-out = Path("output") / "sleepstudy"  # figures go to ./output/sleepstudy/
-out.mkdir(parents=True, exist_ok=True)
 df = hl.datasets.load("sleepstudy")
-
-# %% [markdown]
-# ## The model, stated hierarchically, and its REML fit (as `lmer`)
-
-# %%
 model = hl.LMM("Reaction ~ Days + (Days | Subject)", df)
-print(model.describe())
-fit = model.fit()
-print(fit.summary())
+model
 
 # %% [markdown]
-# ## BLUPs, their posterior, and the shrinkage
+# ## The REML fit, as `summary(lmer(...))` prints it
 
 # %%
-print(fit.ranef()["Subject"].head())
+fit = model.fit()
+fit
+
+# %% [markdown]
+# ## BLUPs and their posterior
+#
+# Given $\hat\theta$ and $\hat\sigma$, each subject's $b_j$ has a Gaussian posterior; with
+# `beta="integrated"` the uncertainty of $\hat\beta$ is included (Henderson's
+# prediction-error variance).
+
+# %%
 post = fit.ranef_posterior(beta="integrated")["Subject"]
-print(post.sd.head())
-plots.shrinkage(fit).savefig(out / "shrinkage.png", dpi=90)
-plots.caterpillar(fit, beta="integrated").savefig(out / "caterpillar.png", dpi=90)
-plots.spaghetti(fit, "Days").savefig(out / "spaghetti.png", dpi=90)
+post.mean.head().join(post.sd.head(), rsuffix=" sd")
+
+# %%
+plots.caterpillar(fit, beta="integrated")
+
+# %% [markdown]
+# Shrinkage: each subject's own least-squares line (start of the arrow) against its
+# conditional coefficients $\hat\beta + \hat b_j$ (end).
+
+# %%
+plots.shrinkage(fit)
+
+# %%
+plots.spaghetti(fit, "Days")
 
 # %% [markdown]
 # ## Diagnostics, tests and intervals
 
 # %%
-plots.diagnostics(fit).savefig(out / "diagnostics.png", dpi=90)
-print(fit.anova())
-print(fit.ranova())
-print(fit.confint(method="profile"))
-print(hl.anova(hl.LMM("Reaction ~ Days + (1 | Subject)", df).fit(), fit))
+plots.diagnostics(fit)
+
+# %%
+fit.anova()
+
+# %%
+fit.ranova()
+
+# %%
+fit.confint(method="profile", progressbar=False)
+
+# %% [markdown]
+# Is the random slope needed? A likelihood-ratio test of the nested models (refitted by ML).
+
+# %%
+hl.anova(hl.LMM("Reaction ~ Days + (1 | Subject)", df).fit(), fit)

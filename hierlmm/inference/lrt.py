@@ -75,8 +75,8 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
         ``refit=False`` REML likelihoods are used, which is allowed only when every model
         has the same fixed-effects design.
     names : list of str, optional
-        Row labels; by default each model's formula (``[REML]``/``[ML]`` added where two
-        models share one).
+        Row labels; by default each model's formula, with its residual structure or
+        formulation where not the default (numbered where two still coincide).
 
     Returns
     -------
@@ -97,8 +97,7 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
     if any(not np.array_equal(ys[0], y) for y in ys[1:]):
         raise HierlmmError("models were fitted to different responses; compare models of the same data")
     if names is None:
-        formulas = [f.design.parsed.formula for f in fits]
-        names = [fm if formulas.count(fm) == 1 else f"{fm} [{f.method}]" for fm, f in zip(formulas, fits)]
+        names = [_label(f) for f in fits]
         if len(set(names)) < len(names):
             names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
     names = list(names)
@@ -135,6 +134,17 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
                    "Likelihood-ratio tests of nested models" + (" (refitted by ML)" if refit else ""), pvalues=["p"])
     out.attrs["formulas"] = {names[i]: fits[i].design.parsed.formula for i in order}
     return out
+
+
+def _label(fit) -> str:
+    """A model's row in the comparison: its formula, its residual structure and formulation
+    where they are not the default."""
+    label = fit.design.parsed.formula
+    if fit.residual is not None:
+        label += f" [{fit.residual.name} residuals]"
+    if fit.model.formulation == "marginal":
+        label += " [marginal]"
+    return label
 
 
 def _reductions(parsed):

@@ -11,14 +11,16 @@ file                functions
 ``ranef.py``        ``caterpillar``, ``shrinkage``
 ``data.py``         ``spaghetti``, ``effect``
 ``bayes.py``        ``posterior_densities``, ``plugin_vs_full``, ``limit_path``
+``_common.py``      ``figure`` (an empty figure of your own that shows inline too)
 ==================  ================================================================
 """
 
+from hierlmm.plots._common import figure
 from hierlmm.plots.bayes import limit_path, plugin_vs_full, posterior_densities
 from hierlmm.plots.data import effect, spaghetti
 from hierlmm.plots.diagnostics import diagnostics, qq_ranef, qq_residuals, residuals_by_group, residuals_vs_fitted
 from hierlmm.plots.ranef import caterpillar, shrinkage
 
-__all__ = ["qq_ranef", "qq_residuals", "residuals_vs_fitted", "residuals_by_group", "diagnostics",
+__all__ = ["figure", "qq_ranef", "qq_residuals", "residuals_vs_fitted", "residuals_by_group", "diagnostics",
            "caterpillar", "shrinkage", "spaghetti", "effect", "posterior_densities", "plugin_vs_full",
            "limit_path"]
