@@ -178,10 +178,14 @@ class LMMResult:
 
     @property
     def aic(self) -> float:
+        """Akaike's criterion ``−2 logLik + 2 df_model`` (of the REML log-likelihood for a
+        REML fit, as lme4 reports it: compare AICs of REML fits only when their fixed effects
+        are the same)."""
         return -2 * self.loglik + 2 * self.df_model
 
     @property
     def bic(self) -> float:
+        """Schwarz's criterion ``−2 logLik + log(n) df_model`` (``n`` the observations used)."""
         return -2 * self.loglik + np.log(self.nobs) * self.df_model
 
     @property
@@ -195,6 +199,9 @@ class LMMResult:
 
     @property
     def converged(self) -> bool:
+        """The optimiser stopped at a point that passes lme4's convergence checks (gradient
+        and Hessian at the optimum); if not, the fit warned with the reason
+        (``fit.opt.messages``)."""
         return self.opt.converged
 
     # ---------------------------------------------------------------- random effects
