@@ -192,3 +192,62 @@ def test_notebook_shows_progress_and_html_summary(tmp_path):
     assert "bootstrap" in shown, outputs
     html = [o["data"]["text/html"] for o in outputs if o.output_type == "execute_result"]
     assert html and "Random effects" in html[0] and "Fixed effects" in html[0]
+
+
+def _simulated(m: int, per: int, seed: int = 0) -> pd.DataFrame:
+    """m groups of ``per`` rows: a within-group slope on x, a group-level factor f (two
+    levels) and a numeric covariate z in the fixed part."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(m), per)
+    x = np.tile(np.arange(per, dtype=float), m) + rng.normal(0, 0.1, m * per)
+    f = np.where(np.arange(m) % 2 == 0, "a", "b")[g]
+    z = rng.normal(0, 1, m * per)
+    b = rng.normal(0, [1.0, 0.3], size=(m, 2))
+    y = 1 + 0.5 * x + (f == "b") * 1.5 + 0.3 * z + b[g, 0] + b[g, 1] * x + rng.normal(0, 0.5, m * per)
+    return pd.DataFrame({"y": y, "x": x, "z": z, "f": pd.Categorical(f), "g": pd.Categorical(g.astype(str))})
+
+
+@pytest.mark.parametrize("m, per", [(6, 6), (27, 5), (160, 4), (2000, 3)])
+def test_every_plot_stays_readable_and_right_from_6_to_2000_groups(m, per):
+    """Each plot of a fit, on 6 to 2000 groups with a second fixed covariate and a factor:
+    the figure stays at most 16 inches either way, the population lines are one per level of
+    the fixed factor and equal predict(kind="marginal") with z at its mean, and where groups
+    are sampled the figure says so."""
+    d = _simulated(m, per)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        fit = hl.LMM("y ~ x + f + z + (x | g)", d).fit()
+    figures = {
+        "diagnostics": plots.diagnostics(fit), "residuals_by_group": plots.residuals_by_group(fit),
+        "qq_ranef": plots.qq_ranef(fit), "qq_residuals": plots.qq_residuals(fit),
+        "residuals_vs_fitted": plots.residuals_vs_fitted(fit), "caterpillar": plots.caterpillar(fit),
+        "shrinkage": plots.shrinkage(fit), "spaghetti": plots.spaghetti(fit, "x"),
+        "effect": plots.effect(fit, "x", by="f"),
+    }
+    for name, fig in figures.items():
+        w, h = fig.get_size_inches()
+        assert w <= 16 and h <= 16, (name, w, h)
+        for ax in fig.axes:  # tick labels stay legible: no more than 60 on an axis
+            assert len(ax.get_yticklabels()) <= 60 and len(ax.get_xticklabels()) <= 60, name
+    ax = figures["spaghetti"].axes[0]
+    population = [ln for ln in ax.lines if ln.get_label().startswith("f = ")]
+    assert sorted(ln.get_label() for ln in population) == ["f = a", "f = b"]
+    for ln in population:
+        xs, mu = ln.get_data()
+        level = ln.get_label().split(" = ")[1]
+        new = pd.DataFrame({"x": xs, "z": d.z.mean(), "f": pd.Categorical([level] * len(xs), categories=["a", "b"]),
+                            "g": d.g.iloc[0]})
+        np.testing.assert_allclose(mu, fit.predict(new, kind="marginal").to_numpy(), rtol=1e-10)
+    if m > 60:
+        assert f"60 of {m} groups shown" in ax.get_title()
+    else:
+        assert "groups shown" not in ax.get_title()
+    shrink = figures["shrinkage"].axes[0]
+    assert (f"200 of {m} groups shown" in shrink.get_title()) == (m > 200)
+    # the random-intercept version labels its groups: at most 60, said so beyond
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        fig = plots.shrinkage(hl.LMM("y ~ x + f + z + (1 | g)", d).fit())
+    ax = fig.axes[0]
+    assert len(ax.get_xticklabels()) == min(m, 60) and fig.get_size_inches()[0] <= 16
+    assert ("groups shown" in ax.get_title()) == (m > 60)

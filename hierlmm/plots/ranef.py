@@ -42,7 +42,16 @@ def caterpillar(fit, group: str | None = None, beta: str = "fixed", level: float
     return fig
 
 
-def shrinkage(fit, group: str | None = None):
+def _shown(m: int, max_groups: int) -> tuple[np.ndarray, str]:
+    """Which of ``m`` groups to draw (all, or ``max_groups`` chosen at random with a fixed
+    seed, in their order) and the note for the title."""
+    if m <= max_groups:
+        return np.arange(m), ""
+    keep = np.sort(np.random.default_rng(0).choice(m, size=max_groups, replace=False))
+    return keep, f"; {max_groups} of {m} groups shown"
+
+
+def shrinkage(fit, group: str | None = None, max_groups: int | None = None):
     """Per-group least-squares estimates vs the model's group-level predictions.
 
     Random intercept: each group's mean of ``y − Xβ̂`` (no pooling) against ``b̂_i``, with
@@ -51,6 +60,9 @@ def shrinkage(fit, group: str | None = None):
     that are not in the random term (other covariates, a factor's shifts, at ``β̂``), so that
     both sides estimate the same thing, against ``coef()``'s ``β̂ + b̂_i`` of those two
     columns; arrows point from the first to the second, toward the population value.
+
+    ``max_groups`` (default 60 for the intercept plot, 200 for the slope plot): more groups
+    are sampled (fixed seed) and the title says how many are shown.
     """
     group = pick_group(fit, group)
     terms = [t for t in fit.design.terms if t.group == group]
@@ -64,21 +76,23 @@ def shrinkage(fit, group: str | None = None):
         ols = np.bincount(t.codes, weights=r, minlength=t.m) / n_i
         tau2 = fit.covariance_matrices()[t.label].to_numpy()[0, 0]
         factor = n_i * tau2 / (fit.sigma**2 + n_i * tau2)
-        fig, axes = figure(width=max(6, min(0.25 * t.m, 16)), height=4.5)
+        keep, note = _shown(t.m, max_groups or 60)
+        fig, axes = figure(width=max(6, min(0.25 * len(keep), 16)), height=4.5)
         ax = axes[0, 0]
-        x = np.arange(t.m)
-        ax.scatter(x, ols, label="group mean of y − Xβ̂ (no pooling)", color="C0")
-        ax.scatter(x, re.iloc[:, 0], label="BLUP b̂ (partial pooling)", color="C1")
-        for i in range(t.m):
-            ax.annotate("", xy=(x[i], re.iloc[i, 0]), xytext=(x[i], ols[i]),
+        x = np.arange(len(keep))
+        blup = re.iloc[keep, 0].to_numpy()
+        ax.scatter(x, ols[keep], label="group mean of y − Xβ̂ (no pooling)", color="C0")
+        ax.scatter(x, blup, label="BLUP b̂ (partial pooling)", color="C1")
+        for i, j in enumerate(keep):
+            ax.annotate("", xy=(x[i], blup[i]), xytext=(x[i], ols[j]),
                         arrowprops={"arrowstyle": "->", "color": "grey", "lw": 0.8})
         ax.axhline(0, color="black", lw=0.8)
-        ax.set_xticks(x, t.levels, rotation=90, fontsize=label_size(t.m))
+        ax.set_xticks(x, [t.levels[j] for j in keep], rotation=90, fontsize=label_size(len(keep)))
         ax.set_xlabel(group)
         ax.set_ylabel("group effect")
         span = (f"{factor.min():.2f} in every group" if np.ptp(factor) < 0.005
                 else f"{factor.min():.2f} to {factor.max():.2f}")
-        ax.set_title(f"shrinkage factor n·τ²/(σ² + n·τ²): {span}", fontsize=10)
+        ax.set_title(f"shrinkage factor n·τ²/(σ² + n·τ²): {span}{note}", fontsize=10)
         ax.legend(fontsize=8)
         return fig
     # intercept and one slope: per-group least squares lines
@@ -102,17 +116,19 @@ def shrinkage(fit, group: str | None = None):
             own[j] = np.polyfit(x[sel], r[sel], 1)[::-1]
     pop = np.array([beta.get("(Intercept)", 0.0), beta.get(slope_col, 0.0)])
     pred = fit.coef()[group][["(Intercept)", slope_col]].to_numpy()
+    keep, note = _shown(t.m, max_groups or 200)
+    own, pred = own[keep], pred[keep]
     fig, axes = figure(width=6, height=5)
     ax = axes[0, 0]
     lab = "within-group least squares" + (" (other fixed effects at β̂ removed)" if other.any() else "")
     ax.scatter(own[:, 0], own[:, 1], label=lab, color="C0")
     ax.scatter(pred[:, 0], pred[:, 1], label="β̂ + b̂ (mixed model, coef())", color="C1")
-    for j in range(t.m):
+    for j in range(len(keep)):
         if np.all(np.isfinite(own[j])):
             ax.annotate("", xy=pred[j], xytext=own[j], arrowprops={"arrowstyle": "->", "color": "grey", "lw": 0.8})
     ax.scatter([pop[0]], [pop[1]], marker="+", s=150, color="black", label="population β̂")
     ax.set_xlabel("(Intercept)")
     ax.set_ylabel(slope_col)
     ax.legend(fontsize=8)
-    ax.set_title(f"shrinkage toward the population line ({group})", fontsize=10)
+    ax.set_title(f"shrinkage toward the population line ({group}{note})", fontsize=10)
     return fig
