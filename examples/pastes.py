@@ -26,8 +26,19 @@ vc = fit.varcorr[["grp", "vcov"]].copy()
 vc["share"] = vc.vcov / vc.vcov.sum()
 vc
 
+# %% [markdown]
+# ## Is each level of nesting needed?
+#
+# Likelihood-ratio tests that drop one random term at a time (lmerTest's `ranova`), with the
+# χ̄² mixture p-value for a variance on its boundary beside the naive χ² one.
+
 # %%
 fit.ranova()
+
+# %% [markdown]
+# ## The casks' random effects
+#
+# The BLUP of each of the 30 casks' effects $c_{ij}$ with its 95% interval.
 
 # %%
 plots.caterpillar(fit, group="cask:batch")

@@ -153,9 +153,8 @@ def test_bayes_plots():
     assert max(first) > 1e-2  # and far from it at s = 1 (the intercept, 1527, shrunk to 0)
 
 
-def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
-    """A plot returned by the last line of a cell appears as a PNG in Jupyter, with no
-    ``%matplotlib inline`` and no pyplot import (a bare matplotlib Figure shows as text)."""
+def _cell_outputs(code: str, tmp_path) -> list:
+    """The outputs of one notebook cell run in a Jupyter kernel (hierlmm from this tree)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
@@ -163,11 +162,16 @@ def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell(
         "import sys; sys.path.insert(0, %r)\n" % str(Path(__file__).resolve().parent.parent)
         + "import hierlmm as hl\nfrom hierlmm import plots\n"
-        "fit = hl.LMM('Reaction ~ Days + (Days | Subject)', hl.datasets.load('sleepstudy')).fit()\n"
-        "plots.caterpillar(fit)")]
+        "fit = hl.LMM('Reaction ~ Days + (Days | Subject)', hl.datasets.load('sleepstudy')).fit()\n" + code)]
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = nb.cells[0].outputs
+    return nb.cells[0].outputs
+
+
+def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
+    """A plot returned by the last line of a cell appears as a PNG in Jupyter, with no
+    ``%matplotlib inline`` and no pyplot import (a bare matplotlib Figure shows as text)."""
+    outputs = _cell_outputs("plots.caterpillar(fit)", tmp_path)
     data = [o.get("data", {}) for o in outputs if o.output_type == "execute_result"]
     assert data and "image/png" in data[0], outputs
 
@@ -175,18 +179,7 @@ def test_figures_show_inline_in_a_notebook_without_magic(tmp_path):
 def test_notebook_shows_progress_and_html_summary(tmp_path):
     """In a Jupyter kernel (stderr not a terminal) the bootstrap's progress bar still shows
     (tqdm.auto), and a fit's summary renders as HTML."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(
-        "import sys; sys.path.insert(0, %r)\n" % str(Path(__file__).resolve().parent.parent)
-        + "import hierlmm as hl\n"
-        "fit = hl.LMM('Reaction ~ Days + (Days | Subject)', hl.datasets.load('sleepstudy')).fit()\n"
-        "ci = fit.confint(method='bootstrap', n_boot=30, random_seed=1)\nfit")]
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = nb.cells[0].outputs
+    outputs = _cell_outputs("ci = fit.confint(method='bootstrap', n_boot=30, random_seed=1)\nfit", tmp_path)
     shown = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     shown += "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs if o.output_type == "display_data")
     assert "bootstrap" in shown, outputs
