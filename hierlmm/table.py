@@ -121,7 +121,13 @@ class Table(pd.DataFrame):
 
     def _repr_html_(self) -> str:
         cells = self.formatted()
-        styler = cells.style
+        numeric = [c for c in self._display_columns() if pd.api.types.is_numeric_dtype(self[c])
+                   or c in (getattr(self, "pvalues", None) or [])]
+        styler = cells.style.set_properties(subset=numeric, **{"text-align": "right"})
+        styler = styler.set_table_styles([
+            {"selector": "th.row_heading", "props": "text-align: left;"},
+            {"selector": "td, th", "props": "padding: 0.1em 0.6em;"},
+            {"selector": "caption", "props": "text-align: left; font-weight: bold;"}])
         if self._plain_index():
             styler = styler.hide(axis="index")
         if getattr(self, "title", None):
