@@ -156,6 +156,12 @@ class Posterior:
         design = self.model.design
         y = design.y
         beta, sigma2, _, Ds = self._draws()
+        if kind == "conditional" and sigma2.size * design.n > 2e8:
+            from hierlmm.errors import HierlmmError
+
+            raise HierlmmError(f"the pointwise log-likelihood would hold {sigma2.size} draws x {design.n} observations "
+                               f"({sigma2.size * design.n * 8 / 1e9:.1f} GB); use kind='marginal' (one value per "
+                               "group) or fewer draws")
         w = np.ones(design.n) if design.weights is None else design.weights
         if kind == "conditional":
             mu = self._mean(design.X, design.offset, [t.codes for t in design.terms], [t.Z for t in design.terms])
