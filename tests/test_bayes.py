@@ -371,3 +371,25 @@ def test_loo_and_predictions(sleep_post):
     mu = post.predict().to_numpy()
     z = (rep - mu).ravel() / np.sqrt(np.repeat(post.posterior["sigma2"].to_numpy().ravel(), mu.shape[-1]))
     assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.std() - 1) < 5 / np.sqrt(2 * z.size)
+
+
+def test_same_structure_reuses_the_compiled_sampler_with_its_own_data():
+    """A second model with the same structure (term sizes, p) and prior samples with the
+    first's compiled graph and its own cross-product A (nutpie's with_data, no compile), and
+    its posterior is its own: quantiles match its exact flat posterior within 5 MCSE."""
+    from hierlmm.bayes import sample as sample_module
+
+    d = hl.datasets.load("sleepstudy")
+    rng = np.random.default_rng(5)
+    other = d.assign(Reaction=1000 + 3 * d.Reaction[rng.permutation(len(d))].to_numpy())  # another A
+    _sample(hl.LMM("Reaction ~ Days + (1 | Subject)", other), draws=200, tune=200, chains=2, random_seed=1)
+    compiled = len(sample_module._BY_STRUCTURE)
+    model = hl.LMM("Reaction ~ Days + (1 | Subject)", d)
+    post = _sample(model, draws=2000, tune=1000, chains=2, random_seed=11)
+    assert len(sample_module._BY_STRUCTURE) == compiled  # reused, not compiled again
+    exact = load_ref("sleepstudy_int_flat_posterior")[PRIOR_KEY["flat"]]
+    for key, name in (("sigma2", "sigma2"), ("tau2", "var_Subject")):
+        draws = post.posterior[name].to_numpy().reshape(2, -1)
+        for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
+            est = np.quantile(draws, q)
+            assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])

@@ -112,30 +112,49 @@ def _unrolled_cholesky(S, k):
     return L, Linv
 
 
-def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
-    """The REML log-likelihood on the blocked cross-product (first term's k ≤ 4)."""
+def blocked_data(cp, n: int) -> dict[str, np.ndarray]:
+    """The numbers of the data that the blocked log-likelihood uses: A's blocks, ``n``, and
+    the two constants of the criterion. Everything else in its graph is the model's structure
+    (term sizes), so one compiled graph serves every data set of that structure
+    (:func:`structure_key`, nutpie's ``with_data``)."""
+    r, (m, k) = cp.r, cp.A11.shape[:2]
+    return {"A11": np.asarray(cp.A11, dtype=float), "A21": np.asarray(cp.A21, dtype=float).reshape(r, m, k),
+            "A22": np.asarray(cp.A22, dtype=float), "n_obs": np.asarray(float(n)),
+            "logdet_scale": np.asarray(cp.logdet_scale), "log_weights": np.asarray(cp.log_weights)}
+
+
+def structure_key(design, cp) -> tuple:
+    """What the compiled blocked log-likelihood depends on besides :func:`blocked_data`."""
+    return tuple((t.m, t.k) for t in design.terms), cp.q_rest, cp.p, cp.r
+
+
+def reml_loglik_blocked_pt(design, layout: Layout, x, cp, data=None):
+    """The REML log-likelihood on the blocked cross-product (first term's k ≤ 4); ``data``:
+    tensors standing for :func:`blocked_data`'s arrays (default: those arrays, constants)."""
     import pytensor.tensor as pt
+
+    data = blocked_data(cp, design.n) if data is None else data
 
     theta, s = _theta_pt(layout, x)
     first = design.terms[0]
-    k, m, r = first.k, first.m, cp.r
+    k, r = first.k, cp.r
     tc, tr = np.triu_indices(k)
     T = pt.zeros((k, k))
     T = pt.set_subtensor(T[tr, tc], theta[layout.slices[0]])
-    A11 = cp.A11  # (m, k, k) constant
+    A11 = data["A11"]  # (m, k, k)
     S = [[sum((T[b, a] * A11[:, b, d] * T[d, c] for b in range(k) for d in range(k)), start=0.0)
           + (1.0 if a == c else 0.0) for c in range(k)] for a in range(k)]
     L, Linv = _unrolled_cholesky(S, k)
     # G_j = T L_j^{-T}: G[a][c] = Σ_b T[a, b] Linv[c][b]
     G = [[sum((T[a, b] * Linv[c][b] for b in range(c + 1)), start=0.0) for c in range(k)] for a in range(k)]
-    A21 = np.asarray(cp.A21).reshape(r, m, k)  # dense: (r, m, k)
     # B[:, :, c] = Σ_a A21[:, :, a] G[a][c]  (r x m per c); C = Σ_c B_c B_c'
+    A21 = data["A21"]  # dense: (r, m, k)
     C = 0.0
     for c in range(k):
         Bc = sum((A21[:, :, a] * G[a][c][None, :] for a in range(k)), start=0.0)
         C = C + pt.dot(Bc, Bc.T)
-    A22 = pt.as_tensor_variable(cp.A22)
-    q_rest, p, n = cp.q_rest, cp.p, design.n
+    A22 = pt.as_tensor_variable(data["A22"])
+    q_rest, p, n = cp.q_rest, cp.p, data["n_obs"]
     if q_rest:
         lam = _rest_lambda_pt(design, layout, theta, r)
         M = lam.T @ (A22 - C) @ lam
@@ -145,11 +164,11 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp):
     L22 = pt.linalg.cholesky(M)
     d22 = pt.log(pt.diagonal(L22))
     logdet = (2 * sum((pt.sum(pt.log(L[i][i])) for i in range(k)), start=0.0) + 2 * pt.sum(d22[: q_rest + p])
-              + cp.logdet_scale)
+              + data["logdet_scale"])
     r2 = L22[-1, -1] ** 2
     # logdet holds log|R_X|² too: the REML criterion with logdet_x folded into logdet_v
     return -0.5 * criterion(logdet, 0.0, r2, n, p, reml=True, sigma2=pt.exp(s), log=pt.log,
-                            log_weights=cp.log_weights)
+                            log_weights=data["log_weights"])
 
 
 def _rest_lambda_pt(design, layout, theta, r):
@@ -200,7 +219,8 @@ def build_collapsed_model(design, prior, start: np.ndarray, cp=None):
 
     The likelihood is written on the blocked cross-product (the first term's ``k x k``
     blocks handled elementwise, the rest dense) when the first term has at most 4 effects,
-    else on the dense ``A``."""
+    with the data as ``pm.Data`` (:func:`blocked_data`), so that its compiled form serves
+    any data of the same structure; else on the dense ``A``."""
     import pymc as pm
 
     from hierlmm.crossprod import crossproduct
@@ -210,7 +230,8 @@ def build_collapsed_model(design, prior, start: np.ndarray, cp=None):
         x = pm.Flat("x", shape=layout.size, initval=start)
         if design.terms[0].k <= 4:
             cp = cp if cp is not None and not cp.a21_sparse else crossproduct(design, sparse=False)
-            loglik = reml_loglik_blocked_pt(design, layout, x, cp)
+            data = {name: pm.Data(name, value) for name, value in blocked_data(cp, design.n).items()}
+            loglik = reml_loglik_blocked_pt(design, layout, x, cp, data)
         else:
             loglik = reml_loglik_pt(DenseSystem(design), layout, x)
         pm.Potential("reml_loglik", loglik)

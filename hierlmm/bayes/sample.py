@@ -18,11 +18,42 @@ def start_point(fit, layout):
     return layout.pack(Ls, fit.sigma**2), Ls
 
 
-def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts_kwargs):
+# compiled collapsed samplers by (prior, structure): a model of the same structure (term sizes,
+# p) and prior reuses the compiled graph with its own data (nutpie's with_data): no compile
+_BY_STRUCTURE: dict = {}
+
+
+def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts_kwargs, init_mean=None):
     import nutpie
 
     return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=random_seed,
-                         progress_bar=progressbar, save_warmup=False, **nuts_kwargs)
+                         progress_bar=progressbar, save_warmup=False, init_mean=init_mean, **nuts_kwargs)
+
+
+def _compiled_collapsed(model, design, prior, x0):
+    """The compiled collapsed sampler of ``model``: from the structure cache when a model of
+    the same structure and prior was compiled in this session (its data swapped in), else
+    compiled and remembered."""
+    import nutpie
+
+    from hierlmm.bayes.collapsed import blocked_data, build_collapsed_model, structure_key
+
+    cp = model.deviance_function().cp
+    blocked = design.terms[0].k <= 4 and not cp.a21_sparse
+    try:
+        key = (prior, structure_key(design, cp)) if blocked else None
+        hash(key)
+    except TypeError:  # a prior that cannot be a key
+        key = None
+    if key is not None and key in _BY_STRUCTURE:
+        return _BY_STRUCTURE[key].with_data(**blocked_data(cp, design.n))
+    pm_model, _ = build_collapsed_model(design, prior, x0, cp=cp)
+    compiled = nutpie.compile_pymc_model(pm_model)
+    if key is not None:
+        if len(_BY_STRUCTURE) >= 32:
+            _BY_STRUCTURE.pop(next(iter(_BY_STRUCTURE)))
+        _BY_STRUCTURE[key] = compiled
+    return compiled
 
 
 def _stats(trace):
@@ -47,7 +78,6 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     """
     import nutpie
 
-    from hierlmm.bayes.collapsed import build_collapsed_model
     from hierlmm.bayes.posterior import ESS_MIN, RHAT_MAX, Posterior, assemble
     from hierlmm.bayes.priors import Layout, resolve_prior
     from hierlmm.bayes.propriety import check_propriety
@@ -74,17 +104,20 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     key = (sampler, prior)
     if key not in cache:
         if sampler == "collapsed":
-            pm_model, _ = build_collapsed_model(design, prior, x0, cp=model.deviance_function().cp)
+            cache[key] = _compiled_collapsed(model, design, prior, x0)
         else:
             from hierlmm.bayes.hierarchical import build_hierarchical_model, centred_terms
 
             pm_model, _ = build_hierarchical_model(design, prior, x0, fit.solution.beta, fit.solution.b,
                                                    centred_terms(fit))
-        cache[key] = nutpie.compile_pymc_model(pm_model)
+            cache[key] = nutpie.compile_pymc_model(pm_model)
     compiled = cache[key]
+    # the start: this model's REML point (a compiled graph shared across models of one
+    # structure carries the first model's initial value)
+    init_mean = x0 if sampler == "collapsed" else None
 
     def run(n_draws, seed):
-        trace = _nutpie_sample(compiled, n_draws, tune, chains, seed, progressbar, nuts_kwargs)
+        trace = _nutpie_sample(compiled, n_draws, tune, chains, seed, progressbar, nuts_kwargs, init_mean)
         return Posterior(assemble(model, layout, *_draws(trace, sampler, model, layout, rng),
                                   sample_stats=_stats(trace)), model, prior, sampler, layout)
 
