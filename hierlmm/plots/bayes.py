@@ -34,7 +34,7 @@ def posterior_densities(fit, post, mode=None):
             t = next(t for t in fit.design.terms if t.label == r.grp)
             draws, label = post.draws(f"var_{r.grp}")[:, t.names.index(r.var1)], f"var {r.grp}: {r.var1}"
         panels.append((label, draws, r.vcov, m.vcov))
-    fig, axes = figure(1, len(panels), width=3.6 * len(panels), height=3.4)
+    fig, axes = figure(1, len(panels), width=3.6 * len(panels), height=4.2)
     for ax, (label, draws, est, mo) in zip(axes[0], panels):
         hi = np.quantile(draws, 0.99)
         ax.hist(draws[draws <= hi], bins=60, density=True, color="C0", alpha=0.6)
@@ -44,7 +44,7 @@ def posterior_densities(fit, post, mode=None):
         ax.axvline(np.median(draws), color="C2", lw=1.2, ls=":", label=f"median {np.median(draws):.3g}")
         ax.set_title(label, fontsize=10)
         ax.set_yticks([])
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)  # off the bars
     fig.suptitle(f"posterior under prior={post.prior!r}", fontsize=10)
     return fig
 
