@@ -79,6 +79,7 @@ class Design:
     formulation: str = "hierarchical"
     weights: np.ndarray | None = None
     offset: np.ndarray | None = None
+    weights_argument: object = None  # weights= as given: a column name, an array, or None
     offset_argument: object = None  # offset= as given: a column name, an array, or None
 
     @property
@@ -576,5 +577,6 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         formulation=formulation,
         weights=w,
         offset=offset_values,
+        weights_argument=weights,
         offset_argument=offset,
     )

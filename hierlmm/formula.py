@@ -214,9 +214,11 @@ def parse_formula(formula: str) -> ParsedFormula:
         if not stripped:
             raise FormulaError(f"empty term (a stray '+') in formula {formula!r}")
         signed = _signed_pieces(stripped)
-        if len(signed) > 1 and any(p.startswith("offset(") for _, p in signed):  # "offset(o) - 1"
-            offsets.extend(_offset_expr(p, formula) for s, p in signed if s == "+" and p.startswith("offset("))
-            rest = [(s, p) for s, p in signed if not (s == "+" and p.startswith("offset("))]
+        if any(s == "+" and _is_offset(p) for s, p in signed):  # "offset(o)", "offset(o) - 1"
+            offsets.extend(_offset_expr(p, formula) for s, p in signed if s == "+" and _is_offset(p))
+            rest = [(s, p) for s, p in signed if not (s == "+" and _is_offset(p))]
+            if not rest:
+                continue
             stripped = " ".join(f"{s} {p}" for s, p in rest).lstrip("+ ")
             if stripped.startswith("-"):
                 stripped = "1 " + stripped
@@ -225,9 +227,6 @@ def parse_formula(formula: str) -> ParsedFormula:
             if _find_bar(inner) is not None:
                 random.extend(_random_terms(inner, stripped))
                 continue
-        if stripped.startswith("offset(") and _matching(stripped[6:]) == len(stripped) - 7:
-            offsets.append(_offset_expr(stripped, formula))
-            continue
         if "|" in stripped:
             raise FormulaError(
                 f"term {stripped!r} of formula {formula!r} uses '|' outside a parenthesised "
@@ -242,6 +241,11 @@ def parse_formula(formula: str) -> ParsedFormula:
     fixed = " + ".join(fixed_parts) if fixed_parts else "1"
     return ParsedFormula(formula=formula, response=response, fixed=fixed, random=tuple(random),
                          offsets=tuple(offsets))
+
+
+def _is_offset(term: str) -> bool:
+    """``term`` is one whole ``offset(...)`` call."""
+    return term.startswith("offset(") and _matching(term[6:]) == len(term) - 7
 
 
 def _offset_expr(term: str, formula: str) -> str:

@@ -90,7 +90,7 @@ def _rhs(formula: str, where: str) -> str:
     text = formula.strip()
     if "~" not in text:
         raise FormulaError(f"{where} {formula!r} must be a formula such as '~ 1 + w'")
-    lhs, rhs = text.split("~", 1)
+    _, rhs = text.split("~", 1)
     if "|" in rhs:
         raise FormulaError(f"{where} {formula!r}: random effects come from the level structure, not '|'")
     return rhs

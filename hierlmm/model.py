@@ -71,7 +71,6 @@ class LMM:
             )
         self.formula = formula
         self.data = data
-        self.weights, self.offset = weights, offset
         self.design: Design = build_design(formula, data, residual=residual, formulation=formulation,
                                            weights=weights, offset=offset)
         self._deviance: dict[bool, Deviance] = {}
@@ -99,6 +98,8 @@ class LMM:
         model.levels = spec
         return model
 
+    weights = design_attribute("weights_argument")  # weights= as given (a column name or an array)
+    offset = design_attribute("offset_argument")  # offset= as given
     residual = design_attribute("residual")
     formulation = design_attribute("formulation")
 

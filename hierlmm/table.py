@@ -62,8 +62,7 @@ class Table(pd.DataFrame):
                 if finite.size and np.all(finite == np.round(finite)) and np.all(np.abs(finite) < 1e15):
                     out[c] = lambda v: f"{int(v)}" if _is_number(v) and np.isfinite(v) else ""
                 else:
-                    strings = dict(zip(range(len(values)), _column(list(values), digits=5)))
-                    lookup = {v: s for v, s in zip(values, strings.values()) if np.isfinite(v)}
+                    lookup = {v: s for v, s in zip(values, _column(list(values), digits=5)) if np.isfinite(v)}
                     out[c] = lambda v, lookup=lookup: lookup.get(float(v), f"{float(v):.5g}") \
                         if _is_number(v) and np.isfinite(v) else ""
             else:  # text, or numbers mixed with text (a mode that does not exist)

@@ -9,7 +9,9 @@ correlations in the order of θ (``sd_(Intercept)|Subject``, ``cor_Days.(Interce
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -114,9 +116,7 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
         names = sdcor_names(fit) + list(fit.fixef.index)
         t0 = np.concatenate([sdcor_from_theta(fit.design, fit.solution.theta, fit.sigma), fit.fixef.to_numpy()])
 
-        def refit(y):
-            d = dev.with_response(y)  # one per draw (safe across threads); A's response row only
-            res = optimize_theta(d, theta0=fit.solution.theta, check=False)
+        def values(d, res):
             sol = d.solve(res.theta)
             return np.concatenate([sdcor_from_theta(d.design, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
     else:
@@ -126,26 +126,22 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
         names = _statistic_names(first)
         t0 = _statistic_values(first, names)
 
-        def refit(y):
-            d = dev.with_response(y)
-            res = optimize_theta(d, theta0=fit.solution.theta, check=False)
+        def values(d, res):
             return _statistic_values(statistic(LMMResult(fit.model, d, res)), names)
+
+    def refit(y):
+        d = dev.with_response(y)  # one per draw (safe across threads); A's response row only
+        return values(d, optimize_theta(d, theta0=fit.solution.theta, check=False))
 
     draws = np.empty((n_boot, len(names)))
     bar = progress(n_boot, "bootstrap", progressbar)
-    with warnings.catch_warnings():
+    parallel = bool(n_jobs) and n_jobs != 1
+    with warnings.catch_warnings(), (ThreadPoolExecutor(max_workers=None if n_jobs < 0 else n_jobs) if parallel
+                                     else contextlib.nullcontext()) as ex:
         warnings.simplefilter("ignore", hl.HierlmmWarning)
-        if n_jobs and n_jobs != 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=None if n_jobs < 0 else n_jobs) as ex:
-                for i, row in enumerate(ex.map(refit, ys)):
-                    draws[i] = row
-                    bar.update(1)
-        else:
-            for i, y in enumerate(ys):
-                draws[i] = refit(y)
-                bar.update(1)
+        for i, row in enumerate((ex.map if parallel else map)(refit, ys)):
+            draws[i] = row
+            bar.update(1)
     bar.close()
     out = pd.DataFrame(draws, columns=names)
     out.attrs["t0"] = pd.Series(t0, index=names)
