@@ -31,7 +31,7 @@ def _check_fit(fit, r):
     the flat valley (weighted sleepstudy: θ 1.7e-4 apart, hierlmm's criterion lower by 3.5e-10
     relative, σ 2e-5 apart), at lme4's θ: the same functions of θ at the same point."""
     assert fit.deviance == pytest.approx(r["crit"], rel=1e-9)
-    np.testing.assert_allclose(fit.theta, r["theta"], rtol=2e-3, atol=2e-5)
+    np.testing.assert_allclose(fit.theta, r["theta"], rtol=2e-4, atol=2e-5)
     try:
         _check_at(fit, r)
     except AssertionError:
