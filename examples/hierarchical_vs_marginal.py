@@ -49,7 +49,9 @@ pd.DataFrame({"REML log-likelihood": [a.loglik, b.loglik],
 # The data cannot prefer one hierarchical story to the other; they only see $V_i$. Under flat
 # priors the two posteriors agree too: $D_B = AD_AA'$ with $A$ unit triangular is a linear
 # map of unit Jacobian, so a flat prior on $D_A$ is a flat prior on $D_B$, and the posterior
-# of $\sigma^2$ (a function of $V_i$) is the same. The propriety check treats both alike.
+# of $\sigma^2$ (a function of $V_i$) is the same. The propriety check treats both alike and
+# proves both proper: 27 subjects, 2 level-2 columns (the intercept and `Sex`), and
+# $m - r = 25 > 2k = 4$ (the condition is in the Bayes guide).
 
 # %%
 try:

@@ -175,12 +175,98 @@ def test_propriety_check_on_designs_with_known_answers(data, formula, keep, prio
             model.sample(prior=prior)  # refused before any sampler is imported
 
 
-def test_propriety_of_vector_terms_is_not_claimed():
+def _no_warning_check(model, prior):
+    import warnings
+
+    from hierlmm.bayes import check_propriety
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_propriety(model.design, prior)
+
+
+@pytest.mark.parametrize("prior", ["flat", "flat_sd"])
+def test_propriety_of_one_vector_term_is_proven(prior):
+    """The README's model and Orthodont's (a level-2 covariate: r = 2) meet the module's
+    sufficient conditions: no warning at all."""
+    _no_warning_check(hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy")), prior)
+    _no_warning_check(hl.LMM("distance ~ age * Sex + (age | Subject)", hl.datasets.load("Orthodont")), prior)
+    # the conditions are ranks: a covariate in seconds since 2001 changes nothing
+    ss = hl.datasets.load("sleepstudy")
+    ss["t"] = ss.Days * 86400.0 + 1e9
+    _no_warning_check(hl.LMM("Reaction ~ t + (t | Subject)", ss), prior)
+
+
+def test_propriety_of_vector_terms_says_which_condition_fails():
     from hierlmm.bayes import ProprietyNotVerifiedWarning, check_propriety
 
-    model = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy"))
-    with pytest.warns(ProprietyNotVerifiedWarning, match=r"not proven for the vector-valued term"):
-        check_propriety(model.design, "flat")  # no error: nothing here decides
+    five = hl.LMM("Reaction ~ Days + (Days | Subject)", _subset("sleepstudy", "Subject", 5))
+    with pytest.warns(ProprietyNotVerifiedWarning, match=r"m - r = 5 levels - 1 level-2 columns = 4 must exceed 2k = 4"):
+        check_propriety(five.design, "flat")  # a warning, no error: nothing here decides
+    _no_warning_check(five, "flat_sd")  # needs m - r > k = 2
+    ss = hl.datasets.load("sleepstudy")
+    first = ss.Subject.cat.categories[0]
+    one_day = hl.LMM("Reaction ~ Days + (Days | Subject)", ss[(ss.Days < 1) | (ss.Subject != first)])
+    with pytest.warns(ProprietyNotVerifiedWarning, match=rf"1 of the 18 levels of Subject \(e.g. '{first}'\) has a Z of rank below k = 2"):
+        check_propriety(one_day.design, "flat")
+    ss["day"] = ss.Days.astype(str)
+    two = hl.LMM("Reaction ~ Days + (Days | Subject) + (1 | day)", ss)
+    with pytest.warns(ProprietyNotVerifiedWarning, match=r"covers a single vector-valued term, this model has 2 terms"):
+        check_propriety(two.design, "flat_sd")
+
+
+@pytest.mark.parametrize("data, formula, keep, prior, proper", [c for c in PROPRIETY_CASES if "+" not in c[1][c[1].index("(") - 3:] and "/" not in c[1]])
+def test_vector_term_conditions_imply_the_exact_scalar_criterion(data, formula, keep, prior, proper):
+    """With k = 1 the vector-term theorem is a sufficient condition for the exact criterion:
+    where it holds the posterior must be proper (and on a one-way design it is also exact)."""
+    from hierlmm.bayes.propriety import vector_term_conditions
+
+    model = hl.LMM(formula, _subset(data, *keep) if keep else hl.datasets.load(data))
+    assert (not vector_term_conditions(model.design, prior)) == proper
+
+
+def _eigen_box_masses(model, bounds=(10.0, 20.0, 30.0)):
+    """Flat-prior mass (unnormalised) of the boxes ``log d_1 ≤ b`` of a 2 × 2 ``D`` in its
+    eigen-coordinates ``D = d_1uu' + d_2vv'`` (``u`` at angle φ, ``d_1 ≥ d_2``), where the
+    flat measure ``dD`` is ``(d_1 − d_2) dd_1 dd_2 dφ``; σ² on a grid around its estimate."""
+    import itertools
+
+    dev = model.deviance_function(reml=True)
+    s2 = model.fit().sigma ** 2
+    g0 = np.linspace(np.log(s2) - 2, np.log(s2) + 2, 5)
+    g2 = np.arange(-10, 13, 2.0)
+    gphi = np.linspace(0, np.pi, 12, endpoint=False)
+    g1 = np.arange(-10, bounds[-1] + 1e-9, 1.0)
+    logf = np.full((g0.size, g2.size, gphi.size, g1.size), -np.inf)
+    for a, b, c, d in itertools.product(*[range(g.size) for g in (g0, g2, gphi, g1)]):
+        if g1[d] <= g2[b]:
+            continue
+        d1, d2, phi, sigma = np.exp(g1[d]), np.exp(g2[b]), gphi[c], np.exp(g0[a] / 2)
+        D00 = d1 * np.cos(phi) ** 2 + d2 * np.sin(phi) ** 2
+        D10 = (d1 - d2) * np.cos(phi) * np.sin(phi)
+        l00 = np.sqrt(D00)  # Cholesky factor written out: |D| = d1 d2 keeps it accurate at e^40
+        theta = np.array([l00, D10 / l00, np.sqrt(d1 * d2 / D00)]) / sigma
+        logf[a, b, c, d] = (-0.5 * dev.unprofiled(theta, sigma) + np.log(d1 - d2) + g1[d] + g2[b] + g0[a])
+    f = np.exp(logf - logf.max())
+    return [f[..., g1 <= bound].sum() for bound in bounds]
+
+
+@pytest.mark.parametrize("levels, proven", [(5, False), (6, True)])
+def test_vector_term_condition_against_growing_boxes(levels, proven):
+    """``(Days | Subject)`` on 5 and 6 subjects under the flat prior: at m − r = 5 > 2k the
+    check proves propriety and the mass over boxes growing along D's largest eigenvalue
+    converges (increments shrink like e^{-(ν/2 − k)Δ} = e^{-5}); at m − r = 4 = 2k it does not
+    claim it, and the increments stay equal (a λ^{-1} tail: improper)."""
+    from hierlmm.bayes.propriety import vector_term_conditions
+
+    model = hl.LMM("Reaction ~ Days + (Days | Subject)", _subset("sleepstudy", "Subject", levels))
+    m10, m20, m30 = _eigen_box_masses(model)
+    ratio = (m30 - m20) / (m20 - m10)
+    assert (not vector_term_conditions(model.design, "flat")) == proven
+    if proven:
+        assert ratio == pytest.approx(np.exp(-5), rel=0.2)
+    else:
+        assert ratio == pytest.approx(1.0, abs=0.05)
 
 
 def _box_masses(model, prior, spans, bounds=(10.0, 20.0, 30.0)):

@@ -35,9 +35,48 @@ designs, but counts every linear dependence among the columns of ``[X Z]`` again
 term: a crossed design with a 4-level factor, proper (its balanced ANOVA factorisation has
 a ``λ^{-3/2}`` kernel), and nested designs such as Pastes were refused by it.
 
-Vector-valued terms (a covariance matrix per term) are not covered: for them the check says
-so in one sentence (a warning) after checking the scalar parameters' sets, whose failure
-proves impropriety whatever the other parameters.
+**One vector-valued term** (``k`` columns, ``m`` levels, ``D`` a ``k × k`` covariance; prior
+``p(D) ∝ 1`` on the PD cone for ``flat``, flat on the SDs with uniform correlations,
+``∝ ∏ D_jj^{-k/2}``, for ``flat_sd``; ``p(σ²) ∝ (σ²)^{-(a_e+1)}``). Suppose every level's
+``Z_i`` has rank ``k``. Per level, ``y_i ↦ (b̂_i, R_i)`` with ``b̂_i = W_iZ_i'y_i``,
+``W_i = (Z_i'Z_i)^{-1}``, and ``R_i = H_i'y_i`` (``H_i`` an orthonormal basis of
+``col(Z_i)^⊥``) is linear and one-to-one, and the two parts are independent:
+``b̂_i ~ N(M_iβ, D + σ²W_i)``, ``M_i = W_iZ_i'X_i``, and ``R_i ~ N(H_i'X_iβ, σ²I)``. So
+
+.. math::  L(β, D, σ²) ∝ L_w(β, σ²) \\prod_i φ(b̂_i;\\ M_iβ,\\ D + σ²W_i),
+
+and ``L_w ≤ h(σ²) = (σ²)^{-(n-mk)/2} e^{-SSE/2σ²}`` with ``SSE`` the residual sum of squares
+of ``y`` on ``[X Z]``. With ``w_-, w_+`` the extreme eigenvalues of all ``W_i``,
+``b = σ²w_+`` and ``E = D + bI``: ``D + σ²W_i ≤ E`` bounds the exponent and
+``|D + σ²W_i| ≥ |D + σ²w_-I| ≥ (w_-/w_+)^k |E|`` the determinant, so integrating β (``M``
+stacked, rank ``p``) leaves at most a constant times the REML likelihood of
+``b̂ ~ N(Mβ, I_m ⊗ E)``. ``col(M)`` lies in ``col(I_k ⊗ G)``, ``G`` (``m × r``) a basis of
+the columns of the ``m × k`` matrices ``M_{·,·,c}`` (the level-2 design); the REML
+likelihood of ``col(M)`` is that of ``col(I_k ⊗ G)`` times the conditional density of
+``d = rk − p`` further contrasts, whose conditional variance is at least ``λ_min(E) ≥ b``:
+at most ``c\\, b^{-d/2}``. The REML likelihood of ``I_k ⊗ G`` is the inverse-Wishart kernel
+``|E|^{-ν/2} e^{-tr(E^{-1}S)/2}``, ``ν = m − r``, ``S = B̂'(I − P_G)B̂``. Hence
+
+.. math::  L_{REML}(D, σ²) ≤ c\\, h(σ²)\\, (σ²)^{-d/2}\\, |E|^{-ν/2} e^{-tr(E^{-1}S)/2}.
+
+*flat*: ``∫_{D ≻ 0} |D + bI|^{-ν/2}e^{-tr(\\cdot^{-1}S)/2} dD ≤ ∫_{E ≻ 0}`` (a translate), the
+inverse-Wishart constant, finite iff ``ν > 2k`` and ``S ≻ 0``. *flat_sd*: in SDs and
+correlations (flat measure), ``λ_max(E) ≥ max_j D_jj = t`` and the kernel's other factors are
+bounded, so the shell ``t ∈ [T, 2T]`` (volume ``∝ T^{k/2}``) carries ``O(T^{k/2 − ν/2})``:
+finite iff ``ν > k``. Both bounds hold for every ``b``, and ``∫ h(σ²) (σ²)^{-d/2 - a_e - 1}
+dσ²`` is finite iff ``n − mk − d + 2a_e > 0`` and ``SSE > 0``. **Sufficient** conditions:
+every level's ``Z_i`` of rank ``k``, ``rank M = p``, ``SSE > 0``, ``S ≻ 0``,
+
+.. math::  m − r > 2k \\ (\\text{flat}),\\quad m − r > k \\ (\\text{flat\\_sd}),\\qquad n − mk − d + 2a_e > 0.
+
+(``k = 1`` gives the scalar ``m − r > 2`` / ``> 1``.) The flat condition is sharp where it was
+tried: along one eigen-direction of ``D`` the likelihood decays like ``λ^{-ν/2}`` against the
+flat measure's ``λ^{k−1}dλ``, and ``tests/test_bayes_exact.py`` shows the mass over growing
+boxes converging at ``m − r = 2k + 1`` and growing at ``m − r = 2k``; no theorem here proves
+impropriety, so the check does not refuse on it. Where these conditions fail, or with several
+terms of which one is vector-valued, nothing here decides and the check says so in one
+sentence (a warning), after
+checking the scalar parameters' sets, whose failure proves impropriety.
 """
 
 from __future__ import annotations
@@ -119,11 +158,94 @@ def check_propriety(design, prior) -> None:
             + f". Use more levels, {other}, or the REML fit."
         )
     vector = [t for t in design.terms if t.k > 1]
-    if vector:
-        warnings.warn(
-            f"propriety under prior={prior!r} is not proven for the vector-valued term(s) "
-            f"{', '.join(t.describe() for t in vector)} (no theorem here covers covariance matrices); "
-            "check the sampler's diagnostics, or use a proper prior (hierlmm.bayes.WeaklyInformative)",
-            ProprietyNotVerifiedWarning,
-            stacklevel=3,
-        )
+    if not vector:
+        return
+    if len(design.terms) == 1:
+        unmet = vector_term_conditions(design, prior)
+        if not unmet:
+            return
+        why = "; ".join(unmet)
+    else:
+        why = "the proven condition covers a single vector-valued term, this model has " + \
+              f"{len(design.terms)} terms"
+    warnings.warn(
+        f"propriety under prior={prior!r} is not proven for {', '.join(v.describe() for v in vector)}: "
+        f"{why} (hierlmm.bayes.check_propriety states the conditions); check the sampler's diagnostics, "
+        "or use a proper prior (hierlmm.bayes.WeaklyInformative)",
+        ProprietyNotVerifiedWarning,
+        stacklevel=3,
+    )
+
+
+def vector_term_conditions(design, prior) -> list[str]:
+    """The sufficient conditions of the module docstring for a model with one term (of any
+    ``k``), checked on the whitened design: the list of those that fail (empty: proper).
+
+    Per level ``Z_i'Z_i``, ``Z_i'y_i`` and ``Z_i'X_i`` come from ``k² + k + kp`` bincounts
+    (``O(n)`` whatever the number of levels); ``SSE`` is the within-level regression's
+    residual sum of squares (``y − Z_ib̂_i`` on ``X_i − Z_iM_i``), which equals that of ``y`` on
+    ``[X Z]`` without forming ``Z``.
+    """
+    from hierlmm.bayes.priors import hobert_casella_exponents
+
+    d = design.whitened()
+    (t,) = d.terms
+    k, m = t.k, t.m
+    X, y, codes = d.X, d.y, t.codes
+    n, p = X.shape
+    # every condition is unchanged by Z -> ZA (A invertible: b̂_i -> A⁻¹b̂_i, M_i -> A⁻¹M_i):
+    # Z's columns made orthonormal, so a covariate far from 0 or on a large scale does not
+    # make Z_i'Z_i look singular in floating point
+    R = np.linalg.qr(t.Z, mode="r")
+    Z = t.Z @ np.linalg.pinv(R) if np.all(np.abs(np.diag(R)) > 1e-12 * np.abs(R).max()) else t.Z
+    a_e = hobert_casella_exponents(prior)[1]
+
+    def sums(values):  # per level: Σ_i values (values: n × ...)
+        flat = values.reshape(n, -1)
+        return np.stack([np.bincount(codes, flat[:, j], minlength=m) for j in range(flat.shape[1])],
+                        axis=1).reshape((m,) + values.shape[1:])
+
+    ZtZ = sums(Z[:, :, None] * Z[:, None, :])
+    ev = np.linalg.eigvalsh(ZtZ)
+    thin = np.flatnonzero(ev[:, 0] <= 1e-10 * np.maximum(ev[:, -1], 1e-300))
+    if thin.size:
+        return [f"{thin.size} of the {m} levels of {t.group} (e.g. {t.levels[thin[0]]!r}) "
+                f"{'has' if thin.size == 1 else 'have'} a Z of rank "
+                f"below k = {k} (too few distinct rows), so their own estimates b̂_i are not defined"]
+    Bhat = np.linalg.solve(ZtZ, sums(Z * y[:, None])[..., None])[..., 0]  # m × k
+    M = np.linalg.solve(ZtZ, sums(Z[:, :, None] * X[:, None, :]))  # m × k × p
+    unmet = []
+
+    def rank(a):  # of the column-normalised matrix: scale-free, rounding noise not counted
+        norms = np.linalg.norm(a, axis=0)
+        a = a[:, norms > 1e-12 * max(norms.max(initial=0.0), 1e-300)]
+        s = np.linalg.svd(a / np.linalg.norm(a, axis=0), compute_uv=False) if a.size else np.zeros(0)
+        return int(np.sum(s > 1e-9 * max(s.max(initial=0.0), 1e-300)))
+
+    if rank(M.reshape(m * k, p)) < p:
+        unmet.append("some fixed effects are not estimable from the levels' own estimates b̂_i "
+                     "(rank of M below p)")
+    G = M.transpose(0, 2, 1).reshape(m, p * k)  # the level-2 design's columns
+    r = rank(G)
+    nu, dd = m - r, r * k - p
+    need = 2 * k if prior == "flat" else k
+    if not nu > need:
+        unmet.append(f"m - r = {m} levels - {r} level-2 columns = {nu} must exceed "
+                     f"{'2k' if prior == 'flat' else 'k'} = {need} (more levels of {t.group}"
+                     + (f", or prior='flat_sd', which needs more than k = {k})" if prior == "flat" else ")"))
+    else:
+        U = np.linalg.svd(G, full_matrices=False)[0][:, :r]  # basis of col(G)
+        R = Bhat - U @ (U.T @ Bhat)
+        S_ev = np.linalg.eigvalsh(R.T @ R)
+        if S_ev[0] <= 1e-10 * max(S_ev[-1], 1e-300):
+            unmet.append("the levels' estimates b̂_i are collinear beyond the level-2 design (S singular)")
+    if not n - m * k - dd + 2 * a_e > 0:
+        unmet.append(f"n - mk - d = {n} - {m * k} - {dd} = {n - m * k - dd} must exceed {-2 * a_e:g}")
+    else:
+        ry = y - np.einsum("nk,nk->n", Z, Bhat[codes])
+        rX = X - np.einsum("nk,nkp->np", Z, M[codes])
+        coef, *_ = np.linalg.lstsq(rX, ry, rcond=None)
+        sse = float(np.sum((ry - rX @ coef) ** 2))
+        if not sse > 1e-12 * float(y @ y):
+            unmet.append("y is fitted exactly by [X Z] (SSE = 0)")
+    return unmet
