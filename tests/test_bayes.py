@@ -373,11 +373,15 @@ def test_loo_and_predictions(sleep_post):
     assert abs(z.mean()) < 5 / np.sqrt(z.size) and abs(z.std() - 1) < 5 / np.sqrt(2 * z.size)
 
 
-def test_same_structure_reuses_the_compiled_sampler_with_its_own_data():
+def test_same_structure_reuses_the_compiled_sampler_with_its_own_data(monkeypatch):
     """A second model with the same structure (term sizes, p) and prior samples with the
     first's compiled graph and its own cross-product A (nutpie's with_data, no compile), and
-    its posterior is its own: quantiles match its exact flat posterior within 5 MCSE."""
+    its posterior is its own: quantiles match its exact flat posterior within 5 MCSE. (The
+    PyTensor path, taken where the hand-written kernel does not apply, is forced here.)"""
+    from hierlmm.bayes import kernel
     from hierlmm.bayes import sample as sample_module
+
+    monkeypatch.setattr(kernel, "supported", lambda *a: False)
 
     d = hl.datasets.load("sleepstudy")
     rng = np.random.default_rng(5)
@@ -393,3 +397,133 @@ def test_same_structure_reuses_the_compiled_sampler_with_its_own_data():
         for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
             est = np.quantile(draws, q)
             assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
+
+
+KERNEL_CASES = [  # data, formula, model options, the prior whose gradient is checked
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", {}, "flat"),
+    ("sleepstudy", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", {}, "flat_sd"),
+    ("Orthodont", "distance ~ age * Sex + (age + I(age**2) | Subject)", {}, "weak_t"),
+    ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", {}, "flat"),
+    ("Pastes", "strength ~ 1 + (1 | batch/cask)", {}, "flat_sd"),
+    ("Oats", "yield ~ nitro + (nitro | Variety:Block) + (1 | Block)", {}, "weak_normal"),
+    ("sleepstudy", "Reaction ~ Days + (Days | Subject)", {"weights": "w", "offset": "o"}, "flat_sd"),
+]
+
+
+def _kernel_setup(data, formula, kw):
+    from hierlmm.bayes.priors import Layout
+
+    df = hl.datasets.load(data)
+    if kw:
+        rng = np.random.default_rng(3)
+        df = df.assign(w=rng.uniform(0.5, 2.0, len(df)), o=rng.normal(0, 5, len(df)))
+    model = hl.LMM(formula, df, **kw)
+    return model, Layout(model.design), model.deviance_function().cp
+
+
+def _kernel_prior(name, y):
+    from hierlmm.bayes.priors import WeaklyInformative, resolve_prior
+
+    weak = {"weak_t": WeaklyInformative(nu=3, eta=3.0), "weak_normal": WeaklyInformative(sd_scale=20.0)}
+    return resolve_prior(weak.get(name, name), y)
+
+
+def _kernel_points(model, layout, n=3):
+    rng = np.random.default_rng(6)
+    for _ in range(n):
+        v = rng.normal(0, 0.5, layout.size)
+        v[-1] += np.log(np.var(model.design.y))
+        yield v
+
+
+@pytest.mark.parametrize("data, formula, kw, prior", KERNEL_CASES)
+def test_kernel_is_the_collapsed_density_and_its_gradient(data, formula, kw, prior):
+    """The hand-written, numba-compiled log-density (hierlmm/bayes/kernel.py) equals the
+    core's REML likelihood plus the numpy prior and log-Jacobian at random points (a k = 3
+    term, crossed, nested, two terms on one factor, weights and an offset; both improper
+    priors and weakly informative ones with half-t, half-normal and LKJ parts), and its
+    gradient equals PyTensor's automatic gradient of the same density."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    from hierlmm.bayes import kernel
+    from hierlmm.bayes.collapsed import log_prior_pt, reml_loglik_blocked_pt
+    from hierlmm.crossprod import crossproduct
+
+    model, layout, cp = _kernel_setup(data, formula, kw)
+    dev = model.deviance_function(reml=True)
+    prior = _kernel_prior(prior, model.design.y)
+    for each in ("flat", "flat_sd", _kernel_prior("weak_t", model.design.y), _kernel_prior("weak_normal", model.design.y)):
+        assert kernel.supported(model.design, cp, each)
+        buf = kernel.pack(model.design, cp, each)
+        for v in _kernel_points(model, layout):
+            Ls, s2 = layout.unpack(v)
+            theta = np.concatenate([t.theta_from_template(L) for t, L in zip(model.design.terms, Ls)]) / np.sqrt(s2)
+            expected = (-0.5 * dev.unprofiled(theta, np.sqrt(s2)) + layout.log_jacobian(v)
+                        + layout.log_prior(each, Ls, s2))
+            assert kernel.logp_grad(v, buf)[0] == pytest.approx(expected, rel=1e-9)
+    x = pt.vector("x")
+    graph = reml_loglik_blocked_pt(model.design, layout, x, crossproduct(model.design, sparse=False)) + \
+        log_prior_pt(layout, prior, x)
+    # no rewrites, Python linker: compiles in a fraction of a second, evaluates 3 points
+    f = pytensor.function([x], pytensor.grad(graph, x), mode=pytensor.compile.mode.Mode(linker="py", optimizer=None))
+    buf = kernel.pack(model.design, cp, prior)
+    for v in _kernel_points(model, layout):
+        pt_grad = f(v)
+        np.testing.assert_allclose(kernel.logp_grad(v, buf)[1], pt_grad, rtol=1e-7,
+                                   atol=1e-7 * np.abs(pt_grad).max())
+
+
+def test_kernel_gradient_by_finite_differences():
+    """Independently of PyTensor: central differences of the kernel's value (step 1e-5)."""
+    from hierlmm.bayes import kernel
+
+    model, layout, cp = _kernel_setup("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", {})
+    buf = kernel.pack(model.design, cp, "flat_sd")
+    v = np.array([0.2, -0.4, np.log(0.3)])
+    _, grad = kernel.logp_grad(v, buf)
+    h = 1e-5
+    numeric = [(kernel.logp_grad(v + h * e, buf)[0] - kernel.logp_grad(v - h * e, buf)[0]) / (2 * h)
+               for e in np.eye(v.size)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_flat_prior_sampling_compiles_nothing(monkeypatch):
+    """Under the flat priors the collapsed sampler runs on the precompiled kernel: with
+    PyMC's compilation made to fail, sample() still returns the posterior."""
+    import nutpie
+
+    def refuse(*a, **k):
+        raise AssertionError("compiled a PyMC model")
+
+    monkeypatch.setattr(nutpie, "compile_pymc_model", refuse)
+    model = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy"))
+    post = model.sample(draws=300, tune=300, chains=2, random_seed=3, progressbar=False, check=False)
+    assert post.posterior["var_Subject"].shape[:2] == (2, 300)
+
+
+@pytest.mark.parametrize("data, formula", [("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+                                           ("Pastes", "strength ~ 1 + (1 | batch/cask)"),
+                                           ("Oats", "yield ~ nitro + (nitro | Variety:Block) + (1 | Block)")])
+def test_kernel_conditional_draws_are_the_core_backsolve(data, formula):
+    """The compiled exact draws of (u, β) given (σ², D) equal the core's
+    ``backsolve(noise=σz)`` with the same z, draw by draw."""
+    from hierlmm.bayes import kernel
+    from hierlmm.bayes.priors import Layout
+    from hierlmm.bayes.sample import start_point
+
+    model = hl.LMM(formula, hl.datasets.load(data))
+    dev = model.deviance_function()
+    layout = Layout(model.design)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.SingularFitWarning)  # Oats: a correlation at ±1
+        x0, _ = start_point(model.fit(), layout)
+    xs = x0 + 0.3 * np.random.default_rng(0).standard_normal((6, x0.size))
+    beta, us = kernel.conditional_draws(model.design, dev.cp, xs, np.random.default_rng(1), chunk=4)
+    z = np.random.default_rng(1).standard_normal((6, model.design.q + model.design.p))
+    for i in range(6):
+        _, _, theta, sigma = layout.theta_sigma(xs[i])
+        b_core, u_core, _ = dev.backsolve(theta, dev.chol.factor(theta), noise=sigma * z[i])
+        np.testing.assert_allclose(beta[i], b_core, rtol=1e-9, atol=1e-9)
+        for u, uc in zip(us, u_core):
+            np.testing.assert_allclose(u[i], uc, rtol=1e-9, atol=1e-9)

@@ -6,6 +6,8 @@ file                what
 ``priors.py``       flat / flat_sd / weakly informative priors; the log-Jacobian
 ``propriety.py``    is the posterior under an improper prior proper?
 ``collapsed.py``    NUTS over (σ², D) with β, b integrated out; exact draws of β, b
+``kernel.py``       that log-density and gradient by hand, precompiled (numba cache)
+``_kernel_impl.py`` its numba functions, and nutpie's C callbacks
 ``hierarchical.py`` the model as stated, non-centred, in PyMC
 ``sample.py``       ``LMM.sample``: runs nutpie, assembles the posterior
 ``posterior.py``    ``Posterior``: ArviZ DataTree, summary, convergence checks
@@ -13,7 +15,7 @@ file                what
 ``compare.py``      ``hl.compare``, ``hl.compare_ranef``
 ==================  =============================================================
 
-PyMC, PyTensor, nutpie and ArviZ are imported only when sampling.
+PyMC, PyTensor, nutpie, numba and ArviZ are imported only when sampling.
 """
 
 from hierlmm.bayes.compare import compare, compare_ranef

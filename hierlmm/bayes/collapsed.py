@@ -8,8 +8,11 @@ likelihood. In the notation of the core (``A = [Z X y]'[Z X y]``, ``Λ* = diag(�
 
     -2\\log p(y | σ^2, D) = \\log|C_{ZZ}|^2 + \\log|C_{XX}|^2 + (n-p)\\log(2πσ^2) + C_{yy}^2/σ^2 .
 
-This module writes that expression in PyTensor on the dense ``A`` (so NUTS gets an exact
-gradient through the Cholesky factor), hands it to nutpie, and then, for every draw, draws
+This module writes that expression in PyTensor (so NUTS gets an exact gradient through the
+Cholesky factor) and hands it to nutpie, which compiles it (seconds per model structure);
+under the improper priors the same density is in :mod:`hierlmm.bayes.kernel`, differentiated
+by hand and compiled once per machine, and the graph here is its reference (the tests
+compare them) and the path for the other priors and structures. Then, for every draw, it draws
 ``(u, β) | σ², D, y`` exactly: jointly Gaussian with mean ``x̂`` (the penalised least-squares
 solution) and covariance ``σ² (C₋C₋')⁻¹``, so ``(u, β) = x̂ + σ C₋^{-T} z``; ``b = Λ_θ u``.
 There is no funnel: the sampler never sees b.
@@ -54,9 +57,26 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
     """For each unconstrained draw, one exact draw of β and of each term's b.
 
     ``(u, β) | σ², D, y ~ N(x̂, σ²(L₋L₋')⁻¹)``: drawn as ``L₋^{-T}(c + σz)`` with the core's
-    blocked factor (:meth:`hierlmm.deviance.Deviance.backsolve`)."""
+    blocked factor (:meth:`hierlmm.deviance.Deviance.backsolve`), or, where the compiled
+    kernel applies, the same computation in compiled code
+    (:func:`hierlmm.bayes.kernel.conditional_draws`; 4000 draws of sleepstudy in 0.02 s
+    instead of 0.8 s); then ``b = Λ_θ u``."""
+    from hierlmm.bayes import kernel
+
     design = deviance.design
     nd = x_draws.shape[0]
+    if kernel.supported(design, deviance.cp, "flat"):
+        betas, us = kernel.conditional_draws(design, deviance.cp, x_draws, rng)
+        sigma = np.exp(0.5 * x_draws[:, layout.n_eta])
+        bs = []
+        for t, sl, (pos, _), u in zip(design.terms, layout.slices, layout.diag, us):
+            v = np.array(x_draws[:, sl], dtype=float)
+            v[:, pos] = np.exp(v[:, pos])
+            T = np.zeros((nd, t.k, t.k))
+            cols, rows = np.triu_indices(t.k)
+            T[:, rows, cols] = v / sigma[:, None]  # θ's order: lower triangle, column by column
+            bs.append(np.einsum("dmk,dlk->dml", u, T))
+        return betas, bs
     size = design.q + design.p
     betas = np.empty((nd, design.p))
     bs = [np.empty((nd, t.m, t.k)) for t in design.terms]

@@ -38,7 +38,11 @@ def _compiled_collapsed(model, design, prior, x0):
 
     from hierlmm.bayes.collapsed import blocked_data, build_collapsed_model, structure_key
 
+    from hierlmm.bayes import kernel
+
     cp = model.deviance_function().cp
+    if kernel.supported(design, cp, prior):  # nothing to compile: the cached hand-written kernel
+        return kernel.compiled_model(design, cp, prior, x0)
     blocked = design.terms[0].k <= 4 and not cp.a21_sparse
     try:
         key = (prior, structure_key(design, cp)) if blocked else None

@@ -1,0 +1,244 @@
+"""Time to a posterior, and ESS per second of the variance parameters: hierlmm's samplers
+against a plain non-centred PyMC model (nutpie) and bambi (nutpie), in the same run.
+
+    python bench/bayes_time.py [--out docs/bayes-benchmark.md] [--cases sleep,sim]
+
+Every (case, sampler) runs in a fresh Python process that first imports hierlmm, PyMC,
+nutpie, ArviZ (and bambi) -- "a session that has imported the Bayesian modules once" -- and
+then times
+
+* the **first call**: from ``sample()`` (or ``compile + sample``, or bambi's ``fit``) to a
+  posterior, split into compilation and the rest (sampling, and for hierlmm the exact draws
+  of β and b and the ArviZ assembly);
+* a **second call** on a model of the same structure (a new model object on a response
+  simulated from the fit: hierlmm reuses the compiled graph, PyMC and bambi build and
+  compile again, as their users do).
+
+All run 4 chains x (1000 tune + 1000 draws) under flat priors (bambi: its default weakly
+informative priors; it has no flat prior on a standard deviation). ESS is the smallest bulk
+ESS over the variance parameters (rank-normalised, so the same for a variance and its SD);
+ESS/s divides it by the first call's sampling time. Ratios are to hierlmm's collapsed
+sampler on the same case. bambi cannot fit correlated group effects, so it runs on the
+uncorrelated model only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+CASES = {
+    # name: (data, formula, correlated)
+    "sleep_corr": ("sleepstudy", "Reaction ~ Days + (Days | Subject)", True),
+    "sleep_uncorr": ("sleepstudy", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", False),
+    "sim_corr": ("sim", "y ~ x + (x | g)", True),
+    "sim_uncorr": ("sim", "y ~ x + (1 | g) + (0 + x | g)", False),
+}
+LABELS = {"sleepstudy": "sleepstudy (180 rows, 18 subjects)", "sim": "simulated, 10^5 rows, 2000 groups"}
+SAMPLERS = {
+    "sleep_corr": ["collapsed", "hierarchical", "pymc"],
+    "sleep_uncorr": ["collapsed", "pymc", "bambi"],
+    "sim_corr": ["collapsed", "pymc"],
+    # the collapsed density of (1 | g) + (0 + x | g) factors a dense 2000 x 2000 block per
+    # gradient (the second term's columns): not run, see the benchmark page
+    "sim_uncorr": ["pymc", "bambi"],
+}
+
+
+def data(name):
+    import hierlmm as hl
+
+    if name == "sleepstudy":
+        return hl.datasets.load("sleepstudy")
+    rng = np.random.default_rng(1)
+    n, m = 100_000, 2000
+    g = rng.integers(0, m, n)
+    x = rng.normal(size=n)
+    return pd.DataFrame({"y": 1 + 0.5 * x + 0.7 * rng.normal(size=m)[g] + 0.3 * rng.normal(size=m)[g] * x
+                         + rng.normal(size=n), "x": x, "g": pd.Categorical(g)})
+
+
+def plain_pymc_model(design, prior="flat"):
+    """The textbook non-centred model, ``b_i = L u_i``, ``u_i ~ N(0, I)``, with the same flat
+    prior on (σ², D) as hierlmm (its log-Jacobian), started where PyMC starts (zeros)."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from hierlmm.bayes.collapsed import log_prior_pt, term_cholesky_pt
+    from hierlmm.bayes.priors import Layout
+
+    layout = Layout(design)
+    with pm.Model() as model:
+        x = pm.Flat("x", shape=layout.size)
+        beta = pm.Flat("beta", shape=design.p)
+        pm.Potential("log_prior", log_prior_pt(layout, prior, x))
+        mu = pt.as_tensor_variable(design.X) @ beta
+        for j, (t, sl, (pos, _)) in enumerate(zip(design.terms, layout.slices, layout.diag)):
+            L = term_cholesky_pt(t, x[sl], pos)
+            u = pm.Normal(f"u_{j}", 0.0, 1.0, shape=(t.m, t.k))
+            mu = mu + pt.sum(pt.as_tensor_variable(t.Z) * (u @ L.T)[t.codes], axis=1)
+        pm.Normal("y", mu=mu, sigma=pt.exp(0.5 * x[layout.n_eta]), observed=design.y)
+    return model, layout
+
+
+def _ess_x(trace, layout):
+    """Smallest bulk ESS over the covariance parameters of an ``x`` trace (nutpie)."""
+    import arviz as az
+
+    return float(np.min(az.ess(trace["posterior"]["x"]).to_numpy()))
+
+
+def one(case, sampler):
+    """Runs in the child process: prints one JSON line."""
+    t0 = time.perf_counter()
+    import arviz  # noqa: F401
+    import nutpie
+    import pymc  # noqa: F401
+
+    import hierlmm as hl
+    import hierlmm.bayes.posterior  # noqa: F401
+    import hierlmm.bayes.sample as hs
+
+    if sampler == "bambi":
+        import bambi as bmb
+    import_s = time.perf_counter() - t0
+    dname, formula, _ = CASES[case]
+    df = data(dname)
+    model = hl.LMM(formula, df)
+    fit = model.fit()
+    y2 = fit.simulate(1, random_seed=2)["sim_1"].to_numpy()  # the second call's response
+    df2 = df.assign(**{model.design.response: y2})
+    out = {"case": case, "sampler": sampler, "import_s": import_s}
+
+    if sampler in ("collapsed", "hierarchical"):
+        compile_times = []
+        if sampler == "collapsed":
+            original = hs._compiled_collapsed
+
+            def timed(*a, **k):
+                t = time.perf_counter()
+                r = original(*a, **k)
+                compile_times.append(time.perf_counter() - t)
+                return r
+
+            hs._compiled_collapsed = timed
+        for label, frame in (("first", df), ("second", df2)):
+            m = hl.LMM(formula, frame)
+            t = time.perf_counter()
+            post = m.sample(sampler=sampler, random_seed=1, progressbar=False)
+            total = time.perf_counter() - t
+            out[f"{label}_s"] = total
+            if label == "first":
+                diag = post.diagnostics()
+                out["ess"] = float(diag.ess_bulk.min())
+                out["draws"] = int(post.extended_to or 1000)
+                out["divergences"] = post.divergences()
+                out["compile_s"] = compile_times[0] if compile_times else float("nan")
+        if sampler == "hierarchical":
+            out["compile_s"] = float("nan")  # inside sample(); the second call reuses it
+        out["sample_s"] = out["first_s"] - (0.0 if np.isnan(out["compile_s"]) else out["compile_s"])
+    elif sampler == "pymc":
+        for label, frame in (("first", df), ("second", df2)):
+            design = hl.LMM(formula, frame).design
+            t = time.perf_counter()
+            pm_model, layout = plain_pymc_model(design)
+            compiled = nutpie.compile_pymc_model(pm_model)
+            tc = time.perf_counter()
+            trace = nutpie.sample(compiled, draws=1000, tune=1000, chains=4, seed=1, progress_bar=False)
+            te = time.perf_counter()
+            out[f"{label}_s"] = te - t
+            if label == "first":
+                out["compile_s"], out["sample_s"] = tc - t, te - tc
+                out["ess"] = _ess_x(trace, layout)
+                out["divergences"] = int(trace["sample_stats"]["diverging"].to_numpy().sum())
+    else:  # bambi, nutpie backend
+        import arviz as az
+
+        for label, frame in (("first", df), ("second", df2)):
+            t = time.perf_counter()
+            bm = bmb.Model(formula, frame)
+            idata = bm.fit(inference_method="nutpie", draws=1000, tune=1000, chains=4, random_seed=1,
+                           progressbar=False)
+            out[f"{label}_s"] = time.perf_counter() - t
+            if label == "first":
+                sds = [v for v in idata.posterior.data_vars if v.endswith("_sigma") or v == "sigma"]
+                out["ess"] = float(min(np.min(az.ess(idata, var_names=[v]).to_numpy()) for v in sds)) \
+                    if hasattr(idata, "posterior") else float("nan")
+                out["divergences"] = int(idata.sample_stats["diverging"].to_numpy().sum())
+                out["compile_s"] = float("nan")
+                out["sample_s"] = out["first_s"]
+    print(json.dumps(out), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--one", nargs=2, metavar=("CASE", "SAMPLER"))
+    args = ap.parse_args()
+    if args.one:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            one(*args.one)
+        return
+    rows = []
+    for case in args.cases.split(","):
+        for sampler in SAMPLERS[case]:
+            res = subprocess.run([sys.executable, __file__, "--one", case, sampler], capture_output=True, text=True)
+            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+            if not lines:
+                print(f"{case} {sampler} failed:\n{res.stderr[-3000:]}", flush=True)
+                continue
+            rows.append(json.loads(lines[-1]))
+            print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+    table = pd.DataFrame(rows)
+    table.to_csv(HERE / "bayes_time_last.csv", index=False)
+    if args.out:
+        write_page(table, Path(args.out))
+
+
+def write_page(table, path):
+    table = table.assign(ess_per_s=table.ess / table.sample_s)
+    lines = [
+        "# Bayesian samplers: time to a posterior, and ESS per second", "",
+        "Produced by `python bench/bayes_time.py --out docs/bayes-benchmark.md` on this machine "
+        "(2 cores, shared). Each row is a fresh Python process that has imported the Bayesian modules; "
+        "4 chains x (1000 tune + 1000 draws). **first**: from `sample()` (PyMC: build + compile + "
+        "sample; bambi: `fit`) to a posterior; **compile** is part of it; **second**: a model of the same "
+        "structure on another response. ESS: smallest bulk ESS over the variance parameters; ESS/s per "
+        "second of the first call's sampling. Columns marked *x* are ratios to hierlmm's collapsed sampler "
+        "on the same model (below 1: faster / fewer; for ESS/s above 1: better). The seconds are this "
+        "machine's, for scale only.", "",
+        "| data | model | sampler | first (s) | of which compile (s) | second (s) | ESS | ESS/s | "
+        "first x | second x | ESS/s x | divergences |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    names = {"collapsed": "hierlmm collapsed", "hierarchical": "hierlmm hierarchical",
+             "pymc": "PyMC non-centred (nutpie)", "bambi": "bambi (nutpie)"}
+    for case, grp in table.groupby("case", sort=False):
+        dname, formula, _ = CASES[case]
+        base = grp[grp.sampler == "collapsed"]
+        base = base.iloc[0] if len(base) else None
+        for _, r in grp.iterrows():
+            def ratio(col, r=r):
+                return "" if base is None else f"{r[col] / base[col]:.2f}"
+            comp = "" if np.isnan(r.compile_s) else f"{r.compile_s:.1f}"
+            lines.append(
+                f"| {LABELS[dname]} | `{formula.replace('|', chr(92) + '|')}` | {names[r.sampler]} | "
+                f"{r.first_s:.1f} | {comp} | {r.second_s:.1f} | {r.ess:.0f} | {r.ess_per_s:.0f} | "
+                f"{ratio('first_s')} | {ratio('second_s')} | {ratio('ess_per_s')} | {int(r.divergences)} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""numba side of :mod:`hierlmm.bayes.kernel` (imported only when sampling: it imports numba).
+
+Every function is ``cache=True`` and refers to module-level functions only, so numba keeps
+the machine code on disk and a new session loads it instead of compiling. Small dense
+algebra is written as loops (the blocks are k × k with k ≤ 4, or the r × r rest block),
+with failures (a matrix not positive definite) reported as NaN, never raised.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+
+HEADER = 20
+LOG2PI = float(np.log(2 * np.pi))
+LOG2 = float(np.log(2.0))
+
+
+@numba.njit(cache=True)
+def _chol(M, L):
+    """``L = chol(M)`` (lower) in place; False when M is not positive definite."""
+    n = M.shape[0]
+    for j in range(n):
+        d = M[j, j]
+        for i in range(j):
+            d -= L[j, i] * L[j, i]
+        if not d > 0.0:
+            return False
+        L[j, j] = np.sqrt(d)
+        for r in range(j + 1, n):
+            v = M[r, j]
+            for i in range(j):
+                v -= L[r, i] * L[j, i]
+            L[r, j] = v / L[j, j]
+        for r in range(j):
+            L[r, j] = 0.0
+    return True
+
+
+@numba.njit(cache=True)
+def _inv_lower(L, out):
+    n = L.shape[0]
+    for i in range(n):
+        for j in range(n):
+            out[i, j] = 0.0
+    for i in range(n):
+        out[i, i] = 1.0 / L[i, i]
+        for j in range(i):
+            v = 0.0
+            for m in range(j, i):
+                v -= L[i, m] * out[m, j]
+            out[i, j] = v / L[i, i]
+
+
+@numba.njit(cache=True)
+def _mm(A, B, out):
+    """``out = A @ B`` by loops (for k × k blocks: a BLAS call costs more than the work)."""
+    n, m = A.shape
+    q = B.shape[1]
+    for i in range(n):
+        for j in range(q):
+            v = 0.0
+            for a in range(m):
+                v += A[i, a] * B[a, j]
+            out[i, j] = v
+
+
+@numba.njit(cache=True)
+def _matmul(A, B):
+    """``A @ B``: loops for small operands, BLAS otherwise."""
+    if A.shape[0] * A.shape[1] * B.shape[1] <= 4096:
+        out = np.empty((A.shape[0], B.shape[1]))
+        _mm(A, B, out)
+        return out
+    return np.ascontiguousarray(A) @ np.ascontiguousarray(B)
+
+
+@numba.njit(cache=True)
+def _chol_rev_small(L, Linv, Lbar, P, A, W, out):
+    """:func:`_chol_rev` by loops into ``out`` (``P, A, W`` scratch of the same size)."""
+    n = L.shape[0]
+    _mm(L.T, Lbar, P)
+    for i in range(n):
+        P[i, i] *= 0.5
+        for j in range(i + 1, n):
+            P[i, j] = 0.0
+    for i in range(n):
+        for j in range(n):
+            A[i, j] = 0.5 * (P[i, j] + P[j, i])
+    _mm(Linv.T, A, W)
+    _mm(W, Linv, out)
+
+
+@numba.njit(cache=True)
+def _chol_rev(L, Linv, Lbar):
+    """``M̄`` with ``dℓ = tr(M̄ dM)`` for ``L = chol(M)``: ``L^{-T} sym(Φ(L'L̄)) L^{-1}``."""
+    P = _matmul(L.T, Lbar)
+    n = P.shape[0]
+    for i in range(n):
+        P[i, i] *= 0.5
+        for j in range(i + 1, n):
+            P[i, j] = 0.0
+    A = 0.5 * (P + P.T)
+    return _matmul(_matmul(Linv.T, A), Linv)
+
+
+@numba.njit(cache=True)
+def _half(x, scale, nu):
+    """Log-density (up to a constant) of a half-normal (``nu = 0``) or half-t(ν) at ``x``, and
+    its derivative."""
+    if nu == 0.0:
+        return -0.5 * (x / scale) ** 2, -x / scale**2
+    u = (x / scale) ** 2 / nu
+    return -(nu + 1.0) / 2.0 * np.log1p(u), -(nu + 1.0) * x / (scale**2 * nu + x * x)
+
+
+@numba.njit(cache=True)
+def _layout(d):
+    """The header's sizes and the arrays of the buffer (views, no copies of A)."""
+    k1 = int(d[1])
+    m1 = int(d[2])
+    r = int(d[3])
+    nt = int(d[10])
+    nlam = int(d[11])
+    pos = HEADER
+    ks = d[pos:pos + nt].astype(np.int64)
+    pos += nt
+    offs = d[pos:pos + nt].astype(np.int64)
+    pos += nt
+    lam_rows = d[pos:pos + nlam].astype(np.int64)
+    pos += nlam
+    lam_cols = d[pos:pos + nlam].astype(np.int64)
+    pos += nlam
+    lam_src = d[pos:pos + nlam].astype(np.int64)
+    pos += nlam
+    A11 = d[pos:pos + m1 * k1 * k1].reshape((m1, k1, k1))
+    pos += m1 * k1 * k1
+    A21 = d[pos:pos + r * m1 * k1].reshape((r, m1, k1))
+    pos += r * m1 * k1
+    A22 = d[pos:pos + r * r].reshape((r, r))
+    pos += r * r
+    x_scale = d[pos:pos + int(d[5])]
+    return ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22, x_scale
+
+
+@numba.njit(cache=True)
+def _theta(x, ks, offs, neta):
+    """``θ = vech(L)/σ`` (``L_ii = e^{η_ii}``) and ``∂θ_e/∂η_e``."""
+    sigma = np.exp(0.5 * x[neta])
+    theta = np.empty(neta)
+    dtheta = np.empty(neta)
+    for t in range(ks.size):
+        k = ks[t]
+        e = offs[t]
+        for c in range(k):
+            for rr in range(c, k):
+                if rr == c:
+                    theta[e] = np.exp(x[e]) / sigma
+                    dtheta[e] = theta[e]
+                else:
+                    theta[e] = x[e] / sigma
+                    dtheta[e] = 1.0 / sigma
+                e += 1
+    return theta, dtheta
+
+
+@numba.njit(cache=True)
+def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
+    """The blocked factor at θ: ``T``, per level ``L_j, L_j^{-1}, G_j``, ``B``, ``A22 − C``,
+    ``Λ_r``, ``L22`` and ``Σ log`` of the factor's diagonal (without ``L22``'s); ``ok`` False
+    when a block is not positive definite."""
+    k1 = int(d[1])
+    m1 = int(d[2])
+    r = int(d[3])
+    qr = int(d[4])
+    nlam = int(d[11])
+    T = np.zeros((k1, k1))
+    e = offs[0]
+    for c in range(k1):
+        for rr in range(c, k1):
+            T[rr, c] = theta[e]
+            e += 1
+    Ls = np.zeros((m1, k1, k1))
+    Linvs = np.zeros((m1, k1, k1))
+    G = np.zeros((m1, k1, k1))
+    B = np.zeros((k1, r, m1))
+    K = np.zeros((r, r))
+    Lam = np.eye(r)
+    L22 = np.zeros((r, r))
+    S = np.empty((k1, k1))
+    W1 = np.empty((k1, k1))
+    logdet1 = 0.0
+    for j in range(m1):
+        _mm(T.T, A11[j], W1)
+        _mm(W1, T, S)
+        for a in range(k1):
+            S[a, a] += 1.0
+        if not _chol(S, Ls[j]):
+            return False, T, Ls, Linvs, G, B, K, Lam, L22, logdet1
+        _inv_lower(Ls[j], Linvs[j])
+        for a in range(k1):
+            logdet1 += 2.0 * np.log(Ls[j, a, a])
+        _mm(T, Linvs[j].T, G[j])
+    for j in range(m1):
+        for row in range(r):
+            for c in range(k1):
+                v = 0.0
+                for a in range(k1):
+                    v += A21[row, j, a] * G[j, a, c]
+                B[c, row, j] = v
+    C = np.zeros((r, r))
+    for c in range(k1):
+        C += _matmul(B[c], B[c].T)
+    K = A22 - C
+    if qr > 0:
+        for i in range(qr):
+            Lam[i, i] = 0.0
+        for e in range(nlam):
+            Lam[lam_rows[e], lam_cols[e]] = theta[lam_src[e]]
+        M = _matmul(_matmul(Lam.T, K), Lam)
+        for i in range(qr):
+            M[i, i] += 1.0
+    else:
+        M = K.copy()
+    ok = _chol(M, L22)
+    return ok, T, Ls, Linvs, G, B, K, Lam, L22, logdet1
+
+
+@numba.njit(cache=True)
+def logp_grad(x, d, grad):
+    """Collapsed log-density (REML likelihood + prior + log-Jacobian) at ``x``; its gradient
+    into ``grad``. NaN where a factor fails."""
+    n_dim = int(d[0])
+    k1 = int(d[1])
+    m1 = int(d[2])
+    r = int(d[3])
+    qr = int(d[4])
+    p = int(d[5])
+    nobs = d[6]
+    prior = int(d[9])
+    nt = int(d[10])
+    nlam = int(d[11])
+    neta = int(d[13])
+    ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22, _ = _layout(d)
+    for i in range(n_dim):
+        grad[i] = 0.0
+    s = x[neta]
+    sigma2 = np.exp(s)
+    theta, dtheta = _theta(x, ks, offs, neta)
+    ok, T, Ls, Linvs, G, B, K, Lam, L22, logdet1 = _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src,
+                                                           A11, A21, A22)
+    if not ok:
+        return np.nan
+    logdet = d[7] + logdet1
+    for i in range(qr + p):
+        logdet += 2.0 * np.log(L22[i, i])
+    r2 = L22[r - 1, r - 1] ** 2
+    dof = nobs - p
+    loglik = -0.5 * (logdet - d[8] + dof * (LOG2PI + s) + r2 / sigma2)
+    W1 = np.empty((k1, k1))
+    W2 = np.empty((k1, k1))
+    W3 = np.empty((k1, k1))
+    W4 = np.empty((k1, k1))
+
+    # ---------------------------------------------------------------- reverse
+    thetabar = np.zeros(neta)
+    Lbar22 = np.zeros((r, r))
+    for i in range(qr + p):
+        Lbar22[i, i] = -1.0 / L22[i, i]
+    Lbar22[r - 1, r - 1] = -L22[r - 1, r - 1] / sigma2
+    L22inv = np.zeros((r, r))
+    _inv_lower(L22, L22inv)
+    Mbar = _chol_rev(L22, L22inv, Lbar22)
+    if qr > 0:
+        Lambar = 2.0 * _matmul(_matmul(K, Lam), Mbar)
+        for e in range(nlam):
+            thetabar[lam_src[e]] += Lambar[lam_rows[e], lam_cols[e]]
+        Cbar = -_matmul(_matmul(Lam, Mbar), Lam.T)
+    else:
+        Cbar = -Mbar
+    Gbar = np.zeros((m1, k1, k1))
+    for c in range(k1):
+        Bbar = 2.0 * _matmul(Cbar, B[c])  # r × m1
+        for j in range(m1):
+            for a in range(k1):
+                v = 0.0
+                for row in range(r):
+                    v += A21[row, j, a] * Bbar[row, j]
+                Gbar[j, a, c] = v
+    Tbar = np.zeros((k1, k1))
+    Lbar = np.empty((k1, k1))
+    Sbar = np.empty((k1, k1))
+    for j in range(m1):
+        _mm(Gbar[j], Linvs[j], W1)
+        Tbar += W1
+        _mm(Linvs[j].T, Gbar[j].T, W1)
+        _mm(W1, G[j], Lbar)
+        for a in range(k1):
+            for b in range(k1):
+                Lbar[a, b] = -Lbar[a, b] if b <= a else 0.0
+            Lbar[a, a] -= 1.0 / Ls[j, a, a]
+        _chol_rev_small(Ls[j], Linvs[j], Lbar, W1, W2, W3, Sbar)
+        _mm(A11[j], T, W1)
+        _mm(W1, Sbar, W4)
+        Tbar += 2.0 * W4
+    e = offs[0]
+    for c in range(k1):
+        for rr in range(c, k1):
+            thetabar[e] += Tbar[rr, c]
+            e += 1
+    sbar = -0.5 * dof + 0.5 * r2 / sigma2
+    for e in range(neta):
+        grad[e] = thetabar[e] * dtheta[e]
+        sbar -= 0.5 * thetabar[e] * theta[e]
+
+    # ---------------------------------------------------------------- prior and Jacobian
+    lp = s  # |∂σ²/∂s| = σ²
+    sbar += 1.0
+    for t in range(nt):
+        k = ks[t]
+        lp += k * LOG2
+        e = offs[t]
+        for c in range(k):
+            for rr in range(c, k):
+                if rr == c:
+                    lp += (k - rr + 1) * x[e]
+                    grad[e] += k - rr + 1
+                e += 1
+    if prior >= 1:  # flat on σ and the SDs: −log σ − Σ_t k_t Σ_i log s_ti (and, 2: proper parts)
+        sigma_scale, sd_scale, nu, eta = d[14], d[15], d[16], d[17]
+        lp -= 0.5 * s
+        sbar -= 0.5
+        if prior == 2:  # half-normal / half-t on σ: its derivative in σ times ∂σ/∂s = σ/2
+            sig = np.exp(0.5 * s)
+            v, dv = _half(sig, sigma_scale, nu)
+            lp += v
+            sbar += dv * 0.5 * sig
+        for t in range(nt):
+            k = ks[t]
+            Lt = np.zeros((k, k))
+            idx = np.zeros((k, k), dtype=np.int64)
+            e = offs[t]
+            for c in range(k):
+                for rr in range(c, k):
+                    Lt[rr, c] = np.exp(x[e]) if rr == c else x[e]
+                    idx[rr, c] = e
+                    e += 1
+            for i in range(k):
+                sd2 = 0.0
+                for jj in range(i + 1):
+                    sd2 += Lt[i, jj] ** 2
+                sd = np.sqrt(sd2)
+                lp -= 0.5 * k * np.log(sd2)
+                dsd = -k / sd  # ∂/∂sd of the log-density's terms in sd
+                if prior == 2:
+                    v, dv = _half(sd, sd_scale, nu)
+                    lp += v
+                    dsd += dv
+                    if k > 1:  # LKJ(η): (η − 1)(2 Σ log L_ii − 2 Σ log sd_i)
+                        lp += (eta - 1.0) * (2.0 * x[idx[i, i]] - np.log(sd2))
+                        grad[idx[i, i]] += 2.0 * (eta - 1.0)
+                        dsd -= 2.0 * (eta - 1.0) / sd
+                for jj in range(i + 1):
+                    g = dsd * Lt[i, jj] / sd
+                    grad[idx[i, jj]] += g * (Lt[i, jj] if i == jj else 1.0)
+    grad[neta] = sbar
+    return loglik + lp
+
+
+@numba.njit(cache=True)
+def draws(xs, d, z, beta, u):
+    """Per row i of ``xs``: ``(u, β) = L₋^{-T}(c + σ z_i)`` (``z_i``: the first term's ``q1``
+    entries, then the rest's ``q_r + p``), into ``beta[i]`` (on ``X``'s scale) and ``u[i]``
+    (every term's spherical effects, in term order). False if a factor fails."""
+    k1 = int(d[1])
+    m1 = int(d[2])
+    r = int(d[3])
+    qr = int(d[4])
+    p = int(d[5])
+    neta = int(d[13])
+    ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22, x_scale = _layout(d)
+    q1 = m1 * k1
+    k2 = qr + p
+    for i in range(xs.shape[0]):
+        x = xs[i]
+        sigma = np.exp(0.5 * x[neta])
+        theta, _ = _theta(x, ks, offs, neta)
+        ok, T, Ls, Linvs, G, B, K, Lam, L22, _ = _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src,
+                                                          A11, A21, A22)
+        if not ok:
+            return False
+        # L21 = Λ_r'B (r × q1, per level and column c: L21[:, j k1 + c] = Λ_r' B[c][:, j])
+        L21 = np.empty((r, q1))
+        for c in range(k1):
+            LB = _matmul(Lam.T, B[c])
+            for j in range(m1):
+                for row in range(r):
+                    L21[row, j * k1 + c] = LB[row, j]
+        # rest block: L22₋' w2 = c2 + σ z2 (back substitution, upper triangular L22₋')
+        w2 = np.empty(k2)
+        for a in range(k2 - 1, -1, -1):
+            v = L22[r - 1, a] + sigma * z[i, q1 + a]
+            for b in range(a + 1, k2):
+                v -= L22[b, a] * w2[b]
+            w2[a] = v / L22[a, a]
+        # first term, per level: L_j' w1_j = c1_j + σ z1_j − (L21₋' w2)_j
+        for j in range(m1):
+            rhs = np.empty(k1)
+            for c in range(k1):
+                col = j * k1 + c
+                v = L21[r - 1, col] + sigma * z[i, col]
+                for b in range(k2):
+                    v -= L21[b, col] * w2[b]
+                rhs[c] = v
+            for a in range(k1 - 1, -1, -1):
+                v = rhs[a]
+                for b in range(a + 1, k1):
+                    v -= Ls[j, b, a] * u[i, j * k1 + b]
+                u[i, j * k1 + a] = v / Ls[j, a, a]
+        for a in range(qr):
+            u[i, q1 + a] = w2[a]
+        for a in range(p):
+            beta[i, a] = w2[qr + a] / x_scale[a]
+    return True
+
+
+_LOGP_SIG = types.int64(types.uint64, types.CPointer(types.double), types.CPointer(types.double),
+                        types.CPointer(types.double), types.voidptr)
+_EXPAND_SIG = types.int64(types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double),
+                          types.voidptr)
+
+
+@numba.cfunc(_LOGP_SIG, cache=True)
+def logp_c(dim, x_, out_, logp_, user_):
+    """nutpie's log-density callback: 0 on success, 3/4 for a non-finite gradient/value."""
+    head = numba.carray(user_, (HEADER,), np.float64)
+    if dim != int(head[0]):
+        return -1
+    d = numba.carray(user_, (int(head[12]),), np.float64)
+    x = numba.carray(x_, (dim,))
+    out = numba.carray(out_, (dim,))
+    lp = numba.carray(logp_, (1,))
+    val = logp_grad(x, d, out)
+    lp[0] = val
+    if not np.isfinite(val):
+        return 4
+    for i in range(dim):
+        if not np.isfinite(out[i]):
+            return 3
+    return 0
+
+
+@numba.cfunc(_EXPAND_SIG, cache=True)
+def expand_c(dim, expanded, x_, out_, user_):
+    """nutpie's expand callback: the draw is the unconstrained vector itself."""
+    if dim != expanded:
+        return -1
+    x = numba.carray(x_, (dim,))
+    out = numba.carray(out_, (dim,))
+    for i in range(dim):
+        out[i] = x[i]
+    return 0

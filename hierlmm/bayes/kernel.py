@@ -1,0 +1,146 @@
+"""The collapsed log-density and its gradient, differentiated by hand, compiled by numba once
+per machine (``cache=True``) and handed to nutpie as a C callback: no graph to compile per
+model, so a first ``sample()`` in a new session starts in well under a second.
+
+The log-density is :func:`hierlmm.bayes.collapsed.reml_loglik_blocked_pt` plus the prior and
+log-Jacobian of :mod:`hierlmm.bayes.priors` (``flat``, ``flat_sd``, weakly informative), at the unconstrained
+point ``x = (η, s)``; the tests check value and gradient against the PyTensor graph. With
+``θ = vech(L)/σ`` (``L_ii = e^{η_ii}``), the first term's ``T`` and, per level j,
+
+.. math::
+
+    S_j = T'A_{11,j}T + I = L_jL_j', \\quad G_j = TL_j^{-T}, \\quad
+    C = Σ_j A_{21,j}G_jG_j'A_{21,j}', \\quad M = Λ_r'(A_{22} − C)Λ_r + J = L_{22}L_{22}',
+
+``−2ℓ = 2Σ_j\\log|L_j| + 2Σ_{i<q_r+p}\\log L_{22,ii} + \\log|S_X|² − Σ\\log w + (n−p)(\\log 2π + s)
++ L_{22,rr}²e^{−s}``. The reverse pass uses, for ``L = chol(M)``, ``\\bar M = L^{-T}
+\\operatorname{sym}(Φ(L'\\bar L))L^{-1}`` (``Φ``: lower triangle, diagonal halved; Murray
+2016), so that ``dℓ = tr(\\bar M dM)``; then ``\\bar Λ_r = 2(A_{22} − C)Λ_r\\bar M``,
+``\\bar C = −Λ_r\\bar MΛ_r'``, ``\\bar G_j = 2A_{21,j}'\\bar CA_{21,j}G_j``,
+``\\bar T = Σ_j \\bar G_jL_j^{-1} + 2A_{11,j}T\\bar S_j``, ``\\bar L_j = −L_j^{-T}\\bar G_j'G_j``
+(lower part) ``− diag(1/L_j)``, and ``θ = L/σ`` chains to ``(η, s)``.
+
+The data travel in one float64 buffer (:func:`pack`) whose address nutpie passes back to
+the callback; the header says where each array starts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["pack", "compiled_model", "logp_grad", "supported"]
+
+HEADER = 20
+LOG2PI = float(np.log(2 * np.pi))
+_PRIORS = {"flat": 0, "flat_sd": 1}  # and 2: WeaklyInformative (resolved: scales set)
+# the dense block's size up to which the loops here beat the PyTensor graph's BLAS calls
+_MAX_R = 300
+
+
+def _prior_code(prior):
+    from hierlmm.bayes.priors import WeaklyInformative
+
+    if isinstance(prior, WeaklyInformative):
+        return 2 if prior.sd_scale is not None and prior.sigma_scale is not None else None
+    return _PRIORS.get(prior) if isinstance(prior, str) else None
+
+
+def supported(design, cp, prior) -> bool:
+    """Whether the compiled kernel covers this model and prior: the first term with at most 4
+    effects per level, a dense block of at most ``_MAX_R`` rows (``A21`` is used dense: at most
+    ``r × q1`` numbers), and ``flat``, ``flat_sd`` or a resolved
+    :class:`~hierlmm.bayes.WeaklyInformative` prior."""
+    return (_prior_code(prior) is not None and design.terms[0].k <= 4 and cp.r <= _MAX_R
+            and cp.r * cp.A11.shape[0] * cp.A11.shape[1] <= 4_000_000)
+
+
+def pack(design, cp, prior) -> np.ndarray:
+    """The buffer :func:`logp_grad` reads: header, term sizes and θ offsets, the rest terms'
+    ``Λ`` pattern (rows, columns, θ index), then ``A11``, ``A21`` (``r × m × k``), ``A22``."""
+    from hierlmm.reterms import lambda_entries
+
+    terms = design.terms
+    slices = design.theta_slices()
+    rows, cols, src, _ = lambda_entries(terms[1:], slices[1:]) if len(terms) > 1 else ([], [], [], 0)
+    m, k = cp.A11.shape[:2]
+    r = cp.r
+    a21 = cp.A21.toarray() if cp.a21_sparse else np.asarray(cp.A21, float)
+    parts = [np.array([t.k for t in terms], float), np.array([s.start for s in slices], float),
+             np.asarray(rows, float), np.asarray(cols, float), np.asarray(src, float),
+             np.asarray(cp.A11, float).ravel(), a21.reshape(r, m, k).ravel(),
+             np.asarray(cp.A22, float).ravel(), np.asarray(cp.x_scale, float)]
+    n_dim = design.n_theta + 1
+    header = np.zeros(HEADER)
+    header[:14] = [n_dim, k, m, r, cp.q_rest, cp.p, design.n, cp.logdet_scale, cp.log_weights,
+                   _prior_code(prior), len(terms), len(rows), 0.0, design.n_theta]
+    if header[9] == 2:  # σ's scale, the SDs' scale, ν (0: half-normal), LKJ's η
+        header[14:18] = [prior.sigma_scale, prior.sd_scale, prior.nu or 0.0, prior.eta]
+    buf = np.concatenate([header, *parts])
+    buf[12] = buf.size
+    return np.ascontiguousarray(buf)
+
+
+_KERNEL = {}
+
+
+def _build():
+    """The numba functions (compiled on first use, then loaded from numba's disk cache)."""
+    if _KERNEL:
+        return _KERNEL
+    from hierlmm.bayes import _kernel_impl as impl
+
+    _KERNEL.update(logp_grad=impl.logp_grad, logp_c=impl.logp_c, expand_c=impl.expand_c, draws=impl.draws)
+    return _KERNEL
+
+
+def logp_grad(x: np.ndarray, buf: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(log p(x | y), ∇)`` (numpy in, numpy out): the compiled kernel, for tests and checks."""
+    k = _build()
+    grad = np.zeros(int(buf[0]))
+    val = k["logp_grad"](np.asarray(x, float), buf, grad)
+    return float(val), grad
+
+
+def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
+    """For each unconstrained draw (rows of ``x_draws``), one exact draw of ``(u, β) | σ², D, y``,
+    ``L₋^{-T}(c + σz)`` through the blocked factor (what
+    :meth:`hierlmm.deviance.Deviance.backsolve` does with ``noise=σz``), all in compiled
+    code: ``β`` (draws × p) and ``u`` per term (draws × m × k). ``rng`` gives ``z``, in chunks
+    of ``chunk`` draws."""
+    k = _build()
+    buf = pack(design, cp, "flat")
+    nd = x_draws.shape[0]
+    size = design.q + design.p
+    beta = np.empty((nd, design.p))
+    u = np.empty((nd, design.q))
+    for start in range(0, nd, chunk):
+        stop = min(nd, start + chunk)
+        z = rng.standard_normal((stop - start, size))
+        if not k["draws"](np.ascontiguousarray(x_draws[start:stop], dtype=float), buf, z,
+                          beta[start:stop], u[start:stop]):
+            raise FloatingPointError("the penalised system is not positive definite at a posterior draw")
+    us, at = [], 0
+    for t in design.terms:
+        us.append(u[:, at:at + t.q].reshape(nd, t.m, t.k))
+        at += t.q
+    return beta, us
+
+
+def compiled_model(design, cp, prior, x0):
+    """A nutpie model whose log-density is the compiled kernel on this model's data."""
+    import dataclasses
+
+    import pandas as pd
+    from nutpie.compile_pymc import CompiledPyMCModel
+
+    k = _build()
+    buf = pack(design, cp, prior)
+    n = buf.size and int(buf[0])
+    names = [f"x_{i}" for i in range(n)]
+    fields = {f.name for f in dataclasses.fields(CompiledPyMCModel)}
+    kwargs = dict(dims={"x": ("unconstrained_parameter",)}, compiled_logp_func=k["logp_c"],
+                  compiled_expand_func=k["expand_c"], initial_point_func=lambda seed: np.array(x0, float),
+                  shared_data={}, shared_var_keys={}, user_data=buf, n_expanded=n,
+                  shape_info=(["x"], [slice(0, n)], [(n,)]), logp_func=None, expand_func=None, _n_dim=n,
+                  _shapes={"x": (n,)}, _coords={"unconstrained_parameter": pd.Index(names)})
+    return CompiledPyMCModel(**{key: v for key, v in kwargs.items() if key in fields})
