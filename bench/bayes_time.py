@@ -1,7 +1,7 @@
 """Time to a posterior, and ESS per second of the variance parameters: hierlmm's samplers
 against a plain non-centred PyMC model (nutpie) and bambi (nutpie), in the same run.
 
-    python bench/bayes_time.py [--out docs/bayes-benchmark.md] [--cases sleep,sim]
+    python bench/bayes_time.py [--out docs/bayes-benchmark.md] [--cases sleep_corr,...] [--load CASES]
 
 Every (case, sampler) runs in a fresh Python process that first imports hierlmm, PyMC,
 nutpie, ArviZ (and bambi) -- "a session that has imported the Bayesian modules once" -- and
@@ -19,7 +19,8 @@ informative priors; it has no flat prior on a standard deviation). ESS is the sm
 ESS over the variance parameters (rank-normalised, so the same for a variance and its SD);
 ESS/s divides it by the first call's sampling time. Ratios are to hierlmm's collapsed
 sampler on the same case. bambi cannot fit correlated group effects, so it runs on the
-uncorrelated model only.
+uncorrelated model only. ``--load`` repeats the given cases beside a background process that
+keeps one core busy with BLAS work (``bench/load.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 CASES = {
     # name: (data, formula, correlated)
@@ -173,8 +175,7 @@ def one(case, sampler):
             out[f"{label}_s"] = time.perf_counter() - t
             if label == "first":
                 sds = [v for v in idata.posterior.data_vars if v.endswith("_sigma") or v == "sigma"]
-                out["ess"] = float(min(np.min(az.ess(idata, var_names=[v]).to_numpy()) for v in sds)) \
-                    if hasattr(idata, "posterior") else float("nan")
+                out["ess"] = float(min(np.min(az.ess(idata.posterior[v]).to_numpy()) for v in sds))
                 out["divergences"] = int(idata.sample_stats["diverging"].to_numpy().sum())
                 out["compile_s"] = float("nan")
                 out["sample_s"] = out["first_s"]
@@ -186,21 +187,31 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--one", nargs=2, metavar=("CASE", "SAMPLER"))
+    ap.add_argument("--load", default="", help="cases to repeat under a background load")
     args = ap.parse_args()
     if args.one:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             one(*args.one)
         return
+    from load import background_load
+
     rows = []
-    for case in args.cases.split(","):
+    runs = [(case, False) for case in args.cases.split(",")] + \
+        [(case, True) for case in args.load.split(",") if case]
+    for case, loaded in runs:
         for sampler in SAMPLERS[case]:
-            res = subprocess.run([sys.executable, __file__, "--one", case, sampler], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--one", case, sampler]
+            if loaded:
+                with background_load(workers=1):
+                    res = subprocess.run(cmd, capture_output=True, text=True)
+            else:
+                res = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
             if not lines:
                 print(f"{case} {sampler} failed:\n{res.stderr[-3000:]}", flush=True)
                 continue
-            rows.append(json.loads(lines[-1]))
+            rows.append({**json.loads(lines[-1]), "load": loaded})
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(HERE / "bayes_time_last.csv", index=False)
@@ -225,7 +236,7 @@ def write_page(table, path):
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     names = {"collapsed": "hierlmm collapsed", "hierarchical": "hierlmm hierarchical",
              "pymc": "PyMC non-centred (nutpie)", "bambi": "bambi (nutpie)"}
-    for case, grp in table.groupby("case", sort=False):
+    for (loaded, case), grp in table.groupby(["load", "case"], sort=False):
         dname, formula, _ = CASES[case]
         base = grp[grp.sampler == "collapsed"]
         base = base.iloc[0] if len(base) else None
@@ -234,7 +245,7 @@ def write_page(table, path):
                 return "" if base is None else f"{r[col] / base[col]:.2f}"
             comp = "" if np.isnan(r.compile_s) else f"{r.compile_s:.1f}"
             lines.append(
-                f"| {LABELS[dname]} | `{formula.replace('|', chr(92) + '|')}` | {names[r.sampler]} | "
+                f"| {LABELS[dname]}{' **(under load)**' if loaded else ''} | `{formula.replace('|', chr(92) + '|')}` | {names[r.sampler]} | "
                 f"{r.first_s:.1f} | {comp} | {r.second_s:.1f} | {r.ess:.0f} | {r.ess_per_s:.0f} | "
                 f"{ratio('first_s')} | {ratio('second_s')} | {ratio('ess_per_s')} | {int(r.divergences)} |")
     path.write_text("\n".join(lines) + "\n")

@@ -1,9 +1,11 @@
 """numba side of :mod:`hierlmm.bayes.kernel` (imported only when sampling: it imports numba).
 
 Every function is ``cache=True`` and refers to module-level functions only, so numba keeps
-the machine code on disk and a new session loads it instead of compiling. Small dense
-algebra is written as loops (the blocks are k × k with k ≤ 4, or the r × r rest block),
-with failures (a matrix not positive definite) reported as NaN, never raised.
+the machine code on disk and a new session loads it instead of compiling. The first term's
+k × k blocks (k ≤ 4) are stored level-last (``k × k × m``) and every per-level operation
+loops over levels innermost (as the PyTensor graph's elementwise ops do); the r × r rest
+block uses loops when small and BLAS otherwise. A matrix that is not positive definite gives
+NaN, never an exception.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ LOG2PI = float(np.log(2 * np.pi))
 LOG2 = float(np.log(2.0))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _chol(M, L):
     """``L = chol(M)`` (lower) in place; False when M is not positive definite."""
     n = M.shape[0]
@@ -38,7 +40,7 @@ def _chol(M, L):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _inv_lower(L, out):
     n = L.shape[0]
     for i in range(n):
@@ -66,6 +68,62 @@ def _mm(A, B, out):
             out[i, j] = v
 
 
+@numba.njit(cache=True, inline="always")
+def _bmm(A, ta, B, tb, out):
+    """Per level j: ``out[:, :, j] = op(A[:, :, j]) @ op(B[:, :, j])`` for stacks of k × k
+    blocks stored level-last (``k × k × m``), so the inner loop runs over levels (the k × k
+    algebra of thousands of levels vectorises like the PyTensor graph's elementwise ops)."""
+    n, q, m1 = out.shape
+    kk = A.shape[0] if ta else A.shape[1]
+    for i in range(n):
+        for c in range(q):
+            for j in range(m1):
+                out[i, c, j] = 0.0
+            for a in range(kk):
+                for j in range(m1):
+                    out[i, c, j] += (A[a, i, j] if ta else A[i, a, j]) * (B[c, a, j] if tb else B[a, c, j])
+
+
+@numba.njit(cache=True, inline="always")
+def _bchol(S, L):
+    """Per level, ``L = chol(S)``; False if any level's block is not positive definite."""
+    k, _, m1 = S.shape
+    for col in range(k):
+        for j in range(m1):
+            v = S[col, col, j]
+            for i in range(col):
+                v -= L[col, i, j] * L[col, i, j]
+            if not v > 0.0:
+                return False
+            L[col, col, j] = np.sqrt(v)
+        for r in range(col + 1, k):
+            for j in range(m1):
+                v = S[r, col, j]
+                for i in range(col):
+                    v -= L[r, i, j] * L[col, i, j]
+                L[r, col, j] = v / L[col, col, j]
+            for j in range(m1):
+                L[col, r, j] = 0.0
+    return True
+
+
+@numba.njit(cache=True, inline="always")
+def _binv_lower(L, Li):
+    k, _, m1 = L.shape
+    for i in range(k):
+        for c in range(k):
+            for j in range(m1):
+                Li[i, c, j] = 0.0
+        for j in range(m1):
+            Li[i, i, j] = 1.0 / L[i, i, j]
+        for c in range(i):
+            for j in range(m1):
+                v = 0.0
+                for a in range(c, i):
+                    v -= L[i, a, j] * Li[a, c, j]
+                Li[i, c, j] = v / L[i, i, j]
+
+
 @numba.njit(cache=True)
 def _matmul(A, B):
     """``A @ B``: loops for small operands, BLAS otherwise."""
@@ -74,22 +132,6 @@ def _matmul(A, B):
         _mm(A, B, out)
         return out
     return np.ascontiguousarray(A) @ np.ascontiguousarray(B)
-
-
-@numba.njit(cache=True)
-def _chol_rev_small(L, Linv, Lbar, P, A, W, out):
-    """:func:`_chol_rev` by loops into ``out`` (``P, A, W`` scratch of the same size)."""
-    n = L.shape[0]
-    _mm(L.T, Lbar, P)
-    for i in range(n):
-        P[i, i] *= 0.5
-        for j in range(i + 1, n):
-            P[i, j] = 0.0
-    for i in range(n):
-        for j in range(n):
-            A[i, j] = 0.5 * (P[i, j] + P[j, i])
-    _mm(Linv.T, A, W)
-    _mm(W, Linv, out)
 
 
 @numba.njit(cache=True)
@@ -134,7 +176,7 @@ def _layout(d):
     pos += nlam
     lam_src = d[pos:pos + nlam].astype(np.int64)
     pos += nlam
-    A11 = d[pos:pos + m1 * k1 * k1].reshape((m1, k1, k1))
+    A11 = d[pos:pos + m1 * k1 * k1].reshape((k1, k1, m1))  # level-last
     pos += m1 * k1 * k1
     A21 = d[pos:pos + r * m1 * k1].reshape((r, m1, k1))
     pos += r * m1 * k1
@@ -181,33 +223,39 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
         for rr in range(c, k1):
             T[rr, c] = theta[e]
             e += 1
-    Ls = np.zeros((m1, k1, k1))
-    Linvs = np.zeros((m1, k1, k1))
-    G = np.zeros((m1, k1, k1))
+    Ls = np.zeros((k1, k1, m1))  # level-last stacks
+    Linvs = np.zeros((k1, k1, m1))
+    G = np.zeros((k1, k1, m1))
     B = np.zeros((k1, r, m1))
     K = np.zeros((r, r))
     Lam = np.eye(r)
     L22 = np.zeros((r, r))
-    S = np.empty((k1, k1))
-    W1 = np.empty((k1, k1))
+    Tb = np.empty((k1, k1, m1))  # T on every level
+    for a in range(k1):
+        for c in range(k1):
+            for j in range(m1):
+                Tb[a, c, j] = T[a, c]
+    W = np.empty((k1, k1, m1))
+    S = np.empty((k1, k1, m1))
+    _bmm(Tb, True, A11, False, W)
+    _bmm(W, False, Tb, False, S)
+    for a in range(k1):
+        for j in range(m1):
+            S[a, a, j] += 1.0
     logdet1 = 0.0
-    for j in range(m1):
-        _mm(T.T, A11[j], W1)
-        _mm(W1, T, S)
-        for a in range(k1):
-            S[a, a] += 1.0
-        if not _chol(S, Ls[j]):
-            return False, T, Ls, Linvs, G, B, K, Lam, L22, logdet1
-        _inv_lower(Ls[j], Linvs[j])
-        for a in range(k1):
-            logdet1 += 2.0 * np.log(Ls[j, a, a])
-        _mm(T, Linvs[j].T, G[j])
-    for j in range(m1):
-        for row in range(r):
-            for c in range(k1):
+    if not _bchol(S, Ls):
+        return False, T, Ls, Linvs, G, B, K, Lam, L22, logdet1
+    _binv_lower(Ls, Linvs)
+    for a in range(k1):
+        for j in range(m1):
+            logdet1 += 2.0 * np.log(Ls[a, a, j])
+    _bmm(Tb, False, Linvs, True, G)
+    for row in range(r):
+        for c in range(k1):
+            for j in range(m1):
                 v = 0.0
                 for a in range(k1):
-                    v += A21[row, j, a] * G[j, a, c]
+                    v += A21[row, j, a] * G[a, c, j]
                 B[c, row, j] = v
     C = np.zeros((r, r))
     for c in range(k1):
@@ -258,10 +306,6 @@ def logp_grad(x, d, grad):
     r2 = L22[r - 1, r - 1] ** 2
     dof = nobs - p
     loglik = -0.5 * (logdet - d[8] + dof * (LOG2PI + s) + r2 / sigma2)
-    W1 = np.empty((k1, k1))
-    W2 = np.empty((k1, k1))
-    W3 = np.empty((k1, k1))
-    W4 = np.empty((k1, k1))
 
     # ---------------------------------------------------------------- reverse
     thetabar = np.zeros(neta)
@@ -279,31 +323,59 @@ def logp_grad(x, d, grad):
         Cbar = -_matmul(_matmul(Lam, Mbar), Lam.T)
     else:
         Cbar = -Mbar
-    Gbar = np.zeros((m1, k1, k1))
+    Gbar = np.zeros((k1, k1, m1))
     for c in range(k1):
         Bbar = 2.0 * _matmul(Cbar, B[c])  # r × m1
-        for j in range(m1):
-            for a in range(k1):
+        for a in range(k1):
+            for j in range(m1):
                 v = 0.0
                 for row in range(r):
                     v += A21[row, j, a] * Bbar[row, j]
-                Gbar[j, a, c] = v
+                Gbar[a, c, j] = v
+    # per level: T̄ += Ḡ L⁻¹ + 2 A T S̄,  L̄ = −L^{-T}Ḡ'G (lower) − diag(1/L),  S̄ = chol_rev(L, L̄)
+    W = np.empty((k1, k1, m1))
+    W2 = np.empty((k1, k1, m1))
+    Lbar = np.empty((k1, k1, m1))
+    _bmm(Gbar, False, Linvs, False, W)
     Tbar = np.zeros((k1, k1))
-    Lbar = np.empty((k1, k1))
-    Sbar = np.empty((k1, k1))
-    for j in range(m1):
-        _mm(Gbar[j], Linvs[j], W1)
-        Tbar += W1
-        _mm(Linvs[j].T, Gbar[j].T, W1)
-        _mm(W1, G[j], Lbar)
-        for a in range(k1):
-            for b in range(k1):
-                Lbar[a, b] = -Lbar[a, b] if b <= a else 0.0
-            Lbar[a, a] -= 1.0 / Ls[j, a, a]
-        _chol_rev_small(Ls[j], Linvs[j], Lbar, W1, W2, W3, Sbar)
-        _mm(A11[j], T, W1)
-        _mm(W1, Sbar, W4)
-        Tbar += 2.0 * W4
+    for a in range(k1):
+        for b in range(k1):
+            v = 0.0
+            for j in range(m1):
+                v += W[a, b, j]
+            Tbar[a, b] = v
+    _bmm(Linvs, True, Gbar, True, W)
+    _bmm(W, False, G, False, Lbar)
+    for a in range(k1):
+        for b in range(k1):
+            for j in range(m1):
+                Lbar[a, b, j] = -Lbar[a, b, j] if b <= a else 0.0
+        for j in range(m1):
+            Lbar[a, a, j] -= 1.0 / Ls[a, a, j]
+    # chol_rev per level: P = Φ(L'L̄), S̄ = L^{-T} sym(P) L^{-1}
+    _bmm(Ls, True, Lbar, False, W)
+    for a in range(k1):
+        for b in range(k1):
+            for j in range(m1):
+                pa = W[a, b, j] if b < a else (0.5 * W[a, a, j] if a == b else 0.0)
+                pb = W[b, a, j] if a < b else (0.5 * W[a, a, j] if a == b else 0.0)
+                W2[a, b, j] = 0.5 * (pa + pb)
+    _bmm(Linvs, True, W2, False, W)
+    Sbar = np.empty((k1, k1, m1))
+    _bmm(W, False, Linvs, False, Sbar)
+    Tb = np.empty((k1, k1, m1))
+    for a in range(k1):
+        for c in range(k1):
+            for j in range(m1):
+                Tb[a, c, j] = T[a, c]
+    _bmm(A11, False, Tb, False, W)
+    _bmm(W, False, Sbar, False, W2)
+    for a in range(k1):
+        for b in range(k1):
+            v = 0.0
+            for j in range(m1):
+                v += W2[a, b, j]
+            Tbar[a, b] += 2.0 * v
     e = offs[0]
     for c in range(k1):
         for rr in range(c, k1):
@@ -416,8 +488,8 @@ def draws(xs, d, z, beta, u):
             for a in range(k1 - 1, -1, -1):
                 v = rhs[a]
                 for b in range(a + 1, k1):
-                    v -= Ls[j, b, a] * u[i, j * k1 + b]
-                u[i, j * k1 + a] = v / Ls[j, a, a]
+                    v -= Ls[b, a, j] * u[i, j * k1 + b]
+                u[i, j * k1 + a] = v / Ls[a, a, j]
         for a in range(qr):
             u[i, q1 + a] = w2[a]
         for a in range(p):
