@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack", "compiled_model", "logp_grad", "supported"]
+__all__ = ["pack", "compiled_model", "conditional_draws", "logp_grad", "supported"]
 
 HEADER = 20
 LOG2PI = float(np.log(2 * np.pi))
 _PRIORS = {"flat": 0, "flat_sd": 1}  # and 2: WeaklyInformative (resolved: scales set)
-# the dense block's size up to which the loops here beat the PyTensor graph's BLAS calls
+# the rest block's size up to which its hand-written Cholesky (loops) costs little more than
+# LAPACK's in the PyTensor graph
 _MAX_R = 300
 
 
@@ -127,7 +128,8 @@ def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
 
 
 def compiled_model(design, cp, prior, x0):
-    """A nutpie model whose log-density is the compiled kernel on this model's data."""
+    """A nutpie model whose log-density is the compiled kernel on this model's data (nutpie's
+    own container for numba callbacks, filled directly: no PyMC model, nothing to compile)."""
     import dataclasses
 
     import pandas as pd
@@ -135,7 +137,7 @@ def compiled_model(design, cp, prior, x0):
 
     k = _build()
     buf = pack(design, cp, prior)
-    n = buf.size and int(buf[0])
+    n = int(buf[0])
     names = [f"x_{i}" for i in range(n)]
     fields = {f.name for f in dataclasses.fields(CompiledPyMCModel)}
     kwargs = dict(dims={"x": ("unconstrained_parameter",)}, compiled_logp_func=k["logp_c"],
