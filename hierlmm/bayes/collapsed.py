@@ -10,9 +10,10 @@ likelihood. In the notation of the core (``A = [Z X y]'[Z X y]``, ``Λ* = diag(�
 
 This module writes that expression in PyTensor (so NUTS gets an exact gradient through the
 Cholesky factor) and hands it to nutpie, which compiles it (seconds per model structure);
-under the improper priors the same density is in :mod:`hierlmm.bayes.kernel`, differentiated
-by hand and compiled once per machine, and the graph here is its reference (the tests
-compare them) and the path for the other priors and structures. Then, for every draw, it draws
+for the models most samples are drawn from (first term with at most 4 effects per level, the
+rest of A up to 300 rows) the same density is in :mod:`hierlmm.bayes.kernel`, differentiated
+by hand and compiled once per machine; the graph here is its reference (the tests compare
+them) and the path for the other structures. Then, for every draw, it draws
 ``(u, β) | σ², D, y`` exactly: jointly Gaussian with mean ``x̂`` (the penalised least-squares
 solution) and covariance ``σ² (C₋C₋')⁻¹``, so ``(u, β) = x̂ + σ C₋^{-T} z``; ``b = Λ_θ u``.
 There is no funnel: the sampler never sees b.

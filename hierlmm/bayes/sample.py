@@ -31,14 +31,14 @@ def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts
 
 
 def _compiled_collapsed(model, design, prior, x0):
-    """The compiled collapsed sampler of ``model``: from the structure cache when a model of
-    the same structure and prior was compiled in this session (its data swapped in), else
-    compiled and remembered."""
+    """The compiled collapsed sampler of ``model``: the precompiled kernel on this model's A
+    where it applies (:mod:`hierlmm.bayes.kernel`); else from the structure cache when a
+    model of the same structure and prior was compiled in this session (its data swapped in),
+    else compiled and remembered."""
     import nutpie
 
-    from hierlmm.bayes.collapsed import blocked_data, build_collapsed_model, structure_key
-
     from hierlmm.bayes import kernel
+    from hierlmm.bayes.collapsed import blocked_data, build_collapsed_model, structure_key
 
     cp = model.deviance_function().cp
     if kernel.supported(design, cp, prior):  # nothing to compile: the cached hand-written kernel
@@ -101,9 +101,9 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     x0, _ = start_point(fit, layout)
     rng = np.random.default_rng(random_seed)
     seed = int(rng.integers(2**31 - 1))
-    # one compilation per model, sampler and prior (the compile is 10-60 s, the sampling of
-    # the seed models 0.5-2 s): a second sample() of the same model, e.g. with other draws or
-    # seed, reuses it
+    # one compiled sampler per model, sampler and prior (a PyTensor compile is 5-60 s, the
+    # kernel's set-up a fraction of a second): a second sample() of the same model, e.g. with
+    # other draws or seed, reuses it
     cache = model.__dict__.setdefault("_compiled", {})
     key = (sampler, prior)
     if key not in cache:
