@@ -68,7 +68,8 @@ def pack(design, cp, prior) -> np.ndarray:
     a21 = cp.A21.toarray() if cp.a21_sparse else np.asarray(cp.A21, float)
     parts = [np.array([t.k for t in terms], float), np.array([s.start for s in slices], float),
              np.asarray(rows, float), np.asarray(cols, float), np.asarray(src, float),
-             np.transpose(np.asarray(cp.A11, float), (1, 2, 0)).ravel(), a21.reshape(r, m, k).ravel(),
+             np.transpose(np.asarray(cp.A11, float), (1, 2, 0)).ravel(),
+             a21.reshape(r, m, k).transpose(0, 2, 1).ravel(),
              np.asarray(cp.A22, float).ravel(), np.asarray(cp.x_scale, float)]
     n_dim = design.n_theta + 1
     header = np.zeros(HEADER)
