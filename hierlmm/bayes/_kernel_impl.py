@@ -69,6 +69,13 @@ def _mm(A, B, out):
 
 
 @numba.njit(cache=True, inline="always")
+def _acc(out, x, y):
+    """``out += x * y`` elementwise (vectors over levels)."""
+    for j in range(out.shape[0]):
+        out[j] += x[j] * y[j]
+
+
+@numba.njit(cache=True, inline="always")
 def _bmm(A, ta, B, tb, out):
     """Per level j: ``out[:, :, j] = op(A[:, :, j]) @ op(B[:, :, j])`` for stacks of k × k
     blocks stored level-last (``k × k × m``), so the inner loop runs over levels (the k × k
@@ -77,14 +84,9 @@ def _bmm(A, ta, B, tb, out):
     kk = A.shape[0] if ta else A.shape[1]
     for i in range(n):
         for c in range(q):
-            o = out[i, c]
-            for j in range(m1):
-                o[j] = 0.0
-            for a in range(kk):
-                x = A[a, i] if ta else A[i, a]  # rows over levels: the inner loop vectorises
-                y = B[c, a] if tb else B[a, c]
-                for j in range(m1):
-                    o[j] += x[j] * y[j]
+            out[i, c, :] = 0.0
+            for a in range(kk):  # rows over levels: the inner loop vectorises
+                _acc(out[i, c], A[a, i] if ta else A[i, a], B[c, a] if tb else B[a, c])
 
 
 @numba.njit(cache=True, inline="always")
@@ -264,14 +266,9 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
     _bmm(Tb, False, Linvs, True, G)
     for row in range(r):
         for c in range(k1):
-            out = B[c, row]
-            for j in range(m1):
-                out[j] = 0.0
+            B[c, row, :] = 0.0
             for a in range(k1):
-                arow = A21[row, a]
-                g = G[a, c]
-                for j in range(m1):
-                    out[j] += arow[j] * g[j]
+                _acc(B[c, row], A21[row, a], G[a, c])
     C = np.zeros((r, r))
     for c in range(k1):
         C += _matmul(B[c], B[c].T)
@@ -342,14 +339,9 @@ def logp_grad(x, d, grad):
     for c in range(k1):
         Bbar = 2.0 * _matmul(Cbar, B[c])  # r × m1
         for a in range(k1):
-            out = Gbar[a, c]
-            for j in range(m1):
-                out[j] = 0.0
+            Gbar[a, c, :] = 0.0
             for row in range(r):
-                arow = A21[row, a]
-                bb = Bbar[row]
-                for j in range(m1):
-                    out[j] += arow[j] * bb[j]
+                _acc(Gbar[a, c], A21[row, a], Bbar[row])
     # per level: T̄ += Ḡ L⁻¹ + 2 A T S̄,  L̄ = −L^{-T}Ḡ'G (lower) − diag(1/L),  S̄ = chol_rev(L, L̄)
     W = np.empty((k1, k1, m1))
     W2 = np.empty((k1, k1, m1))
