@@ -181,39 +181,41 @@ def vector_term_conditions(design, prior) -> list[str]:
     """The sufficient conditions of the module docstring for a model with one term (of any
     ``k``), checked on the whitened design: the list of those that fail (empty: proper).
 
-    Per level ``Z_i'Z_i``, ``Z_i'y_i`` and ``Z_i'X_i`` come from ``k² + k + kp`` bincounts
-    (``O(n)`` whatever the number of levels); ``SSE`` is the within-level regression's
-    residual sum of squares (``y − Z_ib̂_i`` on ``X_i − Z_iM_i``), which equals that of ``y`` on
-    ``[X Z]`` without forming ``Z``.
+    Per level ``Z_i'Z_i``, ``Z_i'X_i`` and ``Z_i'y_i`` are the blocks ``A11`` and ``A21`` of
+    the one-pass cross-product (:func:`hierlmm.crossprod.crossproduct`, ``O(n)`` whatever
+    the number of levels; ``X`` there divided by its column scales, which changes no
+    condition); ``SSE`` is the within-level regression's residual sum of squares
+    (``y − Z_ib̂_i`` on ``X_i − Z_iM_i``), which equals that of ``y`` on ``[X Z]`` without
+    forming ``Z``.
     """
+    import dataclasses
+
     from hierlmm.bayes.priors import hobert_casella_exponents
+    from hierlmm.crossprod import crossproduct
 
     d = design.whitened()
     (t,) = d.terms
     k, m = t.k, t.m
-    X, y, codes = d.X, d.y, t.codes
-    n, p = X.shape
+    y, codes = d.y, t.codes
+    n, p = d.X.shape
     # every condition is unchanged by Z -> ZA (A invertible: b̂_i -> A⁻¹b̂_i, M_i -> A⁻¹M_i):
     # Z's columns made orthonormal, so a covariate far from 0 or on a large scale does not
     # make Z_i'Z_i look singular in floating point
     R = np.linalg.qr(t.Z, mode="r")
     Z = t.Z @ np.linalg.pinv(R) if np.all(np.abs(np.diag(R)) > 1e-12 * np.abs(R).max()) else t.Z
     a_e = hobert_casella_exponents(prior)[1]
-
-    def sums(values):  # per level: Σ_i values (values: n × ...)
-        flat = values.reshape(n, -1)
-        return np.stack([np.bincount(codes, flat[:, j], minlength=m) for j in range(flat.shape[1])],
-                        axis=1).reshape((m,) + values.shape[1:])
-
-    ZtZ = sums(Z[:, :, None] * Z[:, None, :])
+    cp = crossproduct(dataclasses.replace(d, terms=[dataclasses.replace(t, Z=Z)]), sparse=False)
+    X = d.X / cp.x_scale
+    ZtZ = cp.A11  # m × k × k
+    bottom = np.asarray(cp.A21).reshape(p + 1, m, k)  # [X y]'Z per level
     ev = np.linalg.eigvalsh(ZtZ)
     thin = np.flatnonzero(ev[:, 0] <= 1e-10 * np.maximum(ev[:, -1], 1e-300))
     if thin.size:
         return [f"{thin.size} of the {m} levels of {t.group} (e.g. {t.levels[thin[0]]!r}) "
                 f"{'has' if thin.size == 1 else 'have'} a Z of rank "
                 f"below k = {k} (too few distinct rows), so their own estimates b̂_i are not defined"]
-    Bhat = np.linalg.solve(ZtZ, sums(Z * y[:, None])[..., None])[..., 0]  # m × k
-    M = np.linalg.solve(ZtZ, sums(Z[:, :, None] * X[:, None, :]))  # m × k × p
+    Bhat = np.linalg.solve(ZtZ, bottom[p][..., None])[..., 0]  # m × k
+    M = np.linalg.solve(ZtZ, bottom[:p].transpose(1, 2, 0))  # m × k × p
     unmet = []
 
     def rank(a):  # of the column-normalised matrix: scale-free, rounding noise not counted
