@@ -506,7 +506,7 @@ def test_flat_prior_sampling_compiles_nothing(monkeypatch):
                                            ("Pastes", "strength ~ 1 + (1 | batch/cask)"),
                                            ("Oats", "yield ~ nitro + (nitro | Variety:Block) + (1 | Block)")])
 def test_kernel_conditional_draws_are_the_core_backsolve(data, formula):
-    """The compiled exact draws of (u, β) given (σ², D) equal the core's
+    """The compiled exact draws of (u, β) given (σ², D), and b = Λ_θ u, equal the core's
     ``backsolve(noise=σz)`` with the same z, draw by draw."""
     from hierlmm.bayes import kernel
     from hierlmm.bayes.priors import Layout
@@ -519,14 +519,16 @@ def test_kernel_conditional_draws_are_the_core_backsolve(data, formula):
         warnings.simplefilter("ignore", hl.SingularFitWarning)  # Oats: a correlation at ±1
         x0, _ = start_point(model.fit(), layout)
     xs = x0 + 0.3 * np.random.default_rng(0).standard_normal((6, x0.size))
-    beta, us = kernel.conditional_draws(model.design, dev.cp, xs, np.random.default_rng(1), chunk=4)
+    beta, us, bs = kernel.conditional_draws(model.design, dev.cp, xs, np.random.default_rng(1), chunk=4)
     z = np.random.default_rng(1).standard_normal((6, model.design.q + model.design.p))
     for i in range(6):
         _, _, theta, sigma = layout.theta_sigma(xs[i])
-        b_core, u_core, _ = dev.backsolve(theta, dev.chol.factor(theta), noise=sigma * z[i])
-        np.testing.assert_allclose(beta[i], b_core, rtol=1e-9, atol=1e-9)
+        beta_core, u_core, b_core = dev.backsolve(theta, dev.chol.factor(theta), noise=sigma * z[i])
+        np.testing.assert_allclose(beta[i], beta_core, rtol=1e-9, atol=1e-9)
         for u, uc in zip(us, u_core):
             np.testing.assert_allclose(u[i], uc, rtol=1e-9, atol=1e-9)
+        for b, bc in zip(bs, b_core):
+            np.testing.assert_allclose(b[i], bc, rtol=1e-9, atol=1e-9)
 
 
 def test_kernel_on_random_models():

@@ -215,7 +215,8 @@ def _theta(x, ks, offs, neta):
 
 @numba.njit(cache=True)
 def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
-    """The blocked factor at θ: ``T``, per level ``L_j, L_j^{-1}, G_j``, ``B``, ``A22 − C``,
+    """The blocked factor at θ: ``T`` (and ``Tb``, T on every level), per level
+    ``L_j, L_j^{-1}, G_j``, ``B``, ``A22 − C``,
     ``Λ_r``, ``L22`` and ``Σ log`` of the factor's diagonal (without ``L22``'s); ``ok`` False
     when a block is not positive definite."""
     k1 = int(d[1])
@@ -250,7 +251,7 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
             S[a, a, j] += 1.0
     logdet1 = 0.0
     if not _bchol(S, Ls):
-        return False, T, Ls, Linvs, G, B, K, Lam, L22, logdet1
+        return False, T, Tb, Ls, Linvs, G, B, K, Lam, L22, logdet1
     _binv_lower(Ls, Linvs)
     # Σ log L_aa,j as the log of running products (one log per ~10² levels, not one per level:
     # the logs were a third of the forward pass at 2000 levels), renormalised before they leave
@@ -284,7 +285,7 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
     else:
         M = K.copy()
     ok = _chol(M, L22)
-    return ok, T, Ls, Linvs, G, B, K, Lam, L22, logdet1
+    return ok, T, Tb, Ls, Linvs, G, B, K, Lam, L22, logdet1
 
 
 @numba.njit(cache=True)
@@ -308,8 +309,8 @@ def logp_grad(x, d, grad):
     s = x[neta]
     sigma2 = np.exp(s)
     theta, dtheta = _theta(x, ks, offs, neta)
-    ok, T, Ls, Linvs, G, B, K, Lam, L22, logdet1 = _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src,
-                                                           A11, A21, A22)
+    ok, _, Tb, Ls, Linvs, G, B, K, Lam, L22, logdet1 = _forward(theta, d, ks, offs, lam_rows, lam_cols,
+                                                                lam_src, A11, A21, A22)
     if not ok:
         return np.nan
     logdet = d[7] + logdet1
@@ -373,11 +374,6 @@ def logp_grad(x, d, grad):
     _bmm(Linvs, True, W2, False, W)
     Sbar = np.empty((k1, k1, m1))
     _bmm(W, False, Linvs, False, Sbar)
-    Tb = np.empty((k1, k1, m1))
-    for a in range(k1):
-        for c in range(k1):
-            for j in range(m1):
-                Tb[a, c, j] = T[a, c]
     _bmm(A11, False, Tb, False, W)
     _bmm(W, False, Sbar, False, W2)
     for a in range(k1):
@@ -451,10 +447,11 @@ def logp_grad(x, d, grad):
 
 
 @numba.njit(cache=True)
-def draws(xs, d, z, beta, u):
+def draws(xs, d, z, beta, u, bout):
     """Per row i of ``xs``: ``(u, β) = L₋^{-T}(c + σ z_i)`` (``z_i``: the first term's ``q1``
-    entries, then the rest's ``q_r + p``), into ``beta[i]`` (on ``X``'s scale) and ``u[i]``
-    (every term's spherical effects, in term order). False if a factor fails."""
+    entries, then the rest's ``q_r + p``), into ``beta[i]`` (on ``X``'s scale), ``u[i]``
+    (every term's spherical effects, in term order) and ``bout[i] = Λ_θ u[i]``. False if a
+    factor fails."""
     k1 = int(d[1])
     m1 = int(d[2])
     r = int(d[3])
@@ -468,8 +465,8 @@ def draws(xs, d, z, beta, u):
         x = xs[i]
         sigma = np.exp(0.5 * x[neta])
         theta, _ = _theta(x, ks, offs, neta)
-        ok, T, Ls, Linvs, G, B, K, Lam, L22, _ = _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src,
-                                                          A11, A21, A22)
+        ok, T, _, Ls, _, _, B, _, Lam, L22, _ = _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src,
+                                                         A11, A21, A22)
         if not ok:
             return False
         # L21 = Λ_r'B (r × q1, per level and column c: L21[:, j k1 + c] = Λ_r' B[c][:, j])
@@ -504,6 +501,18 @@ def draws(xs, d, z, beta, u):
             u[i, q1 + a] = w2[a]
         for a in range(p):
             beta[i, a] = w2[qr + a] / x_scale[a]
+        # b = Λ_θ u: T u_j per level of the first term, the rest block of Λ_r on the others
+        for j in range(m1):
+            for a in range(k1):
+                v = 0.0
+                for c in range(a + 1):
+                    v += T[a, c] * u[i, j * k1 + c]
+                bout[i, j * k1 + a] = v
+        for a in range(qr):
+            v = 0.0
+            for c in range(qr):
+                v += Lam[a, c] * u[i, q1 + c]
+            bout[i, q1 + a] = v
     return True
 
 

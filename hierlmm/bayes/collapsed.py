@@ -61,22 +61,13 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
     blocked factor (:meth:`hierlmm.deviance.Deviance.backsolve`), or, where the compiled
     kernel applies, the same computation in compiled code
     (:func:`hierlmm.bayes.kernel.conditional_draws`; 4000 draws of sleepstudy in 0.02 s
-    instead of 0.8 s); then ``b = Λ_θ u``."""
+    instead of 0.8 s)."""
     from hierlmm.bayes import kernel
 
     design = deviance.design
     nd = x_draws.shape[0]
-    if kernel.supported(design, deviance.cp, "flat"):
-        betas, us = kernel.conditional_draws(design, deviance.cp, x_draws, rng)
-        sigma = np.exp(0.5 * x_draws[:, layout.n_eta])
-        bs = []
-        for t, sl, (pos, _), u in zip(design.terms, layout.slices, layout.diag, us):
-            v = np.array(x_draws[:, sl], dtype=float)
-            v[:, pos] = np.exp(v[:, pos])
-            T = np.zeros((nd, t.k, t.k))
-            cols, rows = np.triu_indices(t.k)
-            T[:, rows, cols] = v / sigma[:, None]  # θ's order: lower triangle, column by column
-            bs.append(np.einsum("dmk,dlk->dml", u, T))
+    if kernel.supported(design, deviance.cp):
+        betas, _, bs = kernel.conditional_draws(design, deviance.cp, x_draws, rng)
         return betas, bs
     size = design.q + design.p
     betas = np.empty((nd, design.p))

@@ -46,12 +46,12 @@ def _prior_code(prior):
     return _PRIORS.get(prior) if isinstance(prior, str) else None
 
 
-def supported(design, cp, prior) -> bool:
-    """Whether the compiled kernel covers this model and prior: the first term with at most 4
-    effects per level, a dense block of at most ``_MAX_R`` rows (``A21`` is used dense: at most
-    ``r × q1`` numbers), and ``flat``, ``flat_sd`` or a resolved
-    :class:`~hierlmm.bayes.WeaklyInformative` prior."""
-    return (_prior_code(prior) is not None and design.terms[0].k <= 4 and cp.r <= _MAX_R
+def supported(design, cp, prior=None) -> bool:
+    """Whether the compiled kernel covers this model: the first term with at most 4 effects
+    per level, a dense block of at most ``_MAX_R`` rows (``A21`` is used dense: at most
+    ``r × q1`` numbers); and, if ``prior`` is given (the log-density; the exact draws need
+    none), ``flat``, ``flat_sd`` or a resolved :class:`~hierlmm.bayes.WeaklyInformative`."""
+    return ((prior is None or _prior_code(prior) is not None) and design.terms[0].k <= 4 and cp.r <= _MAX_R
             and cp.r * cp.A11.shape[0] * cp.A11.shape[1] <= 4_000_000)
 
 
@@ -105,27 +105,29 @@ def logp_grad(x: np.ndarray, buf: np.ndarray) -> tuple[float, np.ndarray]:
 
 def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
     """For each unconstrained draw (rows of ``x_draws``), one exact draw of ``(u, β) | σ², D, y``,
-    ``L₋^{-T}(c + σz)`` through the blocked factor (what
-    :meth:`hierlmm.deviance.Deviance.backsolve` does with ``noise=σz``), all in compiled
-    code: ``β`` (draws × p) and ``u`` per term (draws × m × k). ``rng`` gives ``z``, in chunks
-    of ``chunk`` draws."""
+    ``L₋^{-T}(c + σz)`` through the blocked factor, and ``b = Λ_θ u``: what
+    :meth:`hierlmm.deviance.Deviance.backsolve` returns with ``noise=σz``, all in compiled
+    code: ``β`` (draws × p), then ``u`` and ``b`` per term (draws × m × k). ``rng`` gives ``z``,
+    in chunks of ``chunk`` draws."""
     k = _build()
-    buf = pack(design, cp, "flat")
+    buf = pack(design, cp, "flat")  # the prior does not enter the draws
     nd = x_draws.shape[0]
     size = design.q + design.p
     beta = np.empty((nd, design.p))
     u = np.empty((nd, design.q))
+    b = np.empty((nd, design.q))
     for start in range(0, nd, chunk):
         stop = min(nd, start + chunk)
         z = rng.standard_normal((stop - start, size))
         if not k["draws"](np.ascontiguousarray(x_draws[start:stop], dtype=float), buf, z,
-                          beta[start:stop], u[start:stop]):
+                          beta[start:stop], u[start:stop], b[start:stop]):
             raise FloatingPointError("the penalised system is not positive definite at a posterior draw")
-    us, at = [], 0
+    us, bs, at = [], [], 0
     for t in design.terms:
         us.append(u[:, at:at + t.q].reshape(nd, t.m, t.k))
+        bs.append(b[:, at:at + t.q].reshape(nd, t.m, t.k))
         at += t.q
-    return beta, us
+    return beta, us, bs
 
 
 def compiled_model(design, cp, prior, x0):
