@@ -163,22 +163,32 @@ def level_blocks(term: ReTerm) -> np.ndarray:
     return A11
 
 
+def sparse_a21(nnz: int, r: int, q1: int) -> bool:
+    """Store ``A21`` (``r x q1``, ``nnz`` non-zeros) sparse: unless small and not sparse."""
+    return not (r * q1 <= _DENSE_A21_MAX and nnz > 0.25 * r * q1)
+
+
 def x_scale(X: np.ndarray) -> np.ndarray:
     """Root mean square of each column of ``X`` (1 for a column of zeros)."""
     rms = np.sqrt(np.mean(X * X, axis=0)) if X.shape[0] else np.ones(X.shape[1])
     return np.where(rms > 0, rms, 1.0)
 
 
-def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
+def crossproduct(design: Design, sparse: bool | None = None, scale: np.ndarray | None = None) -> CrossProduct:
     """One pass over the data: the blocks of ``A`` for this design.
 
     ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
+    ``scale``: the ``s_j`` to divide ``X``'s columns by (default their root mean square; ones
+    for the partial sums of :mod:`hierlmm.partitioned`, scaled once after the reduction). A
+    design whose rows are not in memory has its ``A`` already (reduced over its partitions).
     """
+    if not design.rows:
+        return design.source.crossproduct(sparse)
     log_weights = design.log_weights
     design = design.whitened()
     first, rest = design.terms[0], design.terms[1:]
     X, y = design.X, design.y
-    scale = x_scale(X)
+    scale = x_scale(X) if scale is None else scale
     # [X̃ y] = [X S⁻¹ y] is never formed (at 10⁷ rows a copy of X): products with X are
     # divided by S afterwards
     unscale = np.append(1.0 / scale, 1.0)
@@ -205,9 +215,8 @@ def crossproduct(design: Design, sparse: bool | None = None) -> CrossProduct:
     A22[:q_rest, q_rest:] = ZrXY
     A22[q_rest:, :q_rest] = ZrXY.T
     A22[q_rest:, q_rest:] = XYtXY
-    nnz = top.nnz + bottom.size
     if sparse is None:
-        sparse = not (r * first.q <= _DENSE_A21_MAX and nnz > 0.25 * r * first.q)
+        sparse = sparse_a21(top.nnz + bottom.size, r, first.q)
     if not sparse:
         A21 = np.vstack([top.toarray(), bottom])
     else:

@@ -21,9 +21,52 @@ from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.reterms import ReTerm
 from hierlmm.rsyntax import formula_context, python_attribute, r_name, to_formulaic
 
-__all__ = ["Design", "build_design"]
+__all__ = ["Design", "NoRows", "build_design"]
 
 _PANDAS_MAJOR = int(pd.__version__.split(".")[0])
+
+
+class NoRows:
+    """Stands in for a per-row array (``y``, ``X``, a term's ``Z`` or codes, weights) of a design
+    whose rows are not in memory (a Dask DataFrame, :mod:`hierlmm.partitioned`): it knows its
+    shape, and anything that reads its values raises a :class:`~hierlmm.errors.DataError` that
+    says so. A method that needs the rows can therefore never run on an empty or stale array."""
+
+    __array_ufunc__ = None  # numpy defers to the operators below, which refuse
+
+    def __init__(self, shape):
+        self.shape = tuple(int(s) for s in shape)
+        self.ndim = len(self.shape)
+
+    def _refuse(self, *args, **kwargs):
+        raise DataError(
+            "this needs the data's rows, and the model's rows are in a Dask DataFrame, not in memory. On "
+            "Dask data hierlmm works on the reduced cross-product: fit(), summary(), fixef, vcov, varcorr, "
+            "ranef() and ranef_posterior(), coef_table(ddf='satterthwaite'), confint(method='profile' or "
+            "'wald'), sample(); fitted() and residuals() are lazy dask Series. Kenward-Roger, anova() and "
+            "emmeans() (Type III contrasts and reference grids), bootstrap, simulate, refit, r2 and plots of "
+            "the rows need every row: fit those on a sample of the data in pandas")
+
+    def __array__(self, *args, **kwargs):
+        self._refuse()
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._refuse()
+
+    __getitem__ = __iter__ = __matmul__ = __rmatmul__ = __mul__ = __rmul__ = __add__ = __radd__ = _refuse
+    __sub__ = __rsub__ = __truediv__ = __rtruediv__ = __pow__ = __neg__ = __eq__ = __lt__ = __gt__ = _refuse
+    __hash__ = object.__hash__
+
+    def __reduce__(self):
+        return (NoRows, (self.shape,))
+
+    def __repr__(self) -> str:
+        return f"NoRows{self.shape}"
 
 
 @dataclass(eq=False)
@@ -81,6 +124,14 @@ class Design:
     offset: np.ndarray | None = None
     weights_argument: object = None  # weights= as given: a column name, an array, or None
     offset_argument: object = None  # offset= as given: a column name, an array, or None
+    # rows beyond memory: the partitioned source (hierlmm.partitioned.Source) holding the Dask
+    # frame and the reduced cross-product; y, X, the terms' Z and codes are then NoRows
+    source: object = None
+
+    @property
+    def rows(self) -> bool:
+        """The rows are in memory (``False`` for a model on a Dask DataFrame)."""
+        return self.source is None
 
     @property
     def n(self) -> int:
@@ -105,6 +156,12 @@ class Design:
             out.append(slice(start, start + t.n_theta))
             start += t.n_theta
         return out
+
+    @property
+    def response_sd(self) -> float:
+        """The SD of the response (``n`` denominator) on the data's scale (no weights, no
+        offset); of a design on a Dask DataFrame from the sums of its partitions."""
+        return float(np.std(self.y)) if self.rows else self.source.y_sd
 
     @property
     def response(self) -> str:
@@ -152,8 +209,11 @@ class Design:
     def with_offset(self, j: int, value: float) -> Design:
         """β_j fixed at ``value``: column j of X dropped and ``value · x_j`` subtracted from y
         (a fixed effect's profile)."""
+        names = [n for i, n in enumerate(self.fixef_names) if i != j]
+        if not self.rows:  # only the layout changes; the cross-product does the rest
+            return dataclasses.replace(self, X=NoRows((self.n, self.p - 1)), fixef_names=names)
         return dataclasses.replace(self, y=self.y - value * self.X[:, j], X=np.delete(self.X, j, axis=1),
-                                   fixef_names=[n for i, n in enumerate(self.fixef_names) if i != j])
+                                   fixef_names=names)
 
     def offset_on(self, data: pd.DataFrame) -> np.ndarray | None:
         """The offset on (new) data: the formula's ``offset()`` terms plus the ``offset=``
@@ -325,16 +385,20 @@ def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
     cont = [j for j in range(X.shape[1]) if not np.all(np.isin(X[:, j], (0.0, 1.0)))]
     if not cont or X.shape[0] < 2:
         return
-    sd = X[:, cont].std(axis=0, ddof=1)
+    warn_scales([names[j] for j in cont], X[:, cont].std(axis=0, ddof=1), tol)
+
+
+def warn_scales(names: list[str], sd: np.ndarray, tol: float = 1e3) -> None:
+    """The warning of :func:`_check_scales`, given the non-indicator columns and their SDs."""
     if not np.any(sd > 0):
         return
     logs = np.log(sd[sd > 0])
     if np.ptp(logs) > np.log(tol) or np.max(np.abs(logs)) > np.log(tol):
-        listed = ", ".join(f"{names[j]} (sd {s:.3g})" for j, s in zip(cont, sd))
+        listed = ", ".join(f"{name} (sd {s:.3g})" for name, s in zip(names, sd))
         warnings.warn(
             f"Some predictor variables are on very different scales: {listed}; consider rescaling",
             ScaleWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
 
@@ -371,6 +435,90 @@ def _offset(parsed: ParsedFormula, frame: pd.DataFrame, extra: np.ndarray | None
     if not np.all(np.isfinite(out)):
         raise DataError("the offset has non-finite values (" + ", ".join(f"offset({e})" for e in parsed.offsets) + ")")
     return out
+
+
+def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: list[str]) -> ReTerm:
+    """The term ``spec`` on ``frame``: its ``Z`` columns (the fast path or formulaic), given the
+    level codes of every row and the level labels."""
+    simple = simple_columns(spec.expr, frame)
+    if simple is not None:
+        (Z, znames), zspec = simple, None
+    else:
+        zmm = _model_matrix(to_formulaic(spec.expr, ordered), frame, f"random-effects term {spec.source}")
+        Z, znames, zspec = np.ascontiguousarray(zmm, dtype=float), [r_name(c) for c in zmm.columns], zmm.model_spec
+    if Z.shape[1] == 0:
+        raise FormulaError(f"random-effects term {spec.source} has no columns")
+    return ReTerm(group=spec.group, factors=spec.factors, expr=spec.expr, codes=codes, levels=levels, Z=Z,
+                  names=znames, source=spec.source, model_spec=zspec)
+
+
+def check_term(term: ReTerm, n: int) -> None:
+    """lme4's checks of a term's levels against the ``n`` observations."""
+    if term.m < 2:
+        raise DataError(
+            f"grouping factor {term.group!r} of {term.source} has a single level "
+            f"({term.levels[0]!r}); grouping factors must have > 1 sampled level"
+        )
+    if term.m >= n:
+        raise DataError(
+            f"grouping factor {term.group!r} of {term.source} has {term.m} levels for {n} "
+            "observations: the number of levels of each grouping factor must be < number "
+            "of observations"
+        )
+    if n <= term.q:
+        raise DataError(
+            f"number of observations (={n}) <= number of random effects (={term.q}) for "
+            f"term {term.source}; the random-effects parameters and the residual variance "
+            "are probably unidentifiable"
+        )
+
+
+def order_terms(terms: list[ReTerm]) -> list[ReTerm]:
+    """lme4's order, by decreasing number of levels (stable), and unique labels
+    (``Subject``, ``Subject.1``)."""
+    order = sorted(range(len(terms)), key=lambda i: -terms[i].m)
+    terms = [terms[i] for i in order]
+    seen: dict[str, int] = {}
+    for t in terms:
+        count = seen.get(t.group, 0)
+        t.label = t.group if count == 0 else f"{t.group}.{count}"
+        seen[t.group] = count + 1
+    return terms
+
+
+def used_columns(parsed: ParsedFormula, columns, extra_columns=()) -> tuple[set[str], set[str]]:
+    """The data columns a model uses and, of those, the covariates (not the response, not only
+    a grouping factor); a column the formula names that is not in ``columns`` is an error that
+    names the term it appears in."""
+    formula = parsed.formula
+    # which columns does each piece use?
+    fixed_vars = _required(parsed.fixed_formula, "fixed part", columns)
+    used = set(fixed_vars)
+    for spec in parsed.random:
+        used |= _required(spec.expr, f"random-effects term {spec.source}", columns)
+    for expr in parsed.offsets:
+        used |= _required(f"I({expr})", f"offset({expr})", columns)
+    covariates = used - {parsed.response}  # grouping factors may be of any type
+    for spec in parsed.random:
+        used |= set(spec.factors)
+    absent = [c for c in extra_columns if c not in columns]
+    if absent:
+        raise DataError(
+            f"column(s) {', '.join(map(repr, absent))} needed by the residual correlation structure "
+            f"are not in the data; the data has {', '.join(map(str, columns))}"
+        )
+    used |= set(extra_columns)
+    missing = sorted(v for v in used if v not in columns)
+    if missing:
+        where = []
+        for v in missing:
+            pieces = [s.source for s in parsed.random if v in s.factors or v in _required(s.expr, "", columns)]
+            where.append(f"{v!r} (in {pieces[0]})" if pieces else repr(v))
+        raise FormulaError(
+            f"formula {formula!r} refers to column(s) not in the data: {', '.join(where)}; "
+            f"the data has {', '.join(map(str, columns))}"
+        )
+    return used, covariates
 
 
 def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=None,
@@ -421,33 +569,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         raise FormulaError("weights and offsets are not available with a residual correlation structure or the "
                            "marginal formulation (only for the hierarchical model with independent residuals)")
 
-    # which columns does each piece use?
-    fixed_vars = _required(parsed.fixed_formula, "fixed part", data.columns)
-    used = set(fixed_vars)
-    for spec in parsed.random:
-        used |= _required(spec.expr, f"random-effects term {spec.source}", data.columns)
-    for expr in parsed.offsets:
-        used |= _required(f"I({expr})", f"offset({expr})", data.columns)
-    covariates = used - {parsed.response}  # grouping factors may be of any type
-    for spec in parsed.random:
-        used |= set(spec.factors)
-    absent = [c for c in extra_columns if c not in data.columns]
-    if absent:
-        raise DataError(
-            f"column(s) {', '.join(map(repr, absent))} needed by the residual correlation structure "
-            f"are not in the data; the data has {', '.join(map(str, data.columns))}"
-        )
-    used |= set(extra_columns)
-    missing = sorted(v for v in used if v not in data.columns)
-    if missing:
-        where = []
-        for v in missing:
-            pieces = [s.source for s in parsed.random if v in s.factors or v in _required(s.expr, "", data.columns)]
-            where.append(f"{v!r} (in {pieces[0]})" if pieces else repr(v))
-        raise FormulaError(
-            f"formula {formula!r} refers to column(s) not in the data: {', '.join(where)}; "
-            f"the data has {', '.join(map(str, data.columns))}"
-        )
+    used, covariates = used_columns(parsed, data.columns, extra_columns)
 
     cols = [c for c in data.columns if c in used]
     _check_column_types(data, cols, parsed.response, covariates)
@@ -513,53 +635,10 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     n = len(y)
     for spec in parsed.random:
         codes, levels = _grouping_codes(frame, spec)
-        simple = simple_columns(spec.expr, frame)
-        if simple is not None:
-            (Z, znames), zspec = simple, None
-        else:
-            zmm = _model_matrix(to_formulaic(spec.expr, ordered), frame, f"random-effects term {spec.source}")
-            Z, znames, zspec = (np.ascontiguousarray(zmm, dtype=float), [r_name(c) for c in zmm.columns],
-                                zmm.model_spec)
-        if Z.shape[1] == 0:
-            raise FormulaError(f"random-effects term {spec.source} has no columns")
-        term = ReTerm(
-            group=spec.group,
-            factors=spec.factors,
-            expr=spec.expr,
-            codes=codes,
-            levels=levels,
-            Z=Z,
-            names=znames,
-            source=spec.source,
-            model_spec=zspec,
-        )
-        if term.m < 2:
-            raise DataError(
-                f"grouping factor {spec.group!r} of {spec.source} has a single level "
-                f"({levels[0]!r}); grouping factors must have > 1 sampled level"
-            )
-        if term.m >= n:
-            raise DataError(
-                f"grouping factor {spec.group!r} of {spec.source} has {term.m} levels for {n} "
-                "observations: the number of levels of each grouping factor must be < number "
-                "of observations"
-            )
-        if n <= term.q:
-            raise DataError(
-                f"number of observations (={n}) <= number of random effects (={term.q}) for "
-                f"term {spec.source}; the random-effects parameters and the residual variance "
-                "are probably unidentifiable"
-            )
+        term = make_term(spec, frame, ordered, codes, levels)
+        check_term(term, n)
         terms.append(term)
-
-    # lme4's order: by decreasing number of levels (stable)
-    order = sorted(range(len(terms)), key=lambda i: -terms[i].m)
-    terms = [terms[i] for i in order]
-    seen: dict[str, int] = {}
-    for t in terms:
-        count = seen.get(t.group, 0)
-        t.label = t.group if count == 0 else f"{t.group}.{count}"
-        seen[t.group] = count + 1
+    terms = order_terms(terms)
 
     return Design(
         parsed=parsed,

@@ -48,6 +48,10 @@ class LMM:
     offset : str or array_like, optional
         A known term of the linear predictor, a column name or one number per row, added to
         the formula's ``offset(expr)`` terms (e.g. ``offset(log(exposure))``).
+    progress : bool, optional
+        For a Dask DataFrame ``data``: a progress bar over its partitions (default: when
+        interactive). The data are read once or twice, never held in memory: the fit and the
+        collapsed sampler work on the reduced cross-product (:mod:`hierlmm.partitioned`).
 
     Examples
     --------
@@ -59,7 +63,7 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, residual=None, formulation: str = "hierarchical",
-                 weights=None, offset=None):
+                 weights=None, offset=None, progress: bool | None = None):
         from hierlmm.residual import ResidualCorrelation
 
         if formulation not in ("hierarchical", "marginal"):
@@ -69,11 +73,30 @@ class LMM:
                 "residual must be a correlation structure such as hl.AR1(), hl.Exponential(time='t'), "
                 f"hl.GaussianCorr(time='t') or hl.CompoundSymmetry(); got {residual!r}"
             )
+        from hierlmm.partitioned import build_partitioned_design, is_dask
+
         self.formula = formula
         self.data = data
-        self.design: Design = build_design(formula, data, residual=residual, formulation=formulation,
-                                           weights=weights, offset=offset)
+        if is_dask(data):
+            self.design: Design = build_partitioned_design(formula, data, residual=residual, formulation=formulation,
+                                                           weights=weights, offset=offset, progress=progress)
+        else:
+            self.design = build_design(formula, data, residual=residual, formulation=formulation, weights=weights,
+                                       offset=offset)
         self._deviance: dict[bool, Deviance] = {}
+
+    @classmethod
+    def from_parquet(cls, formula: str, path, progress: bool | None = None, **kwargs) -> LMM:
+        """A model on Parquet data that need not fit in memory: ``path`` (a file, a directory or a
+        glob, local or any fsspec URL) is read by ``dask.dataframe.read_parquet`` (further keyword
+        arguments that :class:`LMM` does not take go there), only the formula's columns. Needs the
+        ``dask`` extra. With a ``dask.distributed`` Client open the work runs on its cluster."""
+        try:
+            import dask.dataframe as dd
+        except ImportError:
+            raise HierlmmError("from_parquet() needs Dask: pip install 'hierlmm[dask]'") from None
+        own = {k: kwargs.pop(k) for k in ("residual", "formulation", "weights", "offset") if k in kwargs}
+        return cls(formula, dd.read_parquet(path, **kwargs), progress=progress, **own)
 
     levels = None  # the level-wise statement (LevelSpec) of a model built by from_levels()
 
@@ -117,10 +140,11 @@ class LMM:
         ----------
         what : str
             The method, as the user called it (``"Kenward-Roger"``, ``"simulate()"``).
-        needs : {"iid", "b"}
+        needs : {"iid", "b", "rows"}
             ``"iid"``: the hierarchical model with independent residuals (the blocked
             cross-product engine: profiles, bootstrap, Kenward–Roger, simulate, ranova, the
-            Bayesian side); ``"b"``: random effects ``b`` exist (not the marginal formulation).
+            Bayesian side); ``"b"``: random effects ``b`` exist (not the marginal formulation);
+            ``"rows"``: the data's rows in memory (not a Dask DataFrame).
         instead : str
             What the user can do instead.
 
@@ -129,7 +153,13 @@ class LMM:
         HierlmmError
         """
         why = None
-        if self.formulation == "marginal":
+        if needs == "rows":
+            if not self.design.rows:
+                why = ("it needs every row in memory, and this model's rows are in a Dask DataFrame (it is fitted "
+                       "from the reduced cross-product)")
+                instead = instead or ("for it, fit the model to rows in memory (a pandas DataFrame, e.g. "
+                                      "ddf.sample(frac=0.01).compute())")
+        elif self.formulation == "marginal":
             why = ("the model is in the marginal formulation (formulation='marginal'): it estimates "
                    "V = ZDZ' + σ²I with D possibly indefinite, so no random effect b stands behind it")
         elif needs == "iid" and self.residual is not None:

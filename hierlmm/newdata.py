@@ -15,7 +15,7 @@ import pandas as pd
 
 from hierlmm.errors import DataError
 
-__all__ = ["NewData", "new_data", "term_columns"]
+__all__ = ["NewData", "new_data", "predict_frame", "term_columns"]
 
 
 @dataclass
@@ -59,7 +59,10 @@ def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
         unknown = sorted(set(values[values.notna() & ~values.isin(cats)].astype(str)))
         if unknown:
             raise DataError(f"newdata column {c!r} has level(s) not in the fit: {', '.join(unknown)}")
-        newdata[c] = pd.Categorical(values, categories=cats)
+        if isinstance(values.dtype, pd.CategoricalDtype):  # its other categories are unused (checked above)
+            newdata[c] = values.cat.set_categories(cats).cat.as_unordered()
+        else:
+            newdata[c] = pd.Categorical(values, categories=cats)
     return newdata
 
 
@@ -82,19 +85,33 @@ def new_data(design, newdata: pd.DataFrame, random: bool = True, allow_new_level
             missing = [f for f in t.factors if f not in newdata.columns]
             if missing:
                 raise DataError(f"newdata lacks grouping column(s) {', '.join(missing)} of {t.source}")
-            labels = newdata[list(t.factors)].astype(str).agg(":".join, axis=1)
+            parts = [newdata[f].astype(str).to_numpy(dtype=object) for f in t.factors]
+            labels = parts[0] if len(parts) == 1 else np.array([":".join(v) for v in zip(*parts)], dtype=object)
             lookup = pd.Series(np.arange(t.m), index=t.levels)
-            c = lookup.reindex(labels.to_numpy()).to_numpy()
+            c = lookup.reindex(labels).to_numpy(dtype=float)
             seen = ~np.isnan(c)
             if not allow_new_levels and not seen.all():
-                new = list(dict.fromkeys(labels.to_numpy()[~seen]))
+                new = list(dict.fromkeys(labels[~seen]))
                 raise DataError(
                     f"newdata has level(s) of {t.group!r} not in the fit: "
                     f"{', '.join(map(repr, new[:5]))}{' ...' if len(new) > 5 else ''}; "
                     "allow_new_levels=True predicts them at the population level (b = 0)")
-            unseen = pd.factorize(labels.to_numpy()[~seen])[0]
+            unseen = pd.factorize(labels[~seen])[0]
             full = np.nan_to_num(c).astype(np.int64)
             full[~seen] = -1 - unseen
             codes.append(full)
             Zs.append(term_columns(t, newdata))
     return NewData(X=X, offset=design.offset_on(newdata), codes=codes, Z=Zs, index=newdata.index)
+
+
+def predict_frame(design, beta: np.ndarray, b, newdata: pd.DataFrame, conditional: bool,
+                  allow_new_levels: bool) -> pd.Series:
+    """``Xβ + o (+ Zb)`` on ``newdata``: a level the fit has not seen gets ``b = 0`` for its term."""
+    nd = new_data(design, newdata, random=conditional, allow_new_levels=allow_new_levels)
+    mu = nd.X @ beta
+    if nd.offset is not None:
+        mu = mu + nd.offset
+    for codes, Z, bt in zip(nd.codes, nd.Z, b):
+        seen = codes >= 0
+        mu[seen] += np.einsum("ik,ik->i", Z[seen], bt[codes[seen]])
+    return pd.Series(mu, index=nd.index, name="predicted")

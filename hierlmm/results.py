@@ -365,6 +365,7 @@ class LMMResult:
         response's row is computed again."""
         import copy
 
+        self.model.require("refit()", needs="rows")
         self.model.require("refit()", instead="use update(data=...) with the new response in the data")
         y = np.asarray(y, dtype=float).ravel()
         if y.shape != (self.nobs,):
@@ -393,6 +394,7 @@ class LMMResult:
         dict
             ``{"marginal": R²_m, "conditional": R²_c}``
         """
+        self.model.require("r2()", needs="rows")
         self.model.require("r2()", instead="it needs independent residuals and a covariance D per term")
         d = self.design
         if d.weights is not None:
@@ -437,6 +439,8 @@ class LMMResult:
         """Fitted values: ``Xβ̂ + Zb̂`` (conditional) or ``Xβ̂`` (marginal), plus the offset if
         the model has one (as lme4), in data order."""
         kind = _check_kind(kind)
+        if not self.design.rows:  # a Dask DataFrame: a lazy Series, partition by partition
+            return self.design.source.per_row(self, "fitted", kind)
         mu = self.design.X @ self.solution.beta
         if self.design.offset is not None:
             mu = mu + self.design.offset
@@ -448,7 +452,10 @@ class LMMResult:
 
     def residuals(self, kind: str = "conditional", scaled: bool = False) -> pd.Series:
         """Response minus fitted values; ``scaled=True`` gives lme4's scaled Pearson residuals,
-        ``√w_i (y_i − ŷ_i) / σ̂`` (``w_i`` the prior weights, 1 without)."""
+        ``√w_i (y_i − ŷ_i) / σ̂`` (``w_i`` the prior weights, 1 without). On a Dask DataFrame,
+        fitted values and residuals are lazy Dask Series, computed partition by partition."""
+        if not self.design.rows:
+            return self.design.source.per_row(self, "residuals", _check_kind(kind), scaled)
         r = self.design.y - self.fitted(kind).to_numpy()
         if scaled:
             r = r / self.sigma
@@ -476,7 +483,7 @@ class LMMResult:
         A model's offset (``offset()`` terms, ``offset=`` as a column name) is evaluated on
         ``newdata`` and added, as lme4's ``predict``.
         """
-        from hierlmm.newdata import new_data
+        from hierlmm.newdata import predict_frame
 
         kind = _check_kind(kind)
         if newdata is None:
@@ -484,26 +491,22 @@ class LMMResult:
         conditional = kind == "conditional"
         if conditional:
             self.model.require("the conditional prediction", needs="b", instead="use kind='marginal'")
-        nd = new_data(self.design, newdata, random=conditional, allow_new_levels=allow_new_levels)
-        mu = nd.X @ self.solution.beta
-        if nd.offset is not None:
-            mu = mu + nd.offset
-        for codes, Z, b in zip(nd.codes, nd.Z, self.solution.b):
-            seen = codes >= 0
-            mu[seen] += np.einsum("ik,ik->i", Z[seen], b[codes[seen]])
-        return pd.Series(mu, index=nd.index, name="predicted")
+        return predict_frame(self.design, self.solution.beta, self.solution.b, newdata, conditional,
+                             allow_new_levels)
 
     def marginal_cov(self, level, group: str | None = None) -> pd.DataFrame:
         """The implied ``V_i = Z_i D Z_i' + σ² R_i`` for the rows of one level (see
         :func:`hierlmm.implied.marginal_cov`), labelled by those rows."""
         from hierlmm.implied import marginal_cov
 
+        self.model.require("marginal_cov()", needs="rows")
         return marginal_cov(self, level, group)
 
     def marginal_corr(self, level, group: str | None = None) -> pd.DataFrame:
         """The correlation matrix of :meth:`marginal_cov`."""
         from hierlmm.implied import marginal_corr
 
+        self.model.require("marginal_corr()", needs="rows")
         return marginal_corr(self, level, group)
 
     def icc(self) -> pd.Series:
@@ -555,6 +558,8 @@ class LMMResult:
         """
         from hierlmm.inference.ftests import anova_table
 
+        self.model.require("anova()", needs="rows", instead="its contrasts and F tests need X; the t tests of "
+                           "coef_table() work, and drop1() compares ML fits from the cross-product")
         return anova_table(self, type=type, ddf=ddf)
 
     def emmeans(self, specs, by=None, at: dict | None = None, ddf: str = "kenward-roger", level: float = 0.95,
@@ -566,12 +571,15 @@ class LMMResult:
         df), ``"satterthwaite"`` or ``"asymptotic"``. See :mod:`hierlmm.inference.emmeans`."""
         from hierlmm.inference.emmeans import emmeans
 
+        self.model.require("emmeans()", needs="rows")
         return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level, pairwise=pairwise, adjust=adjust)
 
     def ranova(self) -> pd.DataFrame:
         """Likelihood-ratio tests that reduce each random term in turn (lmerTest's ``ranova``)."""
         from hierlmm.inference.lrt import ranova
 
+        self.model.require("ranova()", needs="rows", instead="fit the reduced models with hl.LMM on the same Dask "
+                           "DataFrame and compare them with hl.anova(small, big)")
         return ranova(self)
 
     def confint(self, method: str = "profile", level: float = 0.95, **kwargs) -> pd.DataFrame:
@@ -601,6 +609,7 @@ class LMMResult:
         :func:`hierlmm.inference.simulate.simulate`."""
         from hierlmm.inference.simulate import simulate
 
+        self.model.require("simulate()", needs="rows")
         draws = simulate(self, n=n, random_seed=random_seed)
         return pd.DataFrame(draws.T, index=self.design.data.index, columns=[f"sim_{i + 1}" for i in range(n)])
 

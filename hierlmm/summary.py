@@ -110,7 +110,12 @@ class Summary:
         lines.append("")
         return lines
 
+    _NO_ROWS = ("not computed: the rows are in a Dask DataFrame (their quantiles need another pass; "
+                "fit.residuals(scaled=True) is a lazy Dask Series)")
+
     def _residual_lines(self) -> list[str]:
+        if not self.fit.design.rows:
+            return [f"Scaled residuals: {self._NO_ROWS}", ""]
         header, rows = self._residual_cells()
         return ["Scaled residuals:", _table(rows, header, 0), ""]
 
@@ -233,7 +238,8 @@ class Summary:
         corr = self._corr_cells()
         parts = [
             f"<div class='hierlmm-summary'><pre>{head}</pre>",
-            "<h4>Scaled residuals</h4>", _html(*self._residual_cells()),
+            "<h4>Scaled residuals</h4>",
+            _html(*self._residual_cells()) if fit.design.rows else f"<p>{html.escape(self._NO_ROWS)}</p>",
             "<h4>Random effects</h4>", _html(*self.random_table()),
             f"<p>Number of obs: {fit.nobs}; groups: {html.escape(groups)}</p>",
             "<h4>Fixed effects</h4>", _html(fixed_header, fixed_rows),

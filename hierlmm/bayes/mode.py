@@ -71,18 +71,28 @@ class PosteriorMode:
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
 
-def _neutral_start(design, layout):
-    """OLS residual variance split evenly between σ² and each term: no REML involved."""
-    design = design.whitened()
-    X, y = design.X, design.y
-    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
-    v = float(resid @ resid / max(len(y) - X.shape[1], 1))
+def _neutral_start(design, layout, cp):
+    """OLS residual variance split evenly between σ² and each term: no REML involved. From
+    the cross-product ``A`` (whatever the number of rows): the residual sum of squares
+    ``y'y − y'X(X'X)⁻¹X'y`` and each term's ``mean_i |z_i|² = tr(Z_t'Z_t)/n``."""
+    v = max(_ols(cp)[1], 0.0) / max(design.n - design.p, 1)
     share = v / (len(design.terms) + 1)
-    Ls = []
-    for t in design.terms:
-        scale = np.sqrt(share / max(np.mean(np.sum(t.Z**2, axis=1)), 1e-12))
-        Ls.append(np.eye(t.k) * scale)
+    traces = [float(np.einsum("mkk->", cp.A11))]
+    start = 0
+    for t in design.terms[1:]:
+        traces.append(float(np.trace(cp.A22[start:start + t.q, start:start + t.q])))
+        start += t.q
+    Ls = [np.eye(t.k) * np.sqrt(share / max(tr / design.n, 1e-12)) for t, tr in zip(design.terms, traces)]
     return layout.pack(Ls, share)
+
+
+def _ols(cp) -> tuple[np.ndarray, float]:
+    """Least squares of the (whitened) ``y`` on ``X`` from ``A``: ``β̂`` on the user's scale
+    and the residual sum of squares."""
+    x = slice(cp.q_rest, cp.q_rest + cp.p)
+    XX, Xy = cp.A22[x, x], cp.A22[x, -1]
+    beta_s = np.linalg.lstsq(XX, Xy, rcond=None)[0]
+    return beta_s / cp.x_scale, float(cp.A22[-1, -1] - Xy @ beta_s)
 
 
 def _maximise(f, x0):
@@ -111,7 +121,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
     """The mode of the marginal posterior of (σ², D), or the joint mode (see module doc),
     in ``coordinates`` (``"variances"`` or ``"sds"``; default: those of the prior)."""
     design = model.design
-    prior = resolve_prior(prior, design.y)
+    prior = resolve_prior(prior, design.response_sd)
     if coordinates is None:
         coordinates = "variances" if prior == "flat" else "sds"
     if coordinates not in COORDINATES:
@@ -127,7 +137,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
     layout = Layout(design)
     reml_dev = model.deviance_function(reml=True)
     ml_dev = model.deviance_function(reml=False)
-    x0 = _neutral_start(design, layout) if start is None else np.asarray(start, dtype=float)
+    x0 = _neutral_start(design, layout, reml_dev.cp) if start is None else np.asarray(start, dtype=float)
 
     if coordinates == "sds":
         def theta_sigma(x):
@@ -145,8 +155,7 @@ def posterior_mode(model, prior="flat", beta_prior_sd: float | None = None, join
             Ls, s2, theta, sigma, logj = theta_sigma(x)
             return 0.5 * ml_dev.at_beta(theta, beta, sigma) - layout.log_prior(prior, Ls, s2) - logj
 
-        w = design.whitened()
-        b0 = np.linalg.lstsq(w.X, w.y, rcond=None)[0]
+        b0 = _ols(ml_dev.cp)[0]
         z, logd = _maximise(neg, np.concatenate([x0, b0]))
         x, beta = z[:-p], z[-p:]
     else:

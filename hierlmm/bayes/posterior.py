@@ -305,8 +305,10 @@ def assemble(model, layout, x, beta, bs, sample_stats=None):
         coords[f"{lab}_term"] = list(t.names)
         coords[f"{lab}_term_"] = list(t.names)
         coords[f"{lab}_level"] = list(t.levels)
-    data = {"posterior": post, "observed_data": {"y": design.y}}
+    data = {"posterior": post}
+    if design.rows:  # a model on a Dask DataFrame has no observations in memory to attach
+        data["observed_data"] = {"y": design.y}
+        dims["y"] = ["obs"]
     if sample_stats is not None:
         data["sample_stats"] = sample_stats
-    dims["y"] = ["obs"]
     return az.from_dict(data, dims=dims, coords=coords)

@@ -49,9 +49,11 @@ class WeaklyInformative:
     eta: float = 2.0
 
 
-def resolve_prior(prior, y: np.ndarray):
+def resolve_prior(prior, y):
+    """``prior`` checked; a :class:`WeaklyInformative` one gets its unset scales from the
+    response's SD (``y``: the response, or its SD)."""
     if isinstance(prior, WeaklyInformative):
-        scale = float(np.std(y))
+        scale = float(np.std(y)) if np.ndim(y) else float(y)
         return WeaklyInformative(prior.sd_scale or scale, prior.sigma_scale or scale, prior.nu, prior.eta)
     if prior in ("flat", "flat_sd"):
         return prior

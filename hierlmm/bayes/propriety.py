@@ -99,23 +99,46 @@ class ProprietyNotVerifiedWarning(HierlmmWarning):
     """No proven condition covers this design (vector-valued random-effects terms)."""
 
 
-def span_rank(design, terms, at_least: int, seed: int = 0) -> int:
+def span_rank(design, terms, at_least: int, seed: int = 0, cp=None) -> int:
     """``min(r, at_least)`` with ``r = dim span{col((I − P_X) Z_t)}`` over ``terms``.
 
-    Through a random sketch: ``(I − P_X) Σ_t Z_t R_t`` with Gaussian ``R_t`` of ``at_least``
-    columns has rank ``min(r, at_least)`` with probability one, and costs ``O(n · at_least)``
-    whatever the number of levels.
+    Through a random sketch on the cross-product ``A`` (:mod:`hierlmm.crossprod`; computed
+    unless given as ``cp``): with Gaussian ``R_t`` of ``at_least`` columns,
+    ``M = (I − P_X) Σ_t Z_t R_t`` has rank ``min(r, at_least)`` with probability one, and
+    ``M'M = V'CV − (X'ZV)'(X'X)⁻¹(X'ZV)`` (``C = [Z X]'[Z X]``, ``V`` the ``R_t`` in their
+    terms' rows) is ``at_least × at_least``, from ``A``'s blocks whatever the number of rows
+    or levels. An eigenvalue counts when above ``1e-10`` times the largest of ``V'CV``
+    (an ``M`` wholly inside ``col(X)`` leaves only rounding, ``~1e-16``).
     """
+    from hierlmm.crossprod import crossproduct
+
+    cp = crossproduct(design) if cp is None else cp
     rng = np.random.default_rng(seed)
-    n = design.n
-    M = np.zeros((n, at_least))
-    for t in terms:
-        R = rng.standard_normal((t.q, at_least)).reshape(t.m, t.k, at_least)
-        M += np.einsum("ik,ikw->iw", t.Z, R[t.codes])
-    Q, _ = np.linalg.qr(design.X)
-    M -= Q @ (Q.T @ M)
-    s = np.linalg.svd(M, compute_uv=False)
-    return int(np.sum(s > 1e-8 * max(s.max(initial=0.0), 1e-300)))
+    first = design.terms[0]
+    m1, k1 = cp.A11.shape[:2]
+    V1 = np.zeros((m1 * k1, at_least))
+    V2 = np.zeros((cp.r - 1, at_least))  # block 2 without y
+    offset = 0
+    for t in design.terms:
+        R = rng.standard_normal((t.q, at_least))
+        chosen = any(t is s for s in terms)
+        if t is first:
+            if chosen:
+                V1 = R
+        else:
+            if chosen:
+                V2[offset:offset + t.q] = R
+            offset += t.q
+    A21 = cp.A21[:-1]
+    CV1 = np.einsum("mab,mbw->maw", cp.A11, V1.reshape(m1, k1, at_least)).reshape(m1 * k1, at_least)
+    CV1 += np.asarray(A21.T @ V2)
+    CV2 = np.asarray(A21 @ V1) + cp.A22[:-1, :-1] @ V2
+    G = V1.T @ CV1 + V2.T @ CV2
+    x = slice(cp.q_rest, cp.q_rest + cp.p)
+    XZV = CV2[x]
+    proj = G - XZV.T @ np.linalg.lstsq(cp.A22[x, x], XZV, rcond=None)[0]
+    top = max(float(np.linalg.eigvalsh(G).max(initial=0.0)), 1e-300)
+    return int(np.sum(np.linalg.eigvalsh((proj + proj.T) / 2) > 1e-10 * top))
 
 
 def check_propriety(design, prior) -> None:
@@ -131,16 +154,19 @@ def check_propriety(design, prior) -> None:
     from hierlmm.bayes.priors import hobert_casella_exponents
 
     a, a_e = hobert_casella_exponents(prior)
+    from hierlmm.crossprod import crossproduct
+
+    cp = crossproduct(design)
     scalar = [t for t in design.terms if t.k == 1]
     problems = []
-    n_minus_p = design.n - int(np.linalg.matrix_rank(design.X))
+    n_minus_p = design.n - design.p  # aliased columns of X are dropped: X has full rank p
     if not n_minus_p + 2 * a_e + 2 * a * len(scalar) > 0:  # S = σ² and every scalar term
         problems.append(f"n - p = {n_minus_p} observations beyond the fixed effects are too few for "
                         f"{len(scalar) + 1} variance parameters")
     for size in range(1, len(scalar) + 1):
         for S in itertools.combinations(scalar, size):
             need = -2 * a * size  # F(S) > 0  <=>  r(S) > need
-            r = span_rank(design, S, at_least=int(np.floor(need)) + 1)
+            r = span_rank(design, S, at_least=int(np.floor(need)) + 1, cp=cp)
             if not r > need:
                 what = (f"term {S[0].describe()} ({S[0].m} levels)" if size == 1 else
                         "terms " + " and ".join(t.describe() for t in S) + " together")
@@ -161,7 +187,7 @@ def check_propriety(design, prior) -> None:
     if not vector:
         return
     if len(design.terms) == 1:
-        unmet = vector_term_conditions(design, prior)
+        unmet = vector_term_conditions(design, prior, cp)
         if not unmet:
             return
         why = "; ".join(unmet)
@@ -177,37 +203,34 @@ def check_propriety(design, prior) -> None:
     )
 
 
-def vector_term_conditions(design, prior) -> list[str]:
+def vector_term_conditions(design, prior, cp=None) -> list[str]:
     """The sufficient conditions of the module docstring for a model with one term (of any
     ``k``), checked on the whitened design: the list of those that fail (empty: proper).
 
-    Per level ``Z_i'Z_i``, ``Z_i'X_i`` and ``Z_i'y_i`` are the blocks ``A11`` and ``A21`` of
-    the one-pass cross-product (:func:`hierlmm.crossprod.crossproduct`, ``O(n)`` whatever
-    the number of levels; ``X`` there divided by its column scales, which changes no
-    condition); ``SSE`` is the within-level regression's residual sum of squares
-    (``y − Z_ib̂_i`` on ``X_i − Z_iM_i``), which equals that of ``y`` on ``[X Z]`` without
-    forming ``Z``.
+    Everything comes from the cross-product ``A`` (:func:`hierlmm.crossprod.crossproduct`,
+    or ``cp``), whatever the number of rows: per level ``Z_i'Z_i``, ``Z_i'X_i`` and ``Z_i'y_i``
+    are the blocks ``A11`` and ``A21`` (``X`` there divided by its column scales, which
+    changes no condition); ``SSE``, the residual sum of squares of ``y`` on ``[X Z]``, is the
+    Schur complement of ``[X y]'[X y]`` after the levels' ``Z_i`` are eliminated, then ``X``.
     """
-    import dataclasses
-
     from hierlmm.bayes.priors import hobert_casella_exponents
     from hierlmm.crossprod import crossproduct
 
-    d = design.whitened()
-    (t,) = d.terms
-    k, m = t.k, t.m
-    y, codes = d.y, t.codes
-    n, p = d.X.shape
-    # every condition is unchanged by Z -> ZA (A invertible: b̂_i -> A⁻¹b̂_i, M_i -> A⁻¹M_i):
-    # Z's columns made orthonormal, so a covariate far from 0 or on a large scale does not
-    # make Z_i'Z_i look singular in floating point
-    R = np.linalg.qr(t.Z, mode="r")
-    Z = t.Z @ np.linalg.pinv(R) if np.all(np.abs(np.diag(R)) > 1e-12 * np.abs(R).max()) else t.Z
-    a_e = hobert_casella_exponents(prior)[1]
-    cp = crossproduct(dataclasses.replace(d, terms=[dataclasses.replace(t, Z=Z)]), sparse=False)
-    X = d.X / cp.x_scale
-    ZtZ = cp.A11  # m × k × k
-    bottom = np.asarray(cp.A21).reshape(p + 1, m, k)  # [X y]'Z per level
+    cp = crossproduct(design) if cp is None else cp
+    (t,) = design.terms
+    k, m, n, p = t.k, t.m, design.n, design.p
+    bottom = cp.A21.toarray() if cp.a21_sparse else np.asarray(cp.A21)
+    bottom = bottom.reshape(p + 1, m, k)  # [X y]'Z per level
+    # every condition is unchanged by Z -> ZT (T invertible: b̂_i -> T⁻¹b̂_i, M_i -> T⁻¹M_i):
+    # Z's columns made orthonormal (T = U⁻¹, Z'Z = U'U), so a covariate far from 0 or on a
+    # large scale does not make Z_i'Z_i look singular in floating point
+    ZtZ, a_e = cp.A11, hobert_casella_exponents(prior)[1]
+    try:
+        Tinv = np.linalg.inv(np.linalg.cholesky(ZtZ.sum(axis=0)).T)
+    except np.linalg.LinAlgError:
+        Tinv = np.eye(k)
+    ZtZ = np.einsum("ab,mbc,cd->mad", Tinv.T, ZtZ, Tinv)
+    bottom = bottom @ Tinv
     ev = np.linalg.eigvalsh(ZtZ)
     thin = np.flatnonzero(ev[:, 0] <= 1e-10 * np.maximum(ev[:, -1], 1e-300))
     if thin.size:
@@ -244,10 +267,10 @@ def vector_term_conditions(design, prior) -> list[str]:
     if not n - m * k - dd + 2 * a_e > 0:
         unmet.append(f"n - mk - d = {n} - {m * k} - {dd} = {n - m * k - dd} must exceed {-2 * a_e:g}")
     else:
-        ry = y - np.einsum("nk,nk->n", Z, Bhat[codes])
-        rX = X - np.einsum("nk,nkp->np", Z, M[codes])
-        coef, *_ = np.linalg.lstsq(rX, ry, rcond=None)
-        sse = float(np.sum((ry - rX @ coef) ** 2))
-        if not sse > 1e-12 * float(y @ y):
+        P = np.linalg.solve(ZtZ, bottom.transpose(1, 2, 0))  # m × k × (p+1): levels' own fits
+        W = cp.A22 - np.einsum("jmk,mkl->jl", bottom, P)  # [X y]' (I − P_Z) [X y]
+        coef = np.linalg.lstsq(W[:p, :p], W[:p, p], rcond=None)[0]
+        sse = float(W[p, p] - W[p, :p] @ coef)
+        if not sse > 1e-12 * float(cp.A22[p, p]):
             unmet.append("y is fitted exactly by [X Z] (SSE = 0)")
     return unmet

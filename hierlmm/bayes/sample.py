@@ -88,7 +88,7 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
 
     nuts_kwargs.setdefault("target_accept", 0.9)
     design = model.design
-    prior = resolve_prior(prior, design.y)
+    prior = resolve_prior(prior, design.response_sd)
     check_propriety(design, prior)
     if sampler not in ("collapsed", "hierarchical"):
         raise HierlmmError(f"sampler must be 'collapsed' or 'hierarchical', got {sampler!r}")

@@ -110,6 +110,7 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
     from hierlmm.progress import progress
 
     fit.model.require("bootstrap()", instead="use confint(method='wald')")
+    fit.model.require("bootstrap()", needs="rows", instead="use confint(method='profile') or 'wald'")
     ys = simulate(fit, n_boot, random_seed=random_seed)
     dev = fit.deviance_function
     if statistic is None:

@@ -56,6 +56,7 @@ def kr_adjust(fit) -> KRAdjustment:
     """The Kenward–Roger adjusted ``Var(β̂)`` of a fit (computed once: the fit's cached
     ``_kr_adjustment``)."""
     fit.model.require("Kenward-Roger", instead="use ddf='satterthwaite'")
+    fit.model.require("Kenward-Roger", needs="rows", instead="use ddf='satterthwaite'")
     if fit.method != "REML":
         raise HierlmmError("Kenward-Roger's method is only available for REML fits (as lmerTest); "
                            "refit with method='REML' or use ddf='satterthwaite'")

@@ -17,6 +17,7 @@ def spaghetti(fit, x: str, group: str | None = None, max_groups: int = 60, max_l
     part (at most ``max_lines``; else at their reference levels), other numeric covariates at
     their mean (said in the legend). Groups in muted colours; with more than ``max_groups``,
     that many spread over the levels are drawn, and the title says so."""
+    fit.model.require("spaghetti()", needs="rows")
     import itertools
 
     group = pick_group(fit, group)

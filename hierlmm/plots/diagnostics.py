@@ -21,6 +21,11 @@ def _qq(ax, values, title):
     ax.set_title(title, fontsize=10)
 
 
+def _rows(fit, what: str) -> None:
+    """A plot of the rows refuses a model on a Dask DataFrame (it would gather every row)."""
+    fit.model.require(what, needs="rows", instead="plot a sample: r = fit.residuals().sample(frac=0.001).compute()")
+
+
 def qq_ranef(fit):
     """Normal QQ plot of the BLUPs, one panel per grouping factor and term."""
     panels = [(g, c, df[c]) for g, df in fit.ranef().items() for c in df.columns]
@@ -32,6 +37,7 @@ def qq_ranef(fit):
 
 def qq_residuals(fit, kind: str = "conditional"):
     """Normal QQ plot of the scaled residuals."""
+    _rows(fit, "qq_residuals()")
     fig, axes = figure(width=4, height=4)
     _qq(axes[0, 0], fit.residuals(kind=kind, scaled=True), "scaled residuals")
     return fig
@@ -39,6 +45,7 @@ def qq_residuals(fit, kind: str = "conditional"):
 
 def residuals_vs_fitted(fit, kind: str = "conditional"):
     """Scaled residuals against fitted values, with a zero line."""
+    _rows(fit, "residuals_vs_fitted()")
     fig, axes = figure(width=5, height=4)
     ax = axes[0, 0]
     ax.scatter(fit.fitted(kind), fit.residuals(kind=kind, scaled=True), s=10, alpha=0.7)
@@ -55,6 +62,7 @@ def residuals_by_group(fit, group: str | None = None):
     """Scaled residuals per level of a grouping factor, levels ordered by median: box plots
     up to 40 levels; beyond, each level's median and quartiles as a point and a bar (no
     labels), in a figure of bounded size."""
+    _rows(fit, "residuals_by_group()")
     group = pick_group(fit, group)
     term = next(t for t in fit.design.terms if t.group == group)
     fig, axes = figure(width=max(5, min(0.18 * term.m, 8 if term.m > MANY_GROUPS else 16)), height=4)
@@ -88,6 +96,7 @@ def _by_group(ax, fit, term):
 def diagnostics(fit):
     """The four diagnostics in one figure: QQ of BLUPs (first term), QQ of residuals,
     residuals vs fitted, residuals by group."""
+    _rows(fit, "diagnostics()")
     fig, axes = figure(2, 2, width=10, height=8)
     g, df = next(iter(fit.ranef().items()))
     _qq(axes[0, 0], df.iloc[:, 0], f"BLUPs: {g} {df.columns[0]}")

@@ -64,6 +64,7 @@ def shrinkage(fit, group: str | None = None, max_groups: int | None = None):
     ``max_groups`` (default 60 for the intercept plot, 200 for the slope plot): more groups
     are sampled (fixed seed) and the title says how many are shown.
     """
+    fit.model.require("shrinkage()", needs="rows")
     group = pick_group(fit, group)
     terms = [t for t in fit.design.terms if t.group == group]
     names = [n for t in terms for n in t.names]

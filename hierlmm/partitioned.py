@@ -1,0 +1,638 @@
+"""Data beyond memory: a model on a Dask DataFrame, fitted from its cross-product.
+
+Everything after the design (the REML/ML fit, the BLUPs' posterior, profiles, Satterthwaite's
+degrees of freedom, the collapsed sampler) works on ``A = [Z X y]'[Z X y]``
+(:mod:`hierlmm.crossprod`), a sum over rows; so the rows never meet in one place:
+
+1. **Levels.** Every factor column (a grouping factor, or a categorical column of the fixed
+   part) needs its levels before any row is encoded, in R's order: a categorical's category
+   order, else sorted values. A column whose Dask metadata knows its categories needs no pass;
+   otherwise a first pass collects the values present (and the combinations of an interaction
+   ``(1 | a:b)``) in complete rows.
+2. **One encoder.** The fixed part's formulaic spec is built once, on a prototype frame whose
+   factor columns carry those levels, so every partition is encoded with the same columns and
+   contrasts. A transform whose state is learned from the data (``scale(x)``, ``poly(x, 2)``,
+   spline knots) would learn it from the prototype: it is refused, as is a numeric column used
+   as a factor (``factor(x)``; make the column categorical).
+3. **Blocks.** Per partition: its complete rows (missing values dropped and counted as in
+   memory), the partial ``A`` with ``X`` unscaled and all its columns, ``X``'s R factor (so the
+   aliased columns are found by the same QR criterion as in memory, TSQR), the column sums and
+   the level counts; added by a tree reduction on the workers. A level that no complete row
+   uses (an unused category) changes the encoding: the pass is repeated without it.
+4. **A row-less design.** Aliased columns are dropped from ``A``, ``X``'s columns scaled (crossprod's
+   ``s_j``), and a :class:`~hierlmm.design.Design` built whose ``y``, ``X``, ``Z`` and codes
+   are :class:`~hierlmm.design.NoRows` and whose ``source`` hands the reduced ``A`` to every
+   engine. What needs the rows is refused with a message (``NoRows``); fitted values and
+   residuals are lazy Dask Series, computed partition by partition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.sparse as sp
+
+from hierlmm.crossprod import CrossProduct, crossproduct, sparse_a21
+from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, check_term,
+                            make_term, order_terms, used_columns, warn_scales)
+from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning
+from hierlmm.formula import parse_formula
+from hierlmm.rsyntax import formula_context, r_name, to_formulaic
+
+__all__ = ["is_dask", "build_partitioned_design", "Source"]
+
+_PROTO_ROWS = 4
+
+
+def is_dask(data) -> bool:
+    """``data`` is a Dask DataFrame (checked without importing Dask)."""
+    return type(data).__module__.split(".")[0] == "dask" and hasattr(data, "map_partitions")
+
+
+# ------------------------------------------------------------------------------ the encoder
+@dataclass(eq=False)
+class Encoder:
+    """How one partition becomes the model's rows: picklable, shipped to the workers.
+
+    ``levels`` maps every factor column to its categories (R's order); ``groupings`` gives,
+    per random-effects term, its factor columns and (for an interaction) the sorted codes of
+    the present combinations in the product of their categories.
+    """
+
+    columns: list[str]  # read from every partition: the formula's, the weights' and the offset's
+    levels: dict[str, pd.Index]
+    ordered: set[str]
+    parsed: object
+    spec: object = None  # formulaic ModelSpecs of the fixed part (response and X)
+    design: Design | None = None  # the row-less template (terms with their Z specs)
+    groupings: dict = field(default_factory=dict)  # source -> (factors, present product codes or None)
+    weights: str | None = None
+    offset: str | None = None
+    dtypes: dict = field(default_factory=dict)  # the metadata's dtype of every column read
+
+    def prepare(self, part: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        """The partition's complete rows of the used columns, factor columns cast to their
+        global categories, and the number of rows dropped."""
+        frame = part[self.columns]  # the formula's columns, weights and offset
+        complete = ~frame.isna().any(axis=1).to_numpy()
+        dropped = int((~complete).sum())
+        if dropped:
+            frame = frame.loc[complete]
+        frame = frame.copy()
+        for c, cats in self.levels.items():
+            values = frame[c]
+            frame[c] = _as_levels(values, cats, c in self.ordered)
+            if frame[c].isna().any():
+                other = pd.unique(values[frame[c].isna().to_numpy()].astype(object))
+                raise DataError(f"column {c!r} has value(s) {', '.join(map(repr, other[:5]))} in a partition that "
+                                "are not among its levels (the categories of the Dask DataFrame's metadata): "
+                                "partitions must share one categorical dtype")
+        return frame, dropped
+
+    def codes(self, frame: pd.DataFrame, source: str) -> np.ndarray:
+        """Level codes of every row for the term ``source`` (global, R's order)."""
+        factors, present = self.groupings[source]
+        code = np.zeros(len(frame), dtype=np.int64)
+        for f in factors:
+            code = code * len(self.levels[f]) + frame[f].cat.codes.to_numpy().astype(np.int64)
+        if present is None:
+            return code.astype(np.int32)
+        return np.searchsorted(present, code).astype(np.int32)
+
+    def counts(self, frame: pd.DataFrame) -> dict:
+        """Rows per category of every factor column, and per level of every interaction
+        ``a:b`` (keyed by the term's source): which levels the complete rows use."""
+        out: dict = {c: np.bincount(frame[c].cat.codes.to_numpy(), minlength=len(cats))
+                     for c, cats in self.levels.items()}
+        for source, (_, present) in self.groupings.items():
+            if present is not None:
+                out[source] = np.bincount(self.codes(frame, source), minlength=len(present))
+        return out
+
+    def rows(self, frame: pd.DataFrame) -> Design:
+        """The in-memory design of one partition's complete rows: every column of ``X``."""
+        mm = self.spec.get_model_matrix(frame, na_action="ignore", context=formula_context())
+        y = np.asarray(mm.lhs, dtype=float).reshape(len(frame), -1)[:, 0]
+        X = np.asarray(mm.rhs, dtype=float)
+        names = self.design.all_fixef_names
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"response {self.parsed.response!r} has non-finite values (inf)")
+        if not np.all(np.isfinite(X)):
+            bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
+            raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
+        w = None
+        if self.weights is not None:
+            w = frame[self.weights].to_numpy(dtype=float)
+            bad = ~np.isfinite(w) | (w <= 0)
+            if bad.any():
+                raise DataError(f"weights column {self.weights!r} must be positive and finite; it has "
+                                f"{int(bad.sum())} value(s) that are not (e.g. {w[bad][0]:g}) in a partition; drop "
+                                "those rows (a zero weight removes a row)")
+        extra = None if self.offset is None else frame[self.offset].to_numpy(dtype=float)
+        from hierlmm.newdata import term_columns
+
+        terms = [dataclasses.replace(t, codes=self.codes(frame, t.source), Z=term_columns(t, frame))
+                 for t in self.design.terms]
+        return dataclasses.replace(self.design, y=y, X=np.asfortranarray(X), fixef_names=names, terms=terms,
+                                   data=frame, weights=w, offset=_offset(self.parsed, frame, extra), source=None)
+
+
+def _as_levels(values: pd.Series, cats: pd.Index, ordered: bool) -> pd.Categorical:
+    """``values`` as a categorical with the categories ``cats`` (a value not among them
+    becomes missing): a categorical's codes remapped, sorted numbers by binary search, else
+    pandas' hash lookup."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return values.cat.set_categories(cats, ordered=ordered).array
+    dtype = pd.CategoricalDtype(cats, ordered=ordered)
+    if (pd.api.types.is_integer_dtype(values.dtype) and pd.api.types.is_integer_dtype(cats.dtype)
+            and cats.is_monotonic_increasing and len(cats)):
+        v, c = values.to_numpy(), cats.to_numpy()
+        codes = np.minimum(np.searchsorted(c, v), len(c) - 1)
+        codes = np.where(c[codes] == v, codes, -1)
+        return pd.Categorical.from_codes(codes, dtype=dtype)
+    return pd.Categorical(values, dtype=dtype)
+
+
+# ------------------------------------------------------------------------- partial sums
+@dataclass(eq=False)
+class Partial:
+    """What a partition contributes; ``+`` adds two (the tree reduction's step)."""
+
+    n: int
+    n_missing: int
+    counts: dict[str, np.ndarray]
+    cp: CrossProduct | None = None  # X unscaled, every column of X
+    R: np.ndarray | None = None  # R factor of X (unweighted): TSQR
+    colsum: np.ndarray | None = None
+    binary: np.ndarray | None = None  # column of X holds only 0 and 1
+    ystats: tuple = (0, 0.0, 0.0)  # the response's (n, mean, sum of squared deviations)
+
+    def __add__(self, other: Partial) -> Partial:
+        counts = {c: self.counts[c] + other.counts[c] for c in self.counts}
+        if self.cp is None or other.cp is None:
+            keep = self if other.cp is None else other
+            return dataclasses.replace(keep, n=self.n + other.n, n_missing=self.n_missing + other.n_missing,
+                                       counts=counts)
+        a, b = self.cp, other.cp
+        cp = dataclasses.replace(a, A11=a.A11 + b.A11, A21=a.A21 + b.A21, A22=a.A22 + b.A22, n=a.n + b.n,
+                                 log_weights=a.log_weights + b.log_weights)
+        R = np.linalg.qr(np.vstack([self.R, other.R]), mode="r")
+        (na, ma, sa), (nb, mb, sb) = self.ystats, other.ystats
+        delta = mb - ma  # Chan et al.'s pairwise update: no cancellation for a response far from 0
+        ystats = (na + nb, ma + delta * nb / (na + nb), sa + sb + delta * delta * na * nb / (na + nb))
+        return Partial(self.n + other.n, self.n_missing + other.n_missing, counts, cp, R,
+                       self.colsum + other.colsum, self.binary & other.binary, ystats)
+
+
+def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
+    _check_partition(part, enc, index)
+    frame, dropped = enc.prepare(part)
+    counts = enc.counts(frame)
+    if len(frame) == 0:
+        return Partial(0, dropped, counts)
+    d = enc.rows(frame)
+    p = d.X.shape[1]
+    cp = crossproduct(d, sparse=True, scale=np.ones(p))
+    if sp.issparse(cp.A21):
+        cp.A21 = sp.csr_matrix(cp.A21)
+    R = scipy.linalg.qr(np.array(d.X, order="F"), mode="r", overwrite_a=True, check_finite=False)[0]
+    binary = np.array([np.all((d.X[:, j] == 0) | (d.X[:, j] == 1)) for j in range(p)], dtype=bool)
+    ystats = (len(d.y), float(d.y.mean()), float(np.sum((d.y - d.y.mean()) ** 2)))
+    return Partial(len(frame), dropped, counts, cp, R, d.X.sum(axis=0), binary, ystats)
+
+
+def _check_partition(part: pd.DataFrame, enc: Encoder, index: int) -> None:
+    """Partitions that disagree with the frame's metadata in a used column's type."""
+    for c in enc.columns:
+        if c not in part.columns:
+            raise DataError(f"partition {index} of the Dask DataFrame has no column {c!r}")
+    for c in enc.columns:
+        if c in enc.levels:
+            continue
+        got, want = part[c].dtype, enc.dtypes[c]
+        if pd.api.types.is_numeric_dtype(want) != pd.api.types.is_numeric_dtype(got):
+            raise DataError(f"column {c!r} is {got} in partition {index} and {want} in the Dask DataFrame's "
+                            "metadata: partitions must agree in their columns' types (e.g. "
+                            f"ddf[{c!r}] = ddf[{c!r}].astype(float))")
+
+
+# ------------------------------------------------------------------------ levels (pass 1)
+@dataclass(eq=False)
+class _Values:
+    """The values present in complete rows of the factor columns, and of each interaction's
+    combinations (pass 1)."""
+
+    values: dict[str, pd.Index]
+    combos: dict[str, pd.DataFrame]
+
+    def __add__(self, other: _Values) -> _Values:
+        return _Values({c: v.append(other.values[c]).unique() for c, v in self.values.items()},
+                       {s: pd.concat([v, other.combos[s]]).drop_duplicates() for s, v in self.combos.items()})
+
+
+def _present(part: pd.DataFrame, factor_cols, interactions, index) -> _Values:
+    """The values of the factor columns in one partition, and of each interaction's
+    combinations. Only these columns are read, so rows are not filtered for missing values
+    in the others: a level present only in incomplete rows is found unused by the
+    cross-product pass's counts, which then runs again without it."""
+    for c in factor_cols:
+        if c not in part.columns:
+            raise DataError(f"partition {index} of the Dask DataFrame has no column {c!r}")
+    frame = part[factor_cols]
+    values = {}
+    for c in factor_cols:
+        col = frame[c].dropna()
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            col = col.astype(col.cat.categories.dtype)
+        values[c] = pd.Index(pd.unique(col.to_numpy()))
+    combos = {s: _plain(frame[list(f)].dropna()).drop_duplicates() for s, f in interactions.items()}
+    return _Values(values, combos)
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({c: (frame[c].astype(frame[c].cat.categories.dtype)
+                             if isinstance(frame[c].dtype, pd.CategoricalDtype) else frame[c])
+                         for c in frame.columns}, index=frame.index)
+
+
+def _order(values: pd.Index, dtype, column: str) -> pd.Index:
+    """A factor's levels in R's order (as in memory): a categorical's category order, else
+    sorted (pandas' ``astype('category')``)."""
+    if isinstance(dtype, pd.CategoricalDtype) and _known(dtype):
+        cats = dtype.categories
+        unknown = values.difference(cats)
+        if len(unknown):
+            raise DataError(f"column {column!r} has value(s) {', '.join(map(repr, list(unknown[:5])))} not among "
+                            "the categories of the Dask DataFrame's metadata: partitions must share one "
+                            f"categorical dtype (ddf[{column!r}] = ddf[{column!r}].cat.set_categories(...))")
+        return cats[cats.isin(values)]
+    try:
+        return values.sort_values()
+    except TypeError:
+        raise DataError(f"column {column!r} mixes values of different types ({', '.join(sorted({type(v).__name__ for v in values}))}); "
+                        "give it one type") from None
+
+
+def _known(dtype) -> bool:
+    return isinstance(dtype, pd.CategoricalDtype) and not (
+        len(dtype.categories) == 1 and str(dtype.categories[0]) == "__UNKNOWN_CATEGORIES__")
+
+
+# ----------------------------------------------------------------------------- the engine
+def _compute(ddf, fn, args, desc: str, progress: bool | None):
+    """``fn(partition, *args, index)`` on every partition, the results added by a tree
+    reduction (pairs of neighbours, on the workers); a progress bar over partitions. Dask's
+    own check of a partition against the metadata becomes a :class:`DataError`."""
+    try:
+        return _reduce(ddf, fn, args, desc, progress)
+    except ValueError as exc:
+        if isinstance(exc, HierlmmError) or "Metadata mismatch" not in str(exc):
+            raise
+        raise DataError("a partition of the Dask DataFrame disagrees with its metadata (a column's type or the "
+                        f"columns): {str(exc).strip()}") from None
+
+
+def _reduce(ddf, fn, args, desc, progress):
+    import dask
+    from dask import delayed
+
+    parts = ddf.to_delayed()
+    leaves = [delayed(fn, pure=False)(p, *args, i) for i, p in enumerate(parts)]
+    client = _client()
+    if client is None:
+        tree = leaves
+        while len(tree) > 1:
+            tree = [delayed(_add)(tree[i], tree[i + 1]) if i + 1 < len(tree) else tree[i]
+                    for i in range(0, len(tree), 2)]
+        with _LocalProgress(len(leaves), desc, progress, {leaf.key for leaf in leaves}):
+            return dask.compute(tree[0])[0]
+    from distributed import as_completed
+
+    from hierlmm.progress import progress as bar
+
+    # a fixed tree of pairwise sums (the same result, to the bit, at every run); the client keeps
+    # only the root and the iterator over the leaves, so a partial is released once added
+    futures = client.compute(leaves)
+    tree = futures
+    while len(tree) > 1:
+        tree = [client.submit(_add, tree[i], tree[i + 1], pure=False) if i + 1 < len(tree) else tree[i]
+                for i in range(0, len(tree), 2)]
+    root = tree[0]
+    del tree
+    show = bar(len(leaves), desc, progress)
+    try:
+        queue = as_completed(futures)
+        del futures
+        for _ in queue:
+            show.update(1)
+        return root.result()
+    finally:
+        show.close()
+
+
+def _add(a, b):
+    return a + b
+
+
+def _client():
+    """The distributed Client in use, or None (Dask's local schedulers, also when the
+    configured scheduler says so: ``dask.config.set(scheduler="threads")``)."""
+    import dask
+
+    if dask.config.get("scheduler", None) not in (None, "dask.distributed", "distributed"):
+        return None
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+class _LocalProgress:
+    """A progress bar over partitions for Dask's local schedulers (a scheduler callback)."""
+
+    def __init__(self, total, desc, show, keys):
+        self.total, self.desc, self.show, self.keys = total, desc, show, keys
+
+    def __enter__(self):
+        from dask.callbacks import Callback
+
+        from hierlmm.progress import progress
+
+        bar = self.bar = progress(self.total, self.desc, self.show)
+        keys = self.keys
+
+        class _CB(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if key in keys:
+                    bar.update(1)
+
+        self.cb = _CB()
+        self.cb.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.cb.__exit__(*exc)
+        self.bar.close()
+
+
+def build_partitioned_design(formula: str, ddf, residual=None, formulation: str = "hierarchical", weights=None,
+                             offset=None, progress: bool | None = None) -> Design:
+    """The row-less :class:`~hierlmm.design.Design` of ``formula`` on a Dask DataFrame, with
+    the reduced cross-product as its ``source`` (see the module's docstring)."""
+    if residual is not None or formulation != "hierarchical":
+        raise HierlmmError("a model on a Dask DataFrame is fitted from its cross-product, which needs independent "
+                           "residuals and the hierarchical formulation: residual= and formulation='marginal' work "
+                           "on a pandas DataFrame (the per-group engine needs every group's rows)")
+    for what, value in (("weights", weights), ("offset", offset)):
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{what}= on a Dask DataFrame must be a column name (an array cannot be aligned with "
+                            "the partitions)")
+    parsed = parse_formula(formula)
+    meta = ddf._meta
+    duplicated = sorted({str(c) for c in meta.columns[meta.columns.duplicated()]})
+    if duplicated:
+        raise DataError(f"data has duplicated column name(s) {', '.join(map(repr, duplicated))}: "
+                        "rename them so that each column has one name")
+    for what, value in (("weights", weights), ("offset", offset)):
+        if value is not None and value not in meta.columns:
+            raise DataError(f"{what}={value!r} is not a column of the data; the data has "
+                            f"{', '.join(map(str, meta.columns))}")
+        if value is not None and (not pd.api.types.is_numeric_dtype(meta[value])
+                                  or pd.api.types.is_bool_dtype(meta[value])):
+            raise DataError(f"{what} column {value!r} is not numeric (dtype {meta[value].dtype})")
+    used, covariates = used_columns(parsed, meta.columns)
+    columns = [c for c in meta.columns if c in used]
+    enc_columns = columns + [c for c in (weights, offset) if c is not None and c not in columns]
+    ddf = ddf[enc_columns]  # only these columns are read
+    _check_column_types(meta, columns, parsed.response, covariates)
+    grouping = {f for s in parsed.random for f in s.factors}
+    factor_cols = [c for c in columns if c in grouping or (
+        c != parsed.response and (not pd.api.types.is_numeric_dtype(meta[c]) or pd.api.types.is_bool_dtype(meta[c])))]
+    for c in factor_cols:
+        if c in grouping and pd.api.types.is_float_dtype(meta[c]):
+            raise DataError(f"grouping variable {c!r} is a float column; on a Dask DataFrame make it integer or "
+                            f"categorical (ddf[{c!r}] = ddf[{c!r}].astype('int64'))")
+    interactions = {s.source: s.factors for s in parsed.random if len(s.factors) > 1}
+    known = {c: meta[c].dtype.categories for c in factor_cols if _known(meta[c].dtype)}
+    if len(known) < len(factor_cols) or interactions:
+        found = _compute(ddf[factor_cols], _present, (factor_cols, interactions), "levels", progress)
+        levels = {c: _order(found.values[c], meta[c].dtype, c) for c in factor_cols}
+        combos = found.combos
+    else:
+        levels, combos = dict(known), {}
+    ordered = {c for c in factor_cols if isinstance(meta[c].dtype, pd.CategoricalDtype) and meta[c].dtype.ordered}
+    while True:
+        enc = _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weights, offset)
+        total = _compute(ddf, _partial, (enc,), "cross-product", progress)
+        if all(np.all(count > 0) for count in total.counts.values()):
+            break
+        # levels no complete row uses (unused categories, levels only in incomplete rows):
+        # encode again without them, as in memory
+        combos = {s: _used_combinations(c, interactions[s], levels, total.counts[s]) for s, c in combos.items()}
+        levels = {c: levels[c][total.counts[c] > 0] for c in levels}
+    if total.cp is None:
+        raise DataError("no complete rows: every row has a missing value in a variable of the formula")
+    return _finish(enc, total, ddf, formula)
+
+
+def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weights, offset) -> Encoder:
+    """The encoder: the fixed part's spec on a prototype with the global levels, and the
+    row-less template of the terms."""
+    proto = _prototype(meta, columns, levels, ordered)
+    fixed_formula = to_formulaic(parsed.fixed_formula, ordered)
+    with warnings.catch_warnings():  # the prototype's made-up values (log(1), scale of a constant)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mm = _model_matrix(fixed_formula, proto, "fixed part")
+    _refuse_state(mm.model_spec, "the fixed part", levels, proto.columns)
+    names = [r_name(c) for c in mm.rhs.columns]
+    groupings, terms = {}, []
+    for spec in parsed.random:
+        present = None
+        if len(spec.factors) > 1:
+            present = _combination_codes(combos[spec.source], spec.factors, levels)
+            labels = _combination_labels(present, spec.factors, levels)
+        else:
+            labels = [str(v) for v in levels[spec.factors[0]]]
+        groupings[spec.source] = (spec.factors, present)
+        term = make_term(spec, proto, ordered, NoRows((0,)), labels)
+        if term.model_spec is not None:
+            _refuse_state(term.model_spec, f"random-effects term {spec.source}", levels, proto.columns)
+        terms.append(term)
+    terms = order_terms(terms)  # A's first block is the term with most levels, as in memory
+    template = Design(parsed=parsed, y=NoRows((0,)), X=NoRows((0, len(names))), fixef_names=names, dropped_columns=[],
+                      terms=terms, data=proto.iloc[:0][columns], n_missing=0, fixed_spec=mm.rhs.model_spec,
+                      all_fixef_names=names, treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
+                      weights_argument=weights, offset_argument=offset)
+    return Encoder(columns=enc_columns, levels=levels, ordered=ordered, parsed=parsed, spec=mm.model_spec,
+                   design=template, groupings=groupings, weights=weights, offset=offset,
+                   dtypes={c: meta[c].dtype for c in enc_columns})
+
+
+def _prototype(meta, columns, levels, ordered) -> pd.DataFrame:
+    """A few rows with the data's types and, in every factor column, its global levels."""
+    from dask.dataframe.utils import meta_nonempty
+
+    proto = meta_nonempty(meta)[columns]
+    proto = pd.concat([proto] * (_PROTO_ROWS // max(len(proto), 1) + 1), ignore_index=True).iloc[:_PROTO_ROWS]
+    for c, cats in levels.items():
+        if len(cats) == 0:
+            raise DataError("no complete rows: every row has a missing value in a variable of the formula")
+        proto[c] = pd.Categorical(np.resize(np.asarray(cats, dtype=object), len(proto)), categories=cats,
+                                  ordered=c in ordered)
+    return proto
+
+
+def _refuse_state(spec, where: str, levels, columns) -> None:
+    """Refuse what an encoder built on the prototype would get wrong: transforms with state
+    learned from the data, and numeric columns used as factors."""
+    specs = [spec.lhs, spec.rhs] if hasattr(spec, "lhs") else [spec]
+    for s in specs:
+        if s.transform_state:
+            raise FormulaError(
+                f"{where} uses {', '.join(map(repr, s.transform_state))}, whose state (a mean, an SD, a basis) is "
+                "learned from the whole data; on a Dask DataFrame compute that column first (e.g. "
+                "ddf['x_s'] = (ddf.x - mean) / sd with mean and sd computed by Dask) and use it in the formula")
+        for key, (kind, _state) in s.encoder_state.items():
+            if getattr(kind, "value", kind) != "categorical":
+                continue
+            cols = _required(key, where, columns) & set(columns)
+            numeric = sorted(c for c in cols if c not in levels)
+            if numeric:
+                raise FormulaError(
+                    f"{where} uses {key!r}, a numeric column as a factor; on a Dask DataFrame make the column "
+                    f"categorical first (ddf[{numeric[0]!r}] = ddf[{numeric[0]!r}].astype('category')) so that "
+                    "its levels are known before the partitions are encoded")
+
+
+def _used_combinations(combos: pd.DataFrame, factors, levels, counts) -> pd.DataFrame:
+    """The combinations of an interaction that complete rows use (``counts`` per level)."""
+    present = _combination_codes(combos, factors, levels)
+    code = np.zeros(len(combos), dtype=np.int64)
+    for f in factors:
+        code = code * len(levels[f]) + pd.Categorical(combos[f], categories=levels[f]).codes.astype(np.int64)
+    return combos[counts[np.searchsorted(present, code)] > 0]
+
+
+def _combination_codes(combos: pd.DataFrame, factors, levels) -> np.ndarray:
+    code = np.zeros(len(combos), dtype=np.int64)
+    for f in factors:
+        code = code * len(levels[f]) + pd.Categorical(combos[f], categories=levels[f]).codes.astype(np.int64)
+    return np.unique(code[code >= 0])
+
+
+def _combination_labels(present, factors, levels) -> list[str]:
+    digits = np.unravel_index(present, [len(levels[f]) for f in factors])
+    return [":".join(str(levels[f][i]) for f, i in zip(factors, idx)) for idx in zip(*digits)]
+
+
+def _finish(enc: Encoder, total: Partial, ddf, formula: str) -> Design:
+    """Aliased columns dropped, ``X`` scaled, the terms checked: the row-less design."""
+    cp, n = total.cp, total.n
+    names = enc.design.all_fixef_names
+    R = total.R
+    diag = np.abs(np.diag(R)) if R.shape[0] >= R.shape[1] else np.append(np.abs(np.diag(R)),
+                                                                         np.zeros(R.shape[1] - R.shape[0]))
+    norms = np.linalg.norm(R, axis=0)
+    keep = diag > 1e-7 * np.maximum(norms, 1e-300)
+    dropped = [nm for nm, k in zip(names, keep) if not k]
+    if dropped:
+        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
+                      f"{', '.join(dropped)}", RankDeficiencyWarning, stacklevel=4)
+    cont = np.flatnonzero(~total.binary & keep)
+    if len(cont) and n > 1:
+        sumsq = norms[cont] ** 2
+        var = np.maximum(sumsq - total.colsum[cont] ** 2 / n, 0.0) / (n - 1)
+        warn_scales([names[j] for j in cont], np.sqrt(var))
+    # drop aliased columns from A, then scale X's columns (crossprod's s_j)
+    q_rest = cp.q_rest
+    rows = np.concatenate([np.arange(q_rest), q_rest + np.flatnonzero(keep), [cp.r - 1]])
+    A22 = cp.A22[np.ix_(rows, rows)]
+    A21 = cp.A21[rows]
+    p = int(keep.sum())
+    ix = q_rest + np.arange(p)
+    ss = np.diag(A22)[ix]
+    scale = np.sqrt(ss / n)
+    scale = np.where(scale > 0, scale, 1.0)
+    unscale = np.ones(len(rows))
+    unscale[ix] = 1.0 / scale
+    A22 = A22 * np.outer(unscale, unscale)
+    A21 = sp.diags(unscale) @ A21 if sp.issparse(A21) else A21 * unscale[:, None]
+    q1 = cp.A11.shape[0] * cp.A11.shape[1]
+    nnz = A21.nnz if sp.issparse(A21) else np.count_nonzero(A21)
+    want_sparse = sparse_a21(nnz, len(rows), q1)
+    if want_sparse and not sp.issparse(A21):
+        A21 = sp.csr_matrix(A21)
+    elif not want_sparse and sp.issparse(A21):
+        A21 = A21.toarray()
+    elif sp.issparse(A21):
+        A21 = sp.csr_matrix(A21)
+    reduced = CrossProduct(cp.A11, A21, A22, q_rest, p, n, scale, cp.log_weights)
+    tmpl = enc.design
+    terms = [dataclasses.replace(t, codes=NoRows((n,)), Z=NoRows((n, t.k))) for t in tmpl.terms]
+    for t in terms:
+        check_term(t, n)
+    kept = [nm for nm, k in zip(names, keep) if k]
+    design = dataclasses.replace(
+        tmpl, y=NoRows((n,)), X=NoRows((n, p)), fixef_names=kept, dropped_columns=dropped, terms=terms,
+        n_missing=total.n_missing, weights=None if enc.weights is None else NoRows((n,)),
+        offset=None if enc.offset is None and not enc.parsed.offsets else NoRows((n,)))
+    design.source = Source(frame=ddf, cp=reduced, encoder=enc, n_partitions=ddf.npartitions,
+                           y_sd=float(np.sqrt(total.ystats[2] / n)))
+    return design
+
+
+# ----------------------------------------------------------------------------- the source
+@dataclass(eq=False)
+class Source:
+    """Where a row-less design's rows are: the Dask frame, the reduced ``A``, the encoder."""
+
+    frame: object
+    cp: CrossProduct
+    encoder: Encoder
+    n_partitions: int
+    y_sd: float  # the response's SD (n denominator), as np.std of the rows in memory
+    _forms: dict = field(default_factory=dict, repr=False)
+
+    def crossproduct(self, sparse: bool | None = None) -> CrossProduct:
+        """The reduced ``A``; ``sparse`` asks for ``A21`` in that storage (converted once)."""
+        cp = self.cp
+        if sparse is None or bool(sparse) == cp.a21_sparse:
+            return cp
+        if sparse not in self._forms:
+            A21 = sp.csr_matrix(cp.A21) if sparse else cp.A21.toarray()
+            self._forms[sparse] = dataclasses.replace(cp, A21=A21)
+        return self._forms[sparse]
+
+    def per_row(self, fit, what: str, kind: str, scaled: bool = False):
+        """Fitted values or residuals as a lazy Dask Series, one partition at a time."""
+        design = dataclasses.replace(fit.design, source=None)
+        meta = pd.Series(dtype=float, name=what)
+        return self.frame.map_partitions(_per_row, self.encoder, design, fit.solution.beta, fit.solution.b, what,
+                                         kind, fit.sigma if scaled else None, meta=meta)
+
+
+def _per_row(part, enc: Encoder, design: Design, beta, b, what, kind, sigma):
+    from hierlmm.newdata import predict_frame
+
+    frame, _ = enc.prepare(part)
+    if len(frame) == 0:
+        return pd.Series(np.zeros(0), index=frame.index, name=what)
+    mu = predict_frame(design, beta, b, frame, kind == "conditional", True)
+    if what == "fitted":
+        return mu.rename("fitted")
+    d = enc.rows(frame)
+    r = d.y - mu.to_numpy()
+    if sigma is not None:
+        r = r / sigma
+        if d.weights is not None:
+            r = r * np.sqrt(d.weights)
+    return pd.Series(r, index=frame.index, name="residuals")
