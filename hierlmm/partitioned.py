@@ -200,7 +200,8 @@ def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
     cp = crossproduct(d, sparse=True, scale=np.ones(p))
     if sp.issparse(cp.A21):
         cp.A21 = sp.csr_matrix(cp.A21)
-    R = scipy.linalg.qr(np.array(d.X, order="F"), mode="r", overwrite_a=True, check_finite=False)[0]
+    # scipy's mode="r" gives R with n rows (zeros below p): keep the p x p triangle
+    R = scipy.linalg.qr(np.array(d.X, order="F"), mode="r", overwrite_a=True, check_finite=False)[0][:p]
     binary = np.array([np.all((d.X[:, j] == 0) | (d.X[:, j] == 1)) for j in range(p)], dtype=bool)
     ystats = (len(d.y), float(d.y.mean()), float(np.sum((d.y - d.y.mean()) ** 2)))
     return Partial(len(frame), dropped, counts, cp, R, d.X.sum(axis=0), binary, ystats)
@@ -302,7 +303,9 @@ def _reduce(ddf, fn, args, desc, progress):
     from dask import delayed
 
     parts = ddf.to_delayed()
-    leaves = [delayed(fn, pure=False)(p, *args, i) for i, p in enumerate(parts)]
+    # the arguments (the encoder holds every level) enter the graph once, untraversed
+    payload = delayed(args, traverse=False)
+    leaves = [delayed(_apply, pure=False)(fn, p, payload, i) for i, p in enumerate(parts)]
     client = _client()
     if client is None:
         tree = leaves
@@ -333,6 +336,10 @@ def _reduce(ddf, fn, args, desc, progress):
         return root.result()
     finally:
         show.close()
+
+
+def _apply(fn, part, args, index):
+    return fn(part, *args, index)
 
 
 def _add(a, b):
