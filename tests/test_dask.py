@@ -200,6 +200,13 @@ def test_what_works_and_what_is_refused(client):
     assert _rel(ci0.to_numpy(), ci1.to_numpy()) < 1e-4
     assert _rel(fit0.drop1()["LRT"].iloc[1:], fit1.drop1()["LRT"].iloc[1:]) < 1e-5
     assert _rel(fit0.predict(d.head(20)), fit1.predict(d.head(20))) < 1e-6
+    # likelihood-ratio tests between fits on the same Dask DataFrame (what ranova's refusal suggests)
+    small0 = hl.LMM("Reaction ~ Days + (1 | Subject)", d).fit()
+    small1 = hl.LMM("Reaction ~ Days + (1 | Subject)", ddf).fit()
+    lrt0, lrt1 = hl.anova(small0, fit0, refit=False), hl.anova(small1, fit1, refit=False)
+    assert _rel(lrt0["chisq"].iloc[1:], lrt1["chisq"].iloc[1:]) < 1e-6
+    with pytest.raises(hl.HierlmmError, match="different responses"):
+        hl.anova(fit1, hl.LMM("Days ~ Reaction + (1 | Subject)", ddf).fit(), refit=False)
     for call in (lambda f: f.anova(), lambda f: f.coef_table(ddf="kenward-roger"), lambda f: f.simulate(),
                  lambda f: f.emmeans("Days"), lambda f: f.refit(np.zeros(180)), lambda f: f.r2(),
                  lambda f: f.confint(method="bootstrap", n_boot=2), lambda f: f.ranova()):

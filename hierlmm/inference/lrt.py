@@ -93,8 +93,7 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
             "models were not all fitted to the same data: numbers of observations "
             f"{', '.join(str(f.nobs) for f in fits)}; compare models fitted to the same rows"
         )
-    ys = [f.design.y for f in fits]
-    if any(not np.array_equal(ys[0], y) for y in ys[1:]):
+    if any(not _same(fits[0], f, "y") for f in fits[1:]):
         raise HierlmmError("models were fitted to different responses; compare models of the same data")
     if names is None:
         names = [_label(f) for f in fits]
@@ -107,8 +106,7 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
     elif not refit:
         methods = {f.method for f in fits}
         if methods == {"REML"}:
-            X0 = fits[0].design.X
-            if any(f.design.X.shape != X0.shape or not np.allclose(f.design.X, X0) for f in fits[1:]):
+            if any(not _same(fits[0], f, "X") for f in fits[1:]):
                 raise HierlmmError(
                     "REML likelihoods of models with different fixed effects are not comparable; "
                     "use refit=True (ML) to compare them"
@@ -134,6 +132,26 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
                    "Likelihood-ratio tests of nested models" + (" (refitted by ML)" if refit else ""), pvalues=["p"])
     out.attrs["formulas"] = {names[i]: fits[i].design.parsed.formula for i in order}
     return out
+
+
+def _same(a, b, what: str) -> bool:
+    """Two fits have the same response (``what="y"``) or fixed-effects matrix (``"X"``): the
+    arrays compared when both are in memory; for a model on a Dask DataFrame its cross-product
+    (``y``'s SD and ``y'y``; ``X``'s names and ``X'X``), which the rows would have to match."""
+    da, db = a.design, b.design
+    if da.rows and db.rows:
+        if what == "y":
+            return np.array_equal(da.y, db.y)
+        return da.X.shape == db.X.shape and np.allclose(da.X, db.X)
+    if what == "y":
+        ya, yb = (a.deviance_function.cp.A22[-1, -1], b.deviance_function.cp.A22[-1, -1])
+        return np.isclose(da.response_sd, db.response_sd, rtol=1e-12) and np.isclose(ya, yb, rtol=1e-12)
+    if da.fixef_names != db.fixef_names:
+        return False
+    ca, cb = a.deviance_function.cp, b.deviance_function.cp
+    xa, xb = slice(ca.q_rest, ca.q_rest + ca.p), slice(cb.q_rest, cb.q_rest + cb.p)
+    return np.allclose(ca.A22[xa, xa] * np.outer(ca.x_scale, ca.x_scale),
+                       cb.A22[xb, xb] * np.outer(cb.x_scale, cb.x_scale), rtol=1e-10)
 
 
 def _label(fit) -> str:
