@@ -110,8 +110,8 @@ class Summary:
         lines.append("")
         return lines
 
-    _NO_ROWS = ("not computed: the rows are in a Dask DataFrame (their quantiles need another pass; "
-                "fit.residuals(scaled=True) is a lazy Dask Series)")
+    _NO_ROWS = ("not computed (the rows are in a Dask DataFrame: fit.residuals(scaled=True) is a lazy "
+                "Dask Series, its quantiles another pass over the data)")
 
     def _residual_lines(self) -> list[str]:
         if not self.fit.design.rows:
