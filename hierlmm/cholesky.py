@@ -88,6 +88,11 @@ class BlockedFactor:
 # * "product": above this many entries for both (~720 MB), a sparse product at every
 #   evaluation: memory O(nnz(A21)), ~9x slower than the map (0.53 s).
 _MAP_MAX_ENTRIES = 60_000_000
+# a sparse A21 whose map would be too large is copied dense when it has at most this many
+# entries (1.2 GB): a crossed design where most pairs of levels occur (10⁵ x 10³ levels over
+# 10⁸ rows: 64% filled) then costs one BLAS product per evaluation, 4 s, not scipy's sparse
+# product of the 6.4e7 non-zeros with themselves, 93 s
+_DENSE_PRODUCT_MAX = 150_000_000
 
 
 class BlockedCholesky:
@@ -124,11 +129,16 @@ class BlockedCholesky:
             mapped = float(np.sum(per_level * (per_level + 1) / 2))
             self._downdate = ("grouped" if grouped <= min(mapped, _MAP_MAX_ENTRIES) else
                               "map" if mapped <= _MAP_MAX_ENTRIES else "product")
+            if self._downdate == "product" and cp.r * m * k <= _DENSE_PRODUCT_MAX:
+                self._downdate = "dense"
+        # A21 as the evaluations use it: dense when stored dense or copied dense (above)
+        self._a21 = cp.A21.toarray() if cp.a21_sparse and self._downdate == "dense" else cp.A21
+        self._sparse = sp.issparse(self._a21)
         self._diag1 = np.arange(self.first.k)
-        if not cp.a21_sparse and self.first.k > 1:
+        if not self._sparse and self.first.k > 1:
             # A21 as (m1, r, k1): level j's columns, for a batched product with G_j
             self._a21_levels = np.ascontiguousarray(
-                cp.A21.reshape(cp.r, self.first.m, self.first.k).transpose(1, 0, 2))
+                self._a21.reshape(cp.r, self.first.m, self.first.k).transpose(1, 0, 2))
         self._eye_rest = np.arange(cp.q_rest)
         self._lam_pattern = None
 
@@ -292,7 +302,7 @@ class BlockedCholesky:
     def l21(self, G, lam) -> np.ndarray | sp.spmatrix:
         """``L21 = Λ_r' A21 Λ_1 L11^{-T}`` (``G`` holds ``Λ_1 L11^{-T}`` per level)."""
         cp, k1 = self.cp, self.first.k
-        if cp.a21_sparse:
+        if self._sparse:
             B = cp.A21.copy()
             if k1 == 1:
                 B.data *= G[B.indices]
@@ -307,7 +317,7 @@ class BlockedCholesky:
                     B = (lam.T @ B).tocsr()
             return B
         if k1 == 1:
-            B = cp.A21 * G[None, :]
+            B = self._a21 * G[None, :]
         else:
             B = (self._a21_levels @ G).transpose(1, 0, 2).reshape(cp.r, -1)
         if lam is not None:
@@ -343,11 +353,11 @@ class BlockedCholesky:
             M = np.asarray(lam.T @ np.asarray(lam.T @ cp.A22).T)
         M[self._eye_rest, self._eye_rest] += 1.0
         L21 = None
-        if cp.a21_sparse and self._downdate != "product":
+        if self._sparse and self._downdate != "product":
             if self._S is None and self._B is None:
                 self._downdate_groups() if self._downdate == "grouped" else self._downdate_map()
             M = self._lower_downdate(G, lam, M)
-        elif cp.a21_sparse:  # the map would be too large: a sparse product per evaluation
+        elif self._sparse:  # the map would be too large: a sparse product per evaluation
             L21 = self.l21(G, lam)
             M -= (L21 @ L21.T).toarray()
         else:

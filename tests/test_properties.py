@@ -166,19 +166,28 @@ def test_shift_and_scale_of_response(case, c, k):
         ("Oats", "yield ~ nitro + (nitro | Variety:Block) + (nitro | Block) + (1 | Variety)"),
     ],
 )
-def test_sparse_and_dense_storage_agree(data, formula):
+def test_sparse_and_dense_storage_agree(data, formula, monkeypatch):
     """The code paths of the blocked Cholesky (A21 sparse, with each of its downdates: by
-    groups of equal A11 blocks, the per-level map, a sparse product; A21 dense) give the same
-    deviance and solution."""
+    groups of equal A11 blocks, the per-level map, a sparse product, a dense copy where the map
+    would be too large; A21 dense) give the same deviance and solution."""
+    from hierlmm import cholesky
     from hierlmm.crossprod import crossproduct
     from hierlmm.deviance import Deviance
 
     design = hl.LMM(formula, hl.datasets.load(data)).design
     rng = np.random.default_rng(1)
-    for reml, downdate in ((True, "grouped"), (False, "grouped"), (True, "map"), (False, "product")):
+    for reml, downdate in ((True, "grouped"), (False, "grouped"), (True, "map"), (False, "product"),
+                           (True, "dense"), (False, "dense")):
         dense = Deviance(design, reml, cp=crossproduct(design, sparse=False))
-        sparse = Deviance(design, reml, cp=crossproduct(design, sparse=True))
-        sparse.chol._downdate = downdate
+        with monkeypatch.context() as mp:
+            if downdate == "dense":  # the map "too large": the sparse A21 copied dense at construction
+                mp.setattr(cholesky, "_MAP_MAX_ENTRIES", 0)
+            sparse = Deviance(design, reml, cp=crossproduct(design, sparse=True))
+        assert sparse.cp.a21_sparse
+        if downdate == "dense":
+            assert sparse.chol._downdate == "dense" and not sparse.chol._sparse
+        else:
+            sparse.chol._downdate = downdate
         for _ in range(3):
             theta = np.where(dense.lower == 0, rng.uniform(0.1, 2, dense.lower.size), rng.normal(0, 0.3, dense.lower.size))
             assert sparse(theta) == pytest.approx(dense(theta), rel=1e-11)
