@@ -225,8 +225,8 @@ def _check_partition(part: pd.DataFrame, enc: Encoder, index: int) -> None:
 # ------------------------------------------------------------------------ levels (pass 1)
 @dataclass(eq=False)
 class _Values:
-    """The values present in complete rows of the factor columns, and of each interaction's
-    combinations (pass 1)."""
+    """The values of the factor columns, and each interaction's combinations, in the rows
+    where they are not missing (pass 1)."""
 
     values: dict[str, pd.Index]
     combos: dict[str, pd.DataFrame]
@@ -247,10 +247,12 @@ def _present(part: pd.DataFrame, factor_cols, interactions, index) -> _Values:
     frame = part[factor_cols]
     values = {}
     for c in factor_cols:
-        col = frame[c].dropna()
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            col = col.astype(col.cat.categories.dtype)
-        values[c] = pd.Index(pd.unique(col.to_numpy()))
+        col = frame[c]
+        if isinstance(col.dtype, pd.CategoricalDtype):  # the categories used, by their codes
+            codes = col.cat.codes.to_numpy()
+            values[c] = col.cat.categories[np.unique(codes[codes >= 0])]
+        else:
+            values[c] = pd.Index(pd.unique(col.dropna().to_numpy()))
     combos = {s: _plain(frame[list(f)].dropna()).drop_duplicates() for s, f in interactions.items()}
     return _Values(values, combos)
 
