@@ -450,7 +450,7 @@ def build_partitioned_design(formula: str, ddf, residual=None, formulation: str 
         levels = {c: levels[c][total.counts[c] > 0] for c in levels}
     if total.cp is None:
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
-    return _finish(enc, total, ddf, formula)
+    return _finish(enc, total, ddf)
 
 
 def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weights, offset) -> Encoder:
@@ -543,7 +543,7 @@ def _combination_labels(present, factors, levels) -> list[str]:
     return [":".join(str(levels[f][i]) for f, i in zip(factors, idx)) for idx in zip(*digits)]
 
 
-def _finish(enc: Encoder, total: Partial, ddf, formula: str) -> Design:
+def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     """Aliased columns dropped, ``X`` scaled, the terms checked: the row-less design."""
     cp, n = total.cp, total.n
     names = enc.design.all_fixef_names
