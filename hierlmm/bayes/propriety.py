@@ -141,13 +141,14 @@ def span_rank(design, terms, at_least: int, seed: int = 0, cp=None) -> int:
     return int(np.sum(np.linalg.eigvalsh((proj + proj.T) / 2) > 1e-10 * top))
 
 
-def check_propriety(design, prior) -> None:
+def check_propriety(design, prior, cp=None) -> None:
     """Raise :class:`ImproperPosteriorError` if ``prior`` makes the posterior improper.
 
     Scalar terms: the criterion ``F(S) > 0`` of this module's docstring, for every set ``S``
     of variance parameters. With a vector-valued term, the sets of scalar parameters are
     checked (a failure proves impropriety) and a :class:`ProprietyNotVerifiedWarning` says
-    that nothing here decides the rest.
+    that nothing here decides the rest. ``cp``: the design's cross-product, if the caller has
+    it (else computed).
     """
     if prior not in ("flat", "flat_sd"):
         return  # proper priors give proper posteriors
@@ -156,7 +157,7 @@ def check_propriety(design, prior) -> None:
     a, a_e = hobert_casella_exponents(prior)
     from hierlmm.crossprod import crossproduct
 
-    cp = crossproduct(design)
+    cp = crossproduct(design) if cp is None else cp  # the model's A, where the caller has it
     scalar = [t for t in design.terms if t.k == 1]
     problems = []
     n_minus_p = design.n - design.p  # aliased columns of X are dropped: X has full rank p

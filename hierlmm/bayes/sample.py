@@ -89,7 +89,7 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     nuts_kwargs.setdefault("target_accept", 0.9)
     design = model.design
     prior = resolve_prior(prior, design.response_sd)
-    check_propriety(design, prior)
+    check_propriety(design, prior, model.deviance_function().cp)  # the A the fit and the sampler use
     if sampler not in ("collapsed", "hierarchical"):
         raise HierlmmError(f"sampler must be 'collapsed' or 'hierarchical', got {sampler!r}")
     import warnings
