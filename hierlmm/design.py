@@ -437,6 +437,24 @@ def _offset(parsed: ParsedFormula, frame: pd.DataFrame, extra: np.ndarray | None
     return out
 
 
+def check_weights(w: np.ndarray, name: str) -> np.ndarray:
+    """Prior weights must be positive and finite (``name`` says where they come from)."""
+    bad = ~np.isfinite(w) | (w <= 0)
+    if bad.any():
+        raise DataError(f"{name} must be positive and finite; it has {int(bad.sum())} value(s) that are not "
+                        f"(e.g. {w[bad][0]:g}); drop those rows (a zero weight removes a row)")
+    return w
+
+
+def check_finite(y: np.ndarray, X: np.ndarray, names: list[str], response: str) -> None:
+    """The response and the fixed-effects columns hold finite numbers (naming the columns)."""
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"response {response!r} has non-finite values (inf)")
+    if not np.all(np.isfinite(X)):
+        bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
+        raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
+
+
 def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: list[str]) -> ReTerm:
     """The term ``spec`` on ``frame``: its ``Z`` columns (the fast path or formulaic), given the
     level codes of every row and the level labels."""
@@ -587,11 +605,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
     w = None
     if wcol is not None:
-        w = wcol.to_numpy(dtype=float)[complete]
-        bad = ~np.isfinite(w) | (w <= 0)
-        if bad.any():
-            raise DataError(f"{wname} must be positive and finite; it has {int(bad.sum())} value(s) that are not "
-                            f"(e.g. {w[bad][0]:g}); drop those rows (a zero weight removes a row)")
+        w = check_weights(wcol.to_numpy(dtype=float)[complete], wname)
     offset_values = _offset(parsed, frame, None if ocol is None else ocol.to_numpy(dtype=float)[complete])
     for c in frame.columns:
         if isinstance(frame[c].dtype, pd.CategoricalDtype):
@@ -614,11 +628,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         y = y[:, 0]
     X = np.asarray(mm.rhs, dtype=float)
     names = [r_name(c) for c in mm.rhs.columns]
-    if not np.all(np.isfinite(y)):
-        raise DataError(f"response {parsed.response!r} has non-finite values (inf)")
-    if not np.all(np.isfinite(X)):
-        bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
-        raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
+    check_finite(y, X, names, parsed.response)
     all_names = list(names)
     X, names, dropped = _drop_aliased(X, names)
     if dropped:

@@ -38,8 +38,8 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from hierlmm.crossprod import CrossProduct, crossproduct, sparse_a21
-from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, check_term,
-                            make_term, order_terms, used_columns, warn_scales)
+from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, check_finite,
+                            check_term, check_weights, make_term, order_terms, used_columns, warn_scales)
 from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning
 from hierlmm.formula import parse_formula
 from hierlmm.rsyntax import formula_context, r_name, to_formulaic
@@ -97,9 +97,7 @@ class Encoder:
     def codes(self, frame: pd.DataFrame, source: str) -> np.ndarray:
         """Level codes of every row for the term ``source`` (global, R's order)."""
         factors, present = self.groupings[source]
-        code = np.zeros(len(frame), dtype=np.int64)
-        for f in factors:
-            code = code * len(self.levels[f]) + frame[f].cat.codes.to_numpy().astype(np.int64)
+        code = _product_codes([frame[f].cat.codes.to_numpy() for f in factors], [len(self.levels[f]) for f in factors])
         if present is None:
             return code.astype(np.int32)
         return np.searchsorted(present, code).astype(np.int32)
@@ -114,25 +112,24 @@ class Encoder:
                 out[source] = np.bincount(self.codes(frame, source), minlength=len(present))
         return out
 
+    def response(self, frame: pd.DataFrame) -> np.ndarray:
+        """``y`` of a partition's complete rows (the formula's left side)."""
+        y = self.spec.lhs.get_model_matrix(frame, na_action="ignore", context=formula_context())
+        return np.asarray(y, dtype=float).reshape(len(frame), -1)[:, 0]
+
+    def prior_weights(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The prior weights of a partition's complete rows (``None`` without)."""
+        if self.weights is None:
+            return None
+        return check_weights(frame[self.weights].to_numpy(dtype=float), f"weights column {self.weights!r}")
+
     def rows(self, frame: pd.DataFrame) -> Design:
         """The in-memory design of one partition's complete rows: every column of ``X``."""
-        mm = self.spec.get_model_matrix(frame, na_action="ignore", context=formula_context())
-        y = np.asarray(mm.lhs, dtype=float).reshape(len(frame), -1)[:, 0]
-        X = np.asarray(mm.rhs, dtype=float)
-        names = self.design.all_fixef_names
-        if not np.all(np.isfinite(y)):
-            raise DataError(f"response {self.parsed.response!r} has non-finite values (inf)")
-        if not np.all(np.isfinite(X)):
-            bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
-            raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
-        w = None
-        if self.weights is not None:
-            w = frame[self.weights].to_numpy(dtype=float)
-            bad = ~np.isfinite(w) | (w <= 0)
-            if bad.any():
-                raise DataError(f"weights column {self.weights!r} must be positive and finite; it has "
-                                f"{int(bad.sum())} value(s) that are not (e.g. {w[bad][0]:g}) in a partition; drop "
-                                "those rows (a zero weight removes a row)")
+        X = np.asarray(self.spec.rhs.get_model_matrix(frame, na_action="ignore", context=formula_context()),
+                       dtype=float)
+        y, names = self.response(frame), self.design.all_fixef_names
+        check_finite(y, X, names, self.parsed.response)
+        w = self.prior_weights(frame)
         extra = None if self.offset is None else frame[self.offset].to_numpy(dtype=float)
         from hierlmm.newdata import term_columns
 
@@ -197,9 +194,7 @@ def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
         return Partial(0, dropped, counts)
     d = enc.rows(frame)
     p = d.X.shape[1]
-    cp = crossproduct(d, sparse=True, scale=np.ones(p))
-    if sp.issparse(cp.A21):
-        cp.A21 = sp.csr_matrix(cp.A21)
+    cp = crossproduct(d, sparse=True, scale=np.ones(p))  # A21: CSR (dense without further terms)
     # scipy's mode="r" gives R with n rows (zeros below p): keep the p x p triangle
     R = scipy.linalg.qr(np.array(d.X, order="F"), mode="r", overwrite_a=True, check_finite=False)[0][:p]
     binary = np.array([np.all((d.X[:, j] == 0) | (d.X[:, j] == 1)) for j in range(p)], dtype=bool)
@@ -209,9 +204,7 @@ def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
 
 def _check_partition(part: pd.DataFrame, enc: Encoder, index: int) -> None:
     """Partitions that disagree with the frame's metadata in a used column's type."""
-    for c in enc.columns:
-        if c not in part.columns:
-            raise DataError(f"partition {index} of the Dask DataFrame has no column {c!r}")
+    _has_columns(part, enc.columns, index)
     for c in enc.columns:
         if c in enc.levels:
             continue
@@ -241,9 +234,7 @@ def _present(part: pd.DataFrame, factor_cols, interactions, index) -> _Values:
     combinations. Only these columns are read, so rows are not filtered for missing values
     in the others: a level present only in incomplete rows is found unused by the
     cross-product pass's counts, which then runs again without it."""
-    for c in factor_cols:
-        if c not in part.columns:
-            raise DataError(f"partition {index} of the Dask DataFrame has no column {c!r}")
+    _has_columns(part, factor_cols, index)
     frame = part[factor_cols]
     values = {}
     for c in factor_cols:
@@ -255,6 +246,12 @@ def _present(part: pd.DataFrame, factor_cols, interactions, index) -> _Values:
             values[c] = pd.Index(pd.unique(col.dropna().to_numpy()))
     combos = {s: _plain(frame[list(f)].dropna()).drop_duplicates() for s, f in interactions.items()}
     return _Values(values, combos)
+
+
+def _has_columns(part: pd.DataFrame, columns, index: int) -> None:
+    missing = [c for c in columns if c not in part.columns]
+    if missing:
+        raise DataError(f"partition {index} of the Dask DataFrame has no column {missing[0]!r}")
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
@@ -522,19 +519,30 @@ def _refuse_state(spec, where: str, levels, columns) -> None:
                     "its levels are known before the partitions are encoded")
 
 
+def _product_codes(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """The code of each row's combination of levels in the product of the factors' levels
+    (the first factor slowest: R's order of ``a:b``)."""
+    out = np.zeros(len(codes[0]) if codes else 0, dtype=np.int64)
+    for c, size in zip(codes, sizes):
+        out = out * size + np.asarray(c, dtype=np.int64)
+    return out
+
+
+def _combination_product_codes(combos: pd.DataFrame, factors, levels) -> np.ndarray:
+    """:func:`_product_codes` of the rows of ``combos`` (the factors' values)."""
+    return _product_codes([pd.Categorical(combos[f], categories=levels[f]).codes for f in factors],
+                          [len(levels[f]) for f in factors])
+
+
 def _used_combinations(combos: pd.DataFrame, factors, levels, counts) -> pd.DataFrame:
     """The combinations of an interaction that complete rows use (``counts`` per level)."""
-    present = _combination_codes(combos, factors, levels)
-    code = np.zeros(len(combos), dtype=np.int64)
-    for f in factors:
-        code = code * len(levels[f]) + pd.Categorical(combos[f], categories=levels[f]).codes.astype(np.int64)
-    return combos[counts[np.searchsorted(present, code)] > 0]
+    code = _combination_product_codes(combos, factors, levels)
+    return combos[counts[np.searchsorted(_combination_codes(combos, factors, levels), code)] > 0]
 
 
 def _combination_codes(combos: pd.DataFrame, factors, levels) -> np.ndarray:
-    code = np.zeros(len(combos), dtype=np.int64)
-    for f in factors:
-        code = code * len(levels[f]) + pd.Categorical(combos[f], categories=levels[f]).codes.astype(np.int64)
+    """The sorted product codes of the combinations present (an interaction's levels)."""
+    code = _combination_product_codes(combos, factors, levels)
     return np.unique(code[code >= 0])
 
 
@@ -577,13 +585,10 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     A21 = sp.diags(unscale) @ A21 if sp.issparse(A21) else A21 * unscale[:, None]
     q1 = cp.A11.shape[0] * cp.A11.shape[1]
     nnz = A21.nnz if sp.issparse(A21) else np.count_nonzero(A21)
-    want_sparse = sparse_a21(nnz, len(rows), q1)
-    if want_sparse and not sp.issparse(A21):
+    if sparse_a21(nnz, len(rows), q1):
         A21 = sp.csr_matrix(A21)
-    elif not want_sparse and sp.issparse(A21):
-        A21 = A21.toarray()
     elif sp.issparse(A21):
-        A21 = sp.csr_matrix(A21)
+        A21 = A21.toarray()
     reduced = CrossProduct(cp.A11, A21, A22, q_rest, p, n, scale, cp.log_weights)
     tmpl = enc.design
     terms = [dataclasses.replace(t, codes=NoRows((n,)), Z=NoRows((n, t.k))) for t in tmpl.terms]
@@ -638,10 +643,10 @@ def _per_row(part, enc: Encoder, design: Design, beta, b, what, kind, sigma):
     mu = predict_frame(design, beta, b, frame, kind == "conditional", True)
     if what == "fitted":
         return mu.rename("fitted")
-    d = enc.rows(frame)
-    r = d.y - mu.to_numpy()
+    r = enc.response(frame) - mu.to_numpy()
     if sigma is not None:
         r = r / sigma
-        if d.weights is not None:
-            r = r * np.sqrt(d.weights)
+        w = enc.prior_weights(frame)
+        if w is not None:
+            r = r * np.sqrt(w)
     return pd.Series(r, index=frame.index, name="residuals")
