@@ -60,7 +60,9 @@ class Encoder:
     """How one partition becomes the model's rows: picklable, shipped to the workers.
 
     ``levels`` maps every factor column to its categories (R's order); ``groupings`` gives,
-    per random-effects term, its factor columns and (for an interaction) the sorted codes of
+    per grouping factor (the tuple of its columns: ``("g",)``, ``("g", "h")`` for ``g:h``;
+    what a term's codes depend on, so terms that share it, as ``(1 | g/h)``'s two or
+    ``(1 | g) + (0 + x | g)``, share it), ``None`` or, for an interaction, the sorted codes of
     the present combinations in the product of their categories.
     """
 
@@ -70,7 +72,7 @@ class Encoder:
     parsed: object
     spec: object = None  # formulaic ModelSpecs of the fixed part (response and X)
     design: Design | None = None  # the row-less template (terms with their Z specs)
-    groupings: dict = field(default_factory=dict)  # source -> (factors, present product codes or None)
+    groupings: dict = field(default_factory=dict)  # factors -> present product codes, or None
     weights: str | None = None
     offset: str | None = None
     dtypes: dict = field(default_factory=dict)  # the metadata's dtype of every column read
@@ -94,9 +96,9 @@ class Encoder:
                                 "partitions must share one categorical dtype")
         return frame, dropped
 
-    def codes(self, frame: pd.DataFrame, source: str) -> np.ndarray:
-        """Level codes of every row for the term ``source`` (global, R's order)."""
-        factors, present = self.groupings[source]
+    def codes(self, frame: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
+        """Level codes of every row for the grouping factor ``factors`` (global, R's order)."""
+        present = self.groupings[factors]
         code = _product_codes([frame[f].cat.codes.to_numpy() for f in factors], [len(self.levels[f]) for f in factors])
         if present is None:
             return code.astype(np.int32)
@@ -104,12 +106,12 @@ class Encoder:
 
     def counts(self, frame: pd.DataFrame) -> dict:
         """Rows per category of every factor column, and per level of every interaction
-        ``a:b`` (keyed by the term's source): which levels the complete rows use."""
+        ``a:b`` (keyed by its columns, ``("a", "b")``): which levels the complete rows use."""
         out: dict = {c: np.bincount(frame[c].cat.codes.to_numpy(), minlength=len(cats))
                      for c, cats in self.levels.items()}
-        for source, (_, present) in self.groupings.items():
+        for factors, present in self.groupings.items():
             if present is not None:
-                out[source] = np.bincount(self.codes(frame, source), minlength=len(present))
+                out[factors] = np.bincount(self.codes(frame, factors), minlength=len(present))
         return out
 
     def response(self, frame: pd.DataFrame) -> np.ndarray:
@@ -133,7 +135,7 @@ class Encoder:
         extra = None if self.offset is None else frame[self.offset].to_numpy(dtype=float)
         from hierlmm.newdata import term_columns
 
-        terms = [dataclasses.replace(t, codes=self.codes(frame, t.source), Z=term_columns(t, frame))
+        terms = [dataclasses.replace(t, codes=self.codes(frame, t.factors), Z=term_columns(t, frame))
                  for t in self.design.terms]
         return dataclasses.replace(self.design, y=y, X=np.asfortranarray(X), fixef_names=names, terms=terms,
                                    data=frame, weights=w, offset=_offset(self.parsed, frame, extra), source=None)
@@ -162,7 +164,7 @@ class Partial:
 
     n: int
     n_missing: int
-    counts: dict[str, np.ndarray]
+    counts: dict  # a factor column, or an interaction's columns -> rows per level
     cp: CrossProduct | None = None  # X unscaled, every column of X
     R: np.ndarray | None = None  # R factor of X (unweighted): TSQR
     colsum: np.ndarray | None = None
@@ -222,7 +224,7 @@ class _Values:
     where they are not missing (pass 1)."""
 
     values: dict[str, pd.Index]
-    combos: dict[str, pd.DataFrame]
+    combos: dict[tuple, pd.DataFrame]  # an interaction's columns -> their combinations
 
     def __add__(self, other: _Values) -> _Values:
         return _Values({c: v.append(other.values[c]).unique() for c, v in self.values.items()},
@@ -244,7 +246,7 @@ def _present(part: pd.DataFrame, factor_cols, interactions, index) -> _Values:
             values[c] = col.cat.categories[np.unique(codes[codes >= 0])]
         else:
             values[c] = pd.Index(pd.unique(col.dropna().to_numpy()))
-    combos = {s: _plain(frame[list(f)].dropna()).drop_duplicates() for s, f in interactions.items()}
+    combos = {f: _plain(frame[list(f)].dropna()).drop_duplicates() for f in interactions}
     return _Values(values, combos)
 
 
@@ -427,7 +429,7 @@ def build_partitioned_design(formula: str, ddf, residual=None, formulation: str 
         if c in grouping and pd.api.types.is_float_dtype(meta[c]):
             raise DataError(f"grouping variable {c!r} is a float column; on a Dask DataFrame make it integer or "
                             f"categorical (ddf[{c!r}] = ddf[{c!r}].astype('int64'))")
-    interactions = {s.source: s.factors for s in parsed.random if len(s.factors) > 1}
+    interactions = sorted({s.factors for s in parsed.random if len(s.factors) > 1})
     known = {c: meta[c].dtype.categories for c in factor_cols if _known(meta[c].dtype)}
     if len(known) < len(factor_cols) or interactions:
         found = _compute(ddf[factor_cols], _present, (factor_cols, interactions), "levels", progress)
@@ -443,7 +445,7 @@ def build_partitioned_design(formula: str, ddf, residual=None, formulation: str 
             break
         # levels no complete row uses (unused categories, levels only in incomplete rows):
         # encode again without them, as in memory
-        combos = {s: _used_combinations(c, interactions[s], levels, total.counts[s]) for s, c in combos.items()}
+        combos = {f: _used_combinations(c, f, levels, total.counts[f]) for f, c in combos.items()}
         levels = {c: levels[c][total.counts[c] > 0] for c in levels}
     if total.cp is None:
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
@@ -464,11 +466,11 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
     for spec in parsed.random:
         present = None
         if len(spec.factors) > 1:
-            present = _combination_codes(combos[spec.source], spec.factors, levels)
+            present = _combination_codes(combos[spec.factors], spec.factors, levels)
             labels = _combination_labels(present, spec.factors, levels)
         else:
             labels = [str(v) for v in levels[spec.factors[0]]]
-        groupings[spec.source] = (spec.factors, present)
+        groupings[spec.factors] = present
         term = make_term(spec, proto, ordered, NoRows((0,)), labels)
         if term.model_spec is not None:
             _refuse_state(term.model_spec, f"random-effects term {spec.source}", levels, proto.columns)

@@ -281,3 +281,15 @@ def test_bad_input_is_named(client):
     with pytest.warns(hl.RankDeficiencyWarning, match="x3"):
         m = hl.LMM("y ~ x1 + x3 + (1 | g)", partitioned(df.assign(x3=2 * df.x1), seed=0))
     assert m.design.dropped_columns == ["x3"]
+
+
+def test_terms_that_share_a_source_or_a_factor():
+    """``(1 | h/g)`` expands into two terms with one source, and ``(1 | g) + (0 + x1 | g)`` are
+    two terms on one factor: each term's codes are its own grouping factor's (keyed by the
+    factor's columns; keyed by the source, the two terms of h/g once got one set of codes)."""
+    df = simulate(6_000, seed=4, groups=(30, 6))
+    for formula in ("y ~ x1 + (1 | h/g)", "y ~ x1 + (1 | g) + (0 + x1 | g) + (1 | h:g)"):
+        m0 = hl.LMM(formula, df)
+        with dask.config.set(scheduler="sync"):
+            m1 = hl.LMM(formula, partitioned(df, seed=5))
+        assert_same_fit(assert_same_model(m0, m1), m1.fit())

@@ -87,6 +87,12 @@ def test_fit(diff_case):
     if case.ar1:
         _check_ar1(fit, ref)
         return
+    _check_fit(case, ref, fit)
+
+
+def _check_fit(case, ref, fit):
+    """The fit against lme4's: the same objective at lme4's θ, lme4's optimum reached or
+    bettered, and then the same estimates."""
     assert fit.nobs == ref["nobs"]
     dev = fit.deviance_function
     at_r = dev(np.asarray(ref["theta"], dtype=float))
@@ -116,6 +122,30 @@ def test_fit(diff_case):
         Dr = np.atleast_2d(np.asarray(rv["cov"], dtype=float))
         assert [canon(n) for n in D.index] == [canon(n) for n in rv["terms"]]
         assert np.allclose(D.to_numpy(), Dr, rtol=2e-3, atol=1e-4 * s2), (rv["group"], D.to_numpy(), Dr)
+
+
+def test_dask(diff_case):
+    """The same random model fitted from a Dask DataFrame (3 unequal shuffled partitions, the
+    cross-product reduced over them, hierlmm/partitioned.py) against lme4, as test_fit: the
+    objective at lme4's θ, the optimum, the estimates."""
+    dd = pytest.importorskip("dask.dataframe")
+    import dask
+
+    case, ref, fit, err = diff_case
+    if case.ar1:
+        pytest.skip("residual correlation needs the rows in memory (refused on Dask data)")
+    if not ref["ok"] or err is not None:
+        pytest.skip("the model was refused (checked in test_fit)")
+    data = case.data.sample(frac=1.0, random_state=0)
+    cut = [0, len(data) // 5, len(data) // 2, len(data)]
+    parts = [dask.delayed(data.iloc[a:b]) for a, b in zip(cut[:-1], cut[1:])]
+    ddf = dd.from_delayed(parts, meta=data.iloc[:0])
+    with warnings.catch_warnings(), dask.config.set(scheduler="sync"):
+        warnings.simplefilter("ignore")
+        dfit = hl.LMM(case.formula, ddf, weights=case.weights).fit(method="REML" if case.reml else "ML")
+    assert not dfit.design.rows
+    assert dfit.n_missing == fit.n_missing and dfit.design.fixef_names == fit.design.fixef_names
+    _check_fit(case, ref, dfit)
 
 
 def _agrees(case, ref, fit, err):
