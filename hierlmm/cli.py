@@ -17,6 +17,30 @@ import sys
 __all__ = ["main"]
 
 
+def read_csv(path: str):
+    """A CSV as R's ``read.csv`` reads it: a text column keeps every value as a level (``None``,
+    ``null``, ``NA``, ``n/a`` are levels, not missing: nlme's Alfalfa has a level ``None``); an
+    empty field is missing, and so is ``NA`` in a column whose other values are all numbers.
+    Errors name the file."""
+    import pandas as pd
+
+    from hierlmm.errors import DataError
+
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except FileNotFoundError:
+        raise DataError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"cannot read {path} as CSV: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col]):
+            values = df[col].where(df[col] != "NA")
+            numeric = pd.to_numeric(values, errors="coerce")
+            if numeric.notna().sum() == values.notna().sum() and values.notna().any():
+                df[col] = numeric
+    return df
+
+
 def _read_data(path: str, orders: list[str]):
     import pandas as pd
 
@@ -24,10 +48,7 @@ def _read_data(path: str, orders: list[str]):
     from hierlmm.errors import DataError
 
     if path.lower().endswith(".csv"):
-        try:
-            df = pd.read_csv(path)
-        except FileNotFoundError:
-            raise DataError(f"no such file: {path}") from None
+        df = read_csv(path)
     else:
         df = datasets.load(path)
     for spec in orders:
@@ -176,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except HierlmmError as exc:
         print(f"hierlmm: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `hierlmm datasets | head`: the reader has gone, nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # e.g. an unwritable --plots folder
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"hierlmm: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

@@ -12,10 +12,16 @@ Following MixedModels.jl, the columns of ``[Z X y]`` are split in two blocks:
 Every later evaluation of the deviance works on these blocks only, so its cost does not
 depend on ``n``.
 
-The columns of ``X`` enter ``A`` divided by their root mean square ``s_j`` (``X_s = X S⁻¹``),
-so a covariate on a scale of 1e8 next to one of 1e-8 does not ruin the Cholesky factor. The
-profiled deviance is the same function of θ up to ``log|R_X|² = log|R_{X_s}|² + 2 Σ log s_j``
-(added back by :class:`~hierlmm.cholesky.BlockedFactor`), and ``β = S⁻¹ β_s``.
+The fixed part enters ``A`` in internal coordinates that make ``A`` independent of the units and
+the origin of the data (:func:`fixed_map`): ``X`` as ``X̃ = X R⁻¹`` (``R`` upper triangular:
+the columns' root mean squares when ``X`` is well conditioned, else the R factor of a QR
+decomposition, so a covariate of mean 1e10 beside the intercept loses nothing), and ``y`` as
+``y_c = y − X β₀`` with ``β₀`` its least-squares fit on ``X`` (refined once). Since β is
+profiled out, the REML and ML criteria are the same functions of θ for ``y`` and ``y_c`` (up
+to ``log|R_X|² = log|R_X̃|² + 2 Σ log|R_jj|``, added back by
+:class:`~hierlmm.cholesky.BlockedFactor`); ``β = R⁻¹ β̃ + β₀`` and ``Var(β) = R⁻¹ Var(β̃) R⁻ᵀ``.
+Without this, a response of mean 1e10 leaves ``r²`` to the cancellation of ``y'y`` against
+``c'c`` (both ~1e20·n): every digit lost.
 
 With prior weights or an offset, ``A`` is that of the whitened model
 (:meth:`~hierlmm.design.Design.whitened`), ``[W^½Z W^½X W^½(y − o)]``, and ``Σ log w_i`` is
@@ -28,15 +34,20 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from hierlmm.design import Design
+from hierlmm.errors import DataError
 from hierlmm.reterms import ReTerm
 
-__all__ = ["CrossProduct", "crossproduct", "level_blocks", "term_matrix", "x_scale"]
+__all__ = ["CrossProduct", "crossproduct", "fixed_map", "level_blocks", "term_matrix", "x_scale"]
 
 # A21 is kept dense while it has at most this many entries and is not sparse
 _DENSE_A21_MAX = 4_000_000
+# X S⁻¹ (S: the columns' root mean squares) is used as X̃ while the condition number of its Gram
+# matrix is below this (X̃'X̃ then carries at least ~10 digits); above, X̃ = X R⁻¹ from a QR
+_GRAM_COND_MAX = 1e6
 
 
 def term_matrix(term: ReTerm) -> sp.csr_matrix:
@@ -53,7 +64,7 @@ def term_matrix(term: ReTerm) -> sp.csr_matrix:
 
 @dataclass(eq=False)
 class CrossProduct:
-    """The blocks of ``A = [Z X y]'[Z X y]``.
+    """The blocks of ``A = [Z X̃ y_c]'[Z X̃ y_c]`` (module doc: ``X̃ = X R⁻¹``, ``y_c = y − Xβ₀``).
 
     Attributes
     ----------
@@ -64,8 +75,12 @@ class CrossProduct:
     q_rest, p : int
         Layout of block 2: ``q_rest`` random-effect columns, ``p`` fixed, then ``y``.
     n : int
-    x_scale : ndarray, shape (p,)
-        ``s_j``, the root mean square of column j of ``X``: ``A`` holds ``X S⁻¹``.
+    x_map : ndarray, shape (p, p)
+        ``R``, upper triangular: ``A`` holds ``X̃ = X R⁻¹`` (diagonal: the columns' root mean
+        squares).
+    y_shift : ndarray, shape (p,)
+        ``β₀``: ``A`` holds ``y − Xβ₀`` (zeros for the raw partial sums of
+        :mod:`hierlmm.partitioned`).
     log_weights : float
         ``Σ log w_i`` of the prior weights (0 without): ``−2ℓ`` is the whitened model's minus it.
     """
@@ -76,13 +91,14 @@ class CrossProduct:
     q_rest: int
     p: int
     n: int
-    x_scale: np.ndarray
+    x_map: np.ndarray
+    y_shift: np.ndarray
     log_weights: float = 0.0
 
     @property
     def logdet_scale(self) -> float:
-        """``2 Σ log s_j``: ``log|R_X|²`` on the user's scale minus that of the scaled ``X``."""
-        return 2.0 * float(np.log(self.x_scale).sum())
+        """``2 Σ log|R_jj|``: ``log|R_X|²`` on the user's scale minus that of ``X̃``."""
+        return 2.0 * float(np.log(np.abs(np.diag(self.x_map))).sum())
 
     @property
     def r(self) -> int:
@@ -92,11 +108,38 @@ class CrossProduct:
     def a21_sparse(self) -> bool:
         return sp.issparse(self.A21)
 
-    def dense(self) -> np.ndarray:
-        """The whole ``A = [Z X y]'[Z X y]`` as one dense matrix, ``X`` on the user's scale
-        (for small designs: the Bayesian side's dense forms)."""
-        import scipy.linalg
+    def beta(self, beta_internal: np.ndarray) -> np.ndarray:
+        """``β = R⁻¹ β̃ + β₀``: fixed effects on the user's scale from internal ones (the last
+        axis of ``beta_internal``, so one or many draws)."""
+        bt = np.asarray(beta_internal, dtype=float)
+        if self.p == 0:
+            return bt
+        flat = bt.reshape(-1, self.p).T
+        out = scipy.linalg.solve_triangular(self.x_map, flat, lower=False, check_finite=False).T + self.y_shift
+        return out.reshape(bt.shape)
 
+    def cov(self, U: np.ndarray) -> np.ndarray:
+        """``R⁻¹ U R⁻ᵀ``: a covariance of internal fixed effects on the user's scale (the last
+        two axes of ``U``)."""
+        Rinv = scipy.linalg.solve_triangular(self.x_map, np.eye(self.p), lower=False, check_finite=False)
+        return Rinv @ U @ Rinv.T
+
+    def response_ss(self) -> float:
+        """``y'y`` of the (whitened) response on the user's scale, from ``A``."""
+        b0 = self.x_map @ self.y_shift
+        x = slice(self.q_rest, self.q_rest + self.p)
+        return float(self.A22[-1, -1] + b0 @ self.A22[x, x] @ b0 + 2 * self.A22[-1, x] @ b0)
+
+    def _fixed_transform(self) -> np.ndarray:
+        """``T`` with ``[X y] = [X̃ y_c] T`` (``(p+1) x (p+1)``)."""
+        T = np.eye(self.p + 1)
+        T[: self.p, : self.p] = self.x_map
+        T[: self.p, -1] = self.x_map @ self.y_shift
+        return T
+
+    def dense(self) -> np.ndarray:
+        """The whole ``A = [Z X y]'[Z X y]`` as one dense matrix on the user's scale (for small
+        designs: the Bayesian side's dense forms)."""
         m1, k1 = self.A11.shape[:2]
         q1 = m1 * k1
         A = np.empty((q1 + self.r, q1 + self.r))
@@ -105,50 +148,156 @@ class CrossProduct:
         A[q1:, :q1] = A21
         A[:q1, q1:] = A21.T
         A[q1:, q1:] = self.A22
-        ix = q1 + self.q_rest + np.arange(self.p)
-        A[ix, :] *= self.x_scale[:, None]
-        A[:, ix] *= self.x_scale[None, :]
-        return A
+        T = np.eye(A.shape[0])
+        ix = q1 + self.q_rest
+        T[ix:, ix:] = self._fixed_transform()
+        return T.T @ A @ T
 
-    def _with_last(self, a21_last, a22_last) -> CrossProduct:
-        """A copy whose response row (the last of block 2) is replaced."""
+    def _transformed(self, T: np.ndarray, **changes) -> CrossProduct:
+        """A copy whose fixed and response columns ``[X̃ y_c]`` (block 2's last ``p + 1``) are
+        replaced by ``[X̃ y_c] T`` (``T``: ``(p+1) x (p'+1)``), with ``changes`` to the fields."""
+        q = self.q_rest
+        fixed_rows = self.A21[q:]
+        fixed_rows = np.asarray(fixed_rows.toarray()) if sp.issparse(fixed_rows) else fixed_rows
+        new_rows = T.T @ fixed_rows
+        if self.a21_sparse:
+            A21 = sp.vstack([self.A21[:q], sp.csr_matrix(new_rows)], format="csr")
+        else:
+            A21 = np.vstack([self.A21[:q], new_rows])
+        r = q + T.shape[1]
+        A22 = np.empty((r, r))
+        A22[:q, :q] = self.A22[:q, :q]
+        A22[:q, q:] = self.A22[:q, q:] @ T
+        A22[q:, :q] = A22[:q, q:].T
+        A22[q:, q:] = T.T @ self.A22[q:, q:] @ T
+        return dataclasses.replace(self, A21=A21, A22=A22, **changes)
+
+    def mapped(self, x_map: np.ndarray) -> CrossProduct:
+        """A raw ``A`` (``R = I``, ``β₀ = 0``: the reduced partial sums of
+        :mod:`hierlmm.partitioned`) in the internal coordinates ``X̃ = X R⁻¹``, ``y_c = y − X̃b̃₀``
+        with ``b̃₀`` from its normal equations: the same ``A`` as the rows give, up to what the
+        raw sums have kept."""
+        p = self.p
+        T = np.eye(p + 1)
+        T[:p, :p] = scipy.linalg.solve_triangular(x_map, np.eye(p), lower=False, check_finite=False)
+        out = self._transformed(T, x_map=x_map)
+        if p == 0:
+            return out
+        x = slice(out.q_rest, out.q_rest + p)
+        b0 = scipy.linalg.cho_solve(scipy.linalg.cho_factor(out.A22[x, x], lower=True), out.A22[x, -1])
+        T = np.eye(p + 1)
+        T[:p, -1] = -b0
+        return out._transformed(T, y_shift=out._beta_shift(b0))
+
+    def with_response(self, design: Design, y: np.ndarray) -> CrossProduct:
+        """``A`` for the same ``Z`` and ``X`` and the response ``y`` (on the data's scale): only
+        the response's row (``Z'y_c``, ``X̃'y_c``, ``y_c'y_c``) is computed, ``O(n k)``; the rest
+        is shared."""
+        y = design.whiten_response(y)
+        design = design.whitened()
+        first, rest = design.terms[0], design.terms[1:]
+        Xt, unscale = internal_columns(design.X, self.x_map)
+        x = slice(self.q_rest, self.q_rest + self.p)
+        y, b0 = center_response(Xt, unscale, self.A22[x, x], y)
+        z1y = np.stack([np.bincount(first.codes, weights=first.Z[:, a] * y, minlength=first.m)
+                        for a in range(first.k)], axis=1).ravel()
+        parts = [np.asarray(term_matrix(t).T @ y).ravel() for t in rest]
+        parts += [(Xt.T @ y) * unscale, [y @ y]]
+        a22_last = np.concatenate(parts)
         A22 = self.A22.copy()
         A22[-1, :] = a22_last
         A22[:, -1] = a22_last
         if self.a21_sparse:
-            A21 = sp.vstack([self.A21[:-1], sp.csr_matrix(a21_last[None, :])], format="csr")
+            A21 = sp.vstack([self.A21[:-1], sp.csr_matrix(z1y[None, :])], format="csr")
         else:
             A21 = self.A21.copy()
-            A21[-1] = a21_last
-        return dataclasses.replace(self, A21=A21, A22=A22)
+            A21[-1] = z1y
+        return dataclasses.replace(self, A21=A21, A22=A22, y_shift=self._beta_shift(b0))
 
-    def with_response(self, design: Design, y: np.ndarray) -> CrossProduct:
-        """``A`` for the same ``Z`` and ``X`` and the response ``y`` (on the data's scale): only
-        the response's row (``Z'y``, ``X'y``, ``y'y``) is computed, ``O(n k)``; the rest is shared."""
-        y = design.whiten_response(y)
-        design = design.whitened()
-        first, rest = design.terms[0], design.terms[1:]
-        z1y = np.stack([np.bincount(first.codes, weights=first.Z[:, a] * y, minlength=first.m)
-                        for a in range(first.k)], axis=1).ravel()
-        parts = [np.asarray(term_matrix(t).T @ y).ravel() for t in rest]
-        parts += [(design.X / self.x_scale).T @ y, [y @ y]]
-        return self._with_last(z1y, np.concatenate(parts))
+    def _beta_shift(self, b0: np.ndarray) -> np.ndarray:
+        """``β₀ = R⁻¹ b̃₀`` for an internal shift ``b̃₀`` of the response."""
+        return scipy.linalg.solve_triangular(self.x_map, b0, lower=False, check_finite=False) if self.p else b0
 
     def with_offset(self, j: int, value: float) -> CrossProduct:
         """``A`` with ``β_j`` fixed at ``value`` (``x_j`` dropped, ``y − value · x_j`` the
-        response), from ``A`` alone: no pass over the data. In ``A``'s scaled columns
-        ``x_j = s_j x̃_j``, so the response column becomes ``y − c x̃_j`` with ``c = value s_j``."""
-        i = self.q_rest + j  # x̃_j's row in block 2
-        c = value * self.x_scale[j]
-        a21 = self.A21[-1] - c * self.A21[i]
-        a21 = np.asarray(a21.toarray()).ravel() if sp.issparse(a21) else a21
-        a22 = self.A22[-1] - c * self.A22[i]
-        a22[-1] = self.A22[-1, -1] - 2 * c * self.A22[i, -1] + c * c * self.A22[i, i]
-        out = self._with_last(a21, a22)
-        keep = np.arange(self.r) != i
-        A21 = out.A21[np.flatnonzero(keep)] if out.a21_sparse else out.A21[keep]
-        return dataclasses.replace(out, A21=A21, A22=out.A22[np.ix_(keep, keep)], p=self.p - 1,
-                                   x_scale=np.delete(self.x_scale, j))
+        response), from ``A`` alone: no pass over the data.
+
+        In internal coordinates ``X = X̃R`` and ``y = y_c + X̃ R β₀``, so the other columns are
+        ``X̃ M`` (``M = R[:, −j]``; with ``M = Q₁R₁`` their new internal form is ``X̃ Q₁``, map
+        ``R₁``) and the response is ``y_c + X̃ w``, ``w = R(β₀ − value e_j)``: ``Q₁Q₁'w`` is
+        in the new columns' span (the new ``β₀ = R₁⁻¹Q₁'w``), the rest stays in ``y_c``."""
+        R, p = self.x_map, self.p
+        keep = np.arange(p) != j
+        Q1, R1 = np.linalg.qr(R[:, keep])
+        signs = np.where(np.diag(R1) < 0, -1.0, 1.0)  # a positive diagonal, as R's
+        Q1, R1 = Q1 * signs, R1 * signs[:, None]
+        e = np.zeros(p)
+        e[j] = value
+        w = R @ (self.y_shift - e)
+        c = Q1.T @ w
+        T = np.zeros((p + 1, p))
+        T[:p, : p - 1] = Q1
+        T[:p, -1] = w - Q1 @ c
+        T[-1, -1] = 1.0
+        shift = scipy.linalg.solve_triangular(R1, c, lower=False, check_finite=False) if p > 1 else np.zeros(0)
+        return self._transformed(T, p=p - 1, x_map=R1, y_shift=shift)
+
+
+def fixed_map(gram: np.ndarray, n: int, r_factor) -> np.ndarray:
+    """``R`` (upper triangular, positive diagonal) of the internal fixed-effects columns
+    ``X̃ = X R⁻¹``, from ``X'X`` (``gram``) and ``n``: ``diag(s_j)``, the columns' root mean
+    squares, while ``X S⁻¹`` is well conditioned (``cond(S⁻¹X'XS⁻¹) < 1e6``); else ``R/√n``
+    of ``X = QR`` (``r_factor()``, called only then), so that ``X̃ = √n Q`` (a covariate of
+    mean 1e10 beside the intercept: the Gram matrix of ``X S⁻¹`` has condition ~1e20 and
+    would lose every digit of the covariate's effect)."""
+    p = gram.shape[0]
+    if p == 0:
+        return np.zeros((0, 0))
+    s = np.sqrt(np.diag(gram) / max(n, 1))
+    s = np.where(s > 0, s, 1.0)
+    with np.errstate(all="ignore"):
+        cond = np.linalg.cond(gram / np.outer(s, s))
+    if np.isfinite(cond) and cond < _GRAM_COND_MAX:
+        return np.diag(s)
+    R = np.asarray(r_factor())[:p]
+    R = R * np.where(np.diag(R) < 0, -1.0, 1.0)[:, None]
+    return np.triu(R) / np.sqrt(max(n, 1))
+
+
+def internal_columns(X: np.ndarray, x_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, u)`` with ``X̃ = M diag(u)``: ``X`` itself and ``1/s_j`` for a diagonal map (no copy
+    of a tall ``X``), else ``X R⁻¹`` formed and ones."""
+    p = X.shape[1]
+    if np.count_nonzero(x_map - np.diag(np.diag(x_map))) == 0:
+        return X, 1.0 / np.diag(x_map) if p else np.ones(0)
+    Xt = scipy.linalg.solve_triangular(x_map, X.T, trans="T", lower=False, check_finite=False).T
+    return np.asfortranarray(Xt), np.ones(p)
+
+
+def center_response(M: np.ndarray, u: np.ndarray, gram: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(y − X̃b̃₀, b̃₀)``, ``b̃₀`` the least-squares coefficients of ``y`` on ``X̃ = M diag(u)``
+    (``gram = X̃'X̃``), by two rounds of the normal equations (the second on the first's
+    residual: iterative refinement, exact to the precision ``y`` carries for any mean)."""
+    p = M.shape[1]
+    if p == 0:
+        return np.asarray(y, dtype=float), np.zeros(0)
+    c = scipy.linalg.cho_factor(gram, lower=True, check_finite=False)
+    b0 = np.zeros(p)
+    y = np.asarray(y, dtype=float)
+    for _ in range(2):
+        step = scipy.linalg.cho_solve(c, (M.T @ y) * u, check_finite=False)
+        y = y - M @ (step * u)
+        b0 += step
+    return y, b0
+
+
+def check_residual(y_c: np.ndarray, y: np.ndarray) -> None:
+    """The fixed effects do not fit the response exactly: where ``y − Xβ₀`` vanishes (to ``1e-13``
+    of ``y``), the residual variance would be 0 at every θ and the likelihood unbounded."""
+    size = float(np.linalg.norm(y))
+    if size > 0 and not float(np.linalg.norm(y_c)) > 1e-13 * size:
+        raise DataError("the fixed effects fit the response exactly (the least-squares residuals are 0): the residual "
+                        "variance would be 0 and the likelihood unbounded; remove fixed effects or check the response")
 
 
 def level_blocks(term: ReTerm) -> np.ndarray:
@@ -174,41 +323,47 @@ def x_scale(X: np.ndarray) -> np.ndarray:
     return np.where(rms > 0, rms, 1.0)
 
 
-def crossproduct(design: Design, sparse: bool | None = None, scale: np.ndarray | None = None) -> CrossProduct:
+def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False) -> CrossProduct:
     """One pass over the data: the blocks of ``A`` for this design.
 
     ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
-    ``scale``: the ``s_j`` to divide ``X``'s columns by (default their root mean square; ones
-    for the partial sums of :mod:`hierlmm.partitioned`, scaled once after the reduction). A
-    design whose rows are not in memory has its ``A`` already (reduced over its partitions).
+    ``raw``: ``X`` and ``y`` as they are (``R = I``, ``β₀ = 0``), for the partial sums of
+    :mod:`hierlmm.partitioned`, mapped once after the reduction. A design whose rows are not
+    in memory has its ``A`` already (reduced over its partitions).
     """
     if not design.rows:
         return design.source.crossproduct(sparse)
     log_weights = design.log_weights
     design = design.whitened()
     first, rest = design.terms[0], design.terms[1:]
-    X, y = design.X, design.y
-    scale = x_scale(X) if scale is None else scale
-    # [X̃ y] = [X S⁻¹ y] is never formed (at 10⁷ rows a copy of X): products with X are
-    # divided by S afterwards
-    unscale = np.append(1.0 / scale, 1.0)
-    columns = [X[:, c] for c in range(X.shape[1])] + [y]
+    p, X = design.p, design.X
+    XtX = X.T @ X
+    x_map = np.eye(p) if raw else fixed_map(XtX, design.n, lambda: scipy.linalg.qr(X, mode="r", check_finite=False)[0])
+    # [X̃ y_c]: X̃ = M diag(unscale), formed only where R is not diagonal (at 10⁷ rows a copy of X)
+    M, unscale = internal_columns(X, x_map)
+    G = XtX * np.outer(unscale, unscale) if M is X else M.T @ M
+    y, b0 = (design.y, np.zeros(p)) if raw else center_response(M, unscale, G, design.y)
+    if not raw:
+        check_residual(y, design.y)
+    unscale = np.append(unscale, 1.0)
+    columns = [M[:, c] for c in range(p)] + [y]
     A11 = level_blocks(first)
-    # [X y]'Z1 by one bincount per (column of [X y], column of Z1): no sparse copy of Z1
+    # [X̃ y]'Z1 by one bincount per (column of [X̃ y], column of Z1): no sparse copy of Z1
     bottom = np.empty((len(columns), first.m, first.k))
     for a in range(first.k):
         za = first.Z[:, a]
         for c, col in enumerate(columns):
             bottom[c, :, a] = np.bincount(first.codes, weights=za * col, minlength=first.m) * unscale[c]
     bottom = bottom.reshape(len(columns), first.q)
-    Xy = X.T @ y
-    XYtXY = np.block([[X.T @ X, Xy[:, None]], [Xy[None, :], np.array([[y @ y]])]]) * np.outer(unscale, unscale)
+    My = (M.T @ y) * unscale[:-1]
+    XYtXY = np.block([[G, My[:, None]], [My[None, :], np.array([[y @ y]])]])
+    y_shift = scipy.linalg.solve_triangular(x_map, b0, lower=False, check_finite=False) if p else b0
     if not rest:
-        return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, design.p, design.n, scale, log_weights)
+        return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, p, design.n, x_map, y_shift, log_weights)
     Zr = term_matrix(rest[0]) if len(rest) == 1 else sp.hstack([term_matrix(t) for t in rest], format="csr")
     q_rest = Zr.shape[1]
     top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
-    r = q_rest + design.p + 1
+    r = q_rest + p + 1
     A22 = np.empty((r, r))
     A22[:q_rest, :q_rest] = (Zr.T @ Zr).toarray()
     ZrXY = np.column_stack([np.asarray(Zr.T @ col).ravel() for col in columns]) * unscale
@@ -221,4 +376,4 @@ def crossproduct(design: Design, sparse: bool | None = None, scale: np.ndarray |
         A21 = np.vstack([top.toarray(), bottom])
     else:
         A21 = sp.vstack([top, sp.csr_matrix(bottom)], format="csr")
-    return CrossProduct(A11, A21, A22, q_rest, design.p, design.n, scale, log_weights)
+    return CrossProduct(A11, A21, A22, q_rest, p, design.n, x_map, y_shift, log_weights)

@@ -19,7 +19,7 @@ import pandas as pd
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.reterms import ReTerm
-from hierlmm.rsyntax import formula_context, python_attribute, r_name, to_formulaic
+from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, numeric_view, python_attribute, r_name, to_formulaic
 
 __all__ = ["Design", "NoRows", "build_design"]
 
@@ -232,6 +232,7 @@ class Design:
 
     def fixed_matrix(self, data: pd.DataFrame) -> np.ndarray:
         """``X`` for (new) data, with the fit's coding, columns and aliased columns dropped."""
+        data = numeric_view(data, str(self.fixed_spec.formula))
         mm = self.fixed_spec.get_model_matrix(data, na_action="ignore", context=formula_context())
         mm.columns = [r_name(c) for c in mm.columns]
         return np.asarray(mm[self.fixef_names], dtype=float)
@@ -255,7 +256,7 @@ def _required(expr: str, where: str, columns=frozenset()) -> set[str]:
     from formulaic import Formula
 
     try:
-        found = set(Formula(to_formulaic(expr)).required_variables)
+        found = {"Intercept" if v == INTERCEPT_COLUMN else v for v in Formula(to_formulaic(expr)).required_variables}
     except Exception as exc:  # formulaic's parser errors
         raise FormulaError(f"cannot parse {where} {expr!r}: {exc}") from None
     tokens = {next(g for g in m.groups() if g) for m in _NAME.finditer(expr)}
@@ -272,7 +273,7 @@ def _model_matrix(spec: str, data: pd.DataFrame, where: str):
     from formulaic import model_matrix
 
     try:
-        return model_matrix(spec, data, na_action="ignore", context=formula_context())
+        return model_matrix(spec, numeric_view(data, spec), na_action="ignore", context=formula_context())
     except Exception as exc:
         raise FormulaError(f"cannot evaluate {where} {spec!r}: {exc}") from None
 
@@ -309,6 +310,9 @@ def _check_column_types(data: pd.DataFrame, cols, response: str, covariates) -> 
         raise DataError(f"response {response!r} is not numeric (dtype {data[response].dtype}); "
                         f"convert it, e.g. with pd.to_numeric(data[{response!r}])")
     for c in cols:
+        if (c in covariates or c == response) and pd.api.types.is_complex_dtype(data[c]):
+            raise DataError(f"column {c!r} holds complex numbers (dtype {data[c].dtype}); a model's columns must be "
+                            f"real: use data[{c!r}].real or .imag, or abs()")
         if c in covariates and (pd.api.types.is_datetime64_any_dtype(data[c])
                                 or pd.api.types.is_timedelta64_dtype(data[c])):
             raise DataError(f"column {c!r} holds dates or times (dtype {data[c].dtype}); use a number, e.g. "
@@ -329,50 +333,123 @@ def _drop_unused_categories(col: pd.Series) -> pd.Series | None:
                      index=col.index, name=col.name)
 
 
-def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, list[str]]:
-    """Codes and labels of the grouping factor ``a`` or interaction ``a:b`` (R's order)."""
-    codes = np.zeros(len(data), dtype=np.int64)
-    levels: list[list[str]] = []
-    nlev = 1
-    for name in spec.factors:
-        col = data[name]
-        if pd.api.types.is_float_dtype(col) and not np.all(np.mod(col.to_numpy(), 1) == 0):
-            raise DataError(
-                f"grouping variable {name!r} in {spec.source} holds non-integer numbers; "
-                "a grouping factor must be categorical (convert it with astype('category'))"
-            )
-        # unused categories need no removal here: only the codes present are kept below
-        cat = col if isinstance(col.dtype, pd.CategoricalDtype) else col.astype("category")
-        lev = [str(c) for c in cat.cat.categories]
-        codes = codes * len(lev) + cat.cat.codes.to_numpy().astype(np.int64)
-        levels.append(lev)
-        nlev *= len(lev)
-    if nlev <= 4 * len(codes) + 1024:  # O(n) relabelling without sorting
-        present = np.bincount(codes, minlength=nlev) > 0
-        used = np.flatnonzero(present)
-        codes = (np.cumsum(present) - 1)[codes]
+def level_label(value) -> str:
+    """The label of a grouping factor's level, the same for the same value whatever the column's
+    type: an integral number as an integer (``1``, ``1.0``, ``np.int8(1)`` and ``"1"`` are one
+    level, as R's ``factor`` reads them), other numbers by ``repr``, a time by its ISO form
+    (``2020-01-02`` for a date), anything else by ``str``."""
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    if isinstance(value, (pd.Timestamp, np.datetime64)):
+        ts = pd.Timestamp(value)
+        return ts.date().isoformat() if ts == ts.normalize() and ts.tz is None else ts.isoformat()
+    return str(value)
+
+
+def join_labels(parts) -> str:
+    """One label of an interaction level ``a:b`` from its factors' labels; a label that holds
+    ``:`` or a backquote is backquoted (with backquotes doubled), so that ``("a:b", "c")`` and
+    ``("a", "b:c")`` stay two levels."""
+    return ":".join(f"`{p.replace('`', '``')}`" if (":" in p or "`" in p) else p for p in parts)
+
+
+def factor_levels(col: pd.Series, name: str, where: str) -> tuple[np.ndarray, list[str]]:
+    """Codes (``-1`` for missing) and labels of one grouping column, in R's order (a
+    ``Categorical``'s own order, else sorted), values that are one level (:func:`level_label`)
+    merged."""
+    if pd.api.types.is_float_dtype(col) and not np.all(np.mod(col.dropna().to_numpy(), 1) == 0):
+        raise DataError(
+            f"grouping variable {name!r} in {where} holds non-integer numbers; "
+            "a grouping factor must be categorical (convert it with astype('category'))"
+        )
+    if pd.api.types.is_complex_dtype(col):
+        raise DataError(f"grouping variable {name!r} in {where} holds complex numbers")
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cat = col
+    elif col.dtype == object and not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                         for v in pd.unique(col.dropna())):
+        # R reads a column of mixed values (1 and "1") as character: levels sorted by label
+        cat = col.map(level_label, na_action="ignore").astype("category")
     else:
-        used, codes = np.unique(codes, return_inverse=True)
-    digits = np.unravel_index(used, [len(lev) for lev in levels])
-    labels = [":".join(lev[i] for lev, i in zip(levels, idx)) for idx in zip(*digits)]
+        cat = col.astype("category")  # sorted categories (numbers numerically)
+    labels = [level_label(c) for c in cat.cat.categories]
+    codes = cat.cat.codes.to_numpy().astype(np.int64)
+    unique, first = np.unique(labels, return_index=True)
+    if len(unique) < len(labels):  # 1 and "1", 1 and 1.0: one level, at its first place
+        keep = np.sort(first)
+        index = {labels[i]: j for j, i in enumerate(keep)}
+        remap = np.array([index[lab] for lab in labels], dtype=np.int64)
+        codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+        labels = [labels[i] for i in keep]
+    return codes, labels
+
+
+def _grouping_codes(data: pd.DataFrame, spec: RandomSpec) -> tuple[np.ndarray, list[str]]:
+    """Codes and labels of the grouping factor ``a`` or interaction ``a:b`` (R's order: the
+    first factor slowest). The codes of an interaction are renumbered after each factor, so
+    they stay below the number of rows however many levels the factors have (four factors of
+    6e4 levels: 1.3e19 combinations, past int64)."""
+    codes = np.zeros(len(data), dtype=np.int64)
+    labels: list[tuple[str, ...]] = [()]
+    for name in spec.factors:
+        fcodes, lev = factor_levels(data[name], name, spec.source)
+        combined = codes * len(lev) + fcodes  # < n · len(lev) <= n²: no overflow below 3e9 rows
+        nlev = len(labels) * len(lev)
+        if nlev <= 4 * len(codes) + 1024:  # O(n) relabelling without sorting
+            present = np.bincount(combined, minlength=nlev) > 0
+            used = np.flatnonzero(present)
+            codes = (np.cumsum(present) - 1)[combined]
+        else:
+            used, codes = np.unique(combined, return_inverse=True)
+        prev, cur = np.divmod(used, len(lev))
+        labels = [labels[p] + (lev[c],) for p, c in zip(prev, cur)]
+    labels = [join_labels(lab) for lab in labels]
     # int32 when the levels allow: 4 bytes a row per term fewer (the design holds the codes)
     return codes.astype(np.int32 if len(labels) < 2**31 else np.intp), labels
 
 
+def aliased(R: np.ndarray, intercept: int | None) -> np.ndarray:
+    """Which columns of ``X`` are linear combinations of earlier ones (lme4 drops them), from
+    the R factor of ``X = QR`` (column j of ``R`` holds ``x_j``'s coordinates) and the index of
+    the intercept column (``None`` without one).
+
+    ``|R_jj|`` is the distance of column j from the span of the columns before it. It is a
+    (relative) zero when below ``1e-7`` times the column's norm about its mean (with an
+    intercept; else its norm), so a covariate of mean 1e10 and SD 1 beside the intercept counts
+    as the covariate it is (R's ``qr`` measures it against its raw norm, 1e10·√n, and drops
+    it), and also when below what the stored values carry (``1e3 ε`` times the raw norm:
+    ``2x + 1e10`` beside ``x`` is aliased up to the rounding of its entries). Both norms come
+    from ``R`` (orthogonal coordinates), not from sums of squares less squared sums, which
+    cancel catastrophically for such a column."""
+    p = R.shape[1]
+    R = R[:p] if R.shape[0] >= p else np.vstack([R, np.zeros((p - R.shape[0], p))])
+    diag = np.abs(np.diag(R))
+    raw = np.linalg.norm(R, axis=0)
+    norms = raw
+    if intercept is not None:
+        one = R[:, intercept]
+        scale = one @ one
+        if scale > 0:
+            norms = np.linalg.norm(R - np.outer(one, one @ R) / scale, axis=0)
+            norms[intercept] = raw[intercept]
+    return ~((diag > 1e-7 * np.maximum(norms, 1e-300)) & (diag > 1e3 * np.finfo(float).eps * raw))
+
+
 def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Drop columns that are linear combinations of earlier ones (lme4 drops them too)."""
+    """Drop columns that are linear combinations of earlier ones (:func:`aliased`)."""
     import scipy.linalg
 
     if X.shape[1] == 0:
         return X, names, []
     R = scipy.linalg.qr(X, mode="r", check_finite=False)[0]
-    diag = np.abs(np.diag(R))
-    norms = np.linalg.norm(X, axis=0)
-    keep = diag > 1e-7 * np.maximum(norms, 1e-300)
-    if keep.all():
+    drop = aliased(R, names.index("(Intercept)") if "(Intercept)" in names else None)
+    if not drop.any():
         return X, names, []
-    # |R_jj| is the distance of column j from the span of the columns before it: a (relative)
-    # zero marks a column aliased with earlier ones, the ones lme4 drops
+    keep = ~drop
     dropped = [n for n, k in zip(names, keep) if not k]
     return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
 
@@ -413,7 +490,9 @@ def _argument_column(value, data: pd.DataFrame, what: str) -> tuple[pd.Series | 
                             f"{', '.join(map(str, data.columns))}")
         col, name = data[value], f"{what} column {value!r}"
     else:
-        arr = np.asarray(value)
+        from hierlmm.validate import aligned
+
+        arr = np.asarray(aligned(value, data.index, what))
         if arr.ndim != 1 or len(arr) != len(data):
             raise DataError(f"{what} must be a column name or one value per row of the data ({len(data)} rows), "
                             f"got shape {arr.shape}")
@@ -444,6 +523,14 @@ def check_weights(w: np.ndarray, name: str) -> np.ndarray:
         raise DataError(f"{name} must be positive and finite; it has {int(bad.sum())} value(s) that are not "
                         f"(e.g. {w[bad][0]:g}); drop those rows (a zero weight removes a row)")
     return w
+
+
+def check_response(y: np.ndarray, response: str) -> None:
+    """A response with one value has nothing to model: its residual variance would be 0 and its
+    log-likelihood unbounded (lme4 refuses it too)."""
+    if len(y) and np.all(y == y[0]):
+        raise DataError(f"response {response!r} is constant (every value is {y[0]:g}): there is no variation "
+                        "to model")
 
 
 def check_finite(y: np.ndarray, X: np.ndarray, names: list[str], response: str) -> None:
@@ -492,10 +579,13 @@ def check_term(term: ReTerm, n: int) -> None:
 
 
 def order_terms(terms: list[ReTerm]) -> list[ReTerm]:
-    """lme4's order, by decreasing number of levels (stable), and unique labels
-    (``Subject``, ``Subject.1``)."""
-    order = sorted(range(len(terms)), key=lambda i: -terms[i].m)
-    terms = [terms[i] for i in order]
+    """lme4's order and unique labels (``Subject``, ``Subject.1``). lme4's ``mkReTrms`` keeps the
+    formula's order when the numbers of levels never increase, and otherwise orders by
+    ``rev(order(nl))``: decreasing, with terms of equal numbers of levels in reverse formula
+    order (``(x || g) + (1 | k)``, k with more levels: θ is ``k, g.x, g.(Intercept)``)."""
+    m = [t.m for t in terms]
+    if any(b > a for a, b in zip(m, m[1:])):
+        terms = [terms[i] for i in reversed(sorted(range(len(terms)), key=lambda i: m[i]))]
     seen: dict[str, int] = {}
     for t in terms:
         count = seen.get(t.group, 0)
@@ -509,14 +599,16 @@ def used_columns(parsed: ParsedFormula, columns, extra_columns=()) -> tuple[set[
     a grouping factor); a column the formula names that is not in ``columns`` is an error that
     names the term it appears in."""
     formula = parsed.formula
-    # which columns does each piece use?
-    fixed_vars = _required(parsed.fixed_formula, "fixed part", columns)
-    used = set(fixed_vars)
+    # which columns does each piece use? (the response's own, log(conc)'s conc, apart: new data
+    # for predict() need not have them)
+    used = set(_required(parsed.fixed, "fixed part", columns)) if parsed.fixed.strip() not in ("", "1", "0") else set()
     for spec in parsed.random:
         used |= _required(spec.expr, f"random-effects term {spec.source}", columns)
     for expr in parsed.offsets:
         used |= _required(f"I({expr})", f"offset({expr})", columns)
     covariates = used - {parsed.response}  # grouping factors may be of any type
+    used |= {parsed.response} if parsed.response in columns else _required(f"I({parsed.response})", "response",
+                                                                             columns)
     for spec in parsed.random:
         used |= set(spec.factors)
     absent = [c for c in extra_columns if c not in columns]
@@ -629,6 +721,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     X = np.asarray(mm.rhs, dtype=float)
     names = [r_name(c) for c in mm.rhs.columns]
     check_finite(y, X, names, parsed.response)
+    check_response(y, parsed.response)
     all_names = list(names)
     X, names, dropped = _drop_aliased(X, names)
     if dropped:

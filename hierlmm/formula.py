@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from hierlmm.errors import FormulaError
+from hierlmm.safety import check_formula
 
 __all__ = ["RandomSpec", "ParsedFormula", "parse_formula"]
 
@@ -195,6 +196,7 @@ def parse_formula(formula: str) -> ParsedFormula:
         Naming the piece at fault: a missing ``~``, unbalanced parentheses, ``(x |)``,
         ``(| g)``, an unusable grouping variable, or no random-effects term at all.
     """
+    check_formula(formula)
     if not isinstance(formula, str):
         raise FormulaError(f"the formula must be a string, got {type(formula).__name__}")
     _check_parentheses(formula)

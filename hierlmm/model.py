@@ -22,7 +22,7 @@ import pandas as pd
 from hierlmm.deviance import Deviance
 from hierlmm.design import Design, build_design, design_attribute
 from hierlmm.errors import HierlmmError, SingularFitWarning
-from hierlmm.optimize import optimize_theta, warn_messages
+from hierlmm.optimize import optimize_theta, theta_scale, warn_messages
 from hierlmm.results import LMMResult
 
 __all__ = ["LMM"]
@@ -202,6 +202,7 @@ class LMM:
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
         from hierlmm.threads import one_blas_thread
 
+        caveats: list[str] = []
         if self.grouped:
             fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
         else:
@@ -209,6 +210,10 @@ class LMM:
                 dev = self.deviance_function(reml=method == "REML")
                 opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
                 opt = self._off_the_boundary(dev, opt, maxeval, check_convergence)
+                caveats = dev.collinear_terms()
+                if caveats:  # digits the data cannot carry: never converged=True beside them
+                    opt.messages.extend(caveats)
+                    opt.converged = False
                 fit = LMMResult(self, dev, opt)
         opt = fit.opt
         if fit.singular:
@@ -218,6 +223,7 @@ class LMM:
                 SingularFitWarning,
                 stacklevel=2,
             )
+            warn_messages(caveats, stacklevel=3)  # the fit's own doubts, beside the boundary
         elif opt.messages:
             warn_messages(opt.messages, stacklevel=3)
         return fit
@@ -232,10 +238,12 @@ class LMM:
         """
         slices = self.design.theta_slices()
         terms = self.design.terms
-        per_term = [t.boundary_escapes(opt.theta[s]) for t, s in zip(terms, slices)]
+        scale = theta_scale(dev)  # escapes and tests in the optimiser's unit-free φ
+        phi = opt.theta * scale
+        per_term = [[e / scale[s] for e in t.boundary_escapes(phi[s])] for t, s in zip(terms, slices)]
         starts = [np.concatenate([esc[i] if esc else opt.theta[s] for esc, s in zip(per_term, slices)])
                   for i in range(2) if any(per_term)]
-        at_zero = [bool(np.any(np.abs(t.template(opt.theta[s]).diagonal()) < 1e-4)) for t, s in zip(terms, slices)]
+        at_zero = [bool(np.any(np.abs(t.template(phi[s]).diagonal()) < 1e-4)) for t, s in zip(terms, slices)]
         if any(at_zero):
             for j, s in enumerate(slices):
                 if not at_zero[j]:
@@ -326,6 +334,11 @@ class LMM:
         hierlmm.bayes.posterior.Posterior
             ``.idata`` (ArviZ DataTree) and ``.summary()``.
         """
+        from hierlmm.validate import count
+
+        draws, tune, chains = count(draws, "draws"), count(tune, "tune", minimum=0), count(chains, "chains")
+        if max_draws is not None:
+            max_draws = count(max_draws, "max_draws", minimum=draws)
         self.require("sample()", instead="the Bayesian side implements the hierarchical model with iid "
                      "residuals only (it would sample that model instead); fit this one with .fit()")
         from hierlmm.bayes.sample import sample
@@ -347,6 +360,10 @@ class LMM:
         """
         self.require("posterior_mode()", instead="the Bayesian side implements the hierarchical model with "
                      "iid residuals only; fit this one with .fit()")
+        if beta_prior_sd is not None:
+            from hierlmm.validate import positive_number
+
+            beta_prior_sd = positive_number(beta_prior_sd, "beta_prior_sd")
         from hierlmm.bayes.mode import posterior_mode
 
         return posterior_mode(self, prior=prior, beta_prior_sd=beta_prior_sd, joint=joint, coordinates=coordinates)

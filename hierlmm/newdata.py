@@ -36,16 +36,21 @@ def term_columns(term, data: pd.DataFrame) -> np.ndarray:
         from hierlmm.design import simple_columns
 
         return simple_columns(term.expr, data)[0]
-    from hierlmm.rsyntax import formula_context
+    from hierlmm.rsyntax import formula_context, numeric_view
 
+    data = numeric_view(data, str(term.model_spec.formula))
     return np.asarray(term.model_spec.get_model_matrix(data, na_action="ignore", context=formula_context()),
                       dtype=float)
 
 
 def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
     """Check newdata's columns and give its factors the fit's categories (same contrasts)."""
+    from hierlmm.design import used_columns
+
     grouping = {f for t in design.terms for f in t.factors}
-    needed = [c for c in design.data.columns if c != design.response and c not in grouping]
+    _, covariates = used_columns(design.parsed, design.data.columns)
+    extra = [c for c in design.residual.columns()] if design.residual is not None else []
+    needed = [c for c in design.data.columns if (c in covariates or c in extra) and c not in grouping]
     missing = [c for c in needed if c not in newdata.columns]
     if missing:
         raise DataError(f"newdata lacks column(s) {', '.join(missing)} used by the model")
@@ -53,7 +58,10 @@ def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
     for c in needed:
         col = design.data[c]
         if not isinstance(col.dtype, pd.CategoricalDtype):
-            continue
+            if pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+                continue
+            # a text column is a factor with sorted levels (build_design): the same check
+            col = col.astype("category")
         cats = col.cat.categories
         values = newdata[c].astype(str) if cats.dtype == object else newdata[c]
         unknown = sorted(set(values[values.notna() & ~values.isin(cats)].astype(str)))
@@ -64,6 +72,23 @@ def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
         else:
             newdata[c] = pd.Categorical(values, categories=cats)
     return newdata
+
+
+def grouping_labels(data: pd.DataFrame, factors) -> np.ndarray:
+    """Each row's level label of the grouping factor ``a`` or ``a:b`` by the fit's rule
+    (:func:`hierlmm.design.level_label`, :func:`hierlmm.design.join_labels`): a level is found
+    by its value whether the new column holds it as int, float, str, category or date."""
+    from hierlmm.design import join_labels, level_label
+
+    parts = []
+    for f in factors:
+        col = data[f]
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        lab = np.array([level_label(u) for u in uniques] + [None], dtype=object)
+        parts.append(lab[codes])  # code -1 (missing) -> None, a level of no fit
+    if len(parts) == 1:
+        return parts[0]
+    return np.array([None if None in v else join_labels(v) for v in zip(*parts)], dtype=object)
 
 
 def new_data(design, newdata: pd.DataFrame, random: bool = True, allow_new_levels: bool = True) -> NewData:
@@ -85,8 +110,7 @@ def new_data(design, newdata: pd.DataFrame, random: bool = True, allow_new_level
             missing = [f for f in t.factors if f not in newdata.columns]
             if missing:
                 raise DataError(f"newdata lacks grouping column(s) {', '.join(missing)} of {t.source}")
-            parts = [newdata[f].astype(str).to_numpy(dtype=object) for f in t.factors]
-            labels = parts[0] if len(parts) == 1 else np.array([":".join(v) for v in zip(*parts)], dtype=object)
+            labels = grouping_labels(newdata, t.factors)
             lookup = pd.Series(np.arange(t.m), index=t.levels)
             c = lookup.reindex(labels).to_numpy(dtype=float)
             seen = ~np.isnan(c)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hierlmm.errors import ConvergenceWarning
+from hierlmm.errors import ConvergenceWarning, HierlmmError
 
 __all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian", "bobyqa", "bobyqa_restarted",
-           "restart_step"]
+           "restart_step", "theta_scale"]
 
 # lme4's isSingular tolerance on θ's bounded entries
 SINGULAR_TOL = 1e-4
@@ -168,15 +168,30 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
     -------
     OptResult
     """
-    lower = np.asarray(deviance.lower, dtype=float)
-    x0 = np.asarray(deviance.theta0 if theta0 is None else theta0, dtype=float)  # bobyqa clips it
-    x, fun, nev, messages = bobyqa_restarted(deviance, x0, lower, maxeval=maxeval, xtol=xtol, ftol=ftol,
+    scale = theta_scale(deviance)
+    lower = np.asarray(deviance.lower, dtype=float) * scale
+    if theta0 is None:
+        x0 = np.asarray(deviance.theta0, dtype=float)  # identity factors of Z with unit-RMS columns
+    else:
+        x0 = np.asarray(theta0, dtype=float) * scale  # bobyqa clips it
+        if x0.shape != scale.shape:
+            terms = getattr(getattr(deviance, "design", None), "terms", [])
+            names = [name for t in terms for name in t.theta_names()]
+            raise HierlmmError(f"theta0 has {x0.size} entries; this model's θ has {scale.size}"
+                               + (f" (lme4's order: {', '.join(names)})" if len(names) == scale.size else ""))
+        if not np.all(np.isfinite(x0)):
+            raise HierlmmError(f"theta0 must hold finite numbers, got {np.asarray(theta0).tolist()}")
+
+    def f(phi):
+        return deviance(phi / scale)
+
+    x, fun, nev, messages = bobyqa_restarted(f, x0, lower, maxeval=maxeval, xtol=xtol, ftol=ftol,
                                              initial_step=initial_step)
-    res = OptResult(theta=x, fun=float(fun), evaluations=int(nev), messages=messages)
+    res = OptResult(theta=x / scale, fun=float(fun), evaluations=int(nev), messages=messages)
     if check is None:
         check = getattr(deviance, "n", 0) < 10_000
     if check:
-        more, g, H = check_convergence(deviance, x, lower)
+        more, g, H = check_convergence(f, x, lower)
         # BOBYQA stops on small steps; in a flat valley that can leave a visible gradient.
         # Polish with (at most two) Newton steps on the free parameters, kept if they help.
         for _ in range(2):
@@ -186,15 +201,24 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
             trial = x.copy()
             trial[free] -= np.linalg.solve(H, g)
             trial = np.maximum(trial, lower)
-            f_trial = float(deviance(trial))
+            f_trial = float(f(trial))
             if not f_trial < res.fun:
                 break
-            x, res.theta, res.fun = trial, trial, f_trial
-            more, g, H = check_convergence(deviance, x, lower)
+            x, res.theta, res.fun = trial, trial / scale, f_trial
+            more, g, H = check_convergence(f, x, lower)
         res.messages.extend(more)
         res.gradient, res.hessian = g, H
     res.converged = not res.messages
     return res
+
+
+def theta_scale(deviance) -> np.ndarray:
+    """The scale of each parameter, ``φ = scale · θ`` the optimiser's coordinates: the
+    deviance's ``theta_scale`` (:attr:`hierlmm.deviance.Deviance.theta_scale`; ones for an
+    objective without one)."""
+    n = len(np.asarray(deviance.lower))
+    scale = getattr(deviance, "theta_scale", None)
+    return np.ones(n) if scale is None else np.asarray(scale, dtype=float)
 
 
 def fd_hessian(f, x, h: float = 1e-4, free=None):

@@ -37,12 +37,13 @@ import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 
-from hierlmm.crossprod import CrossProduct, crossproduct, sparse_a21
-from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, check_finite,
+from hierlmm.crossprod import CrossProduct, check_residual, crossproduct, fixed_map, sparse_a21
+from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, aliased,
+                            check_finite, join_labels, level_label,
                             check_term, check_weights, make_term, order_terms, used_columns, warn_scales)
 from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning
 from hierlmm.formula import parse_formula
-from hierlmm.rsyntax import formula_context, r_name, to_formulaic
+from hierlmm.rsyntax import formula_context, numeric_view, r_name, to_formulaic
 
 __all__ = ["is_dask", "build_partitioned_design", "Source"]
 
@@ -116,7 +117,8 @@ class Encoder:
 
     def response(self, frame: pd.DataFrame) -> np.ndarray:
         """``y`` of a partition's complete rows (the formula's left side)."""
-        y = self.spec.lhs.get_model_matrix(frame, na_action="ignore", context=formula_context())
+        y = self.spec.lhs.get_model_matrix(numeric_view(frame, str(self.spec.lhs.formula)), na_action="ignore",
+                                           context=formula_context())
         return np.asarray(y, dtype=float).reshape(len(frame), -1)[:, 0]
 
     def prior_weights(self, frame: pd.DataFrame) -> np.ndarray | None:
@@ -127,8 +129,8 @@ class Encoder:
 
     def rows(self, frame: pd.DataFrame) -> Design:
         """The in-memory design of one partition's complete rows: every column of ``X``."""
-        X = np.asarray(self.spec.rhs.get_model_matrix(frame, na_action="ignore", context=formula_context()),
-                       dtype=float)
+        X = np.asarray(self.spec.rhs.get_model_matrix(numeric_view(frame, str(self.spec.rhs.formula)),
+                                                      na_action="ignore", context=formula_context()), dtype=float)
         y, names = self.response(frame), self.design.all_fixef_names
         check_finite(y, X, names, self.parsed.response)
         w = self.prior_weights(frame)
@@ -196,7 +198,7 @@ def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
         return Partial(0, dropped, counts)
     d = enc.rows(frame)
     p = d.X.shape[1]
-    cp = crossproduct(d, sparse=True, scale=np.ones(p))  # A21: CSR (dense without further terms)
+    cp = crossproduct(d, sparse=True, raw=True)  # A21: CSR (dense without further terms)
     # scipy's mode="r" gives R with n rows (zeros below p): keep the p x p triangle
     R = scipy.linalg.qr(np.array(d.X, order="F"), mode="r", overwrite_a=True, check_finite=False)[0][:p]
     binary = np.array([np.all((d.X[:, j] == 0) | (d.X[:, j] == 1)) for j in range(p)], dtype=bool)
@@ -469,7 +471,7 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
             present = _combination_codes(combos[spec.factors], spec.factors, levels)
             labels = _combination_labels(present, spec.factors, levels)
         else:
-            labels = [str(v) for v in levels[spec.factors[0]]]
+            labels = [level_label(v) for v in levels[spec.factors[0]]]
         groupings[spec.factors] = present
         term = make_term(spec, proto, ordered, NoRows((0,)), labels)
         if term.model_spec is not None:
@@ -524,6 +526,10 @@ def _refuse_state(spec, where: str, levels, columns) -> None:
 def _product_codes(codes: list[np.ndarray], sizes: list[int]) -> np.ndarray:
     """The code of each row's combination of levels in the product of the factors' levels
     (the first factor slowest: R's order of ``a:b``)."""
+    if float(np.prod([float(s) for s in sizes])) >= 2.0**62:
+        raise DataError(f"an interaction of grouping factors with {' x '.join(map(str, sizes))} levels has more "
+                        "combinations than a 64-bit code holds; on Dask data combine the factors into one column "
+                        "first (e.g. a string key), or fit the rows in memory")
     out = np.zeros(len(codes[0]) if codes else 0, dtype=np.int64)
     for c, size in zip(codes, sizes):
         out = out * size + np.asarray(c, dtype=np.int64)
@@ -550,7 +556,7 @@ def _combination_codes(combos: pd.DataFrame, factors, levels) -> np.ndarray:
 
 def _combination_labels(present, factors, levels) -> list[str]:
     digits = np.unravel_index(present, [len(levels[f]) for f in factors])
-    return [":".join(str(levels[f][i]) for f, i in zip(factors, idx)) for idx in zip(*digits)]
+    return [join_labels([level_label(levels[f][i]) for f, i in zip(factors, idx)]) for idx in zip(*digits)]
 
 
 def _finish(enc: Encoder, total: Partial, ddf) -> Design:
@@ -558,10 +564,8 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     cp, n = total.cp, total.n
     names = enc.design.all_fixef_names
     R = total.R
-    diag = np.abs(np.diag(R)) if R.shape[0] >= R.shape[1] else np.append(np.abs(np.diag(R)),
-                                                                         np.zeros(R.shape[1] - R.shape[0]))
     norms = np.linalg.norm(R, axis=0)
-    keep = diag > 1e-7 * np.maximum(norms, 1e-300)
+    keep = ~aliased(R, names.index("(Intercept)") if "(Intercept)" in names else None)
     dropped = [nm for nm, k in zip(names, keep) if not k]
     if dropped:
         warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
@@ -571,27 +575,24 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
         sumsq = norms[cont] ** 2
         var = np.maximum(sumsq - total.colsum[cont] ** 2 / n, 0.0) / (n - 1)
         warn_scales([names[j] for j in cont], np.sqrt(var))
-    # drop aliased columns from A, then scale X's columns (crossprod's s_j)
+    # drop aliased columns from A, then map X and y to crossprod's internal coordinates
     q_rest = cp.q_rest
     rows = np.concatenate([np.arange(q_rest), q_rest + np.flatnonzero(keep), [cp.r - 1]])
     A22 = cp.A22[np.ix_(rows, rows)]
     A21 = cp.A21[rows]
     p = int(keep.sum())
-    ix = q_rest + np.arange(p)
-    ss = np.diag(A22)[ix]
-    scale = np.sqrt(ss / n)
-    scale = np.where(scale > 0, scale, 1.0)
-    unscale = np.ones(len(rows))
-    unscale[ix] = 1.0 / scale
-    A22 = A22 * np.outer(unscale, unscale)
-    A21 = sp.diags(unscale) @ A21 if sp.issparse(A21) else A21 * unscale[:, None]
     q1 = cp.A11.shape[0] * cp.A11.shape[1]
     nnz = A21.nnz if sp.issparse(A21) else np.count_nonzero(A21)
     if sparse_a21(nnz, len(rows), q1):
         A21 = sp.csr_matrix(A21)
     elif sp.issparse(A21):
         A21 = A21.toarray()
-    reduced = CrossProduct(cp.A11, A21, A22, q_rest, p, n, scale, cp.log_weights)
+    raw = CrossProduct(cp.A11, A21, A22, q_rest, p, n, np.eye(p), np.zeros(p), cp.log_weights)
+    ix = q_rest + np.arange(p)
+    x_map = fixed_map(A22[np.ix_(ix, ix)], n, lambda: scipy.linalg.qr(R[:, keep], mode="r")[0])
+    reduced = raw.mapped(x_map)
+    # the in-memory checks of the response, on the reduced sums
+    check_residual(np.sqrt(max(reduced.A22[-1, -1], 0.0)) * np.ones(1), np.sqrt(raw.A22[-1, -1]) * np.ones(1))
     tmpl = enc.design
     terms = [dataclasses.replace(t, codes=NoRows((n,)), Z=NoRows((n, t.k))) for t in tmpl.terms]
     for t in terms:

@@ -15,7 +15,7 @@ import pandas as pd
 from hierlmm.design import design_attribute
 from hierlmm.deviance import Deviance, Solution
 from hierlmm.errors import DataError, HierlmmError
-from hierlmm.optimize import SINGULAR_TOL, OptResult
+from hierlmm.optimize import SINGULAR_TOL, OptResult, theta_scale
 from hierlmm.posterior_b import RanefPosterior
 from hierlmm.reterms import varcorr_rows
 
@@ -193,9 +193,10 @@ class LMMResult:
         """lme4's ``isSingular``: a bounded θ entry within 1e-4 of its bound (never in the
         marginal formulation, whose parameters are unbounded)."""
         n = self.design.n_theta
-        lower = self.deviance_function.lower[:n]
+        scale = theta_scale(self.deviance_function)[:n]  # in the optimiser's unit-free φ
+        lower = self.deviance_function.lower[:n] * scale
         bounded = np.isfinite(lower)
-        return bool(np.any(self.solution.theta[:n][bounded] - lower[bounded] < SINGULAR_TOL))
+        return bool(np.any((self.solution.theta[:n] * scale)[bounded] - lower[bounded] < SINGULAR_TOL))
 
     @property
     def converged(self) -> bool:
@@ -367,10 +368,9 @@ class LMMResult:
 
         self.model.require("refit()", needs="rows")
         self.model.require("refit()", instead="use update(data=...) with the new response in the data")
-        y = np.asarray(y, dtype=float).ravel()
-        if y.shape != (self.nobs,):
-            raise DataError(f"refit() needs one response value per observation used in the fit ({self.nobs}), "
-                            f"got {y.size}")
+        from hierlmm.validate import per_row
+
+        y = per_row(y, self.nobs, "refit(y)", index=self.design.data.index, what="response value")
         model = copy.copy(self.model)
         model.__dict__.pop("_compiled", None)  # samplers compiled for the old response's A
         model.design = self.design.with_response(y)
@@ -596,6 +596,10 @@ class LMMResult:
         :meth:`confint`), as lme4's ``bootMer``: a DataFrame, one row per replicate, with the
         fit's own value in ``.attrs["t0"]``. See :func:`hierlmm.inference.confint.bootstrap`."""
         from hierlmm.inference.confint import bootstrap
+        from hierlmm.validate import count
+
+        n_boot = count(n_boot, "n_boot")
+        n_jobs = count(n_jobs, "n_jobs")
         from hierlmm.threads import one_blas_thread
 
         with one_blas_thread():
@@ -608,7 +612,9 @@ class LMMResult:
         (indexed as in the data). The engine's array, shape ``(n, nobs)``, is
         :func:`hierlmm.inference.simulate.simulate`."""
         from hierlmm.inference.simulate import simulate
+        from hierlmm.validate import count
 
+        n = count(n, "simulate(n)")
         self.model.require("simulate()", needs="rows")
         draws = simulate(self, n=n, random_seed=random_seed)
         return pd.DataFrame(draws.T, index=self.design.data.index, columns=[f"sim_{i + 1}" for i in range(n)])

@@ -18,10 +18,14 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["to_formulaic", "r_name", "formula_context"]
+__all__ = ["to_formulaic", "r_name", "formula_context", "numeric_view"]
 
 _IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
+# formulaic names its intercept "Intercept" and reads a data column of that name as the
+# intercept's values: a column named Intercept reaches formulaic under this name instead
+INTERCEPT_COLUMN = "Intercept_column_"
 _POLY = ", contr.poly)"
 
 
@@ -67,9 +71,15 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
             j = len(expr) - 1 if j < 0 else j
             quoted = expr[i : j + 1]
             name = quoted[1:-1]
+            if name == "Intercept":
+                quoted = name = INTERCEPT_COLUMN
             wrap = name in ordered and not inside[i]
             out.append(f"C({quoted}{_POLY}" if wrap else quoted)
             i = j + 1
+            continue
+        if expr.startswith("%in%", i):  # R's nesting operator: the columns of a:b
+            out.append(":")
+            i += 4
             continue
         if ch == "^" and inside[i]:
             out.append("**")
@@ -79,6 +89,8 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
         if m and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] in "_.")):
             name = m.group(0)
             rest = expr[m.end() :].lstrip()
+            if name == "Intercept" and not rest.startswith("("):
+                name = INTERCEPT_COLUMN
             dotted = "." in name and not python_attribute(name) and not rest.startswith("(")
             quoted = f"`{name}`" if dotted else name
             if name in ordered and not inside[i] and not rest.startswith("("):
@@ -110,7 +122,7 @@ def r_name(name: str) -> str:
     ``C(o, contr.poly)`` → ``o``."""
     if name == "Intercept":
         return "(Intercept)"
-    name = name.replace("`", "")  # formulaic keeps the quotes of `my.var` in its names; R does not
+    name = name.replace("`", "").replace(INTERCEPT_COLUMN, "Intercept")  # formulaic keeps the quotes of `my.var` in its names; R does not
     return _POLY_TERM.sub(r"\1", _POLY_COLUMN.sub(r"\1\2", name))
 
 
@@ -123,3 +135,30 @@ def _log(x, base=np.e):
 def formula_context() -> dict:
     """Names formulaic lacks that R formulas use (``sqrt``, ``log`` with a base)."""
     return {"sqrt": np.sqrt, "log": _log}
+
+
+_FACTOR_ARGUMENT = re.compile(r"\bC\(\s*`?([^,`()]+?)`?\s*[,)]")
+
+
+def numeric_view(data: pd.DataFrame, formula: str) -> pd.DataFrame:
+    """``data`` as formulaic should evaluate ``formula`` on it, with R's arithmetic: integer
+    columns (numpy's of any width, unsigned, pandas' nullable, pyarrow's) as float64, so
+    ``I(k^2)`` of an int8, ``I(a*b)`` of int32s or ``I(t^2)`` of epoch milliseconds do not wrap
+    around (R promotes integers to double); a column that ``formula`` codes as a factor
+    (``C(k)``) as int64 instead, so its levels keep their names (``C(k)[T.2]``, not ``2.0``).
+    Nullable and pyarrow floats become float64 too. Other columns are shared, not copied."""
+    factors = {m.strip() for m in _FACTOR_ARGUMENT.findall(formula)}
+    if "Intercept" in data.columns and INTERCEPT_COLUMN not in data.columns:
+        data = data.assign(**{INTERCEPT_COLUMN: data["Intercept"]})  # see INTERCEPT_COLUMN
+    changes = {}
+    for c in data.columns:
+        dtype = data[c].dtype
+        if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+            continue
+        integer = pd.api.types.is_integer_dtype(dtype)
+        if integer and c in factors and not data[c].isna().any():
+            if dtype != np.int64:
+                changes[c] = data[c].to_numpy(dtype=np.int64)
+        elif integer or (pd.api.types.is_float_dtype(dtype) and dtype != np.float64):
+            changes[c] = data[c].to_numpy(dtype=float, na_value=np.nan)
+    return data.assign(**changes) if changes else data

@@ -25,6 +25,28 @@ def _stats(draws: np.ndarray) -> dict:
 NO_MODE = "none (unbounded at the boundary)"
 
 
+def check_same_model(fit, post) -> None:
+    """``fit`` and ``post`` are of one model on one data set (the same response, fixed-effect
+    columns and random terms with the same levels), else a :class:`HierlmmError` saying how
+    they differ: a table setting two different models side by side would read as agreement."""
+    from hierlmm.errors import HierlmmError
+
+    a, b = fit.design, post.model.design
+    if a is b:
+        return
+    checks = [("formula", a.parsed.formula, b.parsed.formula), ("fixed effects", a.fixef_names, b.fixef_names),
+              ("random terms", [(t.label, t.names) for t in a.terms], [(t.label, t.names) for t in b.terms]),
+              ("number of observations", a.n, b.n),
+              ("levels of the grouping factors", [t.levels for t in a.terms], [t.levels for t in b.terms])]
+    for what, x, y in checks:
+        if x != y:
+            raise HierlmmError(f"the fit and the posterior are of different models: their {what} differ "
+                               f"({x!r} and {y!r}); compare a fit with the posterior of the same model")
+    if a.rows and b.rows and not (np.array_equal(a.y, b.y) and np.array_equal(a.X, b.X)):
+        raise HierlmmError("the fit and the posterior are of the same formula on different data (the response or "
+                           "the fixed-effects columns differ); compare a fit with the posterior of the same model")
+
+
 def compare(fit, post, mode=None, coordinates: str | None = None) -> pd.DataFrame:
     """One row per row of ``fit.varcorr`` (variances and covariances, residual last) and per
     fixed effect (``grp = "fixed"``): the fit's estimate beside the posterior.
@@ -45,6 +67,7 @@ def compare(fit, post, mode=None, coordinates: str | None = None) -> pd.DataFram
     """
     from hierlmm.bayes.mode import COORDINATES, posterior_mode
 
+    check_same_model(fit, post)
     if mode is None:
         mode = posterior_mode(post.model, prior=post.prior, coordinates=coordinates)
     mvc = mode.varcorr()
@@ -87,6 +110,7 @@ def compare_ranef(fit, post, level: float = 0.95) -> pd.DataFrame:
     post_high, sd_ratio`` (``post_sd / plugin_sd``: how much the plug-in understates the
     uncertainty of each effect).
     """
+    check_same_model(fit, post)
     plug = fit.ranef_posterior(beta="integrated")
     a = (1 - level) / 2
     rows = []

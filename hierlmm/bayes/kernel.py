@@ -70,7 +70,7 @@ def pack(design, cp, prior) -> np.ndarray:
              np.asarray(rows, float), np.asarray(cols, float), np.asarray(src, float),
              np.transpose(np.asarray(cp.A11, float), (1, 2, 0)).ravel(),
              a21.reshape(r, m, k).transpose(0, 2, 1).ravel(),
-             np.asarray(cp.A22, float).ravel(), np.asarray(cp.x_scale, float)]
+             np.asarray(cp.A22, float).ravel(), np.ones(cp.p)]  # β̃: mapped by cp.beta
     n_dim = design.n_theta + 1
     header = np.zeros(HEADER)
     header[:14] = [n_dim, k, m, r, cp.q_rest, cp.p, design.n, cp.logdet_scale, cp.log_weights,
@@ -122,6 +122,7 @@ def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
         if not k["draws"](np.ascontiguousarray(x_draws[start:stop], dtype=float), buf, z,
                           beta[start:stop], u[start:stop], b[start:stop]):
             raise FloatingPointError("the penalised system is not positive definite at a posterior draw")
+    beta = cp.beta(beta)  # the kernel's β̃ on the user's scale
     us, bs, at = [], [], 0
     for t in design.terms:
         us.append(u[:, at:at + t.q].reshape(nd, t.m, t.k))

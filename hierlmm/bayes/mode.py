@@ -92,7 +92,7 @@ def _ols(cp) -> tuple[np.ndarray, float]:
     x = slice(cp.q_rest, cp.q_rest + cp.p)
     XX, Xy = cp.A22[x, x], cp.A22[x, -1]
     beta_s = np.linalg.lstsq(XX, Xy, rcond=None)[0]
-    return beta_s / cp.x_scale, float(cp.A22[-1, -1] - Xy @ beta_s)
+    return cp.beta(beta_s), float(cp.A22[-1, -1] - Xy @ beta_s)
 
 
 def _maximise(f, x0):

@@ -22,6 +22,7 @@ from scipy import stats
 
 from hierlmm.errors import HierlmmWarning
 from hierlmm.inference.numderiv import hessian, jacobian
+from hierlmm.optimize import theta_scale
 
 __all__ = ["VarparCovariance", "varpar_covariance", "contest1d", "contestmd", "fstat_ddf"]
 
@@ -60,15 +61,20 @@ def compute_varpar_covariance(fit) -> VarparCovariance:
 
     vp = np.asarray(fit.varpar, dtype=float)
     dev = fit.deviance_function
+    # the Hessian in unit-free coordinates ϑ' = ϑ / u (θ as the optimiser's φ, σ / σ̂), so that
+    # the eigenvalue threshold of _positive_inverse means the same in any units of y or of a
+    # slope's covariate (in (θ, σ), H_σσ scales as 1/σ²: with y in units 1e12 apart the σ
+    # direction was dropped as "near zero"); numDeriv's relative steps are the same either way
+    u = np.append(1.0 / theta_scale(dev), vp[-1] if vp[-1] > 0 else 1.0)
     with one_blas_thread():  # ~30 deviance evaluations, as in a fit
-        H = hessian(fit.deviance_at, vp)
+        H = hessian(lambda v: fit.deviance_at(v * u), vp / u) / np.outer(u, u)
         if hasattr(dev, "unscaled_vcov_jacobian"):
             theta, sigma = vp[:-1], vp[-1]
             jac = np.concatenate([sigma**2 * dev.unscaled_vcov_jacobian(theta, fit.solution.factor),
                                   (2 * sigma * fit._rx_inv)[None]])
         else:
             jac = jacobian(fit.vcov_at, vp)
-    A = 2 * _positive_inverse(H)
+    A = 2 * _positive_inverse(H * np.outer(u, u)) * np.outer(u, u)
     out = VarparCovariance(A=A, jac=jac, vcov=np.asarray(fit.vcov, dtype=float),
                            beta=np.asarray(fit.fixef, dtype=float), sigma=float(fit.sigma))
     return out
