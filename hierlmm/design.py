@@ -578,6 +578,29 @@ def check_term(term: ReTerm, n: int) -> None:
         )
 
 
+def check_identifiable(X: np.ndarray, terms: list[ReTerm], n: int, max_entries: float = 5e7) -> None:
+    """The residual variance is identifiable: ``rank [X Z] < n``. Where the fixed and random
+    effects together span every observation, ``y − Xβ`` lies in Z's column space for some β,
+    and as σ → 0 with D fixed, ``V = ZDZ' + σ²I`` turns singular with the data in its range:
+    the likelihood is unbounded and an optimiser runs θ off to 1e7 (lme4 stops there
+    unconverged). Only a design with ``p + Σ q_t >= n`` can be so, and it is checked by the
+    rank of the dense ``[X Z]`` (when that has at most ``max_entries`` entries)."""
+    q = sum(t.q for t in terms)
+    width = X.shape[1] + q
+    if width < n or float(n) * width > max_entries:
+        return
+    from hierlmm.crossprod import term_matrix
+
+    XZ = np.hstack([X] + [term_matrix(t).toarray() for t in terms])
+    rank = np.linalg.matrix_rank(XZ)
+    if rank >= n:
+        raise DataError(
+            f"the fixed and random effects together fit every observation exactly (rank [X Z] = {rank} = the "
+            f"number of observations): the residual variance cannot be estimated and the likelihood is unbounded "
+            f"as it goes to 0; use fewer fixed effects or random-effects terms "
+            f"({', '.join(dict.fromkeys(t.source for t in terms))})")
+
+
 def order_terms(terms: list[ReTerm]) -> list[ReTerm]:
     """lme4's order and unique labels (``Subject``, ``Subject.1``). lme4's ``mkReTrms`` keeps the
     formula's order when the numbers of levels never increase, and otherwise orders by
@@ -742,6 +765,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         check_term(term, n)
         terms.append(term)
     terms = order_terms(terms)
+    check_identifiable(X, terms, n)
 
     return Design(
         parsed=parsed,

@@ -96,7 +96,14 @@ class LMM:
         except ImportError:
             raise HierlmmError("from_parquet() needs Dask: pip install 'hierlmm[dask]'") from None
         own = {k: kwargs.pop(k) for k in ("residual", "formulation", "weights", "offset") if k in kwargs}
-        return cls(formula, dd.read_parquet(path, **kwargs), progress=progress, **own)
+        from hierlmm.partitioned import check_parquet_files
+
+        check_parquet_files(formula, path, own.get("weights"), own.get("offset"))
+        try:
+            ddf = dd.read_parquet(path, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise HierlmmError(f"cannot read {path} as Parquet: {str(exc).splitlines()[0]}") from None
+        return cls(formula, ddf, progress=progress, **own)
 
     levels = None  # the level-wise statement (LevelSpec) of a model built by from_levels()
 
@@ -286,6 +293,13 @@ class LMM:
                 if other.fun < opt.fun:
                     opt = other
             return LMMResult(self, dev, opt)
+
+    def __getstate__(self) -> dict:
+        """Pickled without the compiled samplers (``_compiled``: numba callbacks and PyTensor
+        functions, a cache that ``sample()`` rebuilds)."""
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)
+        return state
 
     def describe(self) -> str:
         """The model in hierarchical form and the marginal form it implies (text)."""

@@ -653,3 +653,39 @@ def _per_row(part, enc: Encoder, design: Design, beta, b, what, kind, sigma):
         if w is not None:
             r = r * np.sqrt(w)
     return pd.Series(r, index=frame.index, name="residuals")
+
+
+def check_parquet_files(formula: str, path, weights=None, offset=None) -> None:
+    """Every Parquet file under ``path`` (a file, a directory or a glob; any fsspec URL) is
+    readable and has every column the model needs, checked from the files' footers (their
+    metadata: no rows are read). A truncated or empty file, or one that lacks a column,
+    raises a :class:`~hierlmm.errors.DataError` naming that file, before Dask meets it in the
+    middle of the reduction."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, _, paths = fsspec.core.get_fs_token_paths(path)
+    files = []
+    for p in paths:
+        if fs.isdir(p):
+            files += sorted(f for f in fs.find(p) if not f.rsplit("/", 1)[-1].startswith(("_", ".")))
+        else:
+            files.append(p)
+    if not files:
+        raise DataError(f"no Parquet files found at {path}")
+    needed = None
+    for f in files:
+        try:
+            with fs.open(f, "rb") as handle:
+                names = pq.ParquetFile(handle).schema_arrow.names
+        except Exception as exc:  # pyarrow's ArrowInvalid and OSError: truncated, empty, not Parquet
+            raise DataError(f"cannot read {f} as Parquet: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+        if needed is None:
+            parsed = parse_formula(formula)
+            extra = [c for c in (weights, offset) if isinstance(c, str)]
+            needed, _ = used_columns(parsed, names, extra)
+        missing = sorted(c for c in needed if c not in names)
+        if missing:
+            raise DataError(f"{f} has no column(s) {', '.join(map(repr, missing))}, which the model needs (the "
+                            f"first file has them); every file must have the same columns")

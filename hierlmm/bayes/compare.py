@@ -40,7 +40,8 @@ def check_same_model(fit, post) -> None:
               ("levels of the grouping factors", [t.levels for t in a.terms], [t.levels for t in b.terms])]
     for what, x, y in checks:
         if x != y:
-            raise HierlmmError(f"the fit and the posterior are of different models: their {what} differ "
+            verb = "differs" if what in ("formula", "number of observations") else "differ"
+            raise HierlmmError(f"the fit and the posterior are of different models: their {what} {verb} "
                                f"({x!r} and {y!r}); compare a fit with the posterior of the same model")
     if a.rows and b.rows and not (np.array_equal(a.y, b.y) and np.array_equal(a.X, b.X)):
         raise HierlmmError("the fit and the posterior are of the same formula on different data (the response or "

@@ -26,8 +26,14 @@ _BY_STRUCTURE: dict = {}
 def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts_kwargs, init_mean=None):
     import nutpie
 
-    return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=random_seed,
-                         progress_bar=progressbar, save_warmup=False, init_mean=init_mean, **nuts_kwargs)
+    trace = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=random_seed,
+                          progress_bar=progressbar, save_warmup=False, init_mean=init_mean, **nuts_kwargs)
+    # Ctrl-C: nutpie stops the chains and returns what it has (fewer draws, or NaN where a chain
+    # had none); the user asked to stop, so stop, not go on to compute with half a trace
+    x = trace["posterior"]["x"].to_numpy()
+    if x.shape[:2] != (chains, draws) or not np.all(np.isfinite(x)):
+        raise KeyboardInterrupt("sampling was interrupted")
+    return trace
 
 
 def _compiled_collapsed(model, design, prior, x0):

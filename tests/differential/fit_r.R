@@ -14,8 +14,10 @@ args <- commandArgs(trailingOnly = TRUE)
 cases <- fromJSON(args[1], simplifyVector = FALSE)
 
 read_case <- function(cs) {
-  d <- read.csv(cs$csv, stringsAsFactors = FALSE, na.strings = c("", "NA", "nan", "NaN"))
-  for (col in names(cs$factors)) {
+  # pandas writes a missing value as an empty field: only that is missing ("NA", "None" and
+  # "nan" are level names some cases use)
+  d <- read.csv(cs$csv, stringsAsFactors = FALSE, na.strings = "", strip.white = FALSE)
+  for (col in setdiff(names(cs$factors), "g_new")) {
     f <- cs$factors[[col]]
     d[[col]] <- factor(d[[col]], levels = unlist(f$levels), ordered = isTRUE(f$ordered))
   }
@@ -91,6 +93,7 @@ fit_lmer <- function(cs, d) {
   out$theta <- I(unname(getME(m, "theta")))
   out$sigma <- sigma(m)
   out$nobs <- nobs(m)
+  out$rank_XZ <- qr(cbind(as.matrix(getME(m, "X")), as.matrix(t(getME(m, "Zt")))))$rank
   out$logLik <- as.numeric(logLik(m))
   out$crit <- if (isTRUE(cs$reml)) unname(getME(m, "devcomp")$cmp[["REML"]]) else unname(deviance(m))
   out$singular <- isSingular(m)
@@ -121,6 +124,15 @@ fit_lmer <- function(cs, d) {
     list(terms = I(rownames(a)), npar = I(a$npar), AIC = I(a$AIC), LRT = I(a$LRT), p = I(a[["Pr(Chi)"]]))
   })
   out$fitted <- I(unname(fitted(m)))
+  if (!is.null(cs$newdata)) {
+    out$predict_new <- catch({
+      nd <- read.csv(cs$newdata, stringsAsFactors = FALSE, na.strings = "", strip.white = FALSE)
+      for (col in setdiff(names(cs$factors), c("g", "g_new"))) if (col %in% names(nd))
+        nd[[col]] <- factor(nd[[col]], levels = levels(d[[col]]), ordered = is.ordered(d[[col]]))
+      nd$g <- factor(nd$g, levels = unlist(cs$factors$g_new$levels))
+      I(unname(predict(m, newdata = nd, allow.new.levels = TRUE)))
+    })
+  }
   out <- c(out, inference(m, isTRUE(cs$kr), cs))
   if (!is.null(cs$rescale)) {
     # the same model with one covariate in other units: the same hypotheses, a well-scaled X
@@ -149,8 +161,10 @@ fit_lmer <- function(cs, d) {
 }
 
 fit_ar1 <- function(cs, d) {
-  m <- lme(y ~ x, random = ~ 1 | g, data = d, correlation = corAR1(form = ~ 1 | g),
-           method = if (isTRUE(cs$reml)) "REML" else "ML")
+  random <- as.formula(paste("~", if (is.null(cs$ar1_random)) "1" else cs$ar1_random, "| g"))
+  m <- lme(y ~ x, random = random, data = d, correlation = corAR1(form = ~ 1 | g),
+           method = if (isTRUE(cs$reml)) "REML" else "ML",
+           control = lmeControl(maxIter = 200, msMaxIter = 200))
   list(ok = TRUE, fixef = named(fixef(m)), fixef_names = names(fixef(m)),
        se = named(sqrt(diag(vcov(m)))), sigma = m$sigma, logLik = as.numeric(logLik(m)),
        random_sd = as.numeric(VarCorr(m)[1, "StdDev"]),

@@ -13,6 +13,13 @@
 * prior weights (lme4's ``weights=``, a column ``pw``: counts or spread-out positive numbers,
   the residual SD σ/√pw) and offsets (``offset(ofs)``, ``offset(2 * log(w))``). These are
   drawn from a second stream, so adding them left every other choice of a seed unchanged.
+* from a third stream (:func:`_reshape`), the shapes users' data have: level names such as
+  ``None``, ``NA``, `` a+b ``, ``TRUE``, ``1.5``; a random slope's covariate on a scale 1e-3
+  to 1e3 and a location up to 30 SDs from 0, a response up to 1e6 SDs from 0; ``log(y)``
+  responses, ``poly(x, 2)``, a factor × factor fixed interaction; three-level nesting
+  ``(1 | g/h/k)``, three crossed factors, three numeric slopes ``(x + v | g)``, slopes on two
+  factors; AR(1) with a random slope; a few cases of 2000–4000 rows; and ``predict()`` on new
+  data with a level the fit has not seen.
 
 Every formula is written once, in lme4's syntax, and given unchanged to both lme4 and
 hierlmm. A case carries flags for the costlier comparisons (Kenward–Roger, profile
@@ -21,6 +28,7 @@ intervals, a likelihood-ratio test of a nested pair, nlme's AR(1)).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +76,8 @@ class Case:
     rescale: str | None = None
     weights: str | None = None
     notes: list[str] = field(default_factory=list)
+    newdata: pd.DataFrame | None = None  # predict() on it (lme4: allow.new.levels = TRUE)
+    ar1_random: str = "1"  # the random part of an AR(1) case (nlme: random = ~ <this> | g)
 
 
 RANDOM_KINDS = ["int", "slope", "uncorr", "fslope", "nested", "inter", "crossed", "crossed_slope"]
@@ -237,8 +247,9 @@ def _case(rng, i: int, extra=None) -> Case:
     return case
 
 
-def _ar1_case(rng, i: int) -> Case:
-    """A random-intercept model with AR(1) residuals in time order within each group."""
+def _ar1_case(rng, i: int, shape=None) -> Case:
+    """A random-intercept model (from the third stream, sometimes a random slope) with AR(1)
+    residuals in time order within each group."""
     m = int(rng.integers(6, 20))
     t = int(rng.integers(4, 9))
     g_levels = _levels("g", m)
@@ -255,15 +266,142 @@ def _ar1_case(rng, i: int) -> Case:
     tau = float(np.exp(rng.normal(0, 0.5)))
     y = 1 + 0.5 * x + tau * rng.normal(size=m)[g] + e
     d = pd.DataFrame({"y": y, "x": x, "g": _factor(np.array(g_levels)[g], g_levels)})
-    return Case(id=f"a{i:04d}", formula="y ~ x + (1 | g)", data=d, reml=bool(rng.random() < 0.7),
-                ar1=True, notes=["ar1"])
+    slope = shape is not None and shape.random() < 0.4
+    if slope:
+        d["y"] += shape.normal(0, 0.6, m)[g] * x
+    return Case(id=f"a{i:04d}", formula=f"y ~ x + ({'x' if slope else '1'} | g)", data=d,
+                reml=bool(rng.random() < 0.7), ar1=True, notes=["ar1"] + (["ar1-slope"] if slope else []),
+                ar1_random="x" if slope else "1")
+
+
+AWKWARD = ["None", "NA", " a+b ", "TRUE", "1.5", "null", "a b", "é", "-1", "nan", "`q`", "0"]
+
+
+def _awkward(col: pd.Categorical, rng) -> pd.Categorical:
+    """The same factor with its levels renamed (order kept) to names that look like missing
+    values, numbers, booleans or formula syntax."""
+    names = [f"{AWKWARD[j % len(AWKWARD)]}{'' if j < len(AWKWARD) else j}" for j in range(len(col.categories))]
+    rng.shuffle(names)
+    return col.rename_categories(names)
+
+
+def _newdata(d: pd.DataFrame, rng) -> pd.DataFrame | None:
+    """Rows of the data with a new level of ``g`` in every other row, for ``predict()``."""
+    rows = d.dropna()
+    if len(rows) < 4:
+        return None
+    nd = rows.iloc[rng.permutation(len(rows))[: min(20, len(rows))]].copy()
+    g = nd["g"].cat.add_categories(["brand_new"])
+    g[::2] = "brand_new"
+    nd["g"] = g
+    return nd.drop(columns="y")
+
+
+def _reshape(case: Case, rng) -> Case:
+    """The third stream's changes to a case (module doc); the model stays one both fit."""
+    d = case.data.copy()
+    kind = case.notes[0]
+    n = len(d)
+    rand = case.formula.split(" + (", 1)[1]
+    fixed = case.formula.split("~", 1)[1].split(" + (", 1)[0].strip()
+    random = "(" + rand
+    g = d["g"].cat.codes.to_numpy()
+    extra_eta = np.zeros(n)
+    if kind == "nested" and rng.random() < 0.4:  # (1 | g/h/k)
+        k = rng.integers(0, 2, n)
+        d["k"] = _factor(np.array(["k01", "k02"])[k], ["k01", "k02"])
+        key = (g * 10 + d["h"].cat.codes.to_numpy()) * 10 + k
+        _, inv = np.unique(key, return_inverse=True)
+        extra_eta += float(np.exp(rng.normal(-0.5, 0.5))) * rng.normal(size=inv.max() + 1)[inv]
+        random = "(1 | g/h/k)"
+        case.notes.append("nested3")
+    elif kind == "crossed" and rng.random() < 0.4:  # a third crossed factor
+        mk = int(rng.integers(3, 8))
+        lev = _levels("k", mk)
+        kk = rng.integers(0, mk, n)
+        d["k"] = _factor(np.array(lev)[kk], lev)
+        extra_eta += float(np.exp(rng.normal(-0.3, 0.5))) * rng.normal(size=mk)[kk]
+        random += " + (1 | k)"
+        case.notes.append("crossed3")
+    elif kind == "slope" and rng.random() < 0.4:  # three numeric effects per level
+        d["v"] = rng.normal(0, 1, n)
+        extra_eta += rng.normal(0, 0.5, d["g"].cat.categories.size)[g] * d["v"].to_numpy()
+        fixed += " + v"
+        random = "(x + v | g)"
+        case.notes.append("slope3")
+    elif kind == "fslope" and rng.random() < 0.4:  # slopes on two factors
+        ke = 2
+        e = rng.integers(0, ke, n)
+        d["e"] = _factor(np.array(["e01", "e02"])[e], ["e01", "e02"])
+        extra_eta += rng.normal(0, 0.7, (d["g"].cat.categories.size, ke))[g, e]
+        fixed += " + e"
+        random += " + (0 + e | g)"
+        case.notes.append("fslope2")
+    if rng.random() < 0.15 and "f" in d and "f" in fixed.split(" + ") and "e" not in d:  # factor x factor
+        e = rng.integers(0, 3, n)
+        d["e"] = _factor(np.array(["e1", "e2", "e3"])[e], ["e1", "e2", "e3"])
+        extra_eta += rng.normal(0, 0.5, 3)[e]
+        fixed += " + e + f:e"
+        case.notes.append("fxf")
+    yscale = float(np.nanstd(d["y"])) or 1.0
+    d["y"] = d["y"] + extra_eta * yscale
+    # a random slope's covariate in other units, away from 0 (y stays: the model is the same)
+    if re.search(r"\(\s*(1 \+ )?x\b", random) and "||" not in random and rng.random() < 0.35:
+        d["x"] = d["x"] * 10 ** rng.uniform(-3, 3)
+        d["x"] = d["x"] + rng.uniform(-30, 30) * float(np.nanstd(d["x"]))
+        case.notes.append("x-units")
+    response = "y"
+    if rng.random() < 0.1 and "offset" not in fixed:  # log(y): a transformed response
+        d["y"] = np.exp((d["y"] - np.nanmean(d["y"])) / (2 * yscale))
+        response = "log(y)"
+        case.notes.append("log-y")
+    elif rng.random() < 0.3 and "offset" not in fixed:  # far from 0
+        d["y"] = d["y"] + 10 ** rng.uniform(1, 6) * yscale
+        case.notes.append("y-location")
+    if ("I(x^2)" in fixed and "x:" not in fixed and not d["x"].isna().any() and rng.random() < 0.5):
+        fixed = " + ".join(t for t in fixed.replace("I(x^2)", "poly(x, 2)").split(" + ") if t != "x")
+        case.notes.append("poly")
+    if rng.random() < 0.3:
+        for col in ("g", "f"):
+            if col in d and not (col == "g" and ":" in random):
+                d[col] = _awkward(d[col].array, rng)
+        case.notes.append("awkward-levels")
+    case.data = d
+    case.formula = f"{response} ~ {fixed} + {random}"
+    if case.small_formula is not None:
+        case.lrt_drop = case.small_formula = None  # the fixed part has changed
+    if case.rescale and case.rescale not in case.formula:
+        case.rescale = None
+    if rng.random() < 0.3:
+        case.newdata = _newdata(d, rng)
+    return case
+
+
+def _big_case(rng, i: int) -> Case:
+    """2000-4000 rows: a crossed model with a random slope."""
+    m, mh = int(rng.integers(80, 160)), int(rng.integers(10, 40))
+    n = int(rng.integers(2000, 4001))
+    g, h = rng.integers(0, m, n), rng.integers(0, mh, n)
+    gl, hl = _levels("g", m), _levels("h", mh)
+    x = rng.normal(0, 1, n)
+    b = rng.multivariate_normal([0, 0], [[1, 0.3], [0.3, 0.5]], size=m)
+    y = 2 + 0.5 * x + b[g, 0] + b[g, 1] * x + 0.7 * rng.normal(size=mh)[h] + rng.normal(size=n)
+    f = rng.integers(0, 3, n)
+    d = pd.DataFrame({"y": y, "x": x, "f": _factor(np.array(["f01", "f02", "f03"])[f], ["f01", "f02", "f03"]),
+                      "g": _factor(np.array(gl)[g], gl), "h": _factor(np.array(hl)[h], hl)})
+    return Case(id=f"b{i:04d}", formula="y ~ x + f + (x | g) + (1 | h)", data=d, reml=bool(rng.random() < 0.6),
+                notes=["big"], newdata=_newdata(d, rng))
 
 
 def generate(seed: int, n: int, n_ar1: int | None = None) -> list[Case]:
-    """``n`` random cases (about one in fifteen with AR(1) residuals), reproducible from ``seed``."""
+    """``n`` random cases (about one in fifteen with AR(1) residuals, one in fifty of 2000-4000
+    rows), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     extra = np.random.default_rng([seed, 14])  # weights and offsets
+    shape = np.random.default_rng([seed, 24])  # the shapes of users' data (_reshape)
     n_ar1 = max(1, n // 15) if n_ar1 is None else n_ar1
-    cases = [_case(rng, i, extra) for i in range(n - n_ar1)]
-    cases += [_ar1_case(rng, i) for i in range(n_ar1)]
+    n_big = n // 50
+    cases = [_reshape(_case(rng, i, extra), shape) for i in range(n - n_ar1 - n_big)]
+    cases += [_ar1_case(rng, i, shape) for i in range(n_ar1)]
+    cases += [_big_case(shape, i) for i in range(n_big)]
     return cases

@@ -44,9 +44,15 @@ def _spec(case, folder: Path) -> dict:
         dtype = case.data[col].dtype
         if isinstance(dtype, pd.CategoricalDtype):
             factors[col] = {"levels": [str(c) for c in dtype.categories], "ordered": bool(dtype.ordered)}
+    newdata = None
+    if case.newdata is not None:
+        newdata = str(folder / f"{case.id}_new.csv")
+        case.newdata.to_csv(newdata, index=False)
+        factors["g_new"] = {"levels": [str(c) for c in case.newdata["g"].cat.categories], "ordered": False}
     return {"id": case.id, "formula": case.formula, "csv": str(csv), "factors": factors,
             "reml": case.reml, "kr": case.kr, "profile": case.profile, "lrt_drop": case.lrt_drop,
-            "ar1": case.ar1, "rescale": case.rescale, "weights": case.weights}
+            "ar1": case.ar1, "rescale": case.rescale, "weights": case.weights, "newdata": newdata,
+            "ar1_random": case.ar1_random}
 
 
 def _run(specs: list[dict], folder: Path, tag: str) -> list[dict]:
