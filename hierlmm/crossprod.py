@@ -173,21 +173,22 @@ class CrossProduct:
         return dataclasses.replace(self, A21=A21, A22=A22, **changes)
 
     def mapped(self, x_map: np.ndarray) -> CrossProduct:
-        """A raw ``A`` (``R = I``, ``β₀ = 0``: the reduced partial sums of
-        :mod:`hierlmm.partitioned`) in the internal coordinates ``X̃ = X R⁻¹``, ``y_c = y − X̃b̃₀``
-        with ``b̃₀`` from its normal equations: the same ``A`` as the rows give, up to what the
-        raw sums have kept."""
+        """This ``A`` in further internal coordinates: ``X̃ R₁⁻¹`` (``x_map`` = ``R₁``, so ``R``
+        becomes ``R₁R``), the response less its fit by the normal equations (``β₀`` grows by
+        that fit). For the reduced partial sums of :mod:`hierlmm.partitioned`: the same ``A`` as
+        the rows give, up to what the sums have kept (their pre-map, ``Encoder.premap``, keeps
+        a response or covariate far from 0 from losing its digits in them)."""
         p = self.p
         T = np.eye(p + 1)
         T[:p, :p] = scipy.linalg.solve_triangular(x_map, np.eye(p), lower=False, check_finite=False)
-        out = self._transformed(T, x_map=x_map)
+        out = self._transformed(T, x_map=x_map @ self.x_map)
         if p == 0:
             return out
         x = slice(out.q_rest, out.q_rest + p)
         b0 = scipy.linalg.cho_solve(scipy.linalg.cho_factor(out.A22[x, x], lower=True), out.A22[x, -1])
         T = np.eye(p + 1)
         T[:p, -1] = -b0
-        return out._transformed(T, y_shift=out._beta_shift(b0))
+        return out._transformed(T, y_shift=self.y_shift + out._beta_shift(b0))
 
     def with_response(self, design: Design, y: np.ndarray) -> CrossProduct:
         """``A`` for the same ``Z`` and ``X`` and the response ``y`` (on the data's scale): only
@@ -323,13 +324,14 @@ def x_scale(X: np.ndarray) -> np.ndarray:
     return np.where(rms > 0, rms, 1.0)
 
 
-def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False) -> CrossProduct:
+def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False, premap=None) -> CrossProduct:
     """One pass over the data: the blocks of ``A`` for this design.
 
     ``sparse`` forces the storage of ``A21`` (default: dense when small and not sparse).
-    ``raw``: ``X`` and ``y`` as they are (``R = I``, ``β₀ = 0``), for the partial sums of
-    :mod:`hierlmm.partitioned`, mapped once after the reduction. A design whose rows are not
-    in memory has its ``A`` already (reduced over its partitions).
+    ``raw``: ``X`` and ``y`` as they are (``R = I``, ``β₀ = 0``), or in the given coordinates
+    ``premap = (R, β₀)``, for the partial sums of :mod:`hierlmm.partitioned` (all partitions
+    in one map), mapped once more after the reduction. A design whose rows are not in memory
+    has its ``A`` already (reduced over its partitions).
     """
     if not design.rows:
         return design.source.crossproduct(sparse)
@@ -337,13 +339,18 @@ def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False) 
     design = design.whitened()
     first, rest = design.terms[0], design.terms[1:]
     p, X = design.p, design.X
-    XtX = X.T @ X
-    x_map = np.eye(p) if raw else fixed_map(XtX, design.n, lambda: scipy.linalg.qr(X, mode="r", check_finite=False)[0])
-    # [X̃ y_c]: X̃ = M diag(unscale), formed only where R is not diagonal (at 10⁷ rows a copy of X)
-    M, unscale = internal_columns(X, x_map)
-    G = XtX * np.outer(unscale, unscale) if M is X else M.T @ M
-    y, b0 = (design.y, np.zeros(p)) if raw else center_response(M, unscale, G, design.y)
-    if not raw:
+    if raw:
+        x_map, y_shift = (np.eye(p), np.zeros(p)) if premap is None else premap
+        M, unscale = internal_columns(X, x_map)
+        G = M.T @ M * np.outer(unscale, unscale)
+        y, b0 = design.y - X @ y_shift, x_map @ y_shift
+    else:
+        XtX = X.T @ X
+        x_map = fixed_map(XtX, design.n, lambda: scipy.linalg.qr(X, mode="r", check_finite=False)[0])
+        # [X̃ y_c]: X̃ = M diag(unscale), formed only where R is not diagonal (at 10⁷ rows a copy of X)
+        M, unscale = internal_columns(X, x_map)
+        G = XtX * np.outer(unscale, unscale) if M is X else M.T @ M
+        y, b0 = center_response(M, unscale, G, design.y)
         check_residual(y, design.y)
     unscale = np.append(unscale, 1.0)
     columns = [M[:, c] for c in range(p)] + [y]

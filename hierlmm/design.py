@@ -534,12 +534,24 @@ def check_response(y: np.ndarray, response: str) -> None:
 
 
 def check_finite(y: np.ndarray, X: np.ndarray, names: list[str], response: str) -> None:
-    """The response and the fixed-effects columns hold finite numbers (naming the columns)."""
+    """The response and the fixed-effects columns hold finite numbers (naming the columns)
+    whose squares double precision can hold: a column of values ~1e200 (or ~1e-200) overflows
+    (underflows) in the cross-product, and no rescaling inside can recover what is lost."""
     if not np.all(np.isfinite(y)):
         raise DataError(f"response {response!r} has non-finite values (inf)")
     if not np.all(np.isfinite(X)):
         bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
         raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
+    for name, col in [(f"response {response!r}", y)] + [(f"column {n!r}", X[:, j]) for j, n in enumerate(names)]:
+        top = float(np.max(np.abs(col))) if len(col) else 0.0
+        with np.errstate(over="ignore", under="ignore"):
+            ss = float(col @ col)
+        if not np.isfinite(ss) or top > 1e150:
+            raise DataError(f"{name} has values too large to compute with (up to {top:.3g}): their squares overflow "
+                            "double precision; rescale it (e.g. divide by 1e100)")
+        if top > 0 and (ss == 0 or top < 1e-150):
+            raise DataError(f"{name} has values too small to compute with (at most {top:.3g}): their squares "
+                            "underflow double precision; rescale it (e.g. multiply by 1e100)")
 
 
 def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: list[str]) -> ReTerm:

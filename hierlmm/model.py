@@ -204,9 +204,12 @@ class LMM:
         ConvergenceWarning
             When the convergence checks fail; the result is still returned.
         """
+        from hierlmm.validate import count
+
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
+        maxeval = count(maxeval, "maxeval")
         from hierlmm.threads import one_blas_thread
 
         caveats: list[str] = []
@@ -350,7 +353,10 @@ class LMM:
         """
         from hierlmm.validate import count
 
+        from hierlmm.validate import seed
+
         draws, tune, chains = count(draws, "draws"), count(tune, "tune", minimum=0), count(chains, "chains")
+        random_seed = seed(random_seed)
         if max_draws is not None:
             max_draws = count(max_draws, "max_draws", minimum=draws)
         self.require("sample()", instead="the Bayesian side implements the hierarchical model with iid "

@@ -77,6 +77,10 @@ class Encoder:
     weights: str | None = None
     offset: str | None = None
     dtypes: dict = field(default_factory=dict)  # the metadata's dtype of every column read
+    # (R₀, β₀) of every partition's partial A (crossprod's internal coordinates): the response
+    # less a constant and each covariate less its mean, both from the first partition, so that
+    # a response or covariate of mean 1e10 keeps its digits in the sums (None: raw sums)
+    premap: tuple | None = None
 
     def prepare(self, part: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """The partition's complete rows of the used columns, factor columns cast to their
@@ -198,7 +202,7 @@ def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
         return Partial(0, dropped, counts)
     d = enc.rows(frame)
     p = d.X.shape[1]
-    cp = crossproduct(d, sparse=True, raw=True)  # A21: CSR (dense without further terms)
+    cp = crossproduct(d, sparse=True, raw=True, premap=enc.premap)  # A21: CSR (dense without further terms)
     # scipy's mode="r" gives R with n rows (zeros below p): keep the p x p triangle
     R = scipy.linalg.qr(np.array(d.X, order="F"), mode="r", overwrite_a=True, check_finite=False)[0][:p]
     binary = np.array([np.all((d.X[:, j] == 0) | (d.X[:, j] == 1)) for j in range(p)], dtype=bool)
@@ -440,8 +444,11 @@ def build_partitioned_design(formula: str, ddf, residual=None, formulation: str 
     else:
         levels, combos = dict(known), {}
     ordered = {c for c in factor_cols if isinstance(meta[c].dtype, pd.CategoricalDtype) and meta[c].dtype.ordered}
+    premap = None
     while True:
         enc = _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weights, offset)
+        premap = _premap(ddf, enc) if premap is None else premap
+        enc.premap = premap
         total = _compute(ddf, _partial, (enc,), "cross-product", progress)
         if all(np.all(count > 0) for count in total.counts.values()):
             break
@@ -452,6 +459,26 @@ def build_partitioned_design(formula: str, ddf, residual=None, formulation: str 
     if total.cp is None:
         raise DataError("no complete rows: every row has a missing value in a variable of the formula")
     return _finish(enc, total, ddf)
+
+
+def _premap(ddf, enc: Encoder, max_partitions: int = 8) -> tuple | None:
+    """``Encoder.premap`` from the first partition with complete rows (of the first few): with
+    the intercept as X's first column, ``X̃₀ = X R₀⁻¹`` centres every other column at its mean
+    there (``R₀ = I + e₀μ'``, unit upper triangular: dropping an aliased column of X̃₀ drops the
+    same covariate) and ``β₀ = ȳ e₀`` the response. ``None`` (raw sums) without an intercept."""
+    if enc.design.all_fixef_names[:1] != ["(Intercept)"]:
+        return None
+    for i in range(min(ddf.npartitions, max_partitions)):
+        frame, _ = enc.prepare(ddf.partitions[i].compute())
+        if len(frame):
+            d = enc.rows(frame)
+            p = d.X.shape[1]
+            R0 = np.eye(p)
+            R0[0, 1:] = d.X[:, 1:].mean(axis=0)
+            b0 = np.zeros(p)
+            b0[0] = float(np.mean(d.y - (0.0 if d.offset is None else d.offset)))
+            return R0, b0
+    return None
 
 
 def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weights, offset) -> Encoder:
@@ -587,9 +614,11 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
         A21 = sp.csr_matrix(A21)
     elif sp.issparse(A21):
         A21 = A21.toarray()
-    raw = CrossProduct(cp.A11, A21, A22, q_rest, p, n, np.eye(p), np.zeros(p), cp.log_weights)
+    R0, b0 = (cp.x_map[np.ix_(keep, keep)], cp.y_shift[keep])  # the partitions' premap (or I, 0)
+    raw = CrossProduct(cp.A11, A21, A22, q_rest, p, n, R0, b0, cp.log_weights)
     ix = q_rest + np.arange(p)
-    x_map = fixed_map(A22[np.ix_(ix, ix)], n, lambda: scipy.linalg.qr(R[:, keep], mode="r")[0])
+    R0inv = scipy.linalg.solve_triangular(R0, np.eye(p), lower=False)
+    x_map = fixed_map(A22[np.ix_(ix, ix)], n, lambda: scipy.linalg.qr(R[:, keep] @ R0inv, mode="r")[0])
     reduced = raw.mapped(x_map)
     # the in-memory checks of the response, on the reduced sums
     check_residual(np.sqrt(max(reduced.A22[-1, -1], 0.0)) * np.ones(1), np.sqrt(raw.A22[-1, -1]) * np.ones(1))

@@ -598,7 +598,9 @@ class LMMResult:
         from hierlmm.inference.confint import bootstrap
         from hierlmm.validate import count
 
-        n_boot = count(n_boot, "n_boot")
+        from hierlmm.validate import seed
+
+        n_boot, random_seed = count(n_boot, "n_boot"), seed(random_seed)
         n_jobs = count(n_jobs, "n_jobs")
         from hierlmm.threads import one_blas_thread
 
@@ -614,7 +616,9 @@ class LMMResult:
         from hierlmm.inference.simulate import simulate
         from hierlmm.validate import count
 
-        n = count(n, "simulate(n)")
+        from hierlmm.validate import seed
+
+        n, random_seed = count(n, "simulate(n)"), seed(random_seed)
         self.model.require("simulate()", needs="rows")
         draws = simulate(self, n=n, random_seed=random_seed)
         return pd.DataFrame(draws.T, index=self.design.data.index, columns=[f"sim_{i + 1}" for i in range(n)])

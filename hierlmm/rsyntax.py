@@ -15,6 +15,7 @@ contrasts. Three rewrites give a formula formulaic evaluates as R would:
 
 from __future__ import annotations
 
+import numbers
 import re
 
 import numpy as np
@@ -154,6 +155,12 @@ def numeric_view(data: pd.DataFrame, formula: str) -> pd.DataFrame:
     for c in data.columns:
         dtype = data[c].dtype
         if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
+            continue
+        if dtype == object and c not in factors:  # Python numbers (Decimal, Fraction, int): as R's numeric
+            values = data[c].dropna()
+            if len(values) and all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_, complex))
+                                   for v in values):
+                changes[c] = pd.to_numeric(data[c].astype(float))
             continue
         integer = pd.api.types.is_integer_dtype(dtype)
         if integer and c in factors and not data[c].isna().any():

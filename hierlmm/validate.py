@@ -11,7 +11,19 @@ import pandas as pd
 
 from hierlmm.errors import DataError, HierlmmError
 
-__all__ = ["count", "positive_number", "per_row", "aligned"]
+__all__ = ["count", "positive_number", "per_row", "aligned", "seed"]
+
+
+def seed(value, name: str = "random_seed"):
+    """A seed numpy accepts: None, a whole number >= 0, a sequence of them, a SeedSequence or
+    a Generator."""
+    if value is None or isinstance(value, (np.random.SeedSequence, np.random.Generator, np.random.BitGenerator)):
+        return value
+    try:
+        np.random.SeedSequence(value)
+    except (TypeError, ValueError):
+        raise HierlmmError(f"{name} must be None, a whole number >= 0 or a numpy Generator, got {value!r}") from None
+    return value
 
 
 def count(value, name: str, minimum: int = 1) -> int:

@@ -399,3 +399,21 @@ def test_parquet_files_are_checked_by_name(tmp_path, sleep):
     (folder / "c.parquet").write_bytes(b"")
     _bad(lambda: hl.LMM.from_parquet("Reaction ~ Days + (1 | Subject)", str(folder / "*.parquet"), progress=False),
          r"c\.parquet")
+
+
+@pytest.mark.parametrize("shift_y, shift_x", [(1e10, 0.0), (0.0, 1e10), (1e12, 1e8)])
+def test_dask_data_far_from_zero(small, shift_y, shift_x):
+    """The Dask reduction centres every partition by the first one's means (Encoder.premap), so
+    its sums keep the digits of a response or covariate of mean 1e10, as the rows in memory."""
+    dd = pytest.importorskip("dask.dataframe")
+    import dask
+
+    base = _fit("y ~ x + (1 | g)", small)
+    data = small.assign(y=small.y + shift_y, x=small.x + shift_x)
+    with dask.config.set(scheduler="sync"):
+        fit = hl.LMM("y ~ x + (1 | g)", dd.from_pandas(data, npartitions=3), progress=False).fit()
+    delta = np.finfo(float).eps * max(shift_y / small.y.std(), shift_x / small.x.std())
+    assert fit.converged
+    assert fit.loglik == pytest.approx(base.loglik, abs=1e-6 + 100 * delta * np.sqrt(len(small)))
+    assert fit.fixef["x"] == pytest.approx(base.fixef["x"], abs=1e-5 + 100 * delta)
+    assert fit.sigma == pytest.approx(base.sigma, rel=1e-5 + 100 * delta)
