@@ -124,11 +124,11 @@ class CrossProduct:
         Rinv = scipy.linalg.solve_triangular(self.x_map, np.eye(self.p), lower=False, check_finite=False)
         return Rinv @ U @ Rinv.T
 
-    def response_ss(self) -> float:
-        """``y'y`` of the (whitened) response on the user's scale, from ``A``."""
-        b0 = self.x_map @ self.y_shift
-        x = slice(self.q_rest, self.q_rest + self.p)
-        return float(self.A22[-1, -1] + b0 @ self.A22[x, x] @ b0 + 2 * self.A22[-1, x] @ b0)
+    def fixed_gram(self) -> np.ndarray:
+        """``[X y]'[X y]`` of the (whitened) fixed part and response on the user's scale, from
+        ``A`` (``(p+1) x (p+1)``)."""
+        T, q = self._fixed_transform(), self.q_rest
+        return T.T @ self.A22[q:, q:] @ T
 
     def _fixed_transform(self) -> np.ndarray:
         """``T`` with ``[X y] = [X̃ y_c] T`` (``(p+1) x (p+1)``)."""
@@ -292,11 +292,11 @@ def center_response(M: np.ndarray, u: np.ndarray, gram: np.ndarray, y: np.ndarra
     return y, b0
 
 
-def check_residual(y_c: np.ndarray, y: np.ndarray) -> None:
-    """The fixed effects do not fit the response exactly: where ``y − Xβ₀`` vanishes (to ``1e-13``
-    of ``y``), the residual variance would be 0 at every θ and the likelihood unbounded."""
-    size = float(np.linalg.norm(y))
-    if size > 0 and not float(np.linalg.norm(y_c)) > 1e-13 * size:
+def check_residual(residual_ss: float, total_ss: float) -> None:
+    """The fixed effects do not fit the response exactly: where the sum of squares of
+    ``y − Xβ₀`` vanishes (to ``1e-26`` of ``y``'s), the residual variance would be 0 at every θ
+    and the likelihood unbounded."""
+    if total_ss > 0 and not residual_ss > 1e-26 * total_ss:
         raise DataError("the fixed effects fit the response exactly (the least-squares residuals are 0): the residual "
                         "variance would be 0 and the likelihood unbounded; remove fixed effects or check the response")
 
@@ -351,7 +351,7 @@ def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False, 
         M, unscale = internal_columns(X, x_map)
         G = XtX * np.outer(unscale, unscale) if M is X else M.T @ M
         y, b0 = center_response(M, unscale, G, design.y)
-        check_residual(y, design.y)
+        check_residual(float(y @ y), float(design.y @ design.y))
     unscale = np.append(unscale, 1.0)
     columns = [M[:, c] for c in range(p)] + [y]
     A11 = level_blocks(first)

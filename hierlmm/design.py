@@ -351,10 +351,12 @@ def level_label(value) -> str:
 
 
 def join_labels(parts) -> str:
-    """One label of an interaction level ``a:b`` from its factors' labels; a label that holds
-    ``:`` or a backquote is backquoted (with backquotes doubled), so that ``("a:b", "c")`` and
-    ``("a", "b:c")`` stay two levels."""
-    return ":".join(f"`{p.replace('`', '``')}`" if (":" in p or "`" in p) else p for p in parts)
+    """One label of an interaction level ``a:b`` from its factors' labels (R's ``a:b``); a label
+    that holds ``:`` is backquoted (its backquotes doubled), so that ``("a:b", "c")`` and
+    ``("a", "b:c")`` stay two levels, where R's labels collide."""
+    if len(parts) == 1:
+        return parts[0]
+    return ":".join(f"`{p.replace('`', '``')}`" if ":" in p else p for p in parts)
 
 
 def factor_levels(col: pd.Series, name: str, where: str) -> tuple[np.ndarray, list[str]]:
@@ -452,6 +454,29 @@ def _drop_aliased(X: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str
     keep = ~drop
     dropped = [n for n, k in zip(names, keep) if not k]
     return X[:, keep], [n for n, k in zip(names, keep) if k], dropped
+
+
+def _state_from_all_rows(formula: str, data: pd.DataFrame, frame: pd.DataFrame, transforms):
+    """The fixed part's matrices on the complete rows ``frame``, with the state of its stateful
+    ``transforms`` (``poly(x, 2)``'s basis, ``scale(x)``'s mean and SD) learned from every row
+    where their arguments are present, as R does: ``model.frame`` evaluates ``poly(x, 2)`` on the
+    whole data and drops the rows with a missing response or factor afterwards (lme4 then fits
+    that basis; learned from the complete rows alone, the basis differs, and so do the
+    coefficients and the REML criterion). Factors keep the complete rows' levels."""
+    arguments = set().union(*(_required(t, "fixed part", data.columns) for t in transforms)) & set(data.columns)
+    rows = data.loc[data[sorted(arguments)].notna().all(axis=1).to_numpy()] if arguments else data
+    rows = rows.copy()
+    for c in frame.columns:
+        col = frame[c]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            rows[c] = pd.Categorical(rows[c], categories=col.cat.categories, ordered=col.cat.ordered)
+        elif not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)):
+            rows[c] = pd.Categorical(rows[c], categories=sorted(col.unique()))
+    spec = _model_matrix(formula, rows, "fixed part").model_spec
+    try:
+        return spec.get_model_matrix(numeric_view(frame, formula), na_action="ignore", context=formula_context())
+    except Exception as exc:
+        raise FormulaError(f"cannot evaluate fixed part {formula!r}: {exc}") from None
 
 
 def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
@@ -745,6 +770,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
                if isinstance(frame[c].dtype, pd.CategoricalDtype) and frame[c].cat.ordered}
     fixed_formula = to_formulaic(parsed.fixed_formula, ordered)
     mm = _model_matrix(fixed_formula, frame, "fixed part")
+    if n_missing and mm.rhs.model_spec.transform_state:
+        mm = _state_from_all_rows(fixed_formula, data[cols], frame, mm.rhs.model_spec.transform_state)
     y = np.asarray(mm.lhs, dtype=float)
     if y.ndim == 2:
         if y.shape[1] != 1:

@@ -45,11 +45,13 @@ class RandomSpec:
     expr: str
     factors: tuple[str, ...]
     source: str
+    name: str = ""  # lme4's name where it is not a:b (a nesting of three: k:(h:g))
 
     @property
     def group(self) -> str:
-        """lme4's name of the grouping factor (``cask:batch`` for ``batch/cask``)."""
-        return ":".join(self.factors)
+        """lme4's name of the grouping factor (``cask:batch`` for ``batch/cask``,
+        ``k:(h:g)`` for ``g/h/k``)."""
+        return self.name or ":".join(self.factors)
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,17 @@ def _find_bar(inner: str) -> tuple[int, int] | None:
     return None
 
 
-def _grouping(text: str, source: str) -> list[tuple[str, ...]]:
-    """Expand the grouping side of a bar into the factor tuples of its terms."""
+def _grouping(text: str, source: str) -> list[tuple[tuple[str, ...], str]]:
+    """Expand the grouping side of a bar into the factor tuples of its terms and lme4's names
+    of them (``g/h/k``: ``g``, ``h:g``, ``k:(h:g)``: lme4's ``expandSlash`` parenthesises an
+    outer factor that is itself an interaction)."""
     text = text.strip()
     if not text:
         raise FormulaError(f"random-effects term {source!r} has no grouping factor after '|'")
     nested = [p.strip() for p in text.split("/")]
-    groups: list[tuple[str, ...]] = []
+    groups: list[tuple[tuple[str, ...], str]] = []
     outer: tuple[str, ...] = ()
+    name = ""
     for piece in nested:
         factors = tuple(f.strip().strip("`") for f in piece.split(":"))
         for f in factors:
@@ -137,7 +142,9 @@ def _grouping(text: str, source: str) -> list[tuple[str, ...]]:
                 )
         # lme4 names a nested factor inner:outer (batch/cask -> cask:batch)
         outer = factors + outer
-        groups.append(outer)
+        here = ":".join(factors)
+        name = here if not name else f"{here}:{name}" if ":" not in name else f"{here}:({name})"
+        groups.append((outer, name))
     return groups
 
 
@@ -150,11 +157,12 @@ def _random_terms(inner: str, source: str) -> list[RandomSpec]:
             "random intercept"
         )
     specs = []
-    for factors in _grouping(group, source):
+    for factors, name in _grouping(group, source):
+        name = "" if name == ":".join(factors) else name
         if width == 1:
-            specs.append(RandomSpec(expr, factors, source))
+            specs.append(RandomSpec(expr, factors, source, name))
         else:
-            specs.extend(RandomSpec(e, factors, source) for e in _uncorrelated(expr))
+            specs.extend(RandomSpec(e, factors, source, name) for e in _uncorrelated(expr))
     return specs
 
 

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from hierlmm.crossprod import CrossProduct, check_residual, crossproduct, fixed_map, sparse_a21
 from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, aliased,
-                            check_finite, join_labels, level_label,
+                            check_finite, check_response, join_labels, level_label,
                             check_term, check_weights, make_term, order_terms, used_columns, warn_scales)
 from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning
 from hierlmm.formula import parse_formula
@@ -621,7 +621,9 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     x_map = fixed_map(A22[np.ix_(ix, ix)], n, lambda: scipy.linalg.qr(R[:, keep] @ R0inv, mode="r")[0])
     reduced = raw.mapped(x_map)
     # the in-memory checks of the response, on the reduced sums
-    check_residual(np.sqrt(max(reduced.A22[-1, -1], 0.0)) * np.ones(1), np.sqrt(raw.A22[-1, -1]) * np.ones(1))
+    if total.ystats[2] == 0:
+        check_response(np.full(2, total.ystats[1]), enc.parsed.response)
+    check_residual(float(reduced.A22[-1, -1]), float(raw.A22[-1, -1]))
     tmpl = enc.design
     terms = [dataclasses.replace(t, codes=NoRows((n,)), Z=NoRows((n, t.k))) for t in tmpl.terms]
     for t in terms:

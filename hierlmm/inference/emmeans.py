@@ -20,6 +20,7 @@ group).
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pandas as pd
@@ -154,6 +155,15 @@ def _label(name: str, value, numeric: bool) -> str:
     return f"{name}{value}" if numeric else str(value)
 
 
+# emmeans' option "parens": a level that holds an operator is put in parentheses in a
+# contrast's name ("None - (a+b)"), so that the name reads as one difference
+_PARENS = re.compile(r"-|\+|/|\*")
+
+
+def _side(label: str) -> str:
+    return f"({label})" if _PARENS.search(label) else label
+
+
 def _pairs(labels, L, beta, V, df_of, specs, by, adjust) -> pd.DataFrame:
     """emmeans' ``pairs()``: ``l_i − l_j`` for ``i < j`` within each ``by`` group."""
     if adjust not in ("tukey", "bonferroni", "none"):
@@ -165,7 +175,8 @@ def _pairs(labels, L, beta, V, df_of, specs, by, adjust) -> pd.DataFrame:
         idx = list(idx)
         k = len(idx)
         for a, b in itertools.combinations(idx, 2):
-            name = " - ".join(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs) for i in (a, b))
+            name = " - ".join(_side(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs))
+                              for i in (a, b))
             l = L[a] - L[b]
             est, se = float(l @ beta), float(np.sqrt(l @ V @ l))
             df = float(df_of(l))

@@ -164,7 +164,7 @@ fit_ar1 <- function(cs, d) {
   random <- as.formula(paste("~", if (is.null(cs$ar1_random)) "1" else cs$ar1_random, "| g"))
   m <- lme(y ~ x, random = random, data = d, correlation = corAR1(form = ~ 1 | g),
            method = if (isTRUE(cs$reml)) "REML" else "ML",
-           control = lmeControl(maxIter = 200, msMaxIter = 200))
+           control = lmeControl(maxIter = 200, msMaxIter = 200, msMaxEval = 2000))
   list(ok = TRUE, fixef = named(fixef(m)), fixef_names = names(fixef(m)),
        se = named(sqrt(diag(vcov(m)))), sigma = m$sigma, logLik = as.numeric(logLik(m)),
        random_sd = as.numeric(VarCorr(m)[1, "StdDev"]),

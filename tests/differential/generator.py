@@ -329,13 +329,14 @@ def _reshape(case: Case, rng) -> Case:
         fixed += " + v"
         random = "(x + v | g)"
         case.notes.append("slope3")
-    elif kind == "fslope" and rng.random() < 0.4:  # slopes on two factors
+    elif kind == "fslope" and rng.random() < 0.4:  # slopes on two factors: x's slope per level of e
+        # ((0 + e | g) beside (0 + f | g) would not be identifiable: both spans hold the intercept)
         ke = 2
         e = rng.integers(0, ke, n)
         d["e"] = _factor(np.array(["e01", "e02"])[e], ["e01", "e02"])
-        extra_eta += rng.normal(0, 0.7, (d["g"].cat.categories.size, ke))[g, e]
-        fixed += " + e"
-        random += " + (0 + e | g)"
+        extra_eta += rng.normal(0, 0.7, (d["g"].cat.categories.size, ke))[g, e] * np.nan_to_num(d["x"].to_numpy())
+        fixed += " + e + x:e" if "x" in fixed.split(" + ") else " + e + x + x:e"
+        random += " + (0 + x:e | g)"
         case.notes.append("fslope2")
     if rng.random() < 0.15 and "f" in d and "f" in fixed.split(" + ") and "e" not in d:  # factor x factor
         e = rng.integers(0, 3, n)

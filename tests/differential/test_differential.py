@@ -144,6 +144,10 @@ def test_dask(diff_case):
     cut = [0, len(data) // 5, len(data) // 2, len(data)]
     parts = [dask.delayed(data.iloc[a:b]) for a, b in zip(cut[:-1], cut[1:])]
     ddf = dd.from_delayed(parts, meta=data.iloc[:0])
+    if "poly(" in case.formula:  # a transform whose state is learned from every row: refused, by name
+        with pytest.raises(hl.FormulaError, match=r"poly\(x, 2\)"):
+            hl.LMM(case.formula, ddf, weights=case.weights)
+        return
     with warnings.catch_warnings(), dask.config.set(scheduler="sync"):
         warnings.simplefilter("ignore")
         dfit = hl.LMM(case.formula, ddf, weights=case.weights).fit(method="REML" if case.reml else "ML")

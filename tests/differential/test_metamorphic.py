@@ -5,7 +5,8 @@ For each case of :mod:`generator` (the differential suite's own draw, ``--models
 with transformation parameters from a seeded stream:
 
 * ``y_affine``: ``y → a·y + c`` (``|a|`` from 1e-12 to 1e12, either sign; ``|c|`` up to 1e12
-  SDs; an ``offset(ofs)`` column scaled with y). Exactly: θ and the correlations unchanged,
+  SDs; an ``offset(ofs)`` column scaled with y; for a ``log(y)`` response, ``y → a·y``, which
+  shifts it by ``log a``). Exactly: θ and the correlations unchanged,
   σ and the BLUPs times ``|a|``, ``β → aβ + c e₀``, the log-likelihood less ``m log|a|`` (``m``
   the REML or ML count of the likelihood's dimension), the t statistics of the slopes times
   ``sign(a)``, every df unchanged.
@@ -19,7 +20,8 @@ with transformation parameters from a seeded stream:
 * ``relabel``: rows permuted, every factor's levels renamed in the same order (names such as
   ``"None"``, ``"NA"``, ``" a+b "``, ``"x:y"``): everything unchanged, row by row.
 * ``dtypes``: the same values in other types: grouping factors as int8/uint16/Int64 codes,
-  plain strings and pyarrow strings; integral weights as int16: everything unchanged.
+  plain strings and pyarrow strings; integral weights as int16; the response and covariates as
+  nullable Float64 or pyarrow doubles: everything unchanged.
 
 Tolerances: the optimiser stops at a relative change of ~1e-8 in the criterion, so the
 parameters agree to ~1e-5 of their SEs; a shift by ``c`` also costs the digits ``y`` or ``x``
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import re
 import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -91,6 +94,20 @@ def _corr_check(base, fit, tol):
         _check("correlations", _corrs(fit), _corrs(base), tol)
 
 
+def _sigma_se(fit) -> float:
+    """σ̂'s asymptotic SE, ``σ/√(2(n − p))``: the scale on which an optimum that stopped within
+    its tolerance on a flat likelihood may differ (the criterion itself is compared tightly)."""
+    return fit.sigma / np.sqrt(2 * max(fit.nobs - fit.design.p, 1))
+
+
+def _blup_check(label, base, fit, order=None, tol=BASE * 100):
+    """BLUPs on the scale of their conditional SDs (lme4's condVar): an intercept at x = 0 with
+    x far from 0 is an extrapolation whose SD dwarfs σ, and so does its optimiser noise."""
+    for (g, pa), (_, pb) in zip(base.ranef_posterior().items(), fit.ranef_posterior().items()):
+        # a term at zero variance: BLUPs and SDs 0, up to rounding (1e-8 σ)
+        _check(f"{label} {g}", pb.mean.to_numpy(), pa.mean.to_numpy(), tol, pa.sd.to_numpy() + 1e-8 * base.sigma)
+
+
 def _m(fit) -> int:
     d = fit.design
     return d.n - d.p if fit.method == "REML" else d.n
@@ -122,13 +139,22 @@ def _compare_same(a: dict, b: dict, tol: float, slopes_only_t=None, t_sign: floa
         _check("df", b["df"][keep], a["df"][keep], tol * 50, np.maximum(1.0, np.abs(a["df"][keep])))
 
 
-def _skip_degenerate(fit):
+def _base(case):
+    """The case's own fit; a model hierlmm refuses (checked against R in test_fit) or whose
+    fit did not converge has nothing invariant to compare."""
+    try:
+        fit = _fit(case, case.data, case.weights)
+    except hl.HierlmmError as exc:
+        pytest.skip(f"the model is refused: {exc}")
     if not fit.converged and not fit.singular:
         pytest.skip("the fit itself did not converge: nothing invariant to compare")
+    return fit
 
 
 def _draw(case, name):
-    return np.random.default_rng([abs(hash(case.id)) % 2**32, sum(map(ord, name))])
+    """The transformation's parameters: a stream fixed by the case and the transformation
+    (zlib's CRC, not Python's hash, which changes from process to process)."""
+    return np.random.default_rng([zlib.crc32(case.id.encode()), zlib.crc32(name.encode())])
 
 
 def _intercept(case) -> bool:
@@ -138,15 +164,20 @@ def _intercept(case) -> bool:
 
 def test_y_affine(meta_case):
     case = meta_case
-    base = _fit(case, case.data, case.weights)
-    _skip_degenerate(base)
+    base = _base(case)
     rng = _draw(case, "y")
     a = float(10 ** rng.uniform(-12, 12)) * (1 if rng.random() < 0.7 else -1)
     if "offset(2 * log(w))" in case.formula:
         a = 1.0  # the offset cannot scale with y
     sd = float(np.nanstd(case.data["y"]))
     c = float(rng.choice([1.0, 1e4, 1e8, 1e12])) * sd * abs(a) * rng.uniform(0.5, 1) if _intercept(case) else 0.0
-    data = case.data.assign(y=a * case.data["y"] + c)
+    if case.formula.startswith("log(y)"):
+        # y → a·y (a > 0) shifts the response log(y) by log a: the affine map (1, log a)
+        a = abs(a)
+        data = case.data.assign(y=a * case.data["y"])
+        a, c, sd = 1.0, float(np.log(a)), float(np.nanstd(np.log(case.data["y"])))
+    else:
+        data = case.data.assign(y=a * case.data["y"] + c)
     if "ofs" in data:
         data["ofs"] = a * data["ofs"]
     fit = _fit(case, data, case.weights)
@@ -154,7 +185,7 @@ def test_y_affine(meta_case):
     delta = EPS * abs(c) / (abs(a) * sd)  # the rounding of the shifted y, in its SDs
     tol = BASE + 100 * delta
     _check("logLik", B["ll"], A["ll"] - _m(base) * np.log(abs(a)), 1.0, _ll_tol(base, delta))
-    _check("sigma", B["sigma"], abs(a) * A["sigma"], tol, abs(a) * A["sigma"])
+    _check("sigma", B["sigma"], abs(a) * A["sigma"], tol * 50, abs(a) * _sigma_se(base))
     shift = np.where(np.array(A["names"]) == "(Intercept)", c, 0.0)
     _check("beta", B["beta"], a * A["beta"] + shift, tol * 10, abs(a) * A["se"])
     _check("fitted", B["fitted"], a * A["fitted"] + c, tol * 10, abs(a) * A["sigma"])
@@ -164,8 +195,7 @@ def test_y_affine(meta_case):
 
 def test_x_scale(meta_case):
     case = meta_case
-    base = _fit(case, case.data, case.weights)
-    _skip_degenerate(base)
+    base = _base(case)
     rng = _draw(case, "xs")
     data = case.data.copy()
     for col in ("x", "z", "w"):
@@ -176,7 +206,7 @@ def test_x_scale(meta_case):
     fit = _fit(case, data, case.weights)
     A, B = _stats(base), _stats(fit)
     _check("logLik", B["ll"], A["ll"] + _reml_basis(base, fit), 1.0, _ll_tol(base))
-    _check("sigma", B["sigma"], A["sigma"], BASE, A["sigma"])
+    _check("sigma", B["sigma"], A["sigma"], BASE * 50, _sigma_se(base))
     _check("fitted", B["fitted"], A["fitted"], BASE * 10, A["sigma"])
     _corr_check(base, fit, BASE * 10)
     slopes = _slopes(A["names"]) if "log(w)" in case.formula else None  # log(a w) moves the intercept
@@ -191,8 +221,7 @@ def test_x_shift(meta_case):
     cols = [c for c in ("x", "z") if re.search(rf"\b{c}\b", case.formula.replace("I(x^2)", ""))]
     if not cols:
         pytest.skip("no covariate that can be shifted")
-    base = _fit(case, case.data, case.weights)
-    _skip_degenerate(base)
+    base = _base(case)
     rng = _draw(case, "xc")
     data = case.data.copy()
     square = "I(x^2)" in case.formula and "x" in cols
@@ -213,7 +242,7 @@ def test_x_shift(meta_case):
     A, B = _stats(base), _stats(fit)
     tol = BASE * 10 + 100 * EPS * rel
     _check("logLik", B["ll"], A["ll"] + _reml_basis(base, fit), 1.0, _ll_tol(base, EPS * rel))
-    _check("sigma", B["sigma"], A["sigma"], tol, A["sigma"])
+    _check("sigma", B["sigma"], A["sigma"], tol * 50, _sigma_se(base))
     _check("fitted", B["fitted"], A["fitted"], tol, A["sigma"])
 
 
@@ -221,13 +250,12 @@ def test_weights_scale(meta_case):
     case = meta_case
     if case.weights is None:
         pytest.skip("no prior weights")
-    base = _fit(case, case.data, case.weights)
-    _skip_degenerate(base)
+    base = _base(case)
     k = float(10 ** _draw(case, "w").uniform(-12, 12))
     fit = _fit(case, case.data.assign(pw=case.data["pw"] * k), case.weights)
     A, B = _stats(base), _stats(fit)
     _check("logLik", B["ll"], A["ll"], 1.0, _ll_tol(base))
-    _check("sigma", B["sigma"], np.sqrt(k) * A["sigma"], BASE, np.sqrt(k) * A["sigma"])
+    _check("sigma", B["sigma"], np.sqrt(k) * A["sigma"], BASE * 50, np.sqrt(k) * _sigma_se(base))
     _check("beta", B["beta"], A["beta"], BASE * 10, A["se"])
     _compare_same(A, B, BASE * 10)
 
@@ -244,8 +272,7 @@ def _relabel(col: pd.Series, rng) -> pd.Series:
 
 def test_relabel_and_permute(meta_case):
     case = meta_case
-    base = _fit(case, case.data, case.weights)
-    _skip_degenerate(base)
+    base = _base(case)
     rng = _draw(case, "perm")
     data = case.data.copy()
     for c in data.columns:
@@ -259,14 +286,12 @@ def test_relabel_and_permute(meta_case):
     order = pd.Series(np.arange(len(B["index"])), index=B["index"]).reindex(A["index"]).to_numpy()
     _check("fitted", B["fitted"][order], A["fitted"], BASE * 10, A["sigma"])
     _compare_same(A, B, BASE * 10)
-    for (la, ra), (lb, rb) in zip(base.ranef().items(), fit.ranef().items()):
-        _check(f"ranef {la}", rb.to_numpy(), ra.to_numpy(), BASE * 100, A["sigma"])
+    _blup_check("BLUPs", base, fit)
 
 
 def test_dtypes(meta_case):
     case = meta_case
-    base = _fit(case, case.data, case.weights)
-    _skip_degenerate(base)
+    base = _base(case)
     rng = _draw(case, "dt")
     data = case.data.copy()
     kinds = ["int8", "uint16", "Int64", "str", "string[pyarrow]", "int64"]
@@ -282,6 +307,9 @@ def test_dtypes(meta_case):
                 data[c] = codes.astype(kind)
     if case.weights and np.all(np.mod(data["pw"], 1) == 0):
         data["pw"] = data["pw"].astype(np.int16)
+    for c in ("y", "x", "z"):  # the same doubles as pandas' nullable or pyarrow's
+        if c in data and rng.random() < 0.5:
+            data[c] = data[c].astype(["Float64", "double[pyarrow]"][int(rng.integers(2))])
     fit = _fit(case, data, case.weights)
     A, B = _stats(base), _stats(fit)
     _check("logLik", B["ll"], A["ll"], 1.0, _ll_tol(base))
