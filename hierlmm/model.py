@@ -24,6 +24,7 @@ from hierlmm.design import Design, build_design, design_attribute
 from hierlmm.errors import HierlmmError, SingularFitWarning
 from hierlmm.optimize import optimize_theta, theta_scale, warn_messages
 from hierlmm.results import LMMResult
+from hierlmm.validate import count, positive_number, seed
 
 __all__ = ["LMM"]
 
@@ -204,8 +205,6 @@ class LMM:
         ConvergenceWarning
             When the convergence checks fail; the result is still returned.
         """
-        from hierlmm.validate import count
-
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
@@ -351,10 +350,6 @@ class LMM:
         hierlmm.bayes.posterior.Posterior
             ``.idata`` (ArviZ DataTree) and ``.summary()``.
         """
-        from hierlmm.validate import count
-
-        from hierlmm.validate import seed
-
         draws, tune, chains = count(draws, "draws"), count(tune, "tune", minimum=0), count(chains, "chains")
         random_seed = seed(random_seed)
         if max_draws is not None:
@@ -381,8 +376,6 @@ class LMM:
         self.require("posterior_mode()", instead="the Bayesian side implements the hierarchical model with "
                      "iid residuals only; fit this one with .fit()")
         if beta_prior_sd is not None:
-            from hierlmm.validate import positive_number
-
             beta_prior_sd = positive_number(beta_prior_sd, "beta_prior_sd")
         from hierlmm.bayes.mode import posterior_mode
 

@@ -49,7 +49,7 @@ def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
 
     grouping = {f for t in design.terms for f in t.factors}
     _, covariates = used_columns(design.parsed, design.data.columns)
-    extra = [c for c in design.residual.columns()] if design.residual is not None else []
+    extra = list(design.residual.columns()) if design.residual is not None else []
     needed = [c for c in design.data.columns if (c in covariates or c in extra) and c not in grouping]
     missing = [c for c in needed if c not in newdata.columns]
     if missing:

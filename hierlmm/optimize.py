@@ -1,7 +1,11 @@
 """Stage 4 of the pipeline (lme4's ``optimizeLmer``): minimise the profiled deviance over θ.
 
 The optimiser is BOBYQA (Powell 2009), a derivative-free trust-region method with bounds,
-through nlopt, with lme4's ``nloptwrap`` settings (``xtol_abs = ftol_abs = 1e-8``). After it
+through nlopt, with lme4's ``nloptwrap`` settings (``xtol_abs = ftol_abs = 1e-8``). It works on
+``φ = s θ`` (:func:`theta_scale`: ``s_r`` the root mean square of the column of ``Z`` in θ's
+row), the relative factor of ``Z`` with unit-RMS columns, and starts at ``φ = I``: the start,
+the steps, the convergence check and the boundary tests do not depend on the units of a random
+slope's covariate (in θ, Days in units of 1e-8 days puts the optimum at 1e7). After it
 stops, :func:`check_convergence` repeats lme4's ``checkConv``: a finite-difference gradient
 and Hessian at the optimum over the parameters not on the boundary, the Newton step
 ``H⁻¹g`` compared with a tolerance, and the Hessian's positive definiteness.
@@ -173,7 +177,7 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
     if theta0 is None:
         x0 = np.asarray(deviance.theta0, dtype=float)  # identity factors of Z with unit-RMS columns
     else:
-        x0 = np.asarray(theta0, dtype=float) * scale  # bobyqa clips it
+        x0 = np.atleast_1d(np.asarray(theta0, dtype=float))
         if x0.shape != scale.shape:
             terms = getattr(getattr(deviance, "design", None), "terms", [])
             names = [name for t in terms for name in t.theta_names()]
@@ -181,6 +185,7 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
                                + (f" (lme4's order: {', '.join(names)})" if len(names) == scale.size else ""))
         if not np.all(np.isfinite(x0)):
             raise HierlmmError(f"theta0 must hold finite numbers, got {np.asarray(theta0).tolist()}")
+        x0 = x0 * scale  # bobyqa clips it
 
     def f(phi):
         return deviance(phi / scale)

@@ -14,8 +14,9 @@ import pandas as pd
 
 from hierlmm.design import design_attribute
 from hierlmm.deviance import Deviance, Solution
-from hierlmm.errors import DataError, HierlmmError
+from hierlmm.errors import HierlmmError
 from hierlmm.optimize import SINGULAR_TOL, OptResult, theta_scale
+from hierlmm.validate import count, per_row, seed
 from hierlmm.posterior_b import RanefPosterior
 from hierlmm.reterms import varcorr_rows
 
@@ -368,8 +369,6 @@ class LMMResult:
 
         self.model.require("refit()", needs="rows")
         self.model.require("refit()", instead="use update(data=...) with the new response in the data")
-        from hierlmm.validate import per_row
-
         y = per_row(y, self.nobs, "refit(y)", index=self.design.data.index, what="response value")
         model = copy.copy(self.model)
         model.__dict__.pop("_compiled", None)  # samplers compiled for the old response's A
@@ -596,9 +595,6 @@ class LMMResult:
         :meth:`confint`), as lme4's ``bootMer``: a DataFrame, one row per replicate, with the
         fit's own value in ``.attrs["t0"]``. See :func:`hierlmm.inference.confint.bootstrap`."""
         from hierlmm.inference.confint import bootstrap
-        from hierlmm.validate import count
-
-        from hierlmm.validate import seed
 
         n_boot, random_seed = count(n_boot, "n_boot"), seed(random_seed)
         n_jobs = count(n_jobs, "n_jobs")
@@ -614,9 +610,6 @@ class LMMResult:
         (indexed as in the data). The engine's array, shape ``(n, nobs)``, is
         :func:`hierlmm.inference.simulate.simulate`."""
         from hierlmm.inference.simulate import simulate
-        from hierlmm.validate import count
-
-        from hierlmm.validate import seed
 
         n, random_seed = count(n, "simulate(n)"), seed(random_seed)
         self.model.require("simulate()", needs="rows")
