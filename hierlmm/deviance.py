@@ -133,9 +133,7 @@ class Deviance:
                 ss.append(diag[at : at + t.q].reshape(t.m, t.k).sum(axis=0))
                 at += t.q
             for t, col in zip(self.design.terms, ss):
-                rms = np.sqrt(col / max(self.n, 1))
-                rms = np.where((rms > 0) & np.isfinite(rms), rms, 1.0)
-                parts.append(np.array([rms[r] for r, _ in t.pairs]))
+                parts.append(t.theta_scale(np.sqrt(col / max(self.n, 1))))
             self._theta_scale = np.concatenate(parts) if parts else np.zeros(0)
         return self._theta_scale
 

@@ -46,6 +46,14 @@ class GroupedDeviance:
         when ``design.formulation == "marginal"``.
     """
 
+    @property
+    def theta_scale(self) -> np.ndarray:
+        """The optimiser's unit-free coordinates (:attr:`hierlmm.deviance.Deviance.theta_scale`):
+        per θ (or S) entry from the root mean squares of Z's columns, 1 for ψ."""
+        parts = [t.theta_scale(np.sqrt(np.mean(np.asarray(t.Z) ** 2, axis=0)), covariance=self.marginal)
+                 for t in self.design.terms]
+        return np.concatenate(parts + [np.ones(self.n_resid)])
+
     def __init__(self, design, reml=True, residual=None, marginal=None):
         residual = design.residual if residual is None else residual
         marginal = design.formulation == "marginal" if marginal is None else marginal

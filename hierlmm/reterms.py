@@ -142,6 +142,15 @@ class ReTerm:
         rows, cols = self._tril
         return list(zip(rows.tolist(), cols.tolist()))
 
+    def theta_scale(self, column_rms: np.ndarray, covariance: bool = False) -> np.ndarray:
+        """Per θ entry, the scale that makes it unit-free (the optimiser's ``φ = scale · θ``):
+        ``s_r`` for an entry ``T[r, c]`` of the relative factor (row r of ``T`` carries column r of
+        ``Z`` in its units), ``s_r s_c`` for an entry of a covariance ``S = TT'``
+        (``covariance``, the marginal formulation); ``column_rms`` are the root mean squares
+        ``s`` of ``Z``'s columns (0 read as 1)."""
+        s = np.where((column_rms > 0) & np.isfinite(column_rms), column_rms, 1.0)
+        return np.array([s[r] * s[c] if covariance else s[r] for r, c in self.pairs])
+
     def theta_names(self) -> list[str]:
         """lme4's names of this term's θ entries: ``Subject.(Intercept)``,
         ``Subject.Days.(Intercept)``, ``Subject.Days``."""
