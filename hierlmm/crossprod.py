@@ -294,9 +294,10 @@ def center_response(M: np.ndarray, u: np.ndarray, gram: np.ndarray, y: np.ndarra
 
 def check_residual(residual_ss: float, total_ss: float) -> None:
     """The fixed effects do not fit the response exactly: where the sum of squares of
-    ``y − Xβ₀`` vanishes (to ``1e-26`` of ``y``'s), the residual variance would be 0 at every θ
-    and the likelihood unbounded."""
-    if total_ss > 0 and not residual_ss > 1e-26 * total_ss:
+    ``y − Xβ₀`` is at the rounding of ``y`` (below ``(30ε)²`` of ``y``'s: an exact fit leaves
+    residuals of a few ε|y|), the residual variance would be 0 at every θ and the likelihood
+    unbounded. A response shifted by 1e12 of its SDs still has residuals ~1e-13 of itself."""
+    if total_ss > 0 and not residual_ss > (30 * np.finfo(float).eps) ** 2 * total_ss:
         raise DataError("the fixed effects fit the response exactly (the least-squares residuals are 0): the residual "
                         "variance would be 0 and the likelihood unbounded; remove fixed effects or check the response")
 

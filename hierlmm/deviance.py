@@ -148,27 +148,9 @@ class Deviance:
             at += t.q
         return out
 
-    def collinear_terms(self, limit: float = COLLINEAR_LIMIT) -> list[str]:
-        """Messages for the random terms whose columns are so nearly collinear that the deviance
-        has lost digits: the condition number of ``Z_t'Z_t`` with unit-RMS columns above
-        ``limit``. The usual cause is a slope's covariate far from 0 against its spread (in
-        ``(x | g)`` with x = c + SD·z, the condition is ~2(c/SD)²): the random intercept is then
-        the effect at x = 0, and lme4's parametrisation computes it by a cancellation (sleepstudy
-        with Days + 3000 SDs: log-likelihood off by 1e-3, + 1e4 SDs: by 0.2)."""
-        out = []
-        for t, G in zip(self.design.terms, self.term_grams()):
-            if t.k < 2:
-                continue
-            s = np.sqrt(np.diag(G))
-            s = np.where(s > 0, s, 1.0)
-            with np.errstate(all="ignore"):
-                cond = np.linalg.cond(G / np.outer(s, s))
-            if not cond < limit:
-                out.append(f"the columns of the random term {t.describe()} are nearly collinear (condition number "
-                           f"{cond:.2g}): a covariate in it is far from 0 against its spread, so the effects at 0 are "
-                           "computed by a cancellation and the estimates carry few digits; centre the covariate "
-                           "(e.g. x - mean(x)) and refit")
-        return out
+    def collinear_terms(self) -> list[str]:
+        """:func:`collinear_terms` of this model, from ``A``."""
+        return collinear_terms(self.design.terms, self.term_grams())
 
     def relcovs(self, theta) -> list[np.ndarray]:
         """``T_t T_t'`` per term: ``D_t / σ²``."""
@@ -374,6 +356,30 @@ class Deviance:
         beta, us, bs = self.backsolve(theta, f)
         return Solution(theta=theta, beta=beta, b=bs, sigma2=self.sigma2(f), deviance=self.from_parts(f),
                         factor=f, u=us)
+
+
+def collinear_terms(terms, grams, limit: float = COLLINEAR_LIMIT) -> list[str]:
+    """Messages for the random terms whose columns are so nearly collinear that the deviance
+    has lost digits: the condition number of ``Z_t'Z_t`` (``grams``, pooled over levels) with
+    unit-RMS columns above ``limit``. The usual cause is a slope's covariate far from 0 against
+    its spread (in ``(x | g)`` with x = c + SD·z, the condition is ~2(c/SD)²): the random
+    intercept is then the effect at x = 0, and lme4's parametrisation computes it by a
+    cancellation (sleepstudy with Days + 3000 SDs: log-likelihood off by 1e-3, + 1e4 SDs: by
+    0.2)."""
+    out = []
+    for t, G in zip(terms, grams):
+        if t.k < 2:
+            continue
+        s = np.sqrt(np.diag(G))
+        s = np.where(s > 0, s, 1.0)
+        with np.errstate(all="ignore"):
+            cond = np.linalg.cond(G / np.outer(s, s))
+        if not cond < limit:
+            out.append(f"the columns of the random term {t.describe()} are nearly collinear (condition number "
+                       f"{cond:.2g}): a covariate in it is far from 0 against its spread, so the effects at 0 are "
+                       "computed by a cancellation and the estimates carry few digits; centre the covariate "
+                       "(e.g. x - mean(x)) and refit")
+    return out
 
 
 def make_deviance(design: Design, reml: bool = True) -> Deviance:

@@ -16,15 +16,22 @@ factorised together (batched Cholesky); no ``n x n`` matrix is formed. With
 
     -2\\ell_{REML} = \\sum_b \\log|V0_b| + \\log|X'V0^{-1}X| + (n-p)[1 + \\log(2π r^2/(n-p))],
     \\quad r^2 = \\min_β (y − Xβ)'V0^{-1}(y − Xβ).
+
+The blocks hold the fixed part and the response in :mod:`hierlmm.crossprod`'s internal
+coordinates, ``X̃ = X R⁻¹`` and ``y_c = y − Xβ₀`` (the same map,
+:func:`~hierlmm.crossprod.fixed_map`), so a response or covariate far from 0 keeps its digits
+here too; ``β = R⁻¹β̃ + β₀``, ``log|X'V0⁻¹X| = log|X̃'V0⁻¹X̃| + 2 Σ log R_jj``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 from hierlmm.blocks import independent_blocks, split_blocks
+from hierlmm.crossprod import center_response, fixed_map, internal_columns
 from hierlmm.criterion import criterion
-from hierlmm.deviance import Solution
+from hierlmm.deviance import Solution, collinear_terms
 from hierlmm.errors import HierlmmError
 
 __all__ = ["GroupedDeviance"]
@@ -45,6 +52,10 @@ class GroupedDeviance:
         Parametrise each term by a symmetric ``S_t`` (any sign) instead of ``T_t``; by default
         when ``design.formulation == "marginal"``.
     """
+
+    def collinear_terms(self) -> list[str]:
+        """:func:`hierlmm.deviance.collinear_terms` of this model, from the rows."""
+        return collinear_terms(self.design.terms, [np.asarray(t.Z).T @ np.asarray(t.Z) for t in self.design.terms])
 
     @property
     def theta_scale(self) -> np.ndarray:
@@ -73,6 +84,14 @@ class GroupedDeviance:
             if rterm is None:
                 raise HierlmmError(f"residual correlation group {gname!r} is not a grouping factor of the model")
             self.rgroup = rterm
+        # X̃ = X R⁻¹ and y_c = y − Xβ₀ (module doc)
+        X = design.X
+        self.x_map = fixed_map(X.T @ X, self.n, lambda: scipy.linalg.qr(X, mode="r", check_finite=False)[0])
+        M, u = internal_columns(X, self.x_map)
+        Xt = M * u
+        yc, b0 = center_response(Xt, np.ones(self.p), Xt.T @ Xt, design.y)
+        self._rinv = scipy.linalg.solve_triangular(self.x_map, np.eye(self.p), lower=False) if self.p else self.x_map
+        self.y_shift = self._rinv @ b0
         labels = independent_blocks(design)
         by_size: dict[int, list[np.ndarray]] = {}
         for rows in split_blocks(labels):
@@ -91,7 +110,7 @@ class GroupedDeviance:
                     if a != c:
                         G = G + np.transpose(G, (0, 2, 1))
                     comps.append(G)
-            stack = {"rows": rows, "comps": np.stack(comps, axis=1), "X": design.X[rows], "y": design.y[rows]}
+            stack = {"rows": rows, "comps": np.stack(comps, axis=1), "X": Xt[rows], "y": yc[rows]}
             if residual is not None:
                 stack["rgroups"] = self.rgroup.codes[rows]  # (G, s)
                 stack["pos"] = np.empty(rows.shape)
@@ -173,9 +192,10 @@ class GroupedDeviance:
             c = np.linalg.cholesky(XtVX)
         except np.linalg.LinAlgError:
             return None
-        beta = np.linalg.solve(XtVX, XtVy)
+        beta = np.linalg.solve(XtVX, XtVy)  # β̃, in X̃'s coordinates
         r2 = ytVy - XtVy @ beta
-        return logdet, 2 * np.sum(np.log(np.diag(c))), r2, beta, XtVX
+        logdet_x = 2 * np.sum(np.log(np.diag(c))) + 2 * np.sum(np.log(np.abs(np.diag(self.x_map))))
+        return logdet, logdet_x, r2, beta, XtVX
 
     def __call__(self, params) -> float:
         self.evaluations += 1
@@ -193,7 +213,7 @@ class GroupedDeviance:
         return criterion(logdet, logdet_x, r2, self.n, self.p, self.reml, sigma2=sigma * sigma)
 
     def unscaled_vcov(self, params) -> np.ndarray:
-        return np.linalg.inv(self._parts(params)[4])
+        return self._rinv @ np.linalg.inv(self._parts(params)[4]) @ self._rinv.T
 
     def solve(self, params) -> Solution:
         params = np.asarray(params, dtype=float)
@@ -203,8 +223,10 @@ class GroupedDeviance:
         logdet, logdet_x, r2, beta, XtVX = parts
         sigma2 = r2 / (self.n - self.p if self.reml else self.n)
         dev = self(params)
-        b = self._blups(params, beta)
-        return Solution(theta=params, beta=beta, b=b, sigma2=sigma2, deviance=dev, xtvx=XtVX)
+        b = self._blups(params, beta)  # the blocks' residuals y_c − X̃β̃ = y − Xβ
+        R = self.x_map
+        return Solution(theta=params, beta=self._rinv @ beta + self.y_shift, b=b, sigma2=sigma2, deviance=dev,
+                        xtvx=R.T @ XtVX @ R)
 
     def _blups(self, params, beta):
         """``b̂ = S Z'V0⁻¹(y − Xβ̂)`` per term and level (``D Z'V⁻¹ r`` with σ² cancelling)."""

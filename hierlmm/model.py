@@ -211,7 +211,6 @@ class LMM:
         maxeval = count(maxeval, "maxeval")
         from hierlmm.threads import one_blas_thread
 
-        caveats: list[str] = []
         if self.grouped:
             fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
         else:
@@ -219,12 +218,12 @@ class LMM:
                 dev = self.deviance_function(reml=method == "REML")
                 opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check_convergence)
                 opt = self._off_the_boundary(dev, opt, maxeval, check_convergence)
-                caveats = dev.collinear_terms()
-                if caveats:  # digits the data cannot carry: never converged=True beside them
-                    opt.messages.extend(caveats)
-                    opt.converged = False
                 fit = LMMResult(self, dev, opt)
         opt = fit.opt
+        caveats = fit.deviance_function.collinear_terms()
+        if caveats:  # digits the data cannot carry: never converged=True beside them
+            opt.messages.extend(caveats)
+            opt.converged = False
         if fit.singular:
             warnings.warn(
                 "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1 "
