@@ -53,9 +53,13 @@ class GroupedDeviance:
         when ``design.formulation == "marginal"``.
     """
 
+    def term_grams(self) -> list[np.ndarray]:
+        """``Z_t'Z_t`` pooled over each term's levels, from the rows."""
+        return [np.asarray(t.Z).T @ np.asarray(t.Z) for t in self.design.terms]
+
     def collinear_terms(self) -> list[str]:
-        """:func:`hierlmm.deviance.collinear_terms` of this model, from the rows."""
-        return collinear_terms(self.design.terms, [np.asarray(t.Z).T @ np.asarray(t.Z) for t in self.design.terms])
+        """:func:`hierlmm.deviance.collinear_terms` of this model."""
+        return collinear_terms(self.design.terms, self.term_grams())
 
     @property
     def theta_scale(self) -> np.ndarray:

@@ -265,7 +265,23 @@ class LMM:
             if other.fun < best.fun:
                 best = other
         best.evaluations = total
-        return best
+        return self._onto_the_boundary(dev, best, scale)
+
+    @staticmethod
+    def _onto_the_boundary(dev, opt, scale, near: float = 1e-3):
+        """BOBYQA's trust region stops short of a bound the optimum sits on (a differential model:
+        φ = 1.4e-4 where lme4 reached 0, criterion 7e-8 higher): the bounded entries within
+        ``near`` of their bound (in φ) put on it, kept where the deviance is no higher."""
+        lower = np.asarray(dev.lower, dtype=float)
+        bounded = np.isfinite(lower)
+        close = bounded & ((opt.theta - lower) * scale < near) & (opt.theta > lower)
+        if not close.any():
+            return opt
+        theta = np.where(close, lower, opt.theta)
+        value = float(dev(theta))
+        if value <= opt.fun:
+            opt.theta, opt.fun = theta, value
+        return opt
 
     def _fit_grouped(self, method, theta0, maxeval, check):
         from hierlmm.grouped import GroupedDeviance

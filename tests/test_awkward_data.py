@@ -417,3 +417,16 @@ def test_dask_data_far_from_zero(small, shift_y, shift_x):
     assert fit.loglik == pytest.approx(base.loglik, abs=1e-6 + 100 * delta * np.sqrt(len(small)))
     assert fit.fixef["x"] == pytest.approx(base.fixef["x"], abs=1e-5 + 100 * delta)
     assert fit.sigma == pytest.approx(base.sigma, rel=1e-5 + 100 * delta)
+
+
+@pytest.mark.parametrize("shift, scale", [(20.0, 1.0), (100.0, 1e-3), (200.0, 1.0), (0.0, 1e6)])
+def test_satterthwaite_df_do_not_depend_on_a_slopes_units(sleep, shift, scale):
+    """Days in (Days | Subject) moved ``shift`` SDs from 0 and in other units: the same t and
+    Satterthwaite df for Days (a first-order delta method, the same in any coordinates; in lme4's
+    θ a slope far from 0 makes the intercept at 0 correlate with it near ±1, and lmerTest's
+    numerical Hessian there gave a model of the differential suite df 76 for 16)."""
+    base = _fit("Reaction ~ Days + (Days | Subject)", sleep).coef_table().loc["Days"]
+    days = (sleep.Days + shift * sleep.Days.std()) * scale
+    got = _fit("Reaction ~ Days + (Days | Subject)", sleep.assign(Days=days)).coef_table().loc["Days"]
+    assert got["t"] == pytest.approx(base["t"], rel=1e-5)
+    assert got["df"] == pytest.approx(base["df"], rel=1e-4)
