@@ -124,6 +124,11 @@ def _cases(config):
 # an expected failure, strict (it must fail, so a fix shows up as XPASS and the entry is
 # removed). Only for the default seed and count.
 KNOWN = {
+    ("test_coef", "m0107"): "R names the fixed interaction of y ~ ... + e + x + x:e as 'ee02:x' (its factors in the "
+    "formula's order of first mention) and the random (0 + x:e | g)'s column 'x:ee02', so lme4's coef() keeps "
+    "them apart; hierlmm's names match them (R's interaction names: the R-fluency issue)",
+    ("test_emmeans", "m0115"): "emmeans reports a cell of an f x e design with missing cells as non-estimable (NA); "
+    "hierlmm gives a number (estimability of reference-grid rows is not checked yet)",
 }
 
 
