@@ -626,9 +626,13 @@ def check_identifiable(X: np.ndarray, terms: list[ReTerm], n: int, max_entries: 
     width = X.shape[1] + q
     if width < n or float(n) * width > max_entries:
         return
-    from hierlmm.crossprod import term_matrix
-
-    XZ = np.hstack([X] + [term_matrix(t).toarray() for t in terms])
+    blocks = [X]
+    for t in terms:  # Z_t dense: row i holds Z[i] in columns codes[i] k .. codes[i] k + k - 1
+        Zt = np.zeros((n, t.q))
+        for a in range(t.k):
+            Zt[np.arange(n), t.codes * t.k + a] = t.Z[:, a]
+        blocks.append(Zt)
+    XZ = np.hstack(blocks)
     rank = np.linalg.matrix_rank(XZ)
     if rank >= n:
         raise DataError(
