@@ -129,8 +129,11 @@ def centred_coordinates(fit):
         mean = G[0] / n0
         var = np.diag(G) / n0 - mean**2
         var[0] = 1.0
-        sd = np.sqrt(np.where(var > 0, var, 1.0))
-        if not (k >= 2 and t.names[0] == "(Intercept)" and np.any(np.abs(mean[1:]) > CENTRE_BEYOND * sd[1:])):
+        # root mean squares over the rows of the centred columns (with prior weights, Z's columns
+        # are √w z: Σ w (z − m)² / n), so that weights × k leave φ unchanged
+        spread = np.sqrt(np.where(var > 0, var, 1.0))  # per unit weight: the trigger is weight-free
+        sd = spread * np.sqrt(n0 / max(fit.nobs, 1))
+        if not (k >= 2 and t.names[0] == "(Intercept)" and np.any(np.abs(mean[1:]) > CENTRE_BEYOND * spread[1:])):
             # θ's own coordinates, unit-free (lmerTest's numbers where they are well conditioned)
             mean = np.zeros(k)
             sd = np.sqrt(np.diag(G) / max(fit.nobs, 1))
