@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from hierlmm.errors import HierlmmWarning
+from hierlmm.errors import HierlmmError, HierlmmWarning
 from hierlmm.inference.numderiv import hessian, jacobian
 
 __all__ = ["VarparCovariance", "varpar_covariance", "contest1d", "contestmd", "fstat_ddf"]
@@ -87,6 +87,10 @@ def compute_varpar_covariance(fit) -> VarparCovariance:
                                   (sigma_hat * 2 * sigma * fit._rx_inv)[None]])
         else:
             jac = jacobian(lambda v: fit.vcov_at(varpar(v)), v0)
+    if not np.all(np.isfinite(H)):
+        raise HierlmmError("Satterthwaite's df need the deviance's Hessian in the variance parameters, and it is not "
+                           "finite at this fit (a parameter next to the edge of the valid covariances); use "
+                           "ddf='kenward-roger' or ddf='asymptotic'")
     A = 2 * _positive_inverse(H)
     return VarparCovariance(A=A, jac=jac, vcov=np.asarray(fit.vcov, dtype=float),
                             beta=np.asarray(fit.fixef, dtype=float), sigma=float(fit.sigma))
@@ -120,6 +124,9 @@ def centred_coordinates(fit):
     an intercept, a shift of a covariate would change the model); residual correlation parameters
     pass unchanged. From each term's pooled ``Z'Z``, so also for rows not in memory."""
     dev = fit.deviance_function
+    theta = np.asarray(fit.solution.theta, dtype=float)
+    if getattr(dev, "marginal", False):  # its parameters are entries of S itself, not of a factor
+        return (lambda phi: np.asarray(phi, dtype=float)), theta.copy()
     terms, slices = fit.design.terms, fit.design.theta_slices()
     grams = dev.term_grams()
     maps = []  # per term M: θ's factor = M @ φ's factor
@@ -149,7 +156,6 @@ def centred_coordinates(fit):
             out[s] = t.theta_from_template(_lower_factor(M @ t.template(phi[s])))
         return out
 
-    theta = np.asarray(fit.solution.theta, dtype=float)
     phi0 = theta.copy()
     for t, s, M in zip(terms, slices, maps):
         phi0[s] = t.theta_from_template(_lower_factor(np.linalg.solve(M, t.template(theta[s]))))
