@@ -254,8 +254,7 @@ def fixed_map(gram: np.ndarray, n: int, r_factor) -> np.ndarray:
     p = gram.shape[0]
     if p == 0:
         return np.zeros((0, 0))
-    s = np.sqrt(np.diag(gram) / max(n, 1))
-    s = np.where(s > 0, s, 1.0)
+    s = _rms(np.diag(gram), n)
     with np.errstate(all="ignore"):
         cond = np.linalg.cond(gram / np.outer(s, s))
     if np.isfinite(cond) and cond < _GRAM_COND_MAX:
@@ -321,7 +320,12 @@ def sparse_a21(nnz: int, r: int, q1: int) -> bool:
 
 def x_scale(X: np.ndarray) -> np.ndarray:
     """Root mean square of each column of ``X`` (1 for a column of zeros)."""
-    rms = np.sqrt(np.mean(X * X, axis=0)) if X.shape[0] else np.ones(X.shape[1])
+    return _rms(np.einsum("ij,ij->j", X, X), X.shape[0])
+
+
+def _rms(sumsq: np.ndarray, n: int) -> np.ndarray:
+    """Root mean squares from sums of squares over ``n`` rows (1 where 0: a column of zeros)."""
+    rms = np.sqrt(sumsq / max(n, 1))
     return np.where(rms > 0, rms, 1.0)
 
 

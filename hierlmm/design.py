@@ -554,8 +554,12 @@ def check_response(y: np.ndarray, response: str) -> None:
     """A response with one value has nothing to model: its residual variance would be 0 and its
     log-likelihood unbounded (lme4 refuses it too)."""
     if len(y) and np.all(y == y[0]):
-        raise DataError(f"response {response!r} is constant (every value is {y[0]:g}): there is no variation "
-                        "to model")
+        raise constant_response(response, float(y[0]))
+
+
+def constant_response(response: str, value: float) -> DataError:
+    """The error of :func:`check_response` (also raised from partitioned data's sums)."""
+    return DataError(f"response {response!r} is constant (every value is {value:g}): there is no variation to model")
 
 
 def check_finite(y: np.ndarray, X: np.ndarray, names: list[str], response: str) -> None:

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from hierlmm.crossprod import CrossProduct, check_residual, crossproduct, fixed_map, sparse_a21
 from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, aliased,
-                            check_finite, check_response, join_labels, level_label,
+                            check_finite, constant_response, join_labels, level_label,
                             check_term, check_weights, make_term, order_terms, used_columns, warn_scales)
 from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning
 from hierlmm.formula import parse_formula
@@ -622,7 +622,7 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     reduced = raw.mapped(x_map)
     # the in-memory checks of the response, on the reduced sums
     if total.ystats[2] == 0:
-        check_response(np.full(2, total.ystats[1]), enc.parsed.response)
+        raise constant_response(enc.parsed.response, float(total.ystats[1]))
     check_residual(float(reduced.A22[-1, -1]), float(raw.A22[-1, -1]))
     tmpl = enc.design
     terms = [dataclasses.replace(t, codes=NoRows((n,)), Z=NoRows((n, t.k))) for t in tmpl.terms]

@@ -7,6 +7,7 @@ Every quantity follows from the blocked factor at θ̂; nothing is refitted. Pri
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 
 import numpy as np
@@ -14,8 +15,8 @@ import pandas as pd
 
 from hierlmm.design import design_attribute
 from hierlmm.deviance import Deviance, Solution
-from hierlmm.errors import HierlmmError
-from hierlmm.optimize import SINGULAR_TOL, OptResult, theta_scale
+from hierlmm.errors import ConvergenceWarning, HierlmmError
+from hierlmm.optimize import SINGULAR_TOL, OptResult, optimize_theta, theta_scale
 from hierlmm.validate import count, per_row, seed
 from hierlmm.posterior_b import RanefPosterior
 from hierlmm.reterms import varcorr_rows
@@ -311,7 +312,6 @@ class LMMResult:
         from scipy.stats import chi2
 
         from hierlmm.inference.contrasts import droppable_terms, fixed_terms
-        from hierlmm.optimize import optimize_theta
         from hierlmm.threads import one_blas_thread
 
         if str(test).lower() == "f":
@@ -325,24 +325,46 @@ class LMMResult:
         _, cols, _, _ = fixed_terms(self.design)
         scope = droppable_terms(self.design)
         k_full = self.design.p + self.design.n_theta + 1
-        rows = {"<none>": (np.nan, ml.deviance + 2 * k_full, np.nan, np.nan)}
+        full_dev, full_theta = ml.deviance, ml.solution.theta
         with one_blas_thread():
-            for t in scope:
-                dev = ml.deviance_function
-                for j in sorted(cols[t], reverse=True):
-                    dev = dev.with_offset(j, 0.0)
-                # from the full model's θ̂ and from lme4's start, as a fit would (escaping a
-                # singular local minimum of a vector-valued term): the lower
-                opts = [optimize_theta(dev, theta0=start) for start in (ml.solution.theta, None)]
-                best = min(opts, key=lambda o: o.fun)
-                fun = self.model._off_the_boundary(dev, best, 100_000, None).fun
-                df_t = len(cols[t])
-                lrt = max(fun - ml.deviance, 0.0)
-                rows[t] = (df_t, fun + 2 * (k_full - df_t), lrt, float(chi2.sf(lrt, df_t)))
+            reduced = {t: self._drop_term(ml, cols[t], full_theta) for t in scope}
+            # a model without a term fits better than the model with it: the full fit is a
+            # local optimum (at the reduced θ̂ the full model is at least as good); the full
+            # model is refitted from there, and every reduced one from the new optimum
+            low = min((r.fun for r in reduced.values()), default=np.inf)
+            if low < full_dev - 1e-6 * max(1.0, abs(full_dev)):
+                t_low = min(reduced, key=lambda t: reduced[t].fun)
+                refit = optimize_theta(ml.deviance_function, theta0=reduced[t_low].theta)
+                if refit.fun < full_dev:
+                    full_dev, full_theta = refit.fun, refit.theta
+                    reduced = {t: min(r, self._drop_term(ml, cols[t], full_theta), key=lambda o: o.fun)
+                               for t, r in reduced.items()}
+                warnings.warn(
+                    f"drop1: the model without {t_low} has a lower ML deviance ({low:.6g}) than the full "
+                    f"model's ML fit ({ml.deviance:.6g}), which is therefore a local optimum; the full model "
+                    f"refitted from that θ reaches {full_dev:.6g}, used as <none> here (fit it with "
+                    f"theta0={np.array2string(full_theta, precision=6, separator=', ')}, method='ML')",
+                    ConvergenceWarning, stacklevel=2)
+        rows = {"<none>": (np.nan, full_dev + 2 * k_full, np.nan, np.nan)}
+        for t in scope:
+            df_t = len(cols[t])
+            # ≥ 0 up to the optimiser's tolerance (the full model nests every reduced one)
+            lrt = max(reduced[t].fun - full_dev, 0.0)
+            rows[t] = (df_t, reduced[t].fun + 2 * (k_full - df_t), lrt, float(chi2.sf(lrt, df_t)))
         from hierlmm.table import as_table
 
         return as_table(pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "AIC", "LRT", "Pr(Chi)"]),
                         "Single term deletions (likelihood ratio, ML fits)", pvalues=["Pr(Chi)"])
+
+    def _drop_term(self, ml, columns, theta):
+        """The ML optimum without the fixed-effect ``columns`` (their coefficients set to 0 in
+        A), from ``theta`` and from lme4's start, as a fit would (escaping a singular local
+        minimum of a vector-valued term): the lower."""
+        dev = ml.deviance_function
+        for j in sorted(columns, reverse=True):
+            dev = dev.with_offset(j, 0.0)
+        best = min((optimize_theta(dev, theta0=start) for start in (theta, None)), key=lambda o: o.fun)
+        return self.model._off_the_boundary(dev, best, 100_000, None)
 
     def update(self, formula: str | None = None, data: pd.DataFrame | None = None, method: str | None = None,
                **fit_kwargs) -> LMMResult:

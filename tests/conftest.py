@@ -29,6 +29,29 @@ def at_theta(fit, theta):
     return LMMResult(fit.model, dev, OptResult(theta=theta, fun=float(dev(theta)), evaluations=0))
 
 
+def untouched(fit, other) -> list[int]:
+    """The coefficients of ``fit`` that mean the same in ``other``, a fit of the same formula to
+    data with a covariate in other affine coordinates (the same column space, ``X = X_o M``):
+    those whose row of ``M⁻¹`` is a positive multiple of their own unit vector (``β = M⁻¹ β_o``), so that their
+    t statistics and df must agree. A covariate's shift leaves the slopes of its
+    highest-order terms alone and moves the intercept and the main effects it interacts with."""
+    import numpy as np
+
+    if list(fit.design.fixef_names) != list(other.design.fixef_names):
+        return []
+    X, Xo = np.asarray(fit.design.X, dtype=float), np.asarray(other.design.X, dtype=float)
+    # solved on the better-conditioned of the two (a covariate 1e10 SDs from 0 is not)
+    if np.linalg.cond(X) <= np.linalg.cond(Xo):
+        Minv = np.linalg.lstsq(X, Xo, rcond=None)[0]  # X_o = X M⁻¹
+    else:
+        Minv = np.linalg.inv(np.linalg.lstsq(Xo, X, rcond=None)[0])
+    # round-off in column k of M⁻¹ is relative to that column's largest entry (x shifted by
+    # c puts c² into x²'s column): entries below 1e-8 of it are zeros
+    N = Minv / np.max(np.abs(Minv), axis=0)
+    return [j for j in range(N.shape[0])
+            if N[j, j] > 1e-8 and np.all(np.abs(np.delete(N[j], j)) < 1e-8)]
+
+
 def lme4_models() -> list[str]:
     """Every reference file of an lme4 fit (an lme4 ``formula`` and its ``fixef``)."""
     out = []
@@ -124,18 +147,6 @@ def _cases(config):
 # an expected failure, strict (it must fail, so a fix shows up as XPASS and the entry is
 # removed). Only for the default seed and count.
 KNOWN = {
-    ("test_coef", "m0107"): "R names the fixed interaction of y ~ ... + e + x + x:e as 'ee02:x' (its factors in the "
-    "formula's order of first mention) and the random (0 + x:e | g)'s column 'x:ee02', so lme4's coef() keeps "
-    "them apart; hierlmm's names match them (R's interaction names: the R-fluency issue)",
-    ("test_satterthwaite", "m0113"): "lmerTest differentiates in lme4's θ, where a random slope's covariate far from 0 makes the intercept at 0 and the slope correlate near ±1 and numDeriv's Hessian mislead; hierlmm's Satterthwaite df are the same with x standardised, and so are lmerTest's then, which agree with hierlmm's (R checked: m0113's x: 16.11 for both, lmerTest raw 76.5)",
-    ("test_anova_satterthwaite", "m0113"): "lmerTest differentiates in lme4's θ, where a random slope's covariate far from 0 makes the intercept at 0 and the slope correlate near ±1 and numDeriv's Hessian mislead; hierlmm's Satterthwaite df are the same with x standardised, and so are lmerTest's then, which agree with hierlmm's (R checked: m0113's x: 16.11 for both, lmerTest raw 76.5)",
-    ("test_satterthwaite", "m0081"): "lmerTest differentiates in lme4's θ, where a random slope's covariate far from 0 makes the intercept at 0 and the slope correlate near ±1 and numDeriv's Hessian mislead; hierlmm's Satterthwaite df are the same with x standardised, and so are lmerTest's then, which agree with hierlmm's (R checked: m0081's x: 19.847 for both, lmerTest raw 75.05)",
-    ("test_anova_satterthwaite", "m0081"): "lmerTest differentiates in lme4's θ, where a random slope's covariate far from 0 makes the intercept at 0 and the slope correlate near ±1 and numDeriv's Hessian mislead; hierlmm's Satterthwaite df are the same with x standardised, and so are lmerTest's then, which agree with hierlmm's (R checked: m0081's x: 19.847 for both, lmerTest raw 75.05)",
-    ("test_emmeans", "m0081"): "emmeans takes lmerTest's Satterthwaite df, off here as in test_satterthwaite[m0081]",
-    ("test_satterthwaite", "m0021"): "lmerTest differentiates in lme4's θ, where a random slope's covariate far from 0 makes the intercept at 0 and the slope correlate near ±1 and numDeriv's Hessian mislead; hierlmm's Satterthwaite df are the same with x standardised, and so are lmerTest's then, which agree with hierlmm's (R checked: m0021's poly(x, 2) Type III: 8.883 for both, lmerTest raw 3.447)",
-    ("test_anova_satterthwaite", "m0021"): "lmerTest differentiates in lme4's θ, where a random slope's covariate far from 0 makes the intercept at 0 and the slope correlate near ±1 and numDeriv's Hessian mislead; hierlmm's Satterthwaite df are the same with x standardised, and so are lmerTest's then, which agree with hierlmm's (R checked: m0021's poly(x, 2): 8.883 for both, lmerTest raw 3.447)",
-    ("test_kenward_roger", "m0081"): "not decided: pbkrtest's adjusted SE of the intercept at x = 0 (x far from 0) "
-    "differs by 0.4%; pbkrtest differentiates in lme4's coordinates like lmerTest, whose df there are off",
     ("test_emmeans", "m0115"): "emmeans reports a cell of an f x e design with missing cells as non-estimable (NA); "
     "hierlmm gives a number (estimability of reference-grid rows is not checked yet)",
 }

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import hierlmm as hl
-from conftest import at_theta, load_ref, r_name
+from conftest import REF_DIR, at_theta, load_ref, r_name
 
 SATT = [m for m in ("sleepstudy_slope_reml", "sleepstudy_int_reml", "sleepstudy_uncorr_reml", "orthodont_ort4_reml",
                     "orthodont_ort6_reml", "orthodont_ort7_reml", "oats_splitplot_reml", "mathach_ses_reml")]
@@ -347,3 +347,74 @@ def test_bootstrap_replicates_are_refits():
     with pytest.raises(hl.HierlmmError, match="returned 1 values where the fit gave 2"):
         fit.bootstrap(2, statistic=lambda f: f.fixef.to_numpy() if f is fit else 1.0, random_seed=1,
                       progressbar=False)
+
+
+def test_type3_factor_beside_its_interaction_with_a_covariate_aliased():
+    """Type III on a design with an aliased column (x:o^4): lmerTest does not count a factor as
+    contained in its interaction with a covariate (``o`` in ``x:o``), so o's hypothesis is not
+    made orthogonal to x:o's columns; with a full-rank X that changes nothing, with an aliased
+    one it changes the F (tests/reference/r/type3_aliased.R; hierlmm gave 12.19 where lmerTest
+    gives 10.94 for o)."""
+    ref = load_ref("type3_aliased")
+    d = pd.read_csv(REF_DIR / "type3_aliased.csv")
+    d["o"] = pd.Categorical(d["o"], ordered=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = hl.LMM(ref["formula"], d).fit(method="REML")
+        assert fit.design.dropped_columns == [ref["dropped"]]
+        for ddf, key in (("satterthwaite", "satterthwaite"), ("kenward-roger", "kenward_roger")):
+            tab = fit.anova(type=3, ddf=ddf)
+            r = ref[key]
+            for term, F, den, q in zip(r["terms"], r["F"], r["DenDF"], r["NumDF"]):
+                assert tab.loc[term, "num_df"] == q, (ddf, term)
+                assert tab.loc[term, "F"] == pytest.approx(F, rel=2e-3, abs=1e-6), (ddf, term)
+                assert tab.loc[term, "den_df"] == pytest.approx(den, rel=2e-3), (ddf, term)
+
+
+def test_drop1_when_the_full_fit_is_a_local_optimum():
+    """22 rows, 11 fixed effects, (1 | g/h), ML: the fit (lme4's too) stops at a local optimum
+    whose deviance is higher than the model's without log(w) (lme4's drop1 prints LRT -29.9).
+    The full model nests each reduced one, so drop1 refits it from the better θ, says so, and
+    every LRT is then a nested comparison: each reduced deviance at least the full one, which is
+    what the full model's own fit from the θ it names reaches (seed 90210's m0153)."""
+    d = pd.read_csv(REF_DIR / "drop1_local_optimum.csv", keep_default_na=False, na_values=[""])
+    formula = "y ~ o + log(w) + z + x + f + x:f + (1 | g/h)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.SingularFitWarning)
+        warnings.simplefilter("ignore", hl.ScaleWarning)
+        model = hl.LMM(formula, d, weights="pw")
+        fit = model.fit(method="ML")
+        with pytest.warns(hl.ConvergenceWarning, match="local optimum") as rec:
+            tab = fit.drop1()
+    k_full = fit.design.p + fit.design.n_theta + 1
+    full = tab.AIC.iloc[0] - 2 * k_full
+    assert full < fit.deviance - 1.0
+    reduced = tab.AIC.iloc[1:] - 2 * (k_full - tab.npar.iloc[1:])
+    assert (reduced >= full - 1e-6).all()
+    np.testing.assert_allclose(tab.LRT.iloc[1:], reduced - full, atol=1e-9)
+    theta0 = [float(v) for v in str(rec[0].message).split("theta0=[")[1].split("]")[0].split(",")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = model.fit(method="ML", theta0=theta0)
+    assert again.deviance == pytest.approx(full, abs=1e-4)
+
+
+def test_kenward_roger_denominator_df_not_positive_warns():
+    """pbkrtest's numbers where Kenward-Roger's denominator df come out negative (28 rows,
+    (1 + x | g) + (1 | h)): hierlmm reproduces them (tests/reference/r/kr_negative_df.R), gives
+    no p-value there, as pbkrtest, and says by name that the approximation broke down."""
+    ref = load_ref("kr_negative_df")
+    d = pd.read_csv(REF_DIR / "kr_negative_df.csv")
+    d["o"] = pd.Categorical(d["o"], ordered=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = hl.LMM(ref["formula"], d).fit(method="REML")
+    with pytest.warns(hl.HierlmmWarning, match=r"breaks down for x:o \(-0\.60"):
+        tab = fit.anova(type=2, ddf="kenward-roger")
+    for term, F, den, p in zip(ref["terms"], ref["F"], ref["DenDF"], ref["p"]):
+        assert tab.loc[term, "F"] == pytest.approx(F, rel=2e-3), term
+        assert tab.loc[term, "den_df"] == pytest.approx(den, rel=2e-3), term
+        if p is None:
+            assert np.isnan(tab.loc[term, "p"]), term
+        else:
+            assert tab.loc[term, "p"] == pytest.approx(p, rel=1e-2), term

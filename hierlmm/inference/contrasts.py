@@ -167,7 +167,7 @@ def contrasts_type3(design) -> dict[str, np.ndarray]:
     if design.X.shape[1] <= 1 or len(terms[0]) <= 1:
         return contrasts_type1(design)
     if design.treatment_formula is None:
-        return _type3(design.X, design.fixef_names, terms, design.data)
+        return _type3(design.X, design.fixef_names, terms, design.data, _containing(design, terms))
     from formulaic import model_matrix
 
     from hierlmm.design import _drop_aliased
@@ -175,13 +175,17 @@ def contrasts_type3(design) -> dict[str, np.ndarray]:
     mm = model_matrix(design.treatment_formula, design.data, na_action="ignore", context=formula_context())
     all_t = [r_name(c) for c in mm.rhs.columns]
     Xt, names_t, _ = _drop_aliased(np.asarray(mm.rhs, dtype=float), all_t)
-    Lt = _type3(Xt, names_t, _terms(mm.rhs.model_spec, all_t, names_t), design.data)
+    terms_t = _terms(mm.rhs.model_spec, all_t, names_t)
+    Lt = _type3(Xt, names_t, terms_t, design.data, _containing(design, terms_t))
     M = _zapsmall(np.linalg.pinv(Xt) @ design.X)
     return {t: L @ M for t, L in Lt.items()}
 
 
-def _type3(X, coef_names, terms, data) -> dict[str, np.ndarray]:
-    """Type III contrasts of a treatment-coded ``X`` (lmerTest's ``extract_contrasts_type3``)."""
+def _type3(X, coef_names, terms, data, contained_in) -> dict[str, np.ndarray]:
+    """Type III contrasts of a treatment-coded ``X`` (lmerTest's ``extract_contrasts_type3``):
+    each term's rows made orthogonal to the terms that contain it (``contained_in``, lmerTest's
+    containment: a factor is not contained in its interaction with a covariate, which matters
+    where X has aliased columns)."""
     from formulaic import model_matrix
 
     names, cols, factors, intercept = terms
@@ -195,7 +199,6 @@ def _type3(X, coef_names, terms, data) -> dict[str, np.ndarray]:
         rd_names.extend(mm.columns)
     rdX = np.hstack(parts)
     L = _zapsmall((np.linalg.pinv(X) @ rdX).T)  # rows: cell parameters; columns: coefficients
-    contained_in = {t: [u for u in names if u != t and factors[t] < factors[u]] for t in names}
     degree = {t: len(factors[t]) for t in names}
     for t in sorted(names, key=lambda u: -degree[u]):
         if contained_in[t]:

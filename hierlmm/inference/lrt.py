@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.criterion import criterion
-from hierlmm.errors import HierlmmError, HierlmmWarning
+from hierlmm.errors import ConvergenceWarning, HierlmmError, HierlmmWarning
 
 __all__ = ["anova", "ranova", "chibar_pvalue", "lm_loglik"]
 
@@ -43,6 +43,16 @@ def lm_loglik(y: np.ndarray, X: np.ndarray, reml: bool, log_weights: float = 0.0
     resid = y - Q @ (Q.T @ y)
     r2 = float(resid @ resid)
     return -0.5 * criterion(0.0, 2 * np.sum(np.log(np.abs(np.diag(R)))), r2, n, p, reml, log_weights=log_weights)
+
+
+def _larger_worse(chisq: float, loglik: float, larger: str, smaller: str) -> None:
+    """Warn where a model with more parameters fits worse than one with fewer: if they are
+    nested, the larger one's fit is a local optimum (the smaller is one of its points)."""
+    if chisq < -1e-6 * max(1.0, abs(loglik)):
+        warnings.warn(
+            f"{larger} has a lower likelihood than {smaller} (2 Δ log L = {chisq:.6g}); if the models are "
+            f"nested, the larger one's fit is a local optimum: refit it from the smaller one's θ (fit(theta0=...))",
+            ConvergenceWarning, stacklevel=3)
 
 
 def _refit_ml(fit):
@@ -123,6 +133,8 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
         if prev is not None:
             chisq = 2 * (f.loglik - prev.loglik)
             df = f.df_model - prev.df_model
+            if df > 0:
+                _larger_worse(chisq, f.loglik, names[i], names[order[len(rows) - 1]])
             row.update(chisq=chisq, df=df, p=stats.chi2.sf(chisq, df) if df > 0 else np.nan)
         rows.append(row)
         prev = f
@@ -219,6 +231,7 @@ def ranova(fit) -> pd.DataFrame:
             w = fit.design.whitened()
             ll = lm_loglik(w.y, w.X, reml, fit.design.log_weights)
             npar = fit.design.p + 1
+        _larger_worse(2 * (fit.loglik - ll), fit.loglik, "<none>", f"the model without {label}")
         lrt = max(2 * (fit.loglik - ll), 0.0)
         df = fit.df_model - npar
         rows[label] = {"npar": npar, "loglik": ll, "aic": -2 * ll + 2 * npar, "lrt": lrt, "df": df,

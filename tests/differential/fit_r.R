@@ -78,6 +78,13 @@ emm_case <- function(m, cs) {
        t = I(pr$t.ratio), p = I(pr$p.value))
 }
 
+profile_case <- function(m) catch({
+  pw <- character(0)
+  ci <- withCallingHandlers(confint(m, method = "profile", oldNames = FALSE, quiet = TRUE),
+    warning = function(w) { pw <<- c(pw, conditionMessage(w)); invokeRestart("muffleWarning") })
+  list(names = I(rownames(ci)), lower = I(unname(ci[, 1])), upper = I(unname(ci[, 2])), warnings = I(pw))
+})
+
 fit_lmer <- function(cs, d) {
   warns <- character(0)
   m <- withCallingHandlers(
@@ -134,21 +141,24 @@ fit_lmer <- function(cs, d) {
     })
   }
   out <- c(out, inference(m, isTRUE(cs$kr), cs))
-  if (!is.null(cs$rescale)) {
-    # the same model with one covariate in other units: the same hypotheses, a well-scaled X
+  if (!is.null(cs$rescale) || !is.null(cs$centre)) {
+    # the same model in other coordinates: a covariate on a scale far from 1 divided by its SD
+    # (the same hypotheses, a well-scaled X), a random slope's covariate far from 0 standardised
+    # (a reparametrisation; lme4's theta, in which lmerTest and pbkrtest differentiate, then
+    # well-conditioned). The test applies the same transformation to the data in Python.
     d2 <- d
-    d2[[cs$rescale]] <- d2[[cs$rescale]] / sd(d2[[cs$rescale]], na.rm = TRUE)
+    if (!is.null(cs$rescale)) d2[[cs$rescale]] <- d2[[cs$rescale]] / sd(d2[[cs$rescale]], na.rm = TRUE)
+    if (!is.null(cs$centre)) {
+      v <- d2[[cs$centre]]
+      d2[[cs$centre]] <- (v - mean(v, na.rm = TRUE)) / sd(v, na.rm = TRUE)
+    }
     m2 <- suppressWarnings(suppressMessages(lmer_case(cs, d2)))
     out$rescaled <- inference(m2, isTRUE(cs$kr), cs)
+    out$rescaled$theta <- I(unname(getME(m2, "theta")))
+    out$rescaled$crit <- if (isTRUE(cs$reml)) unname(getME(m2, "devcomp")$cmp[["REML"]]) else unname(deviance(m2))
+    if (isTRUE(cs$profile) && !is.null(cs$centre)) out$rescaled$profile <- profile_case(m2)
   }
-  if (isTRUE(cs$profile)) {
-    out$profile <- catch({
-      pw <- character(0)
-      ci <- withCallingHandlers(confint(m, method = "profile", oldNames = FALSE, quiet = TRUE),
-        warning = function(w) { pw <<- c(pw, conditionMessage(w)); invokeRestart("muffleWarning") })
-      list(names = I(rownames(ci)), lower = I(unname(ci[, 1])), upper = I(unname(ci[, 2])), warnings = I(pw))
-    })
-  }
+  if (isTRUE(cs$profile)) out$profile <- profile_case(m)
   if (!is.null(cs$lrt_drop)) {
     out$lrt <- catch({
       small <- update(m, as.formula(paste(". ~ . -", cs$lrt_drop)))
@@ -162,9 +172,11 @@ fit_lmer <- function(cs, d) {
 
 fit_ar1 <- function(cs, d) {
   random <- as.formula(paste("~", if (is.null(cs$ar1_random)) "1" else cs$ar1_random, "| g"))
-  m <- lme(y ~ x, random = random, data = d, correlation = corAR1(form = ~ 1 | g),
-           method = if (isTRUE(cs$reml)) "REML" else "ML",
-           control = lmeControl(maxIter = 200, msMaxIter = 200, msMaxEval = 2000))
+  fit <- function(opt) lme(y ~ x, random = random, data = d, correlation = corAR1(form = ~ 1 | g),
+                           method = if (isTRUE(cs$reml)) "REML" else "ML",
+                           control = lmeControl(maxIter = 200, msMaxIter = 200, msMaxEval = 2000, opt = opt))
+  # nlme's default optimiser (nlminb) stops with an error on some fits that optim completes
+  m <- tryCatch(fit("nlminb"), error = function(e) fit("optim"))
   list(ok = TRUE, fixef = named(fixef(m)), fixef_names = names(fixef(m)),
        se = named(sqrt(diag(vcov(m)))), sigma = m$sigma, logLik = as.numeric(logLik(m)),
        random_sd = as.numeric(VarCorr(m)[1, "StdDev"]),

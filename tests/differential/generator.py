@@ -62,6 +62,13 @@ class Case:
         A covariate on a scale far from 1: R also fits the model with it divided by its SD
         (the same hypotheses in other units), since lmerTest's contrasts use absolute
         thresholds and change with the units.
+    centre : str or None
+        A random slope's covariate far from 0: R also fits the model with it standardised,
+        ``(x - mean) / SD``, a reparametrisation (the fixed part spans the same space). lmerTest
+        and pbkrtest differentiate in lme4's θ, where the intercept at 0 and the slope then
+        correlate near ±1 and numDeriv's Hessian misleads; in the standardised refit they do
+        not. hierlmm is compared with that refit on the same standardised data, and on its own
+        data for the coefficients the reparametrisation leaves alone.
     """
 
     id: str
@@ -74,6 +81,7 @@ class Case:
     small_formula: str | None = None
     ar1: bool = False
     rescale: str | None = None
+    centre: str | None = None
     weights: str | None = None
     notes: list[str] = field(default_factory=list)
     newdata: pd.DataFrame | None = None  # predict() on it (lme4: allow.new.levels = TRUE)
@@ -349,7 +357,11 @@ def _reshape(case: Case, rng) -> Case:
     # a random slope's covariate in other units, away from 0 (y stays: the model is the same)
     if re.search(r"\(\s*(1 \+ )?x\b", random) and "||" not in random and rng.random() < 0.35:
         d["x"] = d["x"] * 10 ** rng.uniform(-3, 3)
-        d["x"] = d["x"] + rng.uniform(-30, 30) * float(np.nanstd(d["x"]))
+        shift = rng.uniform(-30, 30) * float(np.nanstd(d["x"]))
+        # away from 0 only where that is a reparametrisation (I(x^2) without x is not)
+        if "I(x^2)" not in fixed.split(" + ") or "x" in fixed.split(" + "):
+            d["x"] = d["x"] + shift
+            case.centre = "x"
         case.notes.append("x-units")
     response = "y"
     if rng.random() < 0.1 and "offset" not in fixed:  # log(y): a transformed response

@@ -51,7 +51,7 @@ def _spec(case, folder: Path) -> dict:
         factors["g_new"] = {"levels": [str(c) for c in case.newdata["g"].cat.categories], "ordered": False}
     return {"id": case.id, "formula": case.formula, "csv": str(csv), "factors": factors,
             "reml": case.reml, "kr": case.kr, "profile": case.profile, "lrt_drop": case.lrt_drop,
-            "ar1": case.ar1, "rescale": case.rescale, "weights": case.weights, "newdata": newdata,
+            "ar1": case.ar1, "rescale": case.rescale, "centre": case.centre, "weights": case.weights, "newdata": newdata,
             "ar1_random": case.ar1_random}
 
 

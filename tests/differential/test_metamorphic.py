@@ -14,7 +14,8 @@ with transformation parameters from a seeded stream:
   (1e-8 to 1e8). The same likelihood, σ, fitted values, t statistics, df and correlations.
 * ``x_shift``: ``x → x + c``, ``z → z + c`` (1e6 to 1e10 SDs) where the model spans the same
   space after it (an intercept; ``x`` beside ``I(x^2)``; no ``(x || g)``, which is not
-  shift-invariant): the same likelihood, σ and fitted values.
+  shift-invariant): the same likelihood, σ and fitted values, and the same t and df of the
+  coefficients the shift leaves alone (``conftest.untouched``).
 * ``weights``: prior weights times ``k`` (1e-12 to 1e12): the same REML and ML likelihood
   (the ``|W|`` Jacobian cancels the scale), σ times ``√k``, β and t unchanged.
 * ``relabel``: rows permuted (for AR(1) residuals, whose time is the row order within a group,
@@ -38,7 +39,7 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _cases
+from conftest import _cases, untouched
 
 import hierlmm as hl
 
@@ -250,6 +251,10 @@ def test_x_shift(meta_case):
     _check("logLik", B["ll"], A["ll"] + _reml_basis(base, fit), 1.0, _ll_tol(base, EPS * rel))
     _check("sigma", B["sigma"], A["sigma"], tol * 50, _sigma_se(base))
     _check("fitted", B["fitted"], A["fitted"], tol, A["sigma"])
+    # the coefficients the shift leaves alone (a slope of x, x:f; not the intercept at x = 0)
+    keep = np.zeros(len(A["names"]), bool)
+    keep[untouched(base, fit)] = True
+    _compare_same(A, B, tol, slopes_only_t=keep)
 
 
 def test_weights_scale(meta_case):
