@@ -19,7 +19,7 @@ import pandas as pd
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.reterms import ReTerm
-from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, numeric_view, python_attribute, r_name, to_formulaic
+from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, number_objects, numeric_view, python_attribute, r_name, to_formulaic
 
 __all__ = ["Design", "NoRows", "build_design"]
 
@@ -306,7 +306,7 @@ def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str
 def _check_column_types(data: pd.DataFrame, cols, response: str, covariates) -> None:
     """One-line messages for columns a model cannot use as they are: a response that is not
     numeric, date-time covariates."""
-    if response in cols and not pd.api.types.is_numeric_dtype(data[response]):
+    if response in cols and not (pd.api.types.is_numeric_dtype(data[response]) or number_objects(data[response])):
         raise DataError(f"response {response!r} is not numeric (dtype {data[response].dtype}); "
                         f"convert it, e.g. with pd.to_numeric(data[{response!r}])")
     for c in cols:

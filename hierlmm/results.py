@@ -303,7 +303,10 @@ class LMMResult:
         ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``AIC``, ``LRT``
         (the ML deviance's increase) and ``Pr(Chi)``. Each reduced model comes from the full
         model's cross-product A with the term's columns removed (no pass over the data), its θ
-        optimised from the full model's.
+        optimised from the full model's. The full model nests each reduced one, so a reduced
+        model that fits better shows the full ML fit to be a local optimum (lme4 then prints a
+        negative LRT): the full model is refitted from that θ, a ``ConvergenceWarning`` says so
+        and gives the θ, and ``<none>`` is the better optimum.
 
         ``test="F"``: lmerTest's ``drop1``, the F test that all the term's coefficients are 0 in
         the fitted model (no refits), with ``ddf`` Satterthwaite's or Kenward–Roger's df;

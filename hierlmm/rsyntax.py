@@ -141,6 +141,16 @@ def formula_context() -> dict:
 _FACTOR_ARGUMENT = re.compile(r"\bC\(\s*`?([^,`()]+?)`?\s*[,)]")
 
 
+def number_objects(col: pd.Series) -> bool:
+    """A column of Python objects that are all real numbers (Decimal, Fraction, int, float;
+    missing values aside): R's numeric, as :func:`numeric_view` reads it."""
+    if col.dtype != object:
+        return False
+    values = col.dropna()
+    return bool(len(values)) and all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_, complex))
+                                     for v in values)
+
+
 def numeric_view(data: pd.DataFrame, formula: str) -> pd.DataFrame:
     """``data`` as formulaic should evaluate ``formula`` on it, with R's arithmetic: integer
     columns (numpy's of any width, unsigned, pandas' nullable, pyarrow's) as float64, so
@@ -157,9 +167,7 @@ def numeric_view(data: pd.DataFrame, formula: str) -> pd.DataFrame:
         if pd.api.types.is_bool_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype):
             continue
         if dtype == object and c not in factors:  # Python numbers (Decimal, Fraction, int): as R's numeric
-            values = data[c].dropna()
-            if len(values) and all(isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_, complex))
-                                   for v in values):
+            if number_objects(data[c]):
                 changes[c] = pd.to_numeric(data[c].astype(float))
             continue
         integer = pd.api.types.is_integer_dtype(dtype)

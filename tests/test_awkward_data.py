@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -111,6 +113,21 @@ def test_integer_columns_are_promoted_before_arithmetic(small, dtype):
     base = _fit("y ~ I(k^3) + (1 | g)", small.assign(k=k.astype(float)))
     fit = _fit("y ~ I(k^3) + (1 | g)", small.assign(k=pd.Series(k).astype(dtype)))
     np.testing.assert_allclose(fit.fixef, base.fixef, rtol=1e-10)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda v: v.astype(object),
+    lambda v: pd.Series([Decimal(repr(x)) for x in v], index=v.index),
+    lambda v: pd.Series([Fraction(x) for x in v], index=v.index, dtype=object),
+])
+@pytest.mark.parametrize("column", ["y", "x"])
+def test_python_number_objects_are_numbers(small, convert, column):
+    """A column of Python numbers (object dtype: floats, Decimal, Fraction), the response as
+    well as a covariate, is R's numeric (a response of them was refused as not numeric)."""
+    base = _fit("y ~ x + (1 | g)", small)
+    fit = _fit("y ~ x + (1 | g)", small.assign(**{column: convert(small[column])}))
+    np.testing.assert_allclose(fit.fixef, base.fixef, rtol=1e-12)
+    assert fit.loglik == pytest.approx(base.loglik, rel=1e-12)
 
 
 def test_epoch_milliseconds_squared(small):
