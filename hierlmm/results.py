@@ -18,6 +18,7 @@ from hierlmm.deviance import Deviance, Solution
 from hierlmm.errors import ConvergenceWarning, HierlmmError
 from hierlmm.optimize import SINGULAR_TOL, OptResult, optimize_theta, theta_scale
 from hierlmm.validate import count, per_row, seed
+from hierlmm.validate import kind as valid_kind
 from hierlmm.posterior_b import RanefPosterior
 from hierlmm.reterms import varcorr_rows
 
@@ -377,11 +378,10 @@ class LMMResult:
         (``"REML"``/``"ML"``). What did not change is reused: with the same formula and data
         the model and its cross-product A are shared."""
         from hierlmm.formula import update_formula
-        from hierlmm.model import LMM
 
         model = self.model
         if formula is not None or data is not None:
-            model = LMM(model.formula if formula is None else update_formula(model.formula, formula),
+            model = type(model)(model.formula if formula is None else update_formula(model.formula, formula),
                         model.data if data is None else data, residual=model.residual,
                         formulation=model.formulation, weights=model.weights, offset=model.offset)
         return model.fit(method=method or self.method, **fit_kwargs)
@@ -462,7 +462,7 @@ class LMMResult:
     def fitted(self, kind: str = "conditional") -> pd.Series:
         """Fitted values: ``Xβ̂ + Zb̂`` (conditional) or ``Xβ̂`` (marginal), plus the offset if
         the model has one (as lme4), in data order."""
-        kind = _check_kind(kind)
+        kind = valid_kind(kind)
         if not self.design.rows:  # a Dask DataFrame: a lazy Series, partition by partition
             return self.design.source.per_row(self, "fitted", kind)
         mu = self.design.X @ self.solution.beta
@@ -479,7 +479,7 @@ class LMMResult:
         ``√w_i (y_i − ŷ_i) / σ̂`` (``w_i`` the prior weights, 1 without). On a Dask DataFrame,
         fitted values and residuals are lazy Dask Series, computed partition by partition."""
         if not self.design.rows:
-            return self.design.source.per_row(self, "residuals", _check_kind(kind), scaled)
+            return self.design.source.per_row(self, "residuals", valid_kind(kind), scaled)
         r = self.design.y - self.fitted(kind).to_numpy()
         if scaled:
             r = r / self.sigma
@@ -509,7 +509,7 @@ class LMMResult:
         """
         from hierlmm.newdata import predict_frame
 
-        kind = _check_kind(kind)
+        kind = valid_kind(kind)
         if newdata is None:
             return self.fitted(kind)
         conditional = kind == "conditional"
@@ -659,9 +659,3 @@ class LMMResult:
 def theta_names(terms) -> list[str]:
     """lme4's names of θ's entries: ``Subject.(Intercept)``, ``Subject.Days.(Intercept)``, ..."""
     return [n for t in terms for n in t.theta_names()]
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in ("conditional", "marginal"):
-        raise HierlmmError(f"kind must be 'conditional' or 'marginal', got {kind!r}")
-    return kind

@@ -88,3 +88,11 @@ def per_row(value, n: int, name: str, index: pd.Index | None = None, what: str =
         raise DataError(f"{name} has {int(bad.sum())} value(s) that are NaN or infinite (first at position "
                         f"{int(np.flatnonzero(bad)[0])})")
     return arr
+
+
+def kind(value: str) -> str:
+    """``kind=`` of residuals, fitted values and predictions: ``"conditional"`` (with the
+    random effects) or ``"marginal"`` (without)."""
+    if value not in ("conditional", "marginal"):
+        raise HierlmmError(f"kind must be 'conditional' or 'marginal', got {value!r}")
+    return value

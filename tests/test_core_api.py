@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -388,3 +389,47 @@ def test_summary_html_shows_what_the_text_shows():
     for piece in ("Scaled residuals", "Random effects", "Fixed effects", "Correlation of fixed effects",
                   "-3.9536", "&lt; 2e-16", "-0.138", "Signif. codes"):
         assert piece in html, piece
+
+
+def _imports(path: Path, module: str, package: str, known: set[str]) -> set[str]:
+    """The hierlmm modules ``module`` imports anywhere in its file (inside functions too):
+    ``from a.b import c`` counts ``a.b.c`` when that is a module, else ``a.b``."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                full = f"{target}.{alias.name}"
+                out.add(full if full in known else target)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m in known and m != module}
+
+
+def test_no_import_circles():
+    """Imports flow one way: no circle among hierlmm's modules, counting imports inside
+    functions (the package's ``__init__`` included: a module that imports ``hierlmm`` itself
+    closes a circle through everything the package re-exports)."""
+    root = Path(hl.__file__).parent
+    files = {}
+    for p in root.rglob("*.py"):
+        parts = p.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    known = set(files)
+    graph = {}
+    for m, p in files.items():
+        package = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        graph[m] = _imports(p, m, package, known)
+    # a circle is a path back to the start: depth-first search from every module
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                assert nxt != start, " -> ".join(path + [start])
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))

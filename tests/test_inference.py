@@ -242,7 +242,7 @@ def test_profile_coordinates_are_a_box_of_valid_models(formula):
     of the box maps to SDs and correlations with ψ at its value and a positive-semidefinite
     correlation matrix, whatever ψ is (an SD, a correlation, σ), and the estimate's point
     maps back to the estimate."""
-    from hierlmm.inference import confint as C
+    from hierlmm.inference import sdcor as C
     from hierlmm.inference.profile import Coordinates
 
     d = hl.datasets.load("sleepstudy")
@@ -251,7 +251,7 @@ def test_profile_coordinates_are_a_box_of_valid_models(formula):
         warnings.simplefilter("ignore", hl.HierlmmWarning)
         fit = hl.LMM(formula, d).fit(method="ML")
     est = C.sdcor_from_theta(fit.design, fit.solution.theta, fit.sigma)
-    lo, hi = C._bounds(fit.design)
+    lo, hi = C.bounds(fit.design)
     rng = np.random.default_rng(3)
     for j in range(len(est)):
         co = Coordinates(fit.design, est, j, fit.sigma)

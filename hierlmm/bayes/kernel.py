@@ -89,7 +89,7 @@ def _build():
     """The numba functions (compiled on first use, then loaded from numba's disk cache)."""
     if _KERNEL:
         return _KERNEL
-    from hierlmm.bayes import _kernel_impl as impl
+    import hierlmm.bayes._kernel_impl as impl
 
     _KERNEL.update(logp_grad=impl.logp_grad, logp_c=impl.logp_c, expand_c=impl.expand_c, draws=impl.draws)
     return _KERNEL

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.errors import ConvergenceWarning
-from hierlmm.results import _check_kind
+from hierlmm.validate import kind as valid_kind
 
 __all__ = ["Posterior", "assemble"]
 
@@ -170,7 +170,7 @@ class Posterior:
             ll = -0.5 * (np.log(2 * np.pi * var) + (y - mu) ** 2 / var)
             self.idata["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", "obs"), ll)})
             return self.idata
-        _check_kind(kind)
+        valid_kind(kind)
         outer = _outermost(design)
         mu = np.einsum("cdp,np->cdn", beta, design.X) + (0.0 if design.offset is None else design.offset)
         rows = [np.flatnonzero(outer.codes == j) for j in range(outer.m)]
@@ -208,7 +208,7 @@ class Posterior:
 
         design = self.model.design
         rng = np.random.default_rng(random_seed)
-        conditional = _check_kind(kind) == "conditional"
+        conditional = valid_kind(kind) == "conditional"
         if newdata is None:
             X, offset, index = design.X, design.offset, design.data.index
             codes, Zs = [t.codes for t in design.terms], [t.Z for t in design.terms]

@@ -43,7 +43,7 @@ def _compiled_collapsed(model, design, prior, x0):
     else compiled and remembered."""
     import nutpie
 
-    from hierlmm.bayes import kernel
+    import hierlmm.bayes.kernel as kernel
     from hierlmm.bayes.collapsed import blocked_data, build_collapsed_model, structure_key
 
     cp = model.deviance_function().cp

@@ -17,59 +17,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hierlmm.errors import HierlmmError
+from hierlmm.errors import HierlmmError, HierlmmWarning
+from hierlmm.inference.sdcor import sdcor_from_theta, sdcor_names
 
-__all__ = ["confint", "sdcor_names", "sdcor_from_theta", "theta_from_sdcor"]
-
-
-def sdcor_names(fit) -> list[str]:
-    """Row names of the variance parameters (lme4's ``confint``), σ last."""
-    return [n for t in fit.design.terms for n in t.sdcor_names()] + ["sigma"]
-
-
-def sdcor_from_theta(design, theta, sigma) -> np.ndarray:
-    """``(θ, σ)`` -> standard deviations and correlations of each term (θ's order), σ.
-
-    A correlation with a zero SD is NaN (:func:`hierlmm.reterms.sd_corr`)."""
-    return np.concatenate([t.sdcor(sigma**2 * t.relcov(theta[s])) for t, s in zip(design.terms, design.theta_slices())]
-                          + [[sigma]])
-
-
-def _psd_cholesky(D: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a positive semi-definite matrix (zero pivots allowed)."""
-    k = D.shape[0]
-    L = np.zeros_like(D)
-    for j in range(k):
-        v = D[j, j] - L[j, :j] @ L[j, :j]
-        L[j, j] = np.sqrt(v) if v > 1e-14 * max(D[j, j], 1e-300) else 0.0
-        for i in range(j + 1, k):
-            L[i, j] = (D[i, j] - L[i, :j] @ L[j, :j]) / L[j, j] if L[j, j] > 0 else 0.0
-    return L
-
-
-def theta_from_sdcor(design, sdcor) -> tuple[np.ndarray, float] | None:
-    """Inverse of :func:`sdcor_from_theta`; ``None`` if a correlation matrix is not PSD."""
-    sigma = sdcor[-1]
-    theta, i = [], 0
-    for t in design.terms:
-        R = np.eye(t.k)
-        sd = np.zeros(t.k)
-        for r, c in t.pairs:
-            if r == c:
-                sd[r] = sdcor[i]
-            else:
-                R[r, c] = R[c, r] = sdcor[i]
-            i += 1
-        if t.k > 1 and np.linalg.eigvalsh(R).min() < -1e-10:
-            return None
-        theta.append(t.theta_from_template(_psd_cholesky(R * np.outer(sd, sd)) / sigma))
-    return np.concatenate(theta), sigma
-
-
-def _bounds(design) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds of :func:`sdcor_from_theta`'s entries (σ last, kept positive)."""
-    lo, hi = zip(*(t.sdcor_bounds() for t in design.terms))
-    return np.concatenate(lo + ([1e-12],)), np.concatenate(hi + ([np.inf],))
+__all__ = ["bootstrap", "confint"]
 
 
 def _wald(fit, level):
@@ -103,7 +54,6 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
         One row per replicate, one column per statistic; ``.attrs["t0"]`` holds the statistic
         of the fit itself (bootMer's ``t0``).
     """
-    import hierlmm as hl
     from hierlmm.optimize import optimize_theta
 
     from hierlmm.inference.simulate import simulate
@@ -121,14 +71,12 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
             sol = d.solve(res.theta)
             return np.concatenate([sdcor_from_theta(d.design, sol.theta, np.sqrt(sol.sigma2)), sol.beta])
     else:
-        from hierlmm.results import LMMResult
-
         first = statistic(fit)
         names = _statistic_names(first)
         t0 = _statistic_values(first, names)
 
         def values(d, res):
-            return _statistic_values(statistic(LMMResult(fit.model, d, res)), names)
+            return _statistic_values(statistic(type(fit)(fit.model, d, res)), names)  # a result at d's optimum
 
     def refit(y):
         d = dev.with_response(y)  # one per draw (safe across threads); A's response row only
@@ -139,7 +87,7 @@ def bootstrap(fit, n_boot: int = 200, statistic=None, random_seed=None, progress
     parallel = bool(n_jobs) and n_jobs != 1
     with warnings.catch_warnings(), (ThreadPoolExecutor(max_workers=None if n_jobs < 0 else n_jobs) if parallel
                                      else contextlib.nullcontext()) as ex:
-        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        warnings.simplefilter("ignore", HierlmmWarning)
         for i, row in enumerate((ex.map if parallel else map)(refit, ys)):
             draws[i] = row
             bar.update(1)

@@ -211,7 +211,7 @@ def ranova(fit) -> pd.DataFrame:
     """
     from scipy import stats
 
-    import hierlmm as hl
+    from hierlmm.errors import SingularFitWarning
 
     fit.model.require("ranova()", instead="compare fits with hl.anova")
     parsed = fit.design.parsed
@@ -223,8 +223,8 @@ def ranova(fit) -> pd.DataFrame:
             offsets = "".join(f" + offset({o})" for o in parsed.offsets)
             formula = f"{parsed.response} ~ {parsed.fixed}{offsets} + " + " + ".join(remaining)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", hl.SingularFitWarning)
-                sub = hl.LMM(formula, fit.model.data, weights=fit.model.weights,
+                warnings.simplefilter("ignore", SingularFitWarning)
+                sub = type(fit.model)(formula, fit.model.data, weights=fit.model.weights,
                              offset=fit.model.offset).fit(method=fit.method)
             ll, npar = sub.loglik, sub.df_model
         else:

@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from hierlmm.errors import ProfileWarning
+from hierlmm.inference.sdcor import bounds, psd_cholesky, sdcor_from_theta, sdcor_names
 
 __all__ = ["profile_intervals", "Coordinates"]
 
@@ -73,9 +74,8 @@ class Coordinates:
     """
 
     def __init__(self, design, est: np.ndarray, j: int, unit: float):
-        from hierlmm.inference.confint import _bounds
 
-        lo, _ = _bounds(design)
+        lo, _ = bounds(design)
         self.est, self.j, self.unit = np.asarray(est, dtype=float), j, unit
         self.terms = []  # per term: (k, positions of its sdcor entries, fixed (r, c) or None, perm)
         i = 0
@@ -160,7 +160,6 @@ class Coordinates:
         """``(θ, σ)`` at ``x``: ``T = S C / σ`` directly (lower triangular, ``TT'σ² = SRS``)
         where the term's order is its own; a Cholesky factor of ``D`` where ψ's correlation
         reordered it."""
-        from hierlmm.inference.confint import _psd_cholesky
 
         parts, sigma = self._parts(x, psi)
         theta = []
@@ -170,7 +169,7 @@ class Coordinates:
             else:
                 R = np.empty((t.k, t.k))
                 R[np.ix_(perm, perm)] = C @ C.T
-                T = _psd_cholesky(R * np.outer(sd, sd))
+                T = psd_cholesky(R * np.outer(sd, sd))
             theta.append(t.theta_from_template(T / sigma))
         return np.concatenate(theta), sigma
 
@@ -185,9 +184,8 @@ class Coordinates:
 def _unit_cholesky(R: np.ndarray) -> np.ndarray:
     """A lower-triangular ``C`` with unit rows and ``C C' = R`` for a correlation matrix
     ``R`` (zero pivots allowed; rows renormalised against round-off)."""
-    from hierlmm.inference.confint import _psd_cholesky
 
-    C = _psd_cholesky(R)
+    C = psd_cholesky(R)
     norms = np.linalg.norm(C, axis=1)
     for a in range(len(C)):
         if norms[a] > 0:
@@ -379,7 +377,6 @@ def _limit(name: str, side: str, find) -> float:
 # ------------------------------------------------------------------ the table
 def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> pd.DataFrame:
     """Profile intervals of the variance parameters (lme4's order) and the fixed effects."""
-    from hierlmm.inference.confint import _bounds, sdcor_from_theta, sdcor_names
     from hierlmm.progress import progress
     from hierlmm.optimize import optimize_theta
 
@@ -391,7 +388,7 @@ def profile_intervals(fit, level: float = 0.95, parm=None, progressbar=None) -> 
     # a correlation with a zero SD is undefined (NaN) and has no effect on the likelihood: any
     # value is an optimum; 0 is the profile's centre for it
     est = np.nan_to_num(sdcor_from_theta(design, ml.solution.theta, ml.sigma), nan=0.0)
-    lo, hi = _bounds(design)
+    lo, hi = bounds(design)
     names = sdcor_names(fit)
 
     rows = {}

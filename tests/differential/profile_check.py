@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from hierlmm.inference import confint as C
+from hierlmm.inference import sdcor as C
 from hierlmm.inference.profile import Coordinates
 from hierlmm.optimize import restart_step, bobyqa_restarted, optimize_theta
 
@@ -44,7 +44,7 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
     ml_dev = fit.model.deviance_function(reml=False)
     est = np.nan_to_num(C.sdcor_from_theta(design, ml.solution.theta, ml.sigma), nan=0.0)  # as the profile
     j = C.sdcor_names(fit).index(name)
-    lo, hi = C._bounds(design)
+    lo, hi = C.bounds(design)
     free = np.arange(len(est)) != j
 
     def dev(v):
@@ -89,7 +89,7 @@ def _run(f, x0, a, b):
 
 def limit_error(fit, name: str, psi: float) -> float:
     """How far ψ is from being a profile limit, in deviance: |increase − 3.84|, or, at one of
-    the parameter's bounds (an SD's 0, a correlation's ±1: :func:`confint._bounds`), how far
+    the parameter's bounds (an SD's 0, a correlation's ±1: :func:`sdcor.bounds`), how far
     the increase there exceeds 3.84 (0 when it stays below)."""
     if not np.isfinite(psi):
         return np.inf
@@ -98,7 +98,7 @@ def limit_error(fit, name: str, psi: float) -> float:
     # them (seed 11's m0127: 4 starts found 3.88 where 10 find 3.8416)
     inc = profile_increase(fit, name, psi, starts=max(4, len(names)))
     if name in names:
-        lo, hi = C._bounds(fit.design)
+        lo, hi = C.bounds(fit.design)
         j = names.index(name)
         if any(np.isfinite(b) and np.isclose(psi, b) for b in (lo[j], hi[j])):
             return max(inc - CUT, 0.0)

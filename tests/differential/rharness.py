@@ -69,9 +69,11 @@ def _run(specs: list[dict], folder: Path, tag: str) -> list[dict]:
 def _cache_key(specs: list[dict]) -> str:
     """Hash of everything R reads: the script, the specifications and the data files."""
     h = hashlib.sha256(SCRIPT.read_bytes())
-    for s in specs:
-        h.update(json.dumps({k: v for k, v in s.items() if k != "csv"}, sort_keys=True).encode())
+    for s in specs:  # the files' contents, not their (temporary) paths
+        h.update(json.dumps({k: v for k, v in s.items() if k not in ("csv", "newdata")}, sort_keys=True).encode())
         h.update(Path(s["csv"]).read_bytes())
+        if s.get("newdata"):
+            h.update(Path(s["newdata"]).read_bytes())
     return h.hexdigest()[:20]
 
 
