@@ -251,10 +251,12 @@ def test_x_shift(meta_case):
     _check("logLik", B["ll"], A["ll"] + _reml_basis(base, fit), 1.0, _ll_tol(base, EPS * rel))
     _check("sigma", B["sigma"], A["sigma"], tol * 50, _sigma_se(base))
     _check("fitted", B["fitted"], A["fitted"], tol, A["sigma"])
-    # the coefficients the shift leaves alone (a slope of x, x:f; not the intercept at x = 0)
-    keep = np.zeros(len(A["names"]), bool)
-    keep[untouched(base, fit)] = True
-    _compare_same(A, B, tol, slopes_only_t=keep)
+    # the coefficients the shift leaves alone (a slope of x, x:f; not the intercept at x = 0);
+    # their df only off the boundary, where the deviance's Hessian does not depend on coordinates
+    if not base.singular and not fit.singular:
+        keep = np.zeros(len(A["names"]), bool)
+        keep[untouched(base, fit)] = True
+        _compare_same(A, B, tol, slopes_only_t=keep)
 
 
 def test_weights_scale(meta_case):
