@@ -349,19 +349,27 @@ def test_bootstrap_replicates_are_refits():
                       progressbar=False)
 
 
+def _csv_reference_fit(name):
+    """R's results ``name``.json and hierlmm's REML fit of its formula to ``name``.csv (``o``
+    an ordered factor, as the R script reads it)."""
+    ref = load_ref(name)
+    d = pd.read_csv(REF_DIR / f"{name}.csv")
+    d["o"] = pd.Categorical(d["o"], ordered=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ref, hl.LMM(ref["formula"], d).fit(method="REML")
+
+
 def test_type3_factor_beside_its_interaction_with_a_covariate_aliased():
     """Type III on a design with an aliased column (x:o^4): lmerTest does not count a factor as
     contained in its interaction with a covariate (``o`` in ``x:o``), so o's hypothesis is not
     made orthogonal to x:o's columns; with a full-rank X that changes nothing, with an aliased
     one it changes the F (tests/reference/r/type3_aliased.R; hierlmm gave 12.19 where lmerTest
     gives 10.94 for o)."""
-    ref = load_ref("type3_aliased")
-    d = pd.read_csv(REF_DIR / "type3_aliased.csv")
-    d["o"] = pd.Categorical(d["o"], ordered=True)
+    ref, fit = _csv_reference_fit("type3_aliased")
+    assert fit.design.dropped_columns == [ref["dropped"]]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = hl.LMM(ref["formula"], d).fit(method="REML")
-        assert fit.design.dropped_columns == [ref["dropped"]]
         for ddf, key in (("satterthwaite", "satterthwaite"), ("kenward-roger", "kenward_roger")):
             tab = fit.anova(type=3, ddf=ddf)
             r = ref[key]
@@ -403,12 +411,7 @@ def test_kenward_roger_denominator_df_not_positive_warns():
     """pbkrtest's numbers where Kenward-Roger's denominator df come out negative (28 rows,
     (1 + x | g) + (1 | h)): hierlmm reproduces them (tests/reference/r/kr_negative_df.R), gives
     no p-value there, as pbkrtest, and says by name that the approximation broke down."""
-    ref = load_ref("kr_negative_df")
-    d = pd.read_csv(REF_DIR / "kr_negative_df.csv")
-    d["o"] = pd.Categorical(d["o"], ordered=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = hl.LMM(ref["formula"], d).fit(method="REML")
+    ref, fit = _csv_reference_fit("kr_negative_df")
     with pytest.warns(hl.HierlmmWarning, match=r"breaks down for x:o \(-0\.60"):
         tab = fit.anova(type=2, ddf="kenward-roger")
     for term, F, den, p in zip(ref["terms"], ref["F"], ref["DenDF"], ref["p"]):
