@@ -421,3 +421,23 @@ def test_kenward_roger_denominator_df_not_positive_warns():
             assert np.isnan(tab.loc[term, "p"]), term
         else:
             assert tab.loc[term, "p"] == pytest.approx(p, rel=1e-2), term
+
+
+def test_profile_limit_beyond_a_point_where_the_profile_cannot_be_evaluated():
+    """38 rows, ``(x | g)``, ML, singular (seed 4242's m0193): going down from σ̂ = 14.56, σ's
+    profile dips (its increase 0.78 at 12, 0.008 at 8) and cannot be evaluated at the first
+    far steps; the search used to give NaN there (lme4 gives 11.28, where the increase is 0.53).
+    With shorter steps it finds the limit: at it, the ML deviance minimised over every other
+    parameter by brute force (tests/differential/profile_check.py) is χ²₁(0.95) above the
+    minimum."""
+    from profile_check import CUT, profile_increase
+
+    d = pd.read_csv(REF_DIR / "profile_sigma_nonmonotone.csv")
+    d["o"] = pd.Categorical(d["o"], ordered=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = hl.LMM("y ~ z + x + o + x:o + (x | g)", d).fit(method="ML")
+        ci = fit.confint(method="profile", parm=["sigma"], progressbar=False)
+    lower = ci.loc["sigma", "lower"]
+    assert np.isfinite(lower) and lower < fit.sigma
+    assert profile_increase(fit, "sigma", lower, starts=4) == pytest.approx(CUT, abs=0.02)

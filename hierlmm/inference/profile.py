@@ -222,7 +222,8 @@ def _crossing(zeta, start, step, limit, target, z_start=0.0):
     steps toward ``limit``.
 
     Returns ``limit`` when ζ stays short of the target up to the parameter's bound, and NaN
-    when no crossing is found (the profile is not monotone or cannot be evaluated).
+    when no crossing is found (the profile is not monotone or cannot be evaluated). Where ζ
+    cannot be evaluated at a step's end, the step is halved (up to 8 times) before giving up.
     """
     a, za = start, z_start
     b = start + step
@@ -230,6 +231,12 @@ def _crossing(zeta, start, step, limit, target, z_start=0.0):
         if (step > 0 and b >= limit) or (step < 0 and b <= limit):
             b = limit
         zb = zeta(b)
+        for _ in range(8):  # not computable that far out: a shorter step from the last point
+            if np.isfinite(zb):
+                break
+            step /= 2
+            b = a + step
+            zb = zeta(b)
         if not np.isfinite(zb):
             return np.nan
         if (zb - target) * (za - target) <= 0:
