@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from hierlmm.design import Design
 from hierlmm.errors import DataError
-from hierlmm.reterms import ReTerm
+from hierlmm.reterms import ReTerm, term_matrix
 
 __all__ = ["CrossProduct", "crossproduct", "fixed_map", "level_blocks", "term_matrix", "x_scale"]
 
@@ -48,18 +48,6 @@ _DENSE_A21_MAX = 4_000_000
 # X S⁻¹ (S: the columns' root mean squares) is used as X̃ while the condition number of its Gram
 # matrix is below this (X̃'X̃ then carries at least ~10 digits); above, X̃ = X R⁻¹ from a QR
 _GRAM_COND_MAX = 1e6
-
-
-def term_matrix(term: ReTerm) -> sp.csr_matrix:
-    """The sparse ``n x (m k)`` model matrix ``Z_t`` of one term."""
-    n, k = term.Z.shape
-    # CSR directly (row i holds columns codes_i k .. codes_i k + k - 1, in order): no COO
-    # triplets to sort, which at 10⁷ rows were the largest temporaries of the fit
-    index = np.int32 if term.q * k < 2**31 else np.int64
-    cols = (term.codes[:, None] * k + np.arange(k)[None, :]).ravel() if k > 1 else term.codes
-    cols = cols.astype(index, copy=False)
-    indptr = np.arange(0, n * k + 1, k, dtype=np.int64 if n * k >= 2**31 else index)
-    return sp.csr_matrix((np.ascontiguousarray(term.Z, dtype=float).ravel(), cols, indptr), shape=(n, term.q))
 
 
 @dataclass(eq=False)

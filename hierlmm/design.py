@@ -18,7 +18,7 @@ import pandas as pd
 
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
-from hierlmm.reterms import ReTerm
+from hierlmm.reterms import ReTerm, term_matrix
 from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, number_objects, numeric_view, python_attribute, r_name, to_formulaic
 
 __all__ = ["Design", "NoRows", "build_design"]
@@ -630,13 +630,7 @@ def check_identifiable(X: np.ndarray, terms: list[ReTerm], n: int, max_entries: 
     width = X.shape[1] + q
     if width < n or float(n) * width > max_entries:
         return
-    blocks = [X]
-    for t in terms:  # Z_t dense: row i holds Z[i] in columns codes[i] k .. codes[i] k + k - 1
-        Zt = np.zeros((n, t.q))
-        for a in range(t.k):
-            Zt[np.arange(n), t.codes * t.k + a] = t.Z[:, a]
-        blocks.append(Zt)
-    XZ = np.hstack(blocks)
+    XZ = np.hstack([X] + [term_matrix(t).toarray() for t in terms])
     rank = np.linalg.matrix_rank(XZ)
     if rank >= n:
         raise DataError(
