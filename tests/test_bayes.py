@@ -110,7 +110,7 @@ def test_samplers_agree_on_correlated_slopes():
     model = hl.LMM("Reaction ~ Days + (Days | Subject)", hl.datasets.load("sleepstudy"))
     a = _sample(model, sampler="collapsed", draws=2000, tune=1000, chains=2, random_seed=5)
     b = _sample(model, sampler="hierarchical", draws=2000, tune=1000, chains=2, random_seed=6, target_accept=0.9)
-    for name, idx in (("sigma2", ()), ("cov_Subject", (0, 0)), ("cov_Subject", (1, 1)), ("cov_Subject", (1, 0)),
+    for name, idx in (("sigma2", ()), ("var_Subject", (0,)), ("var_Subject", (1,)), ("cov_Subject", (0,)),
                       ("beta", (1,))):
         da = a.posterior[name].to_numpy()[(..., *idx)]
         db = b.posterior[name].to_numpy()[(..., *idx)]
@@ -311,6 +311,35 @@ def _synthetic_posterior(model, fit, n_draws=3, seed=0):
     return Posterior(assemble(model, layout, x, beta, bs), model, "flat", "collapsed", layout)
 
 
+def test_stock_arviz_summary_labels_every_value():
+    """``arviz.summary(post.idata)`` as a PyMC user types it: every row's label names the entry
+    it holds (arviz-stats stacks a dataset's variables in the order in which dimensions first
+    appear; a variable whose own order differs got other entries' labels: sleepstudy's
+    ``b_Subject[308, Days]`` held 309's intercept). Two terms, one with three effects; the
+    covariance draws rebuild from what is stored (variances, pairs below the diagonal)."""
+    d = hl.datasets.load("sleepstudy").assign(D2=lambda d: (d.Days - 4.5) ** 2 / 10,
+                                              half=lambda d: np.where(d.Days < 5, "a", "b"))
+    model = hl.LMM("Reaction ~ Days + (Days + D2 | Subject) + (1 | half)", d)
+    post = _synthetic_posterior(model, model.fit(), n_draws=5)
+    P = post.posterior
+    out = az.summary(post.idata, kind="stats", round_to="none")
+    assert len(out) == sum(int(np.prod(P[v].shape[2:])) for v in P.data_vars)
+    for label, row in out.iterrows():
+        name, _, inside = label.partition("[")
+        da = P[name]
+        if inside:
+            values = inside[:-1].split(", ")
+            da = da.sel(dict(zip(da.dims[2:], values)))
+        assert row["mean"] == pytest.approx(float(da.mean()), rel=1e-12, abs=1e-12), label
+    # what is stored varies: no unit diagonal, no repeated entry
+    assert list(P["corr_Subject"].coords["Subject_pair"].values) == ["Days.(Intercept)", "D2.(Intercept)", "D2.Days"]
+    assert "corr_half" not in P and "cov_half" not in P
+    D = post.covariance("Subject")
+    np.testing.assert_array_equal(D, np.swapaxes(D, -1, -2))
+    np.testing.assert_array_equal(D[..., 2, 1], P["cov_Subject"].sel(Subject_pair="D2.Days"))
+    np.testing.assert_allclose(np.diagonal(D, axis1=-2, axis2=-1), P["sd_Subject"].to_numpy() ** 2, rtol=1e-14)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 def test_log_likelihood_against_brute_force(weighted):
     """The ``log_likelihood`` group: per observation given b, and per group with b integrated
@@ -331,8 +360,9 @@ def test_log_likelihood_against_brute_force(weighted):
         mu = design.X @ beta[0, i] + np.einsum("nk,nk->n", t.Z, bs[0][0, i][t.codes])
         mu = mu + (0.0 if design.offset is None else design.offset)
         np.testing.assert_allclose(ll[0, i], stats.norm.logpdf(design.y, mu, np.sqrt(sigma2[0, i] / w)), rtol=1e-10)
-    llm = post.log_likelihood("marginal")["log_likelihood"]["y"]
+    llm = post.log_likelihood("marginal")["log_likelihood"]["y_marginal"]
     assert llm.dims == ("chain", "draw", "Subject_level") and llm.shape[-1] == 18
+    np.testing.assert_array_equal(post.idata["log_likelihood"]["y"].to_numpy(), ll)  # both kept, named
     for i in range(3):
         want = _dense_loglik(design, beta[0, i], sigma2[0, i], [D[0, i] for D in Ds])
         assert float(llm[0, i].sum()) == pytest.approx(want, rel=1e-10)
@@ -362,7 +392,7 @@ def test_loo_and_predictions(sleep_post):
     cond = post.predict(new, random_seed=1).to_numpy()
     np.testing.assert_allclose(cond[..., 1], marg[..., 1] + b308[..., 0] + 9 * b308[..., 1], rtol=1e-12)
     # the new subject: b ~ N(0, D) per draw, so Var(cond - marg) = E[z'Dz] with z = (1, 9)
-    D = post.posterior["cov_Subject"].to_numpy()
+    D = post.covariance("Subject")
     want = np.mean(D[..., 0, 0] + 18 * D[..., 0, 1] + 81 * D[..., 1, 1])
     diff = (cond[..., 2] - marg[..., 2]).ravel()
     se = np.std(diff**2) / np.sqrt(diff.size)  # MCSE of the mean of squares (draws nearly independent)

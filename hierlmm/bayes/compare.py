@@ -82,7 +82,7 @@ def compare(fit, post, mode=None, coordinates: str | None = None) -> pd.DataFram
             t = next(t for t in fit.design.terms if t.label == r.grp)
             i = t.names.index(r.var1)
             j = i if r.var2 is None or (isinstance(r.var2, float) and np.isnan(r.var2)) else t.names.index(r.var2)
-            draws = P[f"cov_{r.grp}"].to_numpy()[:, :, i, j]
+            draws = post.covariance(r.grp)[:, :, i, j]
         rows.append({"grp": r.grp, "var1": r.var1, "var2": r.var2, "estimate": r.vcov,
                      "post_mode": NO_MODE if mode.unbounded else m.vcov, "mode_in": where, **_stats(draws)})
     beta = P["beta"].to_numpy()

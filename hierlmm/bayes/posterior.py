@@ -22,10 +22,14 @@ class Posterior:
     ----------
     idata : xarray.DataTree
         ArviZ data: group ``posterior`` with ``beta`` (dim ``coef``), ``sigma``, ``sigma2``,
-        and per random-effects term ``LABEL`` the variables ``var_LABEL``, ``sd_LABEL``
-        (dim ``LABEL_term``), ``cov_LABEL``/``corr_LABEL`` (dims ``LABEL_term``,
-        ``LABEL_term_``), ``b_LABEL`` (dims ``LABEL_level``, ``LABEL_term``); plus
-        ``sample_stats`` and ``observed_data``.
+        and per random-effects term ``LABEL`` the variances and SDs ``var_LABEL``,
+        ``sd_LABEL`` (dim ``LABEL_effect``: ``(Intercept)``, ``Days``), for a term with
+        several effects the covariances and correlations below the diagonal ``cov_LABEL``,
+        ``corr_LABEL`` (dim ``LABEL_pair``: ``Days.(Intercept)``, lme4's order), and the
+        random effects ``b_LABEL`` (dims ``LABEL_level``, ``LABEL_term``); plus
+        ``sample_stats`` and ``observed_data``. Only what varies is stored (no unit diagonal of
+        a correlation matrix), so that ``arviz.summary``, ``arviz.plot_trace`` and the
+        diagnostics apply as they are; :meth:`covariance` gives the full matrices.
     model : LMM
     prior, sampler : str
     """
@@ -55,10 +59,20 @@ class Posterior:
 
         if var_names is None:
             var_names = ["beta", "sigma"] + [n for n in self.posterior.data_vars if n.startswith(("sd_", "corr_"))]
-        with np.errstate(all="ignore"):  # the unit diagonal of a correlation matrix has no R-hat
-            out = az.summary(self.idata, var_names=var_names, ci_prob=ci_prob, round_to=round_to)
-        diagonal = [i for i in out.index if i.startswith("corr_") and _same_pair(i)]
-        return out.drop(index=diagonal)
+        return az.summary(self.idata, var_names=var_names, ci_prob=ci_prob, round_to=round_to)
+
+    def covariance(self, label: str) -> np.ndarray:
+        """Draws of the full covariance matrix ``D`` of term ``label``: (chain, draw, k, k)."""
+        post = self.posterior
+        var = post[f"var_{label}"].to_numpy()
+        k = var.shape[-1]
+        D = var[..., :, None] * np.eye(k)
+        if k > 1:
+            r, c = _below_diagonal(k)
+            cov = post[f"cov_{label}"].to_numpy()
+            D[..., r, c] = cov
+            D[..., c, r] = cov
+        return D
 
     def draws(self, name: str) -> np.ndarray:
         """Draws of one variable, chains stacked: shape (chains*draws, ...)."""
@@ -66,7 +80,7 @@ class Posterior:
         return v.reshape((-1,) + v.shape[2:])
 
     def diagnostics(self) -> pd.DataFrame:
-        """Per variance parameter (``sigma2``, ``var_*``, the covariances of ``cov_*``): the
+        """Per variance parameter (``sigma2``, ``var_*``, the covariances ``cov_*``): the
         worst R-hat, bulk ESS and tail ESS over its entries (ArviZ's rank-normalised ones)."""
         import arviz as az
 
@@ -74,11 +88,6 @@ class Posterior:
         rows = []
         for name in ["sigma2"] + [n for n in post.data_vars if n.startswith(("var_", "cov_"))]:
             da = post[name]
-            if name.startswith("cov_"):  # off-diagonal entries only; the diagonal is var_
-                if da.shape[-1] < 2:
-                    continue
-                i, j = np.tril_indices(da.shape[-1], -1)
-                da = xr_pairs(da, i, j)
             with np.errstate(all="ignore"):
                 rhat = np.atleast_1d(az.rhat(da).to_numpy()).ravel()
                 bulk = np.atleast_1d(az.ess(da).to_numpy()).ravel()
@@ -117,7 +126,7 @@ class Posterior:
         design = self.model.design
         beta = post["beta"].to_numpy()
         bs = [post[f"b_{t.label}"].to_numpy() for t in design.terms]
-        Ds = [post[f"cov_{t.label}"].to_numpy() for t in design.terms]
+        Ds = [self.covariance(t.label) for t in design.terms]
         return beta, post["sigma2"].to_numpy(), bs, Ds
 
     def _mean(self, X, offset, codes, Zs, rng=None):
@@ -142,15 +151,17 @@ class Posterior:
         return mu
 
     def log_likelihood(self, kind: str = "conditional"):
-        """The pointwise log-likelihood of every draw, stored as the ``log_likelihood`` group
-        (variable ``y``) of :attr:`idata`, so that ``arviz.loo(post.idata)`` and
-        ``arviz.compare`` work; returns :attr:`idata`.
+        """The pointwise log-likelihood of every draw, stored in the ``log_likelihood`` group
+        of :attr:`idata`, so that ``arviz.loo(post.idata)`` and ``arviz.compare`` work;
+        returns :attr:`idata`.
 
-        ``kind="conditional"`` (default): per observation, given the draw's ``b``,
-        ``log N(y_i | o_i + x_i'β + z_i'b, σ²/w_i)`` (dim ``obs``): leave-one-observation-out.
-        ``kind="marginal"``: per level of the outermost grouping factor (every term's levels
-        nested in its levels), ``b`` integrated out, ``log N(y_g | o_g + X_gβ, Z_g D Z_g' +
-        σ²W_g⁻¹)`` (dim ``GROUP_level``): leave-one-group-out, the prediction of a new group.
+        ``kind="conditional"`` (default), variable ``y``: per observation, given the draw's
+        ``b``, ``log N(y_i | o_i + x_i'β + z_i'b, σ²/w_i)`` (dim ``obs``):
+        leave-one-observation-out. ``kind="marginal"``, variable ``y_marginal``: per level of
+        the outermost grouping factor (every term's levels nested in its levels), ``b``
+        integrated out, ``log N(y_g | o_g + X_gβ, Z_g D Z_g' + σ²W_g⁻¹)`` (dim
+        ``GROUP_level``): leave-one-group-out, the prediction of a new group. Both can be
+        stored side by side; ArviZ then needs ``var_name="y"`` or ``var_name="y_marginal"``.
         """
         import xarray as xr
 
@@ -168,8 +179,7 @@ class Posterior:
             mu = self._mean(design.X, design.offset, [t.codes for t in design.terms], [t.Z for t in design.terms])
             var = sigma2[..., None] / w
             ll = -0.5 * (np.log(2 * np.pi * var) + (y - mu) ** 2 / var)
-            self.idata["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", "obs"), ll)})
-            return self.idata
+            return self._store_log_likelihood(xr.DataArray(ll, dims=("chain", "draw", "obs"), name="y"))
         valid_kind(kind)
         outer = _outermost(design)
         mu = np.einsum("cdp,np->cdn", beta, design.X) + (0.0 if design.offset is None else design.offset)
@@ -188,8 +198,15 @@ class Posterior:
             ll[..., j] = (-0.5 * len(r) * np.log(2 * np.pi) - np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(-1)
                           - 0.5 * (z * z).sum(-1))
         dim = f"{outer.label}_level"
-        self.idata["log_likelihood"] = xr.Dataset({"y": (("chain", "draw", dim), ll)},
-                                                  coords={dim: list(outer.levels)})
+        return self._store_log_likelihood(xr.DataArray(ll, dims=("chain", "draw", dim), name="y_marginal",
+                                                       coords={dim: list(outer.levels)}))
+
+    def _store_log_likelihood(self, da):
+        """Add (or replace) one variable of the ``log_likelihood`` group, keeping the others."""
+        group = self.idata.children.get("log_likelihood")
+        ds = group.to_dataset() if group is not None else None
+        self.idata["log_likelihood"] = da.to_dataset() if ds is None else ds.drop_vars(da.name, errors="ignore").assign(
+            {da.name: da})
         return self.idata
 
     def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional", noise: bool = False,
@@ -244,12 +261,17 @@ class Posterior:
         return f"<p>{repr(self)}</p>" + self.summary().to_html()
 
 
-def xr_pairs(da, i, j):
-    """The entries (i, j) of the last two dimensions of a DataArray, as one dimension."""
-    import xarray as xr
+def _below_diagonal(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the entries below the diagonal of a ``k x k`` matrix, column by
+    column (lme4's order of θ and of ``VarCorr``'s correlations)."""
+    c, r = np.triu_indices(k, 1)
+    return r, c
 
-    values = da.to_numpy()[..., i, j]
-    return xr.DataArray(values, dims=("chain", "draw", "pair"))
+
+def pair_names(names: list[str]) -> list[str]:
+    """Coordinates of the ``pair`` dimension, lme4's ``cor_Days.(Intercept)`` without the prefix."""
+    r, c = _below_diagonal(len(names))
+    return [f"{names[a]}.{names[b]}" for a, b in zip(r, c)]
 
 
 def _outermost(design):
@@ -262,11 +284,6 @@ def _outermost(design):
 
     raise HierlmmError("the marginal log-likelihood per group needs a grouping factor in which every term's levels "
                        "are nested; crossed terms make all rows one group: use kind='conditional'")
-
-
-def _same_pair(label: str) -> bool:
-    inside = label[label.index("[") + 1 : -1].split(", ")
-    return len(inside) == 2 and inside[0] == inside[1]
 
 
 def assemble(model, layout, x, beta, bs, sample_stats=None):
@@ -293,18 +310,21 @@ def assemble(model, layout, x, beta, bs, sample_stats=None):
         sd = np.sqrt(np.diagonal(D, axis1=2, axis2=3))
         post[f"var_{lab}"] = sd**2
         post[f"sd_{lab}"] = sd
-        post[f"cov_{lab}"] = D
-        dims[f"var_{lab}"] = dims[f"sd_{lab}"] = [f"{lab}_term"]
-        dims[f"cov_{lab}"] = [f"{lab}_term", f"{lab}_term_"]
-        if t.k > 1:
+        dims[f"var_{lab}"] = dims[f"sd_{lab}"] = [f"{lab}_effect"]
+        coords[f"{lab}_effect"] = list(t.names)
+        if t.k > 1:  # what varies: the covariances and correlations below the diagonal
+            r, c = _below_diagonal(t.k)
+            post[f"cov_{lab}"] = D[..., r, c]
             with np.errstate(invalid="ignore", divide="ignore"):
-                post[f"corr_{lab}"] = D / (sd[..., :, None] * sd[..., None, :])
-            dims[f"corr_{lab}"] = [f"{lab}_term", f"{lab}_term_"]
+                post[f"corr_{lab}"] = D[..., r, c] / (sd[..., r] * sd[..., c])
+            dims[f"cov_{lab}"] = dims[f"corr_{lab}"] = [f"{lab}_pair"]
+            coords[f"{lab}_pair"] = pair_names(t.names)
+        # b's dimensions first appear here: every variable's dimensions are then in the order
+        # in which they first appear in the dataset, the order ArviZ's stacking (summary) assumes
         post[f"b_{lab}"] = bs[j].reshape(nc, nd, t.m, t.k)
         dims[f"b_{lab}"] = [f"{lab}_level", f"{lab}_term"]
-        coords[f"{lab}_term"] = list(t.names)
-        coords[f"{lab}_term_"] = list(t.names)
         coords[f"{lab}_level"] = list(t.levels)
+        coords[f"{lab}_term"] = list(t.names)
     data = {"posterior": post}
     if design.rows:  # a model on a Dask DataFrame has no observations in memory to attach
         data["observed_data"] = {"y": design.y}
