@@ -33,14 +33,27 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
         from hierlmm.deviance import Deviance
 
         j = design.fixef_names.index(name)
-        dev = Deviance(design.with_offset(j, psi), reml=False)  # A from scratch (not from the fit's)
-        # starts: the ML θ, lme4's default, then random θ with diagonal entries in (0.05, 2)
-        diag = np.isfinite(dev.lower)
-        t0s = [ml.solution.theta, dev.theta0] + [
-            np.where(diag, rng.uniform(0.05, 2.0, diag.size), rng.normal(0, 0.5, diag.size))
-            for _ in range(starts - 2)]
-        best = min(optimize_theta(dev, theta0=t0, check=False, initial_step=0.1).fun for t0 in t0s)
-        return best - ml.deviance
+
+        def minimum(value, t0s):
+            dev = Deviance(design.with_offset(j, value), reml=False)  # A from scratch (not the fit's)
+            runs = [optimize_theta(dev, theta0=t0, check=False, initial_step=0.1) for t0 in t0s]
+            best = min(runs, key=lambda r: r.fun)
+            return best.fun, best.theta
+
+        theta, diag = ml.solution.theta, np.isfinite(Deviance(design, reml=False).lower)
+        # (1) a continuation from the estimate to ψ, each step started where the last ended: a
+        # minimum whose θ is far from every fixed start (seed 4242's m0193: SDs of 6.8 σ at
+        # z = −1641, where starts at the ML θ or in (0.05, 2) all land 4.4 higher)
+        best, t = np.inf, theta
+        for value in np.linspace(ml.fixef[name], psi, 9)[1:]:
+            best, t = minimum(value, [t])
+        # (2) fixed starts: the ML θ, its mirror (off-diagonals negated: seed 4242's m0263 has
+        # two minima 0.08 apart, one on each side), lme4's default, then random θ with
+        # diagonal entries log-uniform in (0.05, 20) σ
+        t0s = [theta, np.where(diag, theta, -theta), Deviance(design, reml=False).theta0] + [
+            np.where(diag, np.exp(rng.uniform(np.log(0.05), np.log(20.0), diag.size)),
+                     rng.normal(0, 1.0, diag.size)) for _ in range(starts)]
+        return min(best, minimum(psi, t0s)[0]) - ml.deviance
     ml_dev = fit.model.deviance_function(reml=False)
     est = np.nan_to_num(C.sdcor_from_theta(design, ml.solution.theta, ml.sigma), nan=0.0)  # as the profile
     j = C.sdcor_names(fit).index(name)
@@ -73,18 +86,24 @@ def profile_increase(fit, name: str, psi: float, starts: int = 4, seed: int = 0)
             x0 = np.where(cor[free], rng.uniform(-0.8, 0.8, free.sum()),
                           rng.uniform(0.05, 2.0, free.sum()) * np.maximum(1.0, est[free] / u))
         best = min(best, _run(g, np.clip(x0, a, b), a, b))
-    # (2) the profile's box coordinates (every point a valid covariance), random starts
+    # (2) the profile's box coordinates (every point a valid covariance): a continuation from
+    # the estimate to ψ, each step started where the last ended, then random starts
     coords = Coordinates(design, est, j, ml.sigma)
     a, b, _ = coords.bounds()
+    x = np.clip(coords.start(), a, b)
+    for value in np.linspace(est[j], psi, 9)[1:]:
+        x, fun = _run(lambda x, value=value: dev(coords.sdcor(x, value)), x, a, b, point=True)
+    best = min(best, fun)
     for s in range(starts):
         x0 = coords.start() if s == 0 else coords.random(rng)
         best = min(best, _run(lambda x: dev(coords.sdcor(x, psi)), np.clip(x0, a, b), a, b))
     return best - ml.deviance
 
 
-def _run(f, x0, a, b):
-    return bobyqa_restarted(f, x0, a, b, maxeval=20000, xtol=1e-10, ftol=1e-12,
-                            initial_step=restart_step(x0, a, b))[1]
+def _run(f, x0, a, b, point=False):
+    x, fun = bobyqa_restarted(f, x0, a, b, maxeval=20000, xtol=1e-8, ftol=1e-10,
+                              initial_step=restart_step(x0, a, b))[:2]
+    return (x, fun) if point else fun
 
 
 def limit_error(fit, name: str, psi: float) -> float:
