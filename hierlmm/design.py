@@ -18,6 +18,8 @@ import pandas as pd
 
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
+from hierlmm.rfactors import derive_factors
+from hierlmm.safety import check_formula
 from hierlmm.reterms import ReTerm, term_matrix
 from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, number_objects, numeric_view, python_attribute, r_name, to_formulaic
 
@@ -118,6 +120,7 @@ class Design:
     # the fixed part with every factor in treatment coding, where X is coded otherwise
     # (ordered factors): lmerTest builds Type III hypotheses there and maps them to X
     treatment_formula: str | None = None
+    derived: tuple = ()  # columns made from factor()/relevel() calls (hierlmm.rfactors.Derived)
     residual: object = None
     formulation: str = "hierarchical"
     weights: np.ndarray | None = None
@@ -256,7 +259,9 @@ def _required(expr: str, where: str, columns=frozenset()) -> set[str]:
     from formulaic import Formula
 
     try:
-        found = {"Intercept" if v == INTERCEPT_COLUMN else v for v in Formula(to_formulaic(expr)).required_variables}
+        functions = set(formula_context())  # formulaic reads a function it does not know as a variable
+        found = {"Intercept" if v == INTERCEPT_COLUMN else v for v in Formula(to_formulaic(expr)).required_variables
+                 if v not in functions}
     except Exception as exc:  # formulaic's parser errors
         raise FormulaError(f"cannot parse {where} {expr!r}: {exc}") from None
     tokens = {next(g for g in m.groups() if g) for m in _NAME.finditer(expr)}
@@ -731,6 +736,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
                         "rename them so that each column has one name")
     if len(data) == 0:
         raise DataError("data has no rows")
+    check_formula(formula)  # before anything reads it
+    formula, data, derived = derive_factors(formula, data)
     parsed = parse_formula(formula)
     if residual is not None:
         extra_columns = tuple(extra_columns) + tuple(residual.columns())
@@ -826,4 +833,5 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         offset=offset_values,
         weights_argument=weights,
         offset_argument=offset,
+        derived=derived,
     )

@@ -49,6 +49,17 @@ def align_categories(design, newdata: pd.DataFrame) -> pd.DataFrame:
 
     grouping = {f for t in design.terms for f in t.factors}
     _, covariates = used_columns(design.parsed, design.data.columns)
+    if design.derived:  # factor(x), relevel(f, "b"): made from their columns with the fit's levels
+        absent = sorted({d.source for d in design.derived if d.source not in newdata.columns})
+        if absent:
+            raise DataError(f"newdata lacks column(s) {', '.join(absent)} used by the model")
+        newdata = newdata.assign(**{d.name: d.apply(newdata) for d in design.derived})
+        for d in design.derived:
+            unknown = newdata[d.name].isna() & newdata[d.source].notna()
+            if unknown.any():
+                bad = sorted(set(newdata.loc[unknown, d.source].astype(str)))
+                raise DataError(f"newdata column {d.source!r} has value(s) that are not levels of {d.name} in the "
+                                f"fit: {', '.join(bad)}")
     extra = list(design.residual.columns()) if design.residual is not None else []
     needed = [c for c in design.data.columns if (c in covariates or c in extra) and c not in grouping]
     missing = [c for c in needed if c not in newdata.columns]

@@ -29,6 +29,7 @@ degrees of freedom, the collapsed sampler) works on ``A = [Z X y]'[Z X y]``
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -411,6 +412,14 @@ def build_partitioned_design(formula: str, ddf, residual=None, formulation: str 
             raise DataError(f"{what}= on a Dask DataFrame must be a column name (an array cannot be aligned with "
                             "the partitions)")
     parsed = parse_formula(formula)
+    learned = _LEARNED.search(formula)
+    if learned:  # levels or knots learned from the data: the prototype would learn them
+        raise FormulaError(
+            f"formula {formula!r}: {learned.group(1)}() learns its {'knots' if learned.group(1) == 'ns' else 'levels'} "
+            "from the whole data; on a Dask DataFrame make the column first ("
+            + ("ddf['f'] = ddf.x.astype('category').cat.as_known(), reordered as you want"
+               if learned.group(1) != "ns" else "the spline's columns computed with knots you choose")
+            + ") and use it in the formula")
     meta = ddf._meta
     duplicated = sorted({str(c) for c in meta.columns[meta.columns.duplicated()]})
     if duplicated:
@@ -526,6 +535,9 @@ def _prototype(meta, columns, levels, ordered) -> pd.DataFrame:
         proto[c] = pd.Categorical(np.resize(np.asarray(cats, dtype=object), len(proto)), categories=cats,
                                   ordered=c in ordered)
     return proto
+
+
+_LEARNED = re.compile(r"(?<![\w.`])(as\.factor|factor|relevel|ns)\s*\(")
 
 
 def _refuse_state(spec, where: str, levels, columns) -> None:

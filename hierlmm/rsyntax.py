@@ -15,6 +15,7 @@ contrasts. Three rewrites give a formula formulaic evaluates as R would:
 
 from __future__ import annotations
 
+import functools
 import numbers
 import re
 
@@ -94,6 +95,8 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
                 name = INTERCEPT_COLUMN
             dotted = "." in name and not python_attribute(name) and not rest.startswith("(")
             quoted = f"`{name}`" if dotted else name
+            if rest.startswith("(") and name in R_DOTTED:  # as.numeric(x): `as` is Python's keyword
+                quoted = R_DOTTED[name]
             if name in ordered and not inside[i] and not rest.startswith("("):
                 out.append(f"C({quoted}{_POLY}")
             else:
@@ -123,7 +126,9 @@ def r_name(name: str) -> str:
     ``C(o, contr.poly)`` → ``o``."""
     if name == "Intercept":
         return "(Intercept)"
-    name = name.replace("`", "").replace(INTERCEPT_COLUMN, "Intercept")  # formulaic keeps the quotes of `my.var` in its names; R does not
+    name = name.replace("`", "").replace(INTERCEPT_COLUMN, "Intercept")
+    for r, py in R_DOTTED.items():
+        name = name.replace(py + "(", r + "(")  # formulaic keeps the quotes of `my.var` in its names; R does not
     return _POLY_TERM.sub(r"\1", _POLY_COLUMN.sub(r"\1\2", name))
 
 
@@ -133,9 +138,58 @@ def _log(x, base=np.e):
     return np.log(x) if base == np.e else np.log(x) / np.log(base)
 
 
+def _as_numeric(x):
+    """R's ``as.numeric`` of a numeric or logical column (of a factor R gives its codes, a
+    trap: refused)."""
+    x = pd.Series(x) if not isinstance(x, pd.Series) else x
+    if isinstance(x.dtype, pd.CategoricalDtype) or not (pd.api.types.is_numeric_dtype(x) or pd.api.types.is_bool_dtype(x)):
+        raise TypeError(f"as.numeric() of the non-numeric column {x.name!r}: R would give a factor's codes or NA; "
+                        "convert the column in the data")
+    return x.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _as_integer(x):
+    """R's ``as.integer``: truncation towards 0 (kept as double, as hierlmm's numbers are)."""
+    return np.trunc(_as_numeric(x))
+
+
+def _c(*values):
+    """R's ``c(...)`` of literals (``factor(x, levels = c(1, 2))`` is read by hierlmm.rfactors)."""
+    return list(values)
+
+
+def _pmin(*xs):
+    """R's ``pmin``: the elementwise minimum of any number of vectors."""
+    return functools.reduce(np.minimum, [np.asarray(x, dtype=float) for x in xs])
+
+
+def _pmax(*xs):
+    """R's ``pmax``: the elementwise maximum of any number of vectors."""
+    return functools.reduce(np.maximum, [np.asarray(x, dtype=float) for x in xs])
+
+
+def _round(x, digits=0):
+    """R's ``round(x, digits)``: to even at a tie (IEC 60559), as numpy's."""
+    return np.round(np.asarray(x, dtype=float), int(digits))
+
+
+# R's elementwise mathematics under R's names (numpy's functions: the same results)
+_R_MATH = {"abs": np.abs, "sign": np.sign, "floor": np.floor, "ceiling": np.ceil, "trunc": np.trunc,
+           "round": _round, "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
+           "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "pmin": _pmin, "pmax": _pmax}
+
+# R's function names with a dot, and the names formulaic is given for them
+R_DOTTED = {"as.numeric": "as_numeric", "as.integer": "as_integer"}
+
+
 def formula_context() -> dict:
-    """Names formulaic lacks that R formulas use (``sqrt``, ``log`` with a base)."""
-    return {"sqrt": np.sqrt, "log": _log}
+    """Functions formulaic lacks that R formulas use: ``sqrt``, ``log`` with a base, ``log1p``,
+    ``expm1``, ``as.numeric``, ``as.integer``, ``c``, natural splines ``ns``, R's names of
+    elementwise mathematics (``ceiling``, ``asin``, ``pmin``, …); R's ``TRUE``, ``FALSE``."""
+    from hierlmm.splines import ns  # imports formulaic: only when a formula is evaluated
+
+    return {**_R_MATH, "ns": ns, "TRUE": True, "FALSE": False, "sqrt": np.sqrt, "log": _log, "log1p": np.log1p, "expm1": np.expm1, "as_numeric": _as_numeric,
+            "as_integer": _as_integer, "c": _c}
 
 
 _FACTOR_ARGUMENT = re.compile(r"\bC\(\s*`?([^,`()]+?)`?\s*[,)]")

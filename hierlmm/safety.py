@@ -34,7 +34,7 @@ __all__ = ["FUNCTIONS", "NUMPY_EXTRA", "check_formula"]
 FUNCTIONS = frozenset({
     # formulaic's transforms and R's
     "I", "C", "Q", "offset", "poly", "scale", "center", "standardize", "bs", "cr", "cs", "cc", "te", "lag",
-    "hashed", "factor", "as.factor", "ordered", "relevel", "as.numeric", "as.integer",
+    "hashed", "factor", "as.factor", "ordered", "relevel", "as.numeric", "as.integer", "c", "ns",
     # elementwise mathematics
     "log", "log2", "log10", "log1p", "exp", "exp2", "exp10", "expm1", "sqrt", "abs", "sign", "floor", "ceiling",
     "round", "trunc", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "pmin", "pmax",

@@ -194,9 +194,12 @@ def _type3(X, coef_names, terms, data, contained_in) -> dict[str, np.ndarray]:
         parts.append(np.ones((X.shape[0], 1)))
         rd_names.append("(Intercept)")
     for t in names:
-        mm = model_matrix(f"0 + {t}", data, na_action="ignore", context=formula_context())
+        # a column whose name is not a Python name (``factor(dg)``, made by hierlmm.rfactors)
+        # reaches formulaic in backquotes
+        spelled = ":".join(f"`{v}`" if v in data.columns and not v.isidentifier() else v for v in t.split(":"))
+        mm = model_matrix(f"0 + {spelled}", data, na_action="ignore", context=formula_context())
         parts.append(np.asarray(mm, dtype=float))
-        rd_names.extend(mm.columns)
+        rd_names.extend(r_name(c) for c in mm.columns)
     rdX = np.hstack(parts)
     L = _zapsmall((np.linalg.pinv(X) @ rdX).T)  # rows: cell parameters; columns: coefficients
     degree = {t: len(factors[t]) for t in names}
