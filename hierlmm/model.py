@@ -24,7 +24,7 @@ from hierlmm.design import Design, build_design, design_attribute
 from hierlmm.errors import HierlmmError, SingularFitWarning
 from hierlmm.optimize import optimize_theta, theta_scale, warn_messages
 from hierlmm.results import LMMResult
-from hierlmm.validate import count, positive_number, seed
+from hierlmm.validate import count, other_names, positive_number, seed
 
 __all__ = ["LMM"]
 
@@ -183,7 +183,7 @@ class LMM:
         return self._deviance[reml]
 
     def fit(self, method: str = "REML", theta0=None, check_convergence: bool | None = None,
-            maxeval: int = 100_000) -> LMMResult:
+            maxeval: int = 100_000, **others) -> LMMResult:
         """Fit by REML (default) or ML.
 
         Parameters
@@ -205,6 +205,7 @@ class LMM:
         ConvergenceWarning
             When the convergence checks fail; the result is still returned.
         """
+        other_names("fit()", others)
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")
@@ -373,6 +374,7 @@ class LMM:
         hierlmm.bayes.posterior.Posterior
             ``.idata`` (ArviZ DataTree) and ``.summary()``.
         """
+        other_names("sample()", nuts_kwargs, passed_on=True)
         draws, tune, chains = count(draws, "draws"), count(tune, "tune", minimum=0), count(chains, "chains")
         random_seed = seed(random_seed)
         if max_draws is not None:

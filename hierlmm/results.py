@@ -17,7 +17,7 @@ from hierlmm.design import design_attribute
 from hierlmm.deviance import Deviance, Solution
 from hierlmm.errors import ConvergenceWarning, HierlmmError
 from hierlmm.optimize import SINGULAR_TOL, OptResult, optimize_theta, theta_scale
-from hierlmm.validate import count, per_row, seed
+from hierlmm.validate import count, other_names, per_row, seed
 from hierlmm.validate import kind as valid_kind
 from hierlmm.posterior_b import RanefPosterior
 from hierlmm.reterms import varcorr_rows
@@ -488,7 +488,7 @@ class LMMResult:
         return pd.Series(r, index=self.design.data.index, name="residuals")
 
     def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional",
-                allow_new_levels: bool = True) -> pd.Series:
+                allow_new_levels: bool = True, **others) -> pd.Series:
         """Predictions for new data.
 
         Parameters
@@ -507,6 +507,7 @@ class LMMResult:
         A model's offset (``offset()`` terms, ``offset=`` as a column name) is evaluated on
         ``newdata`` and added, as lme4's ``predict``.
         """
+        other_names("predict()", others)
         from hierlmm.newdata import predict_frame
 
         kind = valid_kind(kind)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from hierlmm.errors import DataError, HierlmmError
 
-__all__ = ["count", "positive_number", "per_row", "aligned", "seed"]
+__all__ = ["count", "positive_number", "per_row", "aligned", "seed", "other_names"]
 
 
 def seed(value, name: str = "random_seed"):
@@ -96,3 +96,25 @@ def kind(value: str) -> str:
     if value not in ("conditional", "marginal"):
         raise HierlmmError(f"kind must be 'conditional' or 'marginal', got {value!r}")
     return value
+
+
+# keyword names users bring from R (lme4, brms, rstan) and PyMC, and hierlmm's for them
+_THEIR_NAMES = {
+    "seed": "random_seed=", "REML": "method='REML' or method='ML'", "re_form": "kind='conditional' or "
+    "kind='marginal' (re.form = NA is kind='marginal')", "re.form": "kind= ('marginal' for re.form = NA)",
+    "allow.new.levels": "allow_new_levels=", "iter": "draws= and tune= (brms's iter counts the warmup)",
+    "warmup": "tune=", "num_warmup": "tune=", "num_samples": "draws=", "n_chains": "chains=",
+    "start": "theta0=", "control": "maxeval= (and check_convergence=)",
+}
+
+
+def other_names(where: str, kwargs: dict, passed_on: bool = False) -> dict:
+    """Refuse the keyword arguments of another package's spelling (``seed=``, ``REML=``,
+    ``re_form=``), naming hierlmm's. The others are returned where ``passed_on`` (e.g. to
+    nutpie), and refused as Python refuses an unknown keyword otherwise."""
+    for key in kwargs:
+        if key in _THEIR_NAMES:
+            raise HierlmmError(f"{where} has no argument {key!r}; hierlmm's is {_THEIR_NAMES[key]}")
+        if not passed_on:
+            raise TypeError(f"{where} got an unexpected keyword argument {key!r}")
+    return kwargs

@@ -154,3 +154,21 @@ def test_r_math_by_its_r_name(sleep, call, values):
     b = hl.LMM("Reaction ~ w + (1 | Subject)", d.assign(w=values(d))).fit()
     assert list(a.fixef.index) == ["(Intercept)", call]
     np.testing.assert_allclose(a.fixef.to_numpy(), b.fixef.to_numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.fit(REML=False), "method='REML' or method='ML'"),
+    (lambda m: m.fit(start=[1.0]), "theta0="),
+    (lambda m: m.fit().predict(re_form=None), "kind="),
+    (lambda m: m.sample(seed=1, draws=10, tune=10, chains=1), "random_seed="),
+    (lambda m: m.sample(iter=2000, chains=1), "draws= and tune="),
+])
+def test_r_and_pymc_keyword_names_say_hierlmms(sleep, call, message):
+    """R's and PyMC's argument names get hierlmm's in the message (``sample(seed=1)`` reached
+    nutpie as a second ``seed`` and raised its TypeError); other unknown names are Python's
+    TypeError."""
+    model = hl.LMM("Reaction ~ Days + (1 | Subject)", sleep)
+    with pytest.raises(hl.HierlmmError, match=re.escape(message)):
+        call(model)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'mthod'"):
+        model.fit(mthod="ML")
