@@ -418,18 +418,23 @@ class LMMResult:
         dict
             ``{"marginal": R²_m, "conditional": R²_c}``
         """
-        self.model.require("r2()", needs="rows")
-        self.model.require("r2()", instead="it needs independent residuals and a covariance D per term")
+        var_fixed, var_random, var_residual = self._variance_parts("r2()")
+        total = var_fixed + var_random + var_residual
+        return {"marginal": var_fixed / total, "conditional": (var_fixed + var_random) / total}
+
+    def _variance_parts(self, what: str) -> tuple[float, float, float]:
+        """Nakagawa & Schielzeth's ``(σ_f², σ_r², σ²)`` (:meth:`r2`), shared by :meth:`icc`."""
+        self.model.require(what, needs="rows")
+        self.model.require(what, instead="it needs independent residuals and a covariance D per term")
         d = self.design
         if d.weights is not None:
-            raise HierlmmError("r2() is not defined for a model with prior weights: the residual variance σ²/w_i "
-                               "differs by observation, and Nakagawa & Schielzeth's R² has one σ²")
+            raise HierlmmError(f"{what} is not defined for a model with prior weights: the residual variance σ²/w_i "
+                               "differs by observation, and Nakagawa & Schielzeth's decomposition has one σ²")
         var_fixed = float(np.var(d.X @ self.solution.beta, ddof=1))
         Ds = self.covariance_matrices()
         var_random = sum(float(np.mean(np.einsum("ik,kl,il->i", t.Z, Ds[t.label].to_numpy(), t.Z)))
                          for t in d.terms)
-        total = var_fixed + var_random + self.sigma**2
-        return {"marginal": var_fixed / total, "conditional": (var_fixed + var_random) / total}
+        return var_fixed, var_random, self.sigma**2
 
     def ranef_posterior(self, beta: str = "fixed") -> dict[str, RanefPosterior]:
         """Gaussian posterior of each level's random effects given θ̂ and σ̂.
@@ -534,26 +539,41 @@ class LMMResult:
         self.model.require("marginal_corr()", needs="rows")
         return marginal_corr(self, level, group)
 
-    def icc(self) -> pd.Series:
-        """Intra-class correlation of each random-intercept term.
+    def icc(self, kind: str | None = None) -> pd.Series:
+        """Intra-class correlation.
 
-        For a term ``(1 | g)`` it is ``τ_g² / (Σ_h τ_h² + σ²)``, the sum running over all
-        random-intercept terms: the correlation of two observations that share level ``g``
-        only. A term with random slopes has no single ICC: the covariance of two observations
-        of one level, ``z_i' D z_j``, depends on their covariates. Such terms are left out with
-        a warning naming them; when no term is a pure random intercept, an error says so.
+        ``kind="term"`` (the default for a model of random intercepts only): per term
+        ``(1 | g)``, ``τ_g² / (Σ_h τ_h² + σ²)``, the sum over all random-intercept terms: the
+        correlation of two observations that share level ``g`` only. A term with random slopes
+        has no such ICC (the covariance of two observations of one level, ``z_i' D z_j``,
+        depends on their covariates); it is left out with a warning naming it.
+
+        ``kind="adjusted"`` (the default when a term has random slopes) and
+        ``"conditional"``: performance's ``icc()``, ``σ_r² / (σ_r² + σ²)`` and
+        ``σ_r² / (σ_f² + σ_r² + σ²)`` with Nakagawa's variances (:meth:`r2`: ``σ_r²``
+        averages each term's ``z_i' D z_i`` over the rows), one number for the model:
+        sleepstudy's ``(Days | Subject)`` 0.7217 and 0.5206, as performance. (performance
+        leaves out a slope in a term of its own, ``(0 + Days | Subject)``; hierlmm counts it.)
         """
         import warnings
 
         from hierlmm.errors import HierlmmWarning
 
         slopes = [t.describe() for t in self.design.terms if t.names != ["(Intercept)"]]
+        kind = ("adjusted" if slopes else "term") if kind is None else kind
+        if kind in ("adjusted", "conditional"):
+            var_fixed, var_random, var_residual = self._variance_parts("icc()")
+            den = var_random + var_residual + (var_fixed if kind == "conditional" else 0.0)
+            return pd.Series({kind: var_random / den}, name="icc")
+        if kind != "term":
+            raise HierlmmError(f"kind must be 'term', 'adjusted' or 'conditional', got {kind!r}")
         why = ("the correlation of two observations in one level, z_i'Dz_j / sqrt(...), depends on "
                "their covariates")
         if len(slopes) == len(self.design.terms):
             raise HierlmmError(
-                f"the intraclass correlation is not defined for {', '.join(slopes)}: {why}; "
-                "use fit.marginal_corr(level) for the implied correlations of one level's rows"
+                f"the intraclass correlation of a term is not defined for {', '.join(slopes)}: {why}; "
+                "icc(kind='adjusted') gives performance's ICC of the model, fit.marginal_corr(level) the "
+                "implied correlations of one level's rows"
             )
         if slopes:
             warnings.warn(f"icc(): {', '.join(slopes)} left out ({why})", HierlmmWarning, stacklevel=2)

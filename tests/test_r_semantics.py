@@ -108,16 +108,28 @@ def test_bayes_refuses_what_it_does_not_implement(sleep):
             model.sample()
 
 
+@pytest.mark.parametrize("ref", load_ref("icc"), ids=lambda r: r["formula"])
+def test_icc_of_the_model_as_performance(ref):
+    """``icc()`` of a model with random slopes (default) or ``kind="adjusted"``/``"conditional"``:
+    performance's ICC (tests/reference/r/icc.R), to lme4's optimum's precision."""
+    data = hl.datasets.load("sleepstudy" if "Reaction" in ref["formula"] else "Pastes")
+    fit = hl.LMM(ref["formula"], data).fit()
+    for kind in ("adjusted", "conditional"):
+        assert fit.icc(kind=kind)[kind] == pytest.approx(ref[kind], rel=2e-5)
+    if "Days" in ref["formula"]:
+        assert fit.icc()["adjusted"] == pytest.approx(ref["adjusted"], rel=2e-5)
+
+
 def test_icc_says_why(sleep):
-    with pytest.raises(hl.HierlmmError, match=r"not defined for \(Days \| Subject\)"):
-        hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit().icc()
+    with pytest.raises(hl.HierlmmError, match=r"not defined for \(Days \| Subject\).*kind='adjusted'"):
+        hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit().icc(kind="term")
     pen = hl.datasets.load("Penicillin")
     icc = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", pen).fit().icc()
     assert set(icc.index) == {"plate", "sample"} and (icc > 0).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", hl.SingularFitWarning)
         with pytest.warns(hl.HierlmmWarning, match="left out"):
-            hl.LMM("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleep).fit().icc()
+            hl.LMM("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleep).fit().icc(kind="term")
 
 
 def test_kenward_roger_refuses_ml(sleep):
