@@ -310,6 +310,10 @@ def test_emmeans_as_r():
     _emm_frame_close(f2.emmeans(["Variety", "N"]), r["variety_n"], {"Variety": "Variety", "N": "N", **EMM})
     _emm_frame_close(f2.emmeans("N", pairwise=True), r["pairs_n"], PAIRS)
     _emm_frame_close(f2.emmeans("N", pairwise=True, adjust="bonferroni"), r["pairs_n_bonferroni"], PAIRS)
+    for adjust in ("holm", "sidak", "fdr", "scheffe"):
+        _emm_frame_close(f2.emmeans("N", pairwise=True, adjust=adjust), r[f"pairs_n_{adjust}"], PAIRS)
+    _emm_frame_close(f2.emmeans("N", by="Variety", pairwise=True, adjust="holm"), r["pairs_n_by_variety_holm"],
+                     {"Variety": "Variety", **PAIRS})
 
 
 def test_emmeans_refuses_what_it_cannot_do():

@@ -102,7 +102,8 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
         EMMs: the ``specs`` and ``by`` columns, ``emmean, SE, df, lower.CL, upper.CL``
         (emmeans' names). Contrasts: ``contrast`` (``"a - b"``), the ``by`` columns,
         ``estimate, SE, df, t.ratio, p.value`` with ``adjust`` ``"tukey"`` (default, as
-        emmeans' ``pairs()``), ``"bonferroni"`` or ``"none"``.
+        emmeans' ``pairs()``), ``"scheffe"``, ``"sidak"``, ``"bonferroni"``, ``"holm"``,
+        ``"fdr"`` or ``"none"`` (:func:`adjusted_p`), within each ``by`` group.
     """
     design = fit.design
     if design.offset is not None:
@@ -164,31 +165,67 @@ def _side(label: str) -> str:
     return f"({label})" if _PARENS.search(label) else label
 
 
+ADJUST = ("tukey", "scheffe", "sidak", "bonferroni", "holm", "fdr", "none")
+
+
 def _pairs(labels, L, beta, V, df_of, specs, by, adjust) -> pd.DataFrame:
-    """emmeans' ``pairs()``: ``l_i − l_j`` for ``i < j`` within each ``by`` group."""
-    if adjust not in ("tukey", "bonferroni", "none"):
-        raise HierlmmError(f"adjust must be 'tukey', 'bonferroni' or 'none', got {adjust!r}")
+    """emmeans' ``pairs()``: ``l_i − l_j`` for ``i < j`` within each ``by`` group, the p-values
+    adjusted within each group (emmeans' family) by :func:`adjusted_p`."""
+    if adjust not in ADJUST:
+        extra = " (emmeans' 'mvt' needs the multivariate t of mvtnorm: not implemented)" if adjust == "mvt" else ""
+        raise HierlmmError(f"adjust must be one of {', '.join(map(repr, ADJUST))}, got {adjust!r}{extra}")
     groups = labels.groupby(by, sort=False).indices if by else {(): np.arange(len(labels))}
     numeric = {s: all(_is_number(v) for v in labels[s].unique()) for s in specs}
     rows = []
     for key, idx in groups.items():
         idx = list(idx)
-        k = len(idx)
+        family = []
         for a, b in itertools.combinations(idx, 2):
             name = " - ".join(_side(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs))
                               for i in (a, b))
             l = L[a] - L[b]
             est, se = float(l @ beta), float(np.sqrt(l @ V @ l))
-            df = float(df_of(l))
-            t = est / se
-            if adjust == "tukey" and k > 2:
-                p = float(stats.studentized_range.sf(abs(t) * np.sqrt(2), k, df))
-            else:
-                p = float(2 * stats.t.sf(abs(t), df))
-                if adjust == "bonferroni":
-                    p = min(1.0, p * k * (k - 1) / 2)
             row = {"contrast": name}
             row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
-            row.update({"estimate": est, "SE": se, "df": df, "t.ratio": t, "p.value": p})
-            rows.append(row)
+            row.update({"estimate": est, "SE": se, "df": float(df_of(l)), "t.ratio": est / se})
+            family.append(row)
+        t = np.array([r["t.ratio"] for r in family])
+        df = np.array([r["df"] for r in family])
+        for r, p in zip(family, adjusted_p(t, df, adjust, len(idx))):
+            r["p.value"] = p
+        rows.extend(family)
     return pd.DataFrame(rows)
+
+
+def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int) -> np.ndarray:
+    """Two-sided p-values of the ``m = k(k−1)/2`` pairwise t ratios of ``k`` means, adjusted as
+    emmeans adjusts a family:
+
+    * ``tukey``: the studentized range of ``k`` means, ``P(Q_{k,df} > √2 |t|)`` (with two
+      means, the t test itself);
+    * ``scheffe``: ``P(F_{r,df} > t²/r)`` with ``r = k − 1``, the rank of the family;
+    * ``sidak``: ``1 − (1 − p)^m``; ``bonferroni``: ``min(1, m p)``;
+    * ``holm`` and ``fdr`` (Benjamini–Hochberg): R's ``p.adjust`` on the family's p-values;
+    * ``none``: ``p``."""
+    p = 2 * stats.t.sf(np.abs(t), df)
+    m = len(p)
+    if adjust == "tukey" and k > 2:
+        return stats.studentized_range.sf(np.abs(t) * np.sqrt(2), k, df)
+    if adjust == "scheffe":
+        r = k - 1
+        return stats.f.sf(t**2 / r, r, df)
+    if adjust == "sidak":
+        return -np.expm1(m * np.log1p(-p))  # 1 − (1 − p)^m, accurate for small p
+    if adjust == "bonferroni":
+        return np.minimum(1.0, m * p)
+    if adjust in ("holm", "fdr"):
+        from scipy.stats import false_discovery_control
+
+        if adjust == "fdr":
+            return false_discovery_control(p, method="bh")
+        order = np.argsort(p)
+        stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])  # R's p.adjust("holm")
+        out = np.empty(m)
+        out[order] = np.minimum(1.0, stepped)
+        return out
+    return p

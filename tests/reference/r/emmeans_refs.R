@@ -24,6 +24,11 @@ out <- list(
     variety = frame(emmeans(m2, "Variety")),
     variety_n = frame(emmeans(m2, c("Variety", "N"))),
     pairs_n = frame(pairs(emmeans(m2, "N"))),
-    pairs_n_bonferroni = frame(pairs(emmeans(m2, "N"), adjust = "bonferroni"))),
+    pairs_n_bonferroni = frame(pairs(emmeans(m2, "N"), adjust = "bonferroni")),
+    pairs_n_holm = frame(pairs(emmeans(m2, "N"), adjust = "holm")),
+    pairs_n_sidak = frame(pairs(emmeans(m2, "N"), adjust = "sidak")),
+    pairs_n_fdr = frame(pairs(emmeans(m2, "N"), adjust = "fdr")),
+    pairs_n_scheffe = frame(pairs(emmeans(m2, "N"), adjust = "scheffe")),
+    pairs_n_by_variety_holm = frame(pairs(emmeans(m2, "N", by = "Variety"), adjust = "holm"))),
   versions = list(emmeans = as.character(packageVersion("emmeans")), lmerTest = as.character(packageVersion("lmerTest"))))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE, na = "null"), "tests/reference/emmeans.json")
