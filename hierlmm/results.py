@@ -493,7 +493,7 @@ class LMMResult:
         return pd.Series(r, index=self.design.data.index, name="residuals")
 
     def predict(self, newdata: pd.DataFrame | None = None, kind: str = "conditional",
-                allow_new_levels: bool = True, **others) -> pd.Series:
+                allow_new_levels: bool = False, **others) -> pd.Series:
         """Predictions for new data.
 
         Parameters
@@ -503,9 +503,9 @@ class LMMResult:
             columns and random-effect covariates. Defaults to the fitted data.
         kind : {"conditional", "marginal"}
         allow_new_levels : bool
-            ``True`` (default): a level of a grouping factor not seen in the fit gets ``b = 0``
-            for that term, i.e. the population prediction (lme4's ``allow.new.levels = TRUE``).
-            ``False``: such a level is an error naming it (lme4's default).
+            ``False`` (default, as lme4's): a level of a grouping factor not seen in the fit is
+            an error naming it. ``True``: such a level gets ``b = 0`` for that term, i.e. the
+            population prediction (lme4's ``allow.new.levels = TRUE``).
 
         Notes
         -----

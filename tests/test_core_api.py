@@ -58,7 +58,7 @@ def test_predict(sleep):
     np.testing.assert_allclose(fit.predict(sleep), fit.fitted(), rtol=1e-12)
     np.testing.assert_allclose(fit.predict(sleep, kind="marginal"), fit.fitted("marginal"), rtol=1e-12)
     new = pd.DataFrame({"Days": [0.0, 5.0, 5.0], "Subject": ["308", "308", "unseen"]})
-    pred = fit.predict(new).to_numpy()
+    pred = fit.predict(new, allow_new_levels=True).to_numpy()
     b = fit.ranef()["Subject"].loc["308"]
     beta = fit.fixef
     assert pred[0] == pytest.approx(beta["(Intercept)"] + b["(Intercept)"])
@@ -281,12 +281,12 @@ def test_predict_new_levels_as_lme4_offers():
     data = hl.datasets.load("sleepstudy")
     fit = hl.LMM("Reaction ~ Days + (Days | Subject)", data).fit()
     new = pd.DataFrame({"Days": [1.0, 2.0], "Subject": ["308", "999"]})
-    got = fit.predict(new)  # default: the new subject at the population level
+    got = fit.predict(new, allow_new_levels=True)  # the new subject at the population level
     assert got.iloc[1] == pytest.approx(fit.predict(new, kind="marginal").iloc[1], rel=1e-14)
     assert got.iloc[0] != pytest.approx(fit.predict(new, kind="marginal").iloc[0], rel=1e-6)
     with pytest.raises(hl.HierlmmError, match=r"level\(s\) of 'Subject' not in the fit: '999'"):
-        fit.predict(new, allow_new_levels=False)
-    fit.predict(new.iloc[:1], allow_new_levels=False)  # seen levels only: fine
+        fit.predict(new)  # lme4's default: refused, naming the level
+    fit.predict(new.iloc[:1])  # seen levels only: fine
 
 
 def test_update_and_refit_as_lme4():
