@@ -602,3 +602,19 @@ def test_kernel_on_random_models():
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(grad).max()),
                                    err_msg=case.id)
     assert checked >= 0.75 * len(cases)  # the kernel is the path of most models, not a corner
+
+
+def test_a_cold_kernel_cache_is_detected(tmp_path, monkeypatch):
+    """The first sample() on a machine says that it compiles: numba keeps the kernel where
+    NUMBA_CACHE_DIR says; no index there (or one older than the source) means a compilation."""
+    import os
+
+    from hierlmm.bayes import kernel
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert kernel._cache_is_cold()
+    for name in ("logp_c", "expand_c"):
+        (tmp_path / f"_kernel_impl.{name}-525.py312.nbi").write_bytes(b"")
+    assert not kernel._cache_is_cold()
+    os.utime(tmp_path / "_kernel_impl.logp_c-525.py312.nbi", (0, 0))  # older than the source: stale
+    assert kernel._cache_is_cold()

@@ -85,10 +85,39 @@ def pack(design, cp, prior) -> np.ndarray:
 _KERNEL = {}
 
 
+def _cache_is_cold() -> bool:
+    """Whether numba has no up-to-date cache of the kernel: an index file of its C callbacks
+    (compiled when :mod:`hierlmm.bayes._kernel_impl` is imported) is missing from the places
+    numba keeps them (``__pycache__`` beside the source, ``NUMBA_CACHE_DIR``), or is older
+    than the source (hierlmm updated)."""
+    import glob
+    import importlib.util
+    import os
+
+    source = importlib.util.find_spec("hierlmm.bayes._kernel_impl").origin
+    stamp = os.path.getmtime(source)
+    if os.environ.get("NUMBA_CACHE_DIR"):  # numba then uses only that
+        places = [os.environ["NUMBA_CACHE_DIR"]]
+    else:  # beside the source, or the user's cache where the source's folder is read-only
+        places = [os.path.join(os.path.dirname(source), "__pycache__"), os.path.expanduser("~/.cache/numba")]
+    for name in ("logp_c", "expand_c"):
+        found = [f for d in places for f in glob.glob(os.path.join(d, "**", f"_kernel_impl.{name}-*.nbi"), recursive=True)]
+        if not any(os.path.getmtime(f) >= stamp for f in found):
+            return True
+    return False
+
+
 def _build():
-    """The numba functions (compiled on first use, then loaded from numba's disk cache)."""
+    """The numba functions (compiled on first use, then loaded from numba's disk cache). A
+    compilation says so on stderr (a terminal and Jupyter both show it) before it starts."""
     if _KERNEL:
         return _KERNEL
+    import sys
+
+    if _cache_is_cold():
+        print("hierlmm: compiling the sampler's kernel with numba, once per machine and hierlmm version: about "
+              "20-25 s (longer on a busy machine); later sessions load it from numba's cache in under a second",
+              file=sys.stderr, flush=True)
     import hierlmm.bayes._kernel_impl as impl
 
     _KERNEL.update(logp_grad=impl.logp_grad, logp_c=impl.logp_c, expand_c=impl.expand_c, draws=impl.draws)
