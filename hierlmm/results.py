@@ -436,6 +436,43 @@ class LMMResult:
                          for t in d.terms)
         return var_fixed, var_random, self.sigma**2
 
+    def glance(self) -> pd.DataFrame:
+        """One row, broom.mixed's ``glance()``: ``nobs, sigma, logLik, AIC, BIC``, then −2 logLik
+        as ``deviance`` (ML) or ``REMLcrit`` (REML, as broom.mixed names it), and
+        ``df.residual`` (the observations less the parameters)."""
+        crit = "REMLcrit" if self.method == "REML" else "deviance"
+        return pd.DataFrame([{"nobs": self.nobs, "sigma": self.sigma, "logLik": self.loglik, "AIC": self.aic,
+                              "BIC": self.bic, crit: self.deviance, "df.residual": self.nobs - self.df_model}])
+
+    def hatvalues(self) -> pd.Series:
+        """lme4's ``hatvalues``: the leverages ``h_i = ∂ŷ_i/∂y_i`` of the conditional fitted
+        values given θ̂ (:mod:`hierlmm.influence`)."""
+        from hierlmm.influence import hat_values
+
+        self.model.require("hatvalues()", needs="rows", instead="it needs independent residuals")
+        return pd.Series(hat_values(self), index=self.design.data.index, name="hat")
+
+    def augment(self) -> pd.DataFrame:
+        """The data used with broom.mixed's ``augment()`` columns: ``.fitted`` (conditional),
+        ``.resid``, ``.hat``, ``.cooksd`` (lme4's ``cooks.distance``), ``.fixed`` (marginal),
+        ``.offset``, ``.weights``, ``.wtres`` (``√w (y − ŷ)``)."""
+        from hierlmm.influence import cooks_distance
+
+        d = self.design
+        hat = self.hatvalues()
+        w = np.ones(d.n) if d.weights is None else d.weights
+        resid = self.residuals()
+        out = d.data.copy()
+        out[".fitted"] = self.fitted()
+        out[".resid"] = resid
+        out[".hat"] = hat
+        out[".cooksd"] = cooks_distance(self, hat.to_numpy())
+        out[".fixed"] = self.fitted("marginal")
+        out[".offset"] = 0.0 if d.offset is None else d.offset
+        out[".weights"] = w
+        out[".wtres"] = np.sqrt(w) * resid.to_numpy()
+        return out
+
     def ranef_posterior(self, beta: str = "fixed") -> dict[str, RanefPosterior]:
         """Gaussian posterior of each level's random effects given θ̂ and σ̂.
 

@@ -24,7 +24,7 @@ def at_theta(fit, theta):
     from hierlmm.optimize import OptResult
     from hierlmm.results import LMMResult
 
-    theta = np.asarray(theta, dtype=float)
+    theta = np.atleast_1d(np.asarray(theta, dtype=float))  # JSON gives a one-entry θ as a number
     dev = fit.deviance_function
     return LMMResult(fit.model, dev, OptResult(theta=theta, fun=float(dev(theta)), evaluations=0))
 
