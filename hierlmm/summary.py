@@ -6,6 +6,7 @@ Computation stays in :mod:`hierlmm.results`; this module only formats.
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 import pandas as pd
@@ -200,7 +201,7 @@ class Summary:
         sd = np.sqrt(np.diag(V))
         C = V / np.outer(sd, sd)
         names = self.fit.design.fixef_names
-        abbrev = [_abbrev(n) for n in names]
+        abbrev = _abbrev(names)
         rows = [[names[i]] + [f"{C[i, j]:.3f}" for j in range(i)] + [""] * (p - 1 - i) for i in range(1, p)]
         return [""] + abbrev[: p - 1], rows
 
@@ -296,10 +297,38 @@ def _coefmat(t: pd.DataFrame, digits: int = 4) -> dict[str, list[str]]:
     return out
 
 
-def _abbrev(name: str) -> str:
-    """R's ``abbreviate(name, minlength = 6)`` for column headers (roughly)."""
-    if len(name) <= 6:
-        return name
-    if name == "(Intercept)":
-        return "(Intr)"
-    return name[:6]
+def _abbreviate_one(name: str, minlength: int) -> str:
+    """R's ``abbreviate(name, minlength)`` of one string (its C code's ``stripchars``): drop
+    lower-case vowels that end a word, then other lower-case vowels, then lower-case letters
+    that end a word, then other lower-case letters, then anything, each pass from the right
+    and never a word's first character, until ``minlength`` characters are left."""
+    s = list(name.strip())
+    if len(s) <= minlength:
+        return "".join(s)
+    vowel = lambda c: c in "aeiou"  # noqa: E731
+    first = lambda i: s[i - 1].isspace()  # noqa: E731
+    last = lambda i: not s[i - 1].isspace() and (i + 1 == len(s) or s[i + 1].isspace())  # noqa: E731
+    passes = [lambda i: vowel(s[i]) and last(i), lambda i: vowel(s[i]) and not first(i),
+              lambda i: s[i].islower() and last(i), lambda i: s[i].islower() and not first(i),
+              lambda i: not first(i) and not s[i].isspace()]
+    for drop in passes:
+        for i in range(len(s) - 1, 0, -1):
+            if i < len(s) and drop(i):
+                del s[i]
+            if len(s) - sum(c.isspace() for c in s) <= minlength:
+                return "".join(c for c in s if not c.isspace()) if len(s) > minlength else "".join(s)
+    return "".join(s)
+
+
+def _abbrev(names: list[str], minlength: int = 6) -> list[str]:
+    """R's ``abbreviate(names, minlength)`` of coefficient names as R spells them
+    (``Variety[T.Victory]`` → ``VarietyVictory`` → ``VrtyVc``): where two come out the same,
+    those get longer abbreviations until they differ, as R's does."""
+    plain = [re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", n) for n in names]
+    out = [_abbreviate_one(n, minlength) for n in plain]
+    length = minlength
+    while len(set(out)) < len(out) and length < max(map(len, plain)):
+        length += 1
+        seen = {a for a in out if out.count(a) > 1}
+        out = [_abbreviate_one(n, length) if a in seen else a for n, a in zip(plain, out)]
+    return out

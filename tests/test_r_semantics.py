@@ -205,3 +205,16 @@ def test_r_names_with_dots_in_every_position(formula):
     assert [n.replace("n.days", "Days") for n in a.fixef.index] == list(b.fixef.index)
     with pytest.raises(hl.FormulaError, match=r"'n\.dayz'"):
         hl.LMM(formula.replace("n.days", "n.dayz", 1), dotted)
+
+
+@pytest.mark.parametrize("ref", load_ref("abbreviate"), ids=lambda r: r["names"][1])
+def test_correlation_headers_abbreviate_as_r(ref):
+    """The fixed effects' correlation matrix is headed as summary(lmer) heads it, by R's
+    ``abbreviate(minlength = 6)`` (tests/reference/r/abbreviate.R): Oats' three ``Variet``
+    headers are ``VrtyMr VrtyVc … VrtyM: VrtyV:``; formulaic's ``[T.level]`` read as R's names."""
+    from hierlmm.summary import _abbrev
+
+    assert _abbrev(ref["names"]) == ref["abbreviated"]
+    formulaic = [n.replace("VarietyMarvellous", "Variety[T.Marvellous]").replace("VarietyVictory", "Variety[T.Victory]")
+                 for n in ref["names"]]
+    assert _abbrev(formulaic) == ref["abbreviated"]
