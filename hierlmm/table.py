@@ -11,6 +11,8 @@ pandas' Styler.
 
 from __future__ import annotations
 
+from html import escape
+
 import numpy as np
 import pandas as pd
 
@@ -31,9 +33,11 @@ class Table(pd.DataFrame):
         Columns holding p-values.
     shown : list of str or None
         Columns displayed (``None``: all).
+    notes : list of str
+        Printed below the table (emmeans' "Results are averaged over the levels of: N").
     """
 
-    _metadata = ["title", "pvalues", "shown"]
+    _metadata = ["title", "pvalues", "shown", "notes"]
 
     @property
     def _constructor(self):
@@ -111,6 +115,9 @@ class Table(pd.DataFrame):
         hidden = [c for c in self.columns if c not in self._display_columns()]
         if hidden:
             lines.append(f"(also in the table: {', '.join(map(str, hidden))})")
+        notes = getattr(self, "notes", None) or []
+        if notes:
+            lines += [""] + list(notes)
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -137,6 +144,8 @@ class Table(pd.DataFrame):
         hidden = [c for c in self.columns if c not in self._display_columns()]
         if hidden:
             html += f"<p><small>also in the table: {', '.join(map(str, hidden))}</small></p>"
+        for note in getattr(self, "notes", None) or []:
+            html += f"<p><small>{escape(note)}</small></p>"
         return html
 
 
@@ -144,9 +153,10 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def as_table(frame: pd.DataFrame, title: str | None = None, pvalues=(), shown=None) -> Table:
+def as_table(frame: pd.DataFrame, title: str | None = None, pvalues=(), shown=None, notes=()) -> Table:
     """``frame`` as a :class:`Table` (same data, R-like display)."""
     out = Table(frame)
+    out.notes = list(notes)
     out.title = title
     if title:
         out.attrs["title"] = title

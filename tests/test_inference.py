@@ -445,3 +445,21 @@ def test_profile_limit_beyond_a_point_where_the_profile_cannot_be_evaluated():
     lower = ci.loc["sigma", "lower"]
     assert np.isfinite(lower) and lower < fit.sigma
     assert profile_increase(fit, "sigma", lower, starts=4) == pytest.approx(CUT, abs=0.02)
+
+
+def test_emmeans_notes_as_emmeans_prints_them():
+    """The notes below emmeans' tables (Oats, R's emmeans 1.8.4.1 prints the same lines): the
+    factors averaged over, the warning where they interact with the specs, the df method, the
+    level, and the adjustment with its family."""
+    oats = hl.datasets.load("Oats")
+    oats["N"] = pd.Categorical(oats["nitro"].map(lambda v: f"{v:g}"))
+    fit = hl.LMM("yield ~ Variety * N + (1 | Block / Variety)", oats).fit()
+    assert fit.emmeans("Variety").notes == [
+        "NOTE: Results may be misleading due to involvement in interactions",
+        "Results are averaged over the levels of: N", "Degrees-of-freedom method: kenward-roger",
+        "Confidence level used: 0.95"]
+    assert fit.emmeans("N", pairwise=True, adjust="holm").notes[-1] == "P value adjustment: holm method for 6 tests"
+    assert fit.emmeans("N", pairwise=True).notes[-1] == "P value adjustment: tukey method for comparing a family of 4 estimates"
+    additive = hl.LMM("yield ~ Variety + N + (1 | Block / Variety)", oats).fit()
+    assert additive.emmeans("Variety").notes[0] == "Results are averaged over the levels of: N"
+    assert "Results are averaged over the levels of: N" in str(fit.emmeans("Variety"))

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from hierlmm.errors import HierlmmError
+from hierlmm.inference.contrasts import fixed_terms
 from hierlmm.inference.ftests import _ddf
 from hierlmm.table import as_table
 
@@ -127,15 +128,29 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
     V, df_of = _covariance_and_df(fit, ddf)
     beta = fit.fixef.to_numpy()
     labels = pd.DataFrame(order, columns=keys)
+    # emmeans' notes: the factors averaged over, the df method, the interval's level, the adjustment
+    averaged = [v for v, val in _variables(design).items() if isinstance(val, list) and v not in keys]
+    notes = [f"Results are averaged over the levels of: {', '.join(averaged)}"] if averaged else []
+    _, _, factors, _ = fixed_terms(design)
+    if averaged and any(len(f) > 1 and f & set(keys) and f & set(averaged) for f in factors.values()):
+        notes.insert(0, "NOTE: Results may be misleading due to involvement in interactions")
+    notes.append(f"Degrees-of-freedom method: {_ddf(ddf)}")
     if not pairwise:
         est = L @ beta
         se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
         df = np.array([df_of(row) for row in L])
         q = stats.t.ppf(0.5 + level / 2, df)
         out = labels.assign(emmean=est, SE=se, df=df, **{"lower.CL": est - q * se, "upper.CL": est + q * se})
-        return as_table(out, f"Estimated marginal means ({_ddf(ddf)} df, {100 * level:g}% intervals)")
+        return as_table(out, f"Estimated marginal means ({_ddf(ddf)} df, {100 * level:g}% intervals)",
+                        notes=notes + [f"Confidence level used: {level:g}"])
+    family = len(labels) // max(1, labels.groupby(by, sort=False).ngroups if by else 1)
+    if adjust != "none":
+        notes.append(f"P value adjustment: {adjust} method for "
+                     + (f"comparing a family of {family} estimates" if adjust in ("tukey", "scheffe")
+                        else f"{family * (family - 1) // 2} tests"))
     return as_table(_pairs(labels, L, beta, V, df_of, specs, by, adjust),
-                    f"Pairwise differences of estimated marginal means (p adjusted: {adjust})", pvalues=["p.value"])
+                    f"Pairwise differences of estimated marginal means (p adjusted: {adjust})", pvalues=["p.value"],
+                    notes=notes)
 
 
 def _levels(col: pd.Series) -> list:
