@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning
+from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning, warn
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.rfactors import derive_factors
 from hierlmm.safety import check_formula
@@ -502,10 +501,9 @@ def warn_scales(names: list[str], sd: np.ndarray, tol: float = 1e3) -> None:
     logs = np.log(sd[sd > 0])
     if np.ptp(logs) > np.log(tol) or np.max(np.abs(logs)) > np.log(tol):
         listed = ", ".join(f"{name} (sd {s:.3g})" for name, s in zip(names, sd))
-        warnings.warn(
+        warn(
             f"Some predictor variables are on very different scales: {listed}; consider rescaling",
             ScaleWarning,
-            stacklevel=5,
         )
 
 
@@ -796,11 +794,10 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     all_names = list(names)
     X, names, dropped = _drop_aliased(X, names)
     if dropped:
-        warnings.warn(
+        warn(
             f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
             f"column(s): {', '.join(dropped)}",
             RankDeficiencyWarning,
-            stacklevel=3,
         )
 
     _check_scales(X, names)

@@ -43,3 +43,14 @@ class ScaleWarning(HierlmmWarning):
 
 class ProfileWarning(HierlmmWarning):
     """A profile limit could not be found; it is NaN (lme4 gives NA likewise)."""
+
+
+_PACKAGE = __file__.rsplit("/", 1)[0] + "/"
+
+
+def warn(message: str, category: type[Warning] = HierlmmWarning) -> None:
+    """Warn at the caller's line: the first frame outside hierlmm (however deep inside the
+    package the warning is raised), so that a warning points at the user's code."""
+    import warnings
+
+    warnings.warn(message, category, skip_file_prefixes=(_PACKAGE,))

@@ -21,7 +21,7 @@ import pandas as pd
 
 from hierlmm.deviance import Deviance
 from hierlmm.design import Design, build_design, design_attribute
-from hierlmm.errors import HierlmmError, SingularFitWarning
+from hierlmm.errors import HierlmmError, SingularFitWarning, warn
 from hierlmm.optimize import optimize_theta, theta_scale, warn_messages
 from hierlmm.results import LMMResult
 from hierlmm.validate import count, other_names, positive_number, seed
@@ -234,15 +234,14 @@ class LMM:
             opt.messages.extend(caveats)
             opt.converged = False
         if fit.singular:
-            warnings.warn(
+            warn(
                 "boundary (singular) fit: a variance is estimated as 0 or a correlation as ±1 "
                 f"(theta = {fit.solution.theta.round(5).tolist()})",
                 SingularFitWarning,
-                stacklevel=2,
             )
-            warn_messages(caveats, stacklevel=3)  # the fit's own doubts, beside the boundary
+            warn_messages(caveats)  # the fit's own doubts, beside the boundary
         elif opt.messages:
-            warn_messages(opt.messages, stacklevel=3)
+            warn_messages(opt.messages)
         return fit
 
     def _off_the_boundary(self, dev, opt, maxeval, check):

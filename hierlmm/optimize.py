@@ -13,12 +13,11 @@ and Hessian at the optimum over the parameters not on the boundary, the Newton s
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hierlmm.errors import ConvergenceWarning, HierlmmError
+from hierlmm.errors import ConvergenceWarning, HierlmmError, warn
 
 __all__ = ["OptResult", "optimize_theta", "check_convergence", "fd_hessian", "bobyqa", "bobyqa_restarted",
            "restart_step", "theta_scale"]
@@ -283,6 +282,7 @@ def check_convergence(deviance, theta, lower):
     return messages, g, H
 
 
-def warn_messages(messages, stacklevel=3):
+def warn_messages(messages):
+    """Each message as a ConvergenceWarning at the user's line."""
     for m in messages:
-        warnings.warn(m, ConvergenceWarning, stacklevel=stacklevel)
+        warn(m, ConvergenceWarning)

@@ -42,7 +42,7 @@ from hierlmm.crossprod import CrossProduct, check_residual, crossproduct, fixed_
 from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, aliased,
                             check_finite, constant_response, join_labels, level_label,
                             check_term, check_weights, make_term, order_terms, used_columns, warn_scales)
-from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning
+from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning, warn
 from hierlmm.formula import parse_formula
 from hierlmm.rsyntax import formula_context, numeric_view, r_name, to_formulaic
 
@@ -607,8 +607,8 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     keep = ~aliased(R, names.index("(Intercept)") if "(Intercept)" in names else None)
     dropped = [nm for nm, k in zip(names, keep) if not k]
     if dropped:
-        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
-                      f"{', '.join(dropped)}", RankDeficiencyWarning, stacklevel=4)
+        warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column(s): "
+                      f"{', '.join(dropped)}", RankDeficiencyWarning)
     cont = np.flatnonzero(~total.binary & keep)
     if len(cont) and n > 1:
         sumsq = norms[cont] ** 2

@@ -18,13 +18,12 @@ levels), or ``group=`` when given.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from hierlmm.errors import DataError, HierlmmWarning
+from hierlmm.errors import DataError, HierlmmWarning, warn
 
 __all__ = ["ResidualCorrelation", "AR1", "Exponential", "GaussianCorr", "CompoundSymmetry"]
 
@@ -102,18 +101,18 @@ class AR1(ResidualCorrelation):
     def positions(self, data, rows, group_label):
         if self.order is None:
             if np.any(np.diff(rows) != 1):
-                warnings.warn(
+                warn(
                     f"AR(1): the rows of group {group_label!r} are not contiguous in the data; their "
                     "order in the data is used as the time order (pass order='column' to state it)",
-                    ResidualOrderWarning, stacklevel=6)
+                    ResidualOrderWarning)
             return np.arange(len(rows), dtype=float)
         t = _time_positions(data, rows, self.order, group_label, "AR1")
         steps = np.diff(np.sort(t))
         if len(steps) and not np.allclose(steps, steps[0]):
-            warnings.warn(
+            warn(
                 f"AR(1): times in {self.order!r} of group {group_label!r} are irregularly spaced; AR(1) "
                 "uses their rank order (use Exponential(time=...) for a correlation in continuous time)",
-                ResidualOrderWarning, stacklevel=6)
+                ResidualOrderWarning)
         return np.argsort(np.argsort(t)).astype(float)
 
     def matrix(self, phi, pos):

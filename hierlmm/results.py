@@ -7,7 +7,6 @@ Every quantity follows from the blocked factor at θ̂; nothing is refitted. Pri
 
 from __future__ import annotations
 
-import warnings
 from functools import cached_property
 
 import numpy as np
@@ -15,7 +14,7 @@ import pandas as pd
 
 from hierlmm.design import design_attribute
 from hierlmm.deviance import Deviance, Solution
-from hierlmm.errors import ConvergenceWarning, HierlmmError
+from hierlmm.errors import ConvergenceWarning, HierlmmError, warn
 from hierlmm.optimize import SINGULAR_TOL, OptResult, optimize_theta, theta_scale
 from hierlmm.validate import count, other_names, per_row, seed
 from hierlmm.validate import kind as valid_kind
@@ -343,12 +342,12 @@ class LMMResult:
                     full_dev, full_theta = refit.fun, refit.theta
                     reduced = {t: min(r, self._drop_term(ml, cols[t], full_theta), key=lambda o: o.fun)
                                for t, r in reduced.items()}
-                warnings.warn(
+                warn(
                     f"drop1: the model without {t_low} has a lower ML deviance ({low:.6g}) than the full "
                     f"model's ML fit ({ml.deviance:.6g}), which is therefore a local optimum; the full model "
                     f"refitted from that θ reaches {full_dev:.6g}, used as <none> here (fit it with "
                     f"theta0={np.array2string(full_theta, precision=6, separator=', ')}, method='ML')",
-                    ConvergenceWarning, stacklevel=2)
+                    ConvergenceWarning)
         rows = {"<none>": (np.nan, full_dev + 2 * k_full, np.nan, np.nan)}
         for t in scope:
             df_t = len(cols[t])
@@ -449,7 +448,9 @@ class LMMResult:
         values given θ̂ (:mod:`hierlmm.influence`)."""
         from hierlmm.influence import hat_values
 
-        self.model.require("hatvalues()", needs="rows", instead="it needs independent residuals")
+        self.model.require("hatvalues()", needs="rows")
+        self.model.require("hatvalues()", instead="the hat matrix here is that of the hierarchical model with "
+                           "independent residuals")
         return pd.Series(hat_values(self), index=self.design.data.index, name="hat")
 
     def augment(self) -> pd.DataFrame:
@@ -592,8 +593,6 @@ class LMMResult:
         sleepstudy's ``(Days | Subject)`` 0.7217 and 0.5206, as performance. (performance
         leaves out a slope in a term of its own, ``(0 + Days | Subject)``; hierlmm counts it.)
         """
-        import warnings
-
         from hierlmm.errors import HierlmmWarning
 
         slopes = [t.describe() for t in self.design.terms if t.names != ["(Intercept)"]]
@@ -613,7 +612,7 @@ class LMMResult:
                 "implied correlations of one level's rows"
             )
         if slopes:
-            warnings.warn(f"icc(): {', '.join(slopes)} left out ({why})", HierlmmWarning, stacklevel=2)
+            warn(f"icc(): {', '.join(slopes)} left out ({why})", HierlmmWarning)
         vc = self.varcorr
         inter = vc[(vc.var1 == "(Intercept)") & vc.var2.isna()]
         only_intercept = {t.label for t in self.design.terms if t.names == ["(Intercept)"]}

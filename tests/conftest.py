@@ -57,7 +57,7 @@ def lme4_models() -> list[str]:
     out = []
     for p in sorted(REF_DIR.glob("*.json")):
         d = json.loads(p.read_text())
-        if isinstance(d.get("formula"), str) and "fixef" in d:
+        if isinstance(d, dict) and isinstance(d.get("formula"), str) and "fixef" in d:
             out.append(p.stem)
     return out
 

@@ -433,3 +433,21 @@ def test_no_import_circles():
                 if nxt not in seen:
                     seen.add(nxt)
                     stack.append((nxt, path + [nxt]))
+
+
+def test_warnings_point_at_the_users_line(sleep):
+    """However deep inside hierlmm a warning is raised, it names the caller's file and line
+    (Python 3.12's skip_file_prefixes; a fixed stacklevel pointed into hierlmm from sample()
+    and from fits several calls down)."""
+    import warnings
+
+    d = sleep.assign(D2=sleep.Days * 2.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hl.LMM("Reaction ~ Days + D2 + (1 | Subject)", d)
+        hl.LMM("Reaction ~ Days + (Days | Subject)", d).fit(maxeval=20)
+        hl.LMM("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", d).fit().icc(kind="term")
+        hl.anova(hl.LMM("Reaction ~ Days + (1 | Subject)", d).fit(), hl.LMM("Reaction ~ 1 + (1 | Subject)", d).fit())
+    kinds = {type(w.message).__name__ for w in caught}
+    assert {"RankDeficiencyWarning", "ConvergenceWarning", "HierlmmWarning", "RefitWarning"} <= kinds
+    assert all(w.filename == __file__ for w in caught), {(w.filename, type(w.message).__name__) for w in caught}

@@ -254,8 +254,9 @@ def test_every_public_member_works_or_names_the_feature(kind):
         with pytest.raises(hl.HierlmmError, match=feature.replace("(", r"\(")):
             getattr(fit.model, model_method)()
     # what each kind cannot do, and nothing else
-    expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit", "drop1", "bootstrap", "emmeans"},
+    expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit", "drop1", "bootstrap", "emmeans",
+                        "hatvalues", "augment"},
                 "marginal": {"confint", "coef_table", "anova", "ranova", "fitted", "residuals", "predict",
                              "ranef", "ranef_posterior", "icc", "coef", "r2", "refit", "drop1", "bootstrap",
-                             "emmeans"}}[kind]
+                             "emmeans", "hatvalues", "augment"}}[kind]
     assert set(refused) <= expected, set(refused) - expected

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
 
-from hierlmm.errors import ConvergenceWarning
+from hierlmm.errors import ConvergenceWarning, warn
 from hierlmm.validate import kind as valid_kind
 
 __all__ = ["Posterior", "assemble"]
@@ -116,7 +115,7 @@ class Posterior:
         if messages and self.extended_to:
             messages = [f"{m}, after {self.extended_to} draws per chain" for m in messages]
         for m in messages:
-            warnings.warn(m, ConvergenceWarning, stacklevel=3)
+            warn(m, ConvergenceWarning)
         return messages
 
     # ------------------------------------------------------ likelihood and predictions

@@ -82,11 +82,10 @@ checking the scalar parameters' sets, whose failure proves impropriety.
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 
-from hierlmm.errors import HierlmmError, HierlmmWarning
+from hierlmm.errors import HierlmmError, HierlmmWarning, warn
 
 __all__ = ["check_propriety", "ImproperPosteriorError", "ProprietyNotVerifiedWarning", "span_rank"]
 
@@ -195,12 +194,11 @@ def check_propriety(design, prior, cp=None) -> None:
     else:
         why = "the proven condition covers a single vector-valued term, this model has " + \
               f"{len(design.terms)} terms"
-    warnings.warn(
+    warn(
         f"propriety under prior={prior!r} is not proven for {', '.join(v.describe() for v in vector)}: "
         f"{why} (hierlmm.bayes.check_propriety states the conditions); check the sampler's diagnostics, "
         "or use a proper prior (hierlmm.bayes.WeaklyInformative)",
         ProprietyNotVerifiedWarning,
-        stacklevel=3,
     )
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hierlmm.errors import HierlmmError, HierlmmWarning
+from hierlmm.errors import HierlmmError, HierlmmWarning, warn
 
 __all__ = ["coef_table", "anova_table", "f_tests", "drop1_f"]
 
@@ -111,11 +110,11 @@ def f_tests(fit, Ls: dict[str, np.ndarray], ddf: str = "satterthwaite") -> pd.Da
     broken = [f"{t} ({r['den_df']:.4g})" for t, r in rows.items() if not r["den_df"] > 0]
     if broken:
         # pbkrtest reports such numbers (a negative scaled F, no p-value); they are no F test
-        warnings.warn(
+        warn(
             f"{_method(ddf)} approximation breaks down for {', '.join(broken)}: a denominator df that is not "
             "positive (the model has too few residual degrees of freedom for it), so the F has no "
             "distribution to refer to and p is NaN" + ("; use ddf='satterthwaite'" if ddf == "kenward-roger" else ""),
-            HierlmmWarning, stacklevel=3)
+            HierlmmWarning)
     cols = ["sum_sq", "mean_sq", "num_df", "den_df", "F", "p"]
     out = pd.DataFrame.from_dict(rows, orient="index")
     if out.empty:

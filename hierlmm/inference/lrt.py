@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.criterion import criterion
-from hierlmm.errors import ConvergenceWarning, HierlmmError, HierlmmWarning
+from hierlmm.errors import ConvergenceWarning, HierlmmError, HierlmmWarning, warn
 
 __all__ = ["anova", "ranova", "chibar_pvalue", "lm_loglik"]
 
@@ -49,10 +49,10 @@ def _larger_worse(chisq: float, loglik: float, larger: str, smaller: str) -> Non
     """Warn where a model with more parameters fits worse than one with fewer: if they are
     nested, the larger one's fit is a local optimum (the smaller is one of its points)."""
     if chisq < -1e-6 * max(1.0, abs(loglik)):
-        warnings.warn(
+        warn(
             f"{larger} has a lower likelihood than {smaller} (2 Δ log L = {chisq:.6g}); if the models are "
             f"nested, the larger one's fit is a local optimum: refit it from the smaller one's θ (fit(theta0=...))",
-            ConvergenceWarning, stacklevel=3)
+            ConvergenceWarning)
 
 
 def _refit_ml(fit):
@@ -68,7 +68,7 @@ def _refit_ml(fit):
             runs.append((fit.model.fit(method="ML", theta0=start), caught))
     best, caught = min(runs, key=lambda run: run[0].deviance)
     for w in caught:  # the kept fit's own warnings (singular, convergence), not the other's
-        warnings.warn(w.message, w.category, stacklevel=3)
+        warn(str(w.message), w.category)
     return best
 
 
@@ -111,7 +111,7 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
             names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
     names = list(names)
     if refit and any(f.method == "REML" for f in fits):
-        warnings.warn("refitting model(s) with ML (instead of REML)", RefitWarning, stacklevel=2)
+        warn("refitting model(s) with ML (instead of REML)", RefitWarning)
         fits = [_refit_ml(f) for f in fits]
     elif not refit:
         methods = {f.method for f in fits}

@@ -22,13 +22,12 @@ random starts; a lower minimum there restarts the search outward.
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hierlmm.errors import ProfileWarning
+from hierlmm.errors import ProfileWarning, warn
 from hierlmm.inference.sdcor import bounds, psd_cholesky, sdcor_from_theta, sdcor_names
 
 __all__ = ["profile_intervals", "Coordinates"]
@@ -376,8 +375,7 @@ def _limit(name: str, side: str, find) -> float:
     else:
         why = "the profile does not cross the cut-off (not monotone, or not computable there)"
     if not np.isfinite(value):
-        warnings.warn(f"the {side} profile limit of {name} could not be found ({why}); it is NaN",
-                      ProfileWarning, stacklevel=5)
+        warn(f"the {side} profile limit of {name} could not be found ({why}); it is NaN", ProfileWarning)
     return float(value)
 
 

@@ -14,13 +14,12 @@ lmerTest's ``contestMD``), or ``ν`` when q = 1.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-from hierlmm.errors import HierlmmError, HierlmmWarning
+from hierlmm.errors import HierlmmError, HierlmmWarning, warn
 from hierlmm.inference.numderiv import hessian, jacobian
 
 __all__ = ["VarparCovariance", "varpar_covariance", "contest1d", "contestmd", "fstat_ddf"]
@@ -178,12 +177,11 @@ def _positive_inverse(H: np.ndarray, tol: float = 1e-8) -> np.ndarray:
     for mask, what in ((neg, "negative"), (zero, "near-zero")):
         if mask.any():
             values = " ".join(f"{v:.1e}" for v in ev[mask])
-            warnings.warn(
+            warn(
                 f"the Hessian of the deviance in (theta, sigma) has {mask.sum()} {what} eigenvalue(s) "
                 f"({values}): the fit is on the boundary or not at a minimum; Satterthwaite's df use "
                 "the Hessian's positive part (as lmerTest)",
                 HessianWarning,
-                stacklevel=4,
             )
     pos = ev > tol
     return (vec[:, pos] / ev[pos]) @ vec[:, pos].T
