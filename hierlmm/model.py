@@ -42,6 +42,15 @@ class LMM:
     data : pandas.DataFrame
         Rows with a missing value in any variable of the formula are dropped (the count is
         reported as ``n_missing``).
+    residual : hierlmm.AR1, hierlmm.Exponential, hierlmm.GaussianCorr or hierlmm.CompoundSymmetry, optional
+        A correlation of the residuals within the levels of the grouping factor (nlme's
+        ``correlation=``, e.g. ``hl.AR1(order="Days")``): ``Var(ε_i) = σ² R_i``; the fit then
+        works on the rows (:mod:`hierlmm.residual`). Default: independent residuals.
+    formulation : {"hierarchical", "marginal"}
+        ``"hierarchical"`` (default): ``b ~ N(0, D)`` with ``D`` positive semi-definite, as lme4.
+        ``"marginal"``: only ``V = ZDZ' + σ²I`` must be positive definite, so ``D`` may be
+        indefinite (a negative variance component, as ANOVA estimators give); no ``b`` stands
+        behind it, and what needs ``b`` is refused, naming this.
     weights : str or array_like, optional
         Prior weights (lme4's ``weights=``), a column name or one positive number per row:
         ``Var(ε_i) = σ²/w_i`` (e.g. inverse known sampling variances, or the number of

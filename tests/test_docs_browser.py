@@ -61,7 +61,7 @@ def _dom(browser: str, url: str) -> str:
     return out.stdout
 
 
-@pytest.mark.parametrize("page", ["", "guide/bayes/", "guide/inference/", "guide/reml-ml/"])
+@pytest.mark.parametrize("page", ["", "guide/bayes/", "guide/inference/", "guide/reml-ml/", "api/"])
 def test_math_is_typeset_offline(site, page):
     base, browser, _ = site
     dom = _dom(browser, base + page)
@@ -74,6 +74,9 @@ def test_math_is_typeset_offline(site, page):
         assert "\\(" not in text and "\\[" not in text and "$$" not in text, "raw TeX left on the page"
         assert "Math Processing Error" not in dom
     assert "fonts.googleapis" not in dom
+    # the docstrings' reStructuredText habits are rendered, not shown raw (docs/hooks/sphinx_roles.py)
+    for raw in (":meth:", ":func:", ":class:", ":mod:", ":attr:", ".. math::", "``"):
+        assert raw not in text, raw
 
 
 def test_404_and_links_under_a_sub_path(site):
