@@ -244,7 +244,8 @@ class LMMResult:
             out[group] = table
         return out
 
-    def tidy(self, effects=("ran_pars", "fixed"), ddf: str = "satterthwaite") -> pd.DataFrame:
+    def tidy(self, effects=("ran_pars", "fixed"), ddf: str = "satterthwaite", conf_int: bool = False,
+             conf_level: float = 0.95, conf_method: str = "Wald") -> pd.DataFrame:
         """Every estimate in one long table, in broom.mixed's ``tidy()`` layout.
 
         Parameters
@@ -255,13 +256,19 @@ class LMMResult:
             (``sd__(Intercept)``, ``cor__(Intercept).Days``, in θ's order) and the residual SD
             (``sd__Observation``); ``"ran_vals"``: each level's BLUP with its conditional SD
             (lme4's ``condVar``) as ``std.error``.
+        conf_int, conf_level, conf_method
+            broom.mixed's ``conf.int = TRUE``: columns ``conf.low, conf.high``. ``"Wald"``
+            (default): fixed effects ``estimate ± t_{df} SE`` with the rows' df (as broom.mixed
+            on an lmerTest fit), none for the random parameters; ``"profile"``: every fixed and
+            random parameter's profile interval (:meth:`confint`).
 
         Returns
         -------
         DataFrame
             Columns ``effect, group, level, term, estimate, std.error, statistic, df,
-            p.value`` (``level`` only with ``"ran_vals"``), rows in broom.mixed's order: fixed
-            effects, then random parameters, then random values.
+            p.value`` (``level`` only with ``"ran_vals"``; ``conf.low, conf.high`` with
+            ``conf_int``), rows in broom.mixed's order: fixed effects, then random parameters,
+            then random values.
         """
         from hierlmm.reterms import sd_corr
 
@@ -278,12 +285,13 @@ class LMMResult:
         if "ran_pars" in effects:
             for t, D in zip(self.design.terms, self.covariance_matrices().values()):
                 sd, corr = sd_corr(D.to_numpy())
+                names = iter(t.sdcor_names())  # confint's names of the same parameters, in this order
                 for a, b in t.pairs:
                     term = f"sd__{t.names[a]}" if a == b else f"cor__{t.names[b]}.{t.names[a]}"
                     rows.append({"effect": "ran_pars", "group": t.label, "term": term,
-                                 "estimate": sd[a] if a == b else corr[a, b]})
+                                 "estimate": sd[a] if a == b else corr[a, b], "_ci": next(names)})
             rows.append({"effect": "ran_pars", "group": "Residual", "term": "sd__Observation",
-                         "estimate": self.sigma})
+                         "estimate": self.sigma, "_ci": "sigma"})
         if "ran_vals" in effects:
             for group, post in self.ranef_posterior(beta="fixed").items():
                 for term in post.mean.columns:
@@ -292,7 +300,24 @@ class LMMResult:
                                      "estimate": post.mean.loc[level, term], "std.error": post.sd.loc[level, term]})
         columns = ["effect", "group", *(["level"] if "ran_vals" in effects else []), "term", "estimate",
                    "std.error", "statistic", "df", "p.value"]
-        return pd.DataFrame(rows, columns=columns)
+        out = pd.DataFrame(rows, columns=columns + ["_ci"])
+        if conf_int:
+            method = str(conf_method).lower()
+            if method == "wald":
+                from scipy import stats
+
+                fixed = (out.effect == "fixed").to_numpy()
+                q = np.where(fixed, stats.t.ppf(0.5 + conf_level / 2, out["df"].astype(float)), np.nan)
+                out["conf.low"] = out.estimate - q * out["std.error"].astype(float)
+                out["conf.high"] = out.estimate + q * out["std.error"].astype(float)
+            elif method == "profile":
+                ci = self.confint(method="profile", level=conf_level, progressbar=False)
+                key = out["_ci"].where(out.effect != "fixed", out.term)
+                out["conf.low"] = [ci.loc[k, "lower"] if k in ci.index else np.nan for k in key]
+                out["conf.high"] = [ci.loc[k, "upper"] if k in ci.index else np.nan for k in key]
+            else:
+                raise HierlmmError(f"conf_method must be 'Wald' or 'profile', got {conf_method!r}")
+        return out.drop(columns="_ci")
 
     def drop1(self, test: str = "Chisq", ddf: str = "satterthwaite") -> pd.DataFrame:
         """Single-term deletions of every fixed term that can be dropped (one contained in no

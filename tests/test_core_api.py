@@ -348,6 +348,20 @@ def test_tidy_is_broom_mixed(key, data):
             else:
                 np.testing.assert_allclose(mine[ok], theirs[ok], rtol=1e-4, atol=1e-4 * np.abs(theirs[ok]).max(),
                                            err_msg=col)
+    # conf.int = TRUE: Wald (t with the rows' df, fixed effects only) to 1e-4 of the scale;
+    # profile (every parameter) to 1% of each interval's width, as tests/test_inference.py's
+    # profile references (lme4 interpolates its profile by splines)
+    for method, want in (("Wald", ref["wald"]), ("profile", ref["profile"])):
+        got = fit.tidy(conf_int=True, conf_method=method)
+        assert list(got.term) == want["term"]
+        lo = np.array([np.nan if v is None else v for v in want["conf.low"]], dtype=float)
+        hi = np.array([np.nan if v is None else v for v in want["conf.high"]], dtype=float)
+        for col, theirs in (("conf.low", lo), ("conf.high", hi)):
+            mine = got[col].to_numpy(dtype=float)
+            assert np.array_equal(np.isnan(mine), np.isnan(theirs)), (method, col)
+            ok = ~np.isnan(theirs)
+            tol = (1e-4 * np.abs(theirs[ok]).max()) if method == "Wald" else 1e-2 * (hi - lo)[ok]
+            assert np.all(np.abs(mine[ok] - theirs[ok]) <= tol), (method, col, mine[ok], theirs[ok])
 
 
 def test_tables_print_as_r_and_render_html():

@@ -8,7 +8,11 @@ models <- list(
 frame <- function(t) lapply(as.list(as.data.frame(t)), function(v) if (is.factor(v)) as.character(v) else v)
 out <- lapply(models, function(md) {
   m <- lmer(as.formula(md$formula), md$data, REML = TRUE)
-  list(formula = md$formula, default = frame(tidy(m)), ran_vals = frame(tidy(m, effects = "ran_vals")))
+  list(formula = md$formula, default = frame(tidy(m)), ran_vals = frame(tidy(m, effects = "ran_vals")),
+       wald = frame(tidy(m, conf.int = TRUE)),
+       # on the lmerMod: broom.mixed gives an lmerTest fit's fixed effects Wald limits under
+       # conf.method = "profile" (warning that ddf.method is ignored); lme4's own are profiles
+       profile = suppressMessages(frame(tidy(as(m, "lmerMod"), conf.int = TRUE, conf.method = "profile"))))
 })
 out$versions <- list(broom.mixed = as.character(packageVersion("broom.mixed")),
                      lmerTest = as.character(packageVersion("lmerTest")))
