@@ -680,6 +680,16 @@ class LMMResult:
         self.model.require("emmeans()", needs="rows")
         return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level, pairwise=pairwise, adjust=adjust)
 
+    def emtrends(self, specs, var: str, by=None, at: dict | None = None, ddf: str = "kenward-roger",
+                 level: float = 0.95) -> pd.DataFrame:
+        """The slope of the estimated marginal means in covariate ``var`` per level of the
+        factor(s) ``specs`` (R's ``emtrends(fit, specs, var = "age")``): columns ``VAR.trend,
+        SE, df, lower.CL, upper.CL``. See :func:`hierlmm.inference.emmeans.emtrends`."""
+        from hierlmm.inference.emmeans import emtrends
+
+        self.model.require("emtrends()", needs="rows")
+        return emtrends(self, specs, var, by=by, at=at, ddf=ddf, level=level)
+
     def ranova(self) -> pd.DataFrame:
         """Likelihood-ratio tests that reduce each random term in turn (lmerTest's ``ranova``)."""
         from hierlmm.inference.lrt import ranova

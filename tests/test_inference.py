@@ -302,6 +302,13 @@ def test_emmeans_as_r():
     _emm_frame_close(f1.emmeans("Sex", ddf="satterthwaite"), r["sex_satterthwaite"], {"Sex": "Sex", **EMM})
     _emm_frame_close(f1.emmeans("Sex", by="age", at={"age": [8, 14]}, pairwise=True), r["pairs_by_age"],
                      {"age": "age", **PAIRS})
+    trend = {"Sex": "Sex", "age.trend": "age.trend", "SE": "SE", "df": "df", "lower.CL": "lower.CL",
+             "upper.CL": "upper.CL"}
+    _emm_frame_close(f1.emtrends("Sex", "age"), r["trends_age"], trend)
+    _emm_frame_close(f1.emtrends("Sex", "age", ddf="satterthwaite"), r["trends_age_satterthwaite"], trend)
+    # a quadratic in age: emmeans' forward difference quotient at the mean age, reproduced
+    f3 = at_theta(hl.LMM("distance ~ Sex * (age + I(age^2)) + (1 | Subject)", ortho).fit(), r["theta_quadratic"])
+    _emm_frame_close(f3.emtrends("Sex", "age"), r["trends_quadratic"], trend)
     oats = hl.datasets.load("Oats")
     oats["N"] = pd.Categorical(oats["nitro"].map(lambda v: f"{v:g}"))
     r = ref["oats"]

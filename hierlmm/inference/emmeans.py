@@ -31,7 +31,7 @@ from hierlmm.inference.contrasts import fixed_terms
 from hierlmm.inference.ftests import _ddf
 from hierlmm.table import as_table
 
-__all__ = ["emmeans", "reference_grid"]
+__all__ = ["emmeans", "emtrends", "reference_grid"]
 
 
 def _variables(design) -> dict[str, object]:
@@ -119,15 +119,10 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
     for v in specs + by:
         if v not in grid.columns:
             raise HierlmmError(f"{v!r} is not a variable of the fixed part (it has {', '.join(grid.columns)})")
-    Xg = design.fixed_matrix(grid)
     keys = specs + by
-    cells = grid[keys].astype(object).apply(tuple, axis=1) if keys else pd.Series([()] * len(grid))
-    # emmeans' row order: expand.grid's, the first variable fastest (so ``by`` slowest)
-    order = [c[::-1] for c in itertools.product(*[_levels(grid[k]) for k in reversed(keys)])]
-    L = np.array([Xg[(cells == c).to_numpy()].mean(axis=0) for c in order])
+    labels, L = _cell_means(grid, design.fixed_matrix(grid), keys)
     V, df_of = _covariance_and_df(fit, ddf)
     beta = fit.fixef.to_numpy()
-    labels = pd.DataFrame(order, columns=keys)
     # emmeans' notes: the factors averaged over, the df method, the interval's level, the adjustment
     averaged = [v for v, val in _variables(design).items() if isinstance(val, list) and v not in keys]
     notes = [f"Results are averaged over the levels of: {', '.join(averaged)}"] if averaged else []
@@ -151,6 +146,56 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
     return as_table(_pairs(labels, L, beta, V, df_of, specs, by, adjust),
                     f"Pairwise differences of estimated marginal means (p adjusted: {adjust})", pvalues=["p.value"],
                     notes=notes)
+
+
+def _cell_means(grid: pd.DataFrame, Xg: np.ndarray, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The cells of ``keys`` (emmeans' row order: expand.grid's, the first variable fastest,
+    so ``by`` slowest) and, per cell, the mean of its grid rows of ``Xg``."""
+    cells = grid[keys].astype(object).apply(tuple, axis=1) if keys else pd.Series([()] * len(grid))
+    order = [c[::-1] for c in itertools.product(*[_levels(grid[k]) for k in reversed(keys)])]
+    L = np.array([Xg[(cells == c).to_numpy()].mean(axis=0) for c in order])
+    return pd.DataFrame(order, columns=keys), L
+
+
+def emtrends(fit, specs, var: str, by=None, at: dict | None = None, ddf: str = "kenward-roger",
+             level: float = 0.95) -> pd.DataFrame:
+    """emmeans' ``emtrends(fit, specs, var)``: the slope of the EMMs in the covariate ``var``
+    per cell of ``specs`` (within ``by``), by emmeans' forward difference over the reference
+    grid, ``(l(x + δ) − l(x))'β̂ / δ`` with ``δ = 0.001 · range(var)`` (exact for a model
+    linear in ``var``; ``I(x^2)`` gets emmeans' own difference quotient).
+
+    Returns
+    -------
+    DataFrame
+        The ``specs`` and ``by`` columns, ``VAR.trend, SE, df, lower.CL, upper.CL``.
+    """
+    design = fit.design
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    by = [] if by is None else ([by] if isinstance(by, str) else list(by))
+    variables = _variables(design)
+    if not isinstance(variables.get(var), float):
+        raise HierlmmError(f"var={var!r} must be a numeric covariate of the fixed part "
+                           f"(its covariates: {', '.join(v for v, x in variables.items() if isinstance(x, float))})")
+    grid = reference_grid(fit, at)
+    for v in specs + by:
+        if v not in grid.columns:
+            raise HierlmmError(f"{v!r} is not a variable of the fixed part (it has {', '.join(grid.columns)})")
+    x = design.data[var].to_numpy(dtype=float)
+    delta = 0.001 * (x.max() - x.min())
+    moved = grid.assign(**{var: grid[var] + delta})
+    keys = specs + by
+    labels, L = _cell_means(grid, (design.fixed_matrix(moved) - design.fixed_matrix(grid)) / delta, keys)
+    V, df_of = _covariance_and_df(fit, ddf)
+    est = L @ fit.fixef.to_numpy()
+    se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
+    df = np.array([df_of(row) for row in L])
+    q = stats.t.ppf(0.5 + level / 2, df)
+    out = labels.assign(**{f"{var}.trend": est, "SE": se, "df": df, "lower.CL": est - q * se,
+                           "upper.CL": est + q * se})
+    averaged = [v for v, val in variables.items() if isinstance(val, list) and v not in keys]
+    notes = ([f"Results are averaged over the levels of: {', '.join(averaged)}"] if averaged else []) + [
+        f"Degrees-of-freedom method: {_ddf(ddf)}", f"Confidence level used: {level:g}"]
+    return as_table(out, f"Trends of {var} ({_ddf(ddf)} df, {100 * level:g}% intervals)", notes=notes)
 
 
 def _levels(col: pd.Series) -> list:

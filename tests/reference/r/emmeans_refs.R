@@ -10,6 +10,7 @@ ortho <- as.data.frame(nlme::Orthodont)
 ortho$Subject <- factor(as.character(ortho$Subject))
 ortho$Sex <- factor(as.character(ortho$Sex), levels = c("Male", "Female"))
 m1 <- lmer(distance ~ age * Sex + (age | Subject), ortho)
+m3 <- lmer(distance ~ Sex * (age + I(age^2)) + (1 | Subject), ortho)
 oats <- as.data.frame(nlme::Oats)
 oats$Block <- factor(as.character(oats$Block), levels = levels(oats$Block))
 oats$Variety <- factor(as.character(oats$Variety), levels = levels(oats$Variety))
@@ -19,7 +20,10 @@ out <- list(
   orthodont = list(theta = unname(getME(m1, "theta")),
     by_age = frame(emmeans(m1, "Sex", by = "age", at = list(age = c(8, 14)))),
     sex_satterthwaite = frame(emmeans(m1, "Sex", lmer.df = "satterthwaite")),
-    pairs_by_age = frame(pairs(emmeans(m1, "Sex", by = "age", at = list(age = c(8, 14)))))),
+    pairs_by_age = frame(pairs(emmeans(m1, "Sex", by = "age", at = list(age = c(8, 14))))),
+    trends_age = frame(emtrends(m1, "Sex", var = "age")),
+    trends_age_satterthwaite = frame(emtrends(m1, "Sex", var = "age", lmer.df = "satterthwaite")),
+    trends_quadratic = frame(emtrends(m3, "Sex", var = "age")), theta_quadratic = unname(getME(m3, "theta"))),
   oats = list(theta = unname(getME(m2, "theta")),
     variety = frame(emmeans(m2, "Variety")),
     variety_n = frame(emmeans(m2, c("Variety", "N"))),
