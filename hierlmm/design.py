@@ -622,6 +622,30 @@ def check_term(term: ReTerm, n: int) -> None:
         )
 
 
+def overlapping_terms(terms: list[ReTerm]) -> list[str]:
+    """Messages for terms of one grouping factor whose columns overlap (``(Days | Subject) +
+    (1 | Subject)``: two intercepts per subject). Only the covariance of the sum of the
+    overlapping effects is estimable; how it splits between the terms is not (the deviance
+    is flat along the split), so the optimiser stops anywhere on that ridge: lme4 reports a
+    degenerate Hessian. Overlap: ``rank [Z_s Z_t] < k_s + k_t`` on the rows (columns scaled to
+    unit RMS, numerical rank at 1e-9 of the largest singular value)."""
+    out = []
+    for i, s_ in enumerate(terms):
+        for t in terms[i + 1:]:
+            if s_.factors != t.factors or s_.Z.shape[0] == 0:
+                continue
+            Z = np.hstack([s_.Z, t.Z])
+            rms = np.sqrt(np.mean(Z**2, axis=0))
+            Z = Z / np.where(rms > 0, rms, 1.0)
+            sv = np.linalg.svd(Z, compute_uv=False)
+            if np.sum(sv > 1e-9 * sv[0]) < Z.shape[1]:
+                out.append(f"the random effects of {s_.describe()} and {t.describe()} overlap (the same grouping "
+                           "factor and columns that are not linearly independent): only the variance of their sum "
+                           "is estimable, and how it splits between the terms is arbitrary; drop one of the "
+                           "terms, or the shared columns from one of them")
+    return out
+
+
 def check_identifiable(X: np.ndarray, terms: list[ReTerm], n: int, max_entries: float = 5e7) -> None:
     """The residual variance is identifiable: ``rank [X Z] < n``. Where the fixed and random
     effects together span every observation, ``y − Xβ`` lies in Z's column space for some β,

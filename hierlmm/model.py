@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.deviance import Deviance
-from hierlmm.design import Design, build_design, design_attribute
+from hierlmm.design import Design, build_design, design_attribute, overlapping_terms
 from hierlmm.errors import HierlmmError, SingularFitWarning, warn
 from hierlmm.optimize import optimize_theta, theta_scale, warn_messages
 from hierlmm.results import LMMResult
@@ -238,8 +238,9 @@ class LMM:
                         opt = self._off_the_boundary(dev, again, maxeval, check_convergence)
                 fit = LMMResult(self, dev, opt)
         opt = fit.opt
-        caveats = fit.deviance_function.collinear_terms()
-        if caveats:  # digits the data cannot carry: never converged=True beside them
+        caveats = fit.deviance_function.collinear_terms() + (overlapping_terms(self.design.terms) if self.design.rows
+                                                             else [])
+        if caveats:  # digits (or a split) the data cannot carry: never converged=True beside them
             opt.messages.extend(caveats)
             opt.converged = False
         if fit.singular:

@@ -218,3 +218,21 @@ def test_correlation_headers_abbreviate_as_r(ref):
     formulaic = [n.replace("VarietyMarvellous", "Variety[T.Marvellous]").replace("VarietyVictory", "Variety[T.Victory]")
                  for n in ref["names"]]
     assert _abbrev(formulaic) == ref["abbreviated"]
+
+
+def test_overlapping_terms_are_not_converged(sleep):
+    """``(Days | Subject) + (1 | Subject)``: two intercepts per subject; only their total
+    variance is estimable (lme4: "degenerate Hessian"). The fit says so and is not
+    ``converged``; the total is the model's without the second intercept (a property: the
+    same marginal model), and separate terms of one factor, ``(Days || Subject)``, are fine."""
+    with pytest.warns(hl.ConvergenceWarning, match=r"\(Days \| Subject\) and \(1 \| Subject\) overlap"):
+        fit = hl.LMM("Reaction ~ Days + (Days | Subject) + (1 | Subject)", sleep).fit()
+    assert not fit.converged
+    one = hl.LMM("Reaction ~ Days + (Days | Subject)", sleep).fit()
+    assert fit.loglik == pytest.approx(one.loglik, abs=1e-6)
+    vc = fit.varcorr
+    total = vc[(vc.var1 == "(Intercept)") & vc.var2.isna() & vc.grp.str.startswith("Subject")].vcov.sum()
+    assert total == pytest.approx(one.varcorr.vcov.iloc[0], rel=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hl.ConvergenceWarning)
+        assert hl.LMM("Reaction ~ Days + (Days || Subject)", sleep).fit().converged
