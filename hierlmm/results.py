@@ -669,16 +669,20 @@ class LMMResult:
         return anova_table(self, type=type, ddf=ddf)
 
     def emmeans(self, specs, by=None, at: dict | None = None, ddf: str = "kenward-roger", level: float = 0.95,
-                pairwise: bool = False, adjust: str = "tukey") -> pd.DataFrame:
+                pairwise: bool = False, adjust: str | None = None, contrast: str | None = None) -> pd.DataFrame:
         """Estimated marginal means of the factor(s) ``specs`` within each level of ``by``
         (R's ``emmeans(fit, specs, by = by)``), or with ``pairwise=True`` their pairwise
-        differences (``pairs()``, Tukey-adjusted by default). Covariates at their means unless
-        ``at`` gives values; ``ddf`` ``"kenward-roger"`` (emmeans' default: adjusted SEs and
-        df), ``"satterthwaite"`` or ``"asymptotic"``. See :mod:`hierlmm.inference.emmeans`."""
+        differences (``pairs()``, Tukey-adjusted by default), or with ``contrast=`` emmeans'
+        ``contrast(emm, method)``: ``"trt.vs.ctrl"``, ``"consec"``, ``"eff"``, ``"poly"``,
+        each with emmeans' default adjustment unless ``adjust`` is given. Covariates at their
+        means unless ``at`` gives values; ``ddf`` ``"kenward-roger"`` (emmeans' default:
+        adjusted SEs and df), ``"satterthwaite"`` or ``"asymptotic"``. See
+        :mod:`hierlmm.inference.emmeans`."""
         from hierlmm.inference.emmeans import emmeans
 
         self.model.require("emmeans()", needs="rows")
-        return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level, pairwise=pairwise, adjust=adjust)
+        return emmeans(self, specs, by=by, at=at, ddf=ddf, level=level, pairwise=pairwise, adjust=adjust,
+                       contrast=contrast)
 
     def emtrends(self, specs, var: str, by=None, at: dict | None = None, ddf: str = "kenward-roger",
                  level: float = 0.95) -> pd.DataFrame:

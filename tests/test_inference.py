@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 import hierlmm as hl
 from conftest import REF_DIR, at_theta, load_ref, r_name
@@ -321,6 +322,23 @@ def test_emmeans_as_r():
         _emm_frame_close(f2.emmeans("N", pairwise=True, adjust=adjust), r[f"pairs_n_{adjust}"], PAIRS)
     _emm_frame_close(f2.emmeans("N", by="Variety", pairwise=True, adjust="holm"), r["pairs_n_by_variety_holm"],
                      {"Variety": "Variety", **PAIRS})
+    # emmeans' other contrast families, with their default adjustments (dunnettx, none, fdr)
+    _emm_frame_close(f2.emmeans("N", contrast="trt.vs.ctrl"), r["trt_vs_ctrl"], PAIRS)
+    _emm_frame_close(f2.emmeans("N", contrast="poly"), r["poly"], PAIRS)
+    _emm_frame_close(f2.emmeans("N", contrast="eff"), r["eff"], PAIRS)
+    _emm_frame_close(f2.emmeans("N", contrast="consec", adjust="holm"), r["consec_holm"], PAIRS)
+    _emm_frame_close(f2.emmeans("N", by="Variety", contrast="trt.vs.ctrl"), r["trt_vs_ctrl_by_variety"],
+                     {"Variety": "Variety", **PAIRS})
+    # Scheffé's rank of k effects is k − 1 (they sum to 0); emmeans counts k (its rank is that of
+    # zapsmall()'d linear functions, whose 1/12 and 1/6 rounded to 7 digits no longer sum to 0:
+    # "scheffe method with rank 3" for 3 varieties): all else as emmeans, p with rank 2
+    eff = f2.emmeans("Variety", contrast="eff", adjust="scheffe")
+    _emm_frame_close(eff, r["eff_scheffe"], {k: v for k, v in PAIRS.items() if k != "p.value"})
+    t, df = eff["t.ratio"].to_numpy(), eff["df"].to_numpy()
+    np.testing.assert_allclose(eff["p.value"], stats.f.sf(t**2 / 2, 2, df), rtol=1e-12)
+    np.testing.assert_allclose(r["eff_scheffe"]["p.value"], stats.f.sf(t**2 / 3, 3, df), rtol=1e-6)
+    with pytest.raises(hl.HierlmmError, match="'mvt'"):
+        f2.emmeans("N", contrast="consec")  # emmeans' default for consec: the multivariate t
 
 
 def test_emmeans_refuses_what_it_cannot_do():

@@ -93,18 +93,20 @@ def _covariance_and_df(fit, ddf: str):
 
 
 def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-roger", level: float = 0.95,
-            pairwise: bool = False, adjust: str = "tukey") -> pd.DataFrame:
+            pairwise: bool = False, adjust: str | None = None, contrast: str | None = None) -> pd.DataFrame:
     """Estimated marginal means of ``specs`` (a factor or a list), within each level of
-    ``by``; with ``pairwise=True`` their pairwise differences instead.
+    ``by``; with ``pairwise=True`` (or ``contrast="pairwise"``) their pairwise differences,
+    with ``contrast=`` one of emmeans' other families (:func:`contrast_matrix`) instead.
 
     Returns
     -------
     DataFrame
         EMMs: the ``specs`` and ``by`` columns, ``emmean, SE, df, lower.CL, upper.CL``
-        (emmeans' names). Contrasts: ``contrast`` (``"a - b"``), the ``by`` columns,
-        ``estimate, SE, df, t.ratio, p.value`` with ``adjust`` ``"tukey"`` (default, as
-        emmeans' ``pairs()``), ``"scheffe"``, ``"sidak"``, ``"bonferroni"``, ``"holm"``,
-        ``"fdr"`` or ``"none"`` (:func:`adjusted_p`), within each ``by`` group.
+        (emmeans' names). Contrasts: ``contrast`` (``"a - b"``, ``"linear"``, ``"a effect"``),
+        the ``by`` columns, ``estimate, SE, df, t.ratio, p.value`` with ``adjust`` (default
+        emmeans' for the family: ``"tukey"`` for pairs, ``"dunnettx"`` for ``trt.vs.ctrl``,
+        ``"fdr"`` for ``eff``, ``"none"`` for ``poly``; :func:`adjusted_p`), within each
+        ``by`` group.
     """
     design = fit.design
     if design.offset is not None:
@@ -130,7 +132,8 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
     if averaged and any(len(f) > 1 and f & set(keys) and f & set(averaged) for f in factors.values()):
         notes.insert(0, "NOTE: Results may be misleading due to involvement in interactions")
     notes.append(f"Degrees-of-freedom method: {_ddf(ddf)}")
-    if not pairwise:
+    method = "pairwise" if pairwise and contrast is None else contrast
+    if method is None:
         est = L @ beta
         se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
         df = np.array([df_of(row) for row in L])
@@ -138,13 +141,27 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
         out = labels.assign(emmean=est, SE=se, df=df, **{"lower.CL": est - q * se, "upper.CL": est + q * se})
         return as_table(out, f"Estimated marginal means ({_ddf(ddf)} df, {100 * level:g}% intervals)",
                         notes=notes + [f"Confidence level used: {level:g}"])
-    family = len(labels) // max(1, labels.groupby(by, sort=False).ngroups if by else 1)
+    if method not in DEFAULT_ADJUST:
+        raise HierlmmError(f"contrast must be one of {', '.join(map(repr, DEFAULT_ADJUST))}, got {method!r}")
+    if adjust is None:
+        adjust = DEFAULT_ADJUST[method]
+        if adjust == "mvt":
+            raise HierlmmError("emmeans adjusts consecutive contrasts by 'mvt' (the multivariate t of mvtnorm), "
+                               "which hierlmm does not implement: pass adjust= ('sidak', 'holm', 'bonferroni', "
+                               "'fdr', 'scheffe' or 'none')")
+    if adjust == "tukey" and method != "pairwise":
+        notes.append('Note: adjust = "tukey" was changed to "sidak" because "tukey" is only appropriate for one '
+                     "set of pairwise comparisons")
+        adjust = "sidak"
+    table, family, tests = _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust)
     if adjust != "none":
         notes.append(f"P value adjustment: {adjust} method for "
                      + (f"comparing a family of {family} estimates" if adjust in ("tukey", "scheffe")
-                        else f"{family * (family - 1) // 2} tests"))
-    return as_table(_pairs(labels, L, beta, V, df_of, specs, by, adjust),
-                    f"Pairwise differences of estimated marginal means (p adjusted: {adjust})", pvalues=["p.value"],
+                        else f"{tests} tests"))
+    title = {"pairwise": "Pairwise differences", "trt.vs.ctrl": "Differences from the reference level",
+             "consec": "Consecutive differences", "eff": "Differences from the grand mean",
+             "poly": "Polynomial contrasts"}[method]
+    return as_table(table, f"{title} of estimated marginal means (p adjusted: {adjust})", pvalues=["p.value"],
                     notes=notes)
 
 
@@ -225,45 +242,96 @@ def _side(label: str) -> str:
     return f"({label})" if _PARENS.search(label) else label
 
 
-ADJUST = ("tukey", "scheffe", "sidak", "bonferroni", "holm", "fdr", "none")
+ADJUST = ("tukey", "dunnettx", "scheffe", "sidak", "bonferroni", "holm", "fdr", "none")
+# emmeans' contrast families and the adjustment each gets by default
+DEFAULT_ADJUST = {"pairwise": "tukey", "trt.vs.ctrl": "dunnettx", "consec": "mvt", "eff": "fdr", "poly": "none"}
+_DEGREE = ["linear", "quadratic", "cubic", "quartic"] + [f"degree {d}" for d in range(5, 21)]
 
 
-def _pairs(labels, L, beta, V, df_of, specs, by, adjust) -> pd.DataFrame:
-    """emmeans' ``pairs()``: ``l_i − l_j`` for ``i < j`` within each ``by`` group, the p-values
-    adjusted within each group (emmeans' family) by :func:`adjusted_p`."""
+def contrast_matrix(method: str, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """emmeans' contrast family over ``k`` cells named ``names`` (rows: contrasts):
+
+    * ``pairwise``: ``a − b`` for each pair in level order;
+    * ``trt.vs.ctrl``: each level minus the first (``b − a``);
+    * ``consec``: each level minus the one before;
+    * ``eff``: each level minus the mean of all (``a effect``);
+    * ``poly``: orthogonal polynomials over equally spaced levels up to degree ``min(6, k−1)``
+      (``linear``, ``quadratic``, …), scaled to integers as emmeans' ``poly.emmc`` does (R's
+      ``poly(1:k)``, each column divided by its smallest entry above 0.01, then by its largest
+      distance to an integer while that exceeds 0.05, then rounded)."""
+    k = len(names)
+    eye = np.eye(k)
+    if method == "pairwise":
+        pairs = list(itertools.combinations(range(k), 2))
+        return np.array([eye[a] - eye[b] for a, b in pairs]).reshape(-1, k), [f"{names[a]} - {names[b]}"
+                                                                               for a, b in pairs]
+    if method == "trt.vs.ctrl":
+        return np.array([eye[i] - eye[0] for i in range(1, k)]).reshape(-1, k), [f"{names[i]} - {names[0]}"
+                                                                                  for i in range(1, k)]
+    if method == "consec":
+        return np.array([eye[i] - eye[i - 1] for i in range(1, k)]).reshape(-1, k), [f"{names[i]} - {names[i - 1]}"
+                                                                                      for i in range(1, k)]
+    if method == "eff":
+        return eye - 1.0 / k, [f"{n} effect" for n in names]
+    degree = min(6, k - 1)
+    x = np.arange(1, k + 1, dtype=float)
+    q, _ = np.linalg.qr(np.vander(x - x.mean(), degree + 1, increasing=True))
+    rows = []
+    for j in range(1, degree + 1):
+        con = q[:, j] * np.sign(q[-1, j])  # R's poly: a positive leading coefficient (positive at the last level)
+        con = con / np.min(con[con > 0.01])
+        z = np.max(np.abs(con - np.round(con)))
+        while z > 0.05:
+            con = con / z
+            z = np.max(np.abs(con - np.round(con)))
+        rows.append(np.round(con))
+    return np.array(rows), _DEGREE[:degree]
+
+
+def _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust) -> tuple[pd.DataFrame, int, int]:
+    """A contrast family (:func:`contrast_matrix`) of the EMMs within each ``by`` group, the
+    p-values adjusted within each group (emmeans' family) by :func:`adjusted_p`; also the
+    family's size (cells) and number of tests, for the note."""
     if adjust not in ADJUST:
         extra = " (emmeans' 'mvt' needs the multivariate t of mvtnorm: not implemented)" if adjust == "mvt" else ""
         raise HierlmmError(f"adjust must be one of {', '.join(map(repr, ADJUST))}, got {adjust!r}{extra}")
     groups = labels.groupby(by, sort=False).indices if by else {(): np.arange(len(labels))}
     numeric = {s: all(_is_number(v) for v in labels[s].unique()) for s in specs}
-    rows = []
+    rows, family, tests = [], 0, 0
     for key, idx in groups.items():
         idx = list(idx)
-        family = []
-        for a, b in itertools.combinations(idx, 2):
-            name = " - ".join(_side(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs))
-                              for i in (a, b))
-            l = L[a] - L[b]
+        names = [_side(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs)) for i in idx]
+        C, contrast_names = contrast_matrix(method, names)
+        group = []
+        for c, name in zip(C, contrast_names):
+            l = c @ L[idx]
             est, se = float(l @ beta), float(np.sqrt(l @ V @ l))
             row = {"contrast": name}
             row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
             row.update({"estimate": est, "SE": se, "df": float(df_of(l)), "t.ratio": est / se})
-            family.append(row)
-        t = np.array([r["t.ratio"] for r in family])
-        df = np.array([r["df"] for r in family])
-        for r, p in zip(family, adjusted_p(t, df, adjust, len(idx))):
+            group.append(row)
+        t = np.array([r["t.ratio"] for r in group])
+        df = np.array([r["df"] for r in group])
+        rank = int(np.linalg.matrix_rank(C))
+        for r, p in zip(group, adjusted_p(t, df, adjust, len(idx), rank=rank)):
             r["p.value"] = p
-        rows.extend(family)
-    return pd.DataFrame(rows)
+        rows.extend(group)
+        family, tests = len(idx), len(group)
+    return pd.DataFrame(rows), family, tests
 
 
-def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int) -> np.ndarray:
-    """Two-sided p-values of the ``m = k(k−1)/2`` pairwise t ratios of ``k`` means, adjusted as
-    emmeans adjusts a family:
+def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int, rank: int | None = None) -> np.ndarray:
+    """Two-sided p-values of a family of ``m`` t ratios over ``k`` means (pairwise: ``m =
+    k(k−1)/2``), adjusted as emmeans adjusts a family:
 
     * ``tukey``: the studentized range of ``k`` means, ``P(Q_{k,df} > √2 |t|)`` (with two
       means, the t test itself);
-    * ``scheffe``: ``P(F_{r,df} > t²/r)`` with ``r = k − 1``, the rank of the family;
+    * ``dunnettx``: emmeans' approximation of Dunnett's many-to-one distribution, ``1 −
+      [w P(Q_{k',df} ≤ √2|t|) + (1 − w) P(F_{1,df} ≤ t²)^m]`` with ``w = (m − 1)/m`` and
+      ``k' = (1 + √(1 + 8m))/2`` (the number of means whose pairs number ``m``);
+    * ``scheffe``: ``P(F_{r,df} > t²/r)`` with ``r`` the rank of the family (``k − 1`` for
+      pairs and for ``eff``, whose ``k`` effects sum to 0; emmeans counts ``k`` there, the rank
+      of its linear functions rounded by ``zapsmall`` no longer seeing that sum);
     * ``sidak``: ``1 − (1 − p)^m``; ``bonferroni``: ``min(1, m p)``;
     * ``holm`` and ``fdr`` (Benjamini–Hochberg): R's ``p.adjust`` on the family's p-values;
     * ``none``: ``p``."""
@@ -272,8 +340,14 @@ def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int) -> np.ndarray
     if adjust == "tukey" and k > 2:
         return stats.studentized_range.sf(np.abs(t) * np.sqrt(2), k, df)
     if adjust == "scheffe":
-        r = k - 1
+        r = k - 1 if rank is None else rank
         return stats.f.sf(t**2 / r, r, df)
+    if adjust == "dunnettx":
+        if m == 1:
+            return p
+        w, kk = (m - 1) / m, (1 + np.sqrt(1 + 8 * m)) / 2
+        below = w * stats.studentized_range.cdf(np.sqrt(2) * np.abs(t), kk, df) + (1 - w) * stats.f.cdf(t**2, 1, df)**m
+        return 1.0 - below
     if adjust == "sidak":
         return -np.expm1(m * np.log1p(-p))  # 1 − (1 − p)^m, accurate for small p
     if adjust == "bonferroni":

@@ -33,6 +33,12 @@ out <- list(
     pairs_n_sidak = frame(pairs(emmeans(m2, "N"), adjust = "sidak")),
     pairs_n_fdr = frame(pairs(emmeans(m2, "N"), adjust = "fdr")),
     pairs_n_scheffe = frame(pairs(emmeans(m2, "N"), adjust = "scheffe")),
-    pairs_n_by_variety_holm = frame(pairs(emmeans(m2, "N", by = "Variety"), adjust = "holm"))),
+    pairs_n_by_variety_holm = frame(pairs(emmeans(m2, "N", by = "Variety"), adjust = "holm")),
+    trt_vs_ctrl = frame(contrast(emmeans(m2, "N"), method = "trt.vs.ctrl")),
+    poly = frame(contrast(emmeans(m2, "N"), method = "poly")),
+    eff = frame(contrast(emmeans(m2, "N"), method = "eff")),
+    consec_holm = frame(contrast(emmeans(m2, "N"), method = "consec", adjust = "holm")),
+    trt_vs_ctrl_by_variety = frame(contrast(emmeans(m2, "N", by = "Variety"), method = "trt.vs.ctrl")),
+    eff_scheffe = frame(contrast(emmeans(m2, "Variety"), method = "eff", adjust = "scheffe"))),
   versions = list(emmeans = as.character(packageVersion("emmeans")), lmerTest = as.character(packageVersion("lmerTest"))))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE, na = "null"), "tests/reference/emmeans.json")
