@@ -260,7 +260,7 @@ def _required(expr: str, where: str, columns=frozenset()) -> set[str]:
     try:
         functions = set(formula_context())  # formulaic reads a function it does not know as a variable
         found = {"Intercept" if v == INTERCEPT_COLUMN else v for v in Formula(to_formulaic(expr)).required_variables
-                 if v not in functions}
+                 if v not in functions or v in columns}
     except Exception as exc:  # formulaic's parser errors
         raise FormulaError(f"cannot parse {where} {expr!r}: {exc}") from None
     tokens = {next(g for g in m.groups() if g) for m in _NAME.finditer(expr)}

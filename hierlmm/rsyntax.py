@@ -126,9 +126,10 @@ def r_name(name: str) -> str:
     ``C(o, contr.poly)`` → ``o``."""
     if name == "Intercept":
         return "(Intercept)"
+    # formulaic keeps the quotes of `my.var` in its names; R does not
     name = name.replace("`", "").replace(INTERCEPT_COLUMN, "Intercept")
     for r, py in R_DOTTED.items():
-        name = name.replace(py + "(", r + "(")  # formulaic keeps the quotes of `my.var` in its names; R does not
+        name = name.replace(py + "(", r + "(")
     return _POLY_TERM.sub(r"\1", _POLY_COLUMN.sub(r"\1\2", name))
 
 
@@ -188,8 +189,8 @@ def formula_context() -> dict:
     elementwise mathematics (``ceiling``, ``asin``, ``pmin``, …); R's ``TRUE``, ``FALSE``."""
     from hierlmm.splines import ns  # imports formulaic: only when a formula is evaluated
 
-    return {**_R_MATH, "ns": ns, "TRUE": True, "FALSE": False, "sqrt": np.sqrt, "log": _log, "log1p": np.log1p, "expm1": np.expm1, "as_numeric": _as_numeric,
-            "as_integer": _as_integer, "c": _c}
+    return {**_R_MATH, "ns": ns, "TRUE": True, "FALSE": False, "sqrt": np.sqrt, "log": _log, "log1p": np.log1p,
+            "expm1": np.expm1, "as_numeric": _as_numeric, "as_integer": _as_integer, "c": _c}
 
 
 _FACTOR_ARGUMENT = re.compile(r"\bC\(\s*`?([^,`()]+?)`?\s*[,)]")
