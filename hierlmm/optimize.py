@@ -199,11 +199,21 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
         # BOBYQA stops on small steps; in a flat valley that can leave a visible gradient.
         # Polish with (at most two) Newton steps on the free parameters, kept if they help.
         for _ in range(2):
-            if not more or H.size == 0 or np.any(np.linalg.eigvalsh(H) <= 0):
+            # a gradient or Hessian not computable near x (NaN), or a Hessian numpy cannot solve
+            # with (seed 31337's metamorphic x_shift of m0079 raised "Singular matrix" here), gives
+            # no Newton step
+            if (not more or H.size == 0 or not (np.all(np.isfinite(H)) and np.all(np.isfinite(g)))
+                    or np.any(np.linalg.eigvalsh(H) <= 0)):
+                break
+            try:
+                step = np.linalg.solve(H, g)
+            except np.linalg.LinAlgError:
+                break
+            if not np.all(np.isfinite(step)):
                 break
             free = ~(np.isfinite(lower) & (x - lower < SINGULAR_TOL))
             trial = x.copy()
-            trial[free] -= np.linalg.solve(H, g)
+            trial[free] -= step
             trial = np.maximum(trial, lower)
             f_trial = float(f(trial))
             if not f_trial < res.fun:
