@@ -117,16 +117,3 @@ def test_a_date_grouping_factor_is_a_factor():
     data["day"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(data.Days, unit="D")
     fit = hl.LMM("Reaction ~ Days + (1 | Subject) + (1 | day)", data).fit()
     assert fit.design.terms[1].m == 10
-
-
-@pytest.mark.parametrize("H", [np.array([[np.nan]]), np.array([[np.inf]]), np.array([[1e-320]])])
-def test_a_hessian_that_cannot_be_solved_gives_no_newton_step(monkeypatch, H):
-    """The convergence check's Newton polish skips a Hessian or gradient it cannot use (NaN,
-    inf, or one numpy's solve refuses) instead of raising numpy's LinAlgError (seed 31337's
-    metamorphic x_shift of m0079): the fit returns, not converged, with the check's message."""
-    from hierlmm import optimize
-
-    monkeypatch.setattr(optimize, "check_convergence", lambda f, x, lower: (["check failed"], np.array([1.0]), H))
-    with pytest.warns(hl.ConvergenceWarning, match="check failed"):
-        fit = hl.LMM("Reaction ~ Days + (1 | Subject)", hl.datasets.load("sleepstudy")).fit()
-    assert not fit.converged and "check failed" in fit.opt.messages
