@@ -210,6 +210,7 @@ def _public_calls(fit):
         "refit": [(fit.design.y * 2,)],
         "update": [(". ~ . - Days",), (None, None, "ML")],
         "emmeans": [("Days",), ("Days", None, None, "satterthwaite")],
+        "emtrends": [((), "Days"), ((), "Days", None, None, "satterthwaite")],
         "bootstrap": [(3,)],
         "drop1": [(), ("F",)],
     }
@@ -255,8 +256,8 @@ def test_every_public_member_works_or_names_the_feature(kind):
             getattr(fit.model, model_method)()
     # what each kind cannot do, and nothing else
     expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit", "drop1", "bootstrap", "emmeans",
-                        "hatvalues", "augment"},
+                        "emtrends", "hatvalues", "augment"},
                 "marginal": {"confint", "coef_table", "anova", "ranova", "fitted", "residuals", "predict",
                              "ranef", "ranef_posterior", "icc", "coef", "r2", "refit", "drop1", "bootstrap",
-                             "emmeans", "hatvalues", "augment"}}[kind]
+                             "emmeans", "emtrends", "hatvalues", "augment"}}[kind]
     assert set(refused) <= expected, set(refused) - expected
