@@ -351,6 +351,8 @@ def test_emmeans_refuses_what_it_cannot_do():
     off = hl.LMM("Reaction ~ Days + offset(Days) + (1 | Subject)", d).fit()
     with pytest.raises(hl.HierlmmError, match="offset"):
         off.emmeans("Days")
+    with pytest.raises(hl.HierlmmError, match="emtrends.*offset"):  # emtrends refuses what emmeans refuses
+        off.emtrends((), "Days")
     ml = hl.LMM("Reaction ~ Days + (1 | Subject)", d).fit(method="ML")
     with pytest.raises(hl.HierlmmError, match="REML"):
         ml.emmeans("Days")

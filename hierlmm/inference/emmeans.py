@@ -108,38 +108,20 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
         ``"fdr"`` for ``eff``, ``"none"`` for ``poly``; :func:`adjusted_p`), within each
         ``by`` group.
     """
-    design = fit.design
-    if design.offset is not None:
-        raise HierlmmError("emmeans() for a model with an offset is not implemented (emmeans would put the "
-                           "offset's variables at their means)")
-    if design.dropped_columns:
-        raise HierlmmError(f"emmeans() on a rank-deficient fixed part (dropped {', '.join(design.dropped_columns)}) "
-                           "needs an estimability check that is not implemented; remove the aliased terms")
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    by = [] if by is None else ([by] if isinstance(by, str) else list(by))
-    grid = reference_grid(fit, at)
-    for v in specs + by:
-        if v not in grid.columns:
-            raise HierlmmError(f"{v!r} is not a variable of the fixed part (it has {', '.join(grid.columns)})")
+    design, specs, by, grid = _grid(fit, specs, by, at, "emmeans()")
     keys = specs + by
     labels, L = _cell_means(grid, design.fixed_matrix(grid), keys)
     V, df_of = _covariance_and_df(fit, ddf)
     beta = fit.fixef.to_numpy()
-    # emmeans' notes: the factors averaged over, the df method, the interval's level, the adjustment
-    averaged = [v for v, val in _variables(design).items() if isinstance(val, list) and v not in keys]
-    notes = [f"Results are averaged over the levels of: {', '.join(averaged)}"] if averaged else []
+    notes = _notes(design, keys, ddf)
     _, _, factors, _ = fixed_terms(design)
+    averaged = _averaged(design, keys)
     if averaged and any(len(f) > 1 and f & set(keys) and f & set(averaged) for f in factors.values()):
         notes.insert(0, "NOTE: Results may be misleading due to involvement in interactions")
-    notes.append(f"Degrees-of-freedom method: {_ddf(ddf)}")
     method = "pairwise" if pairwise and contrast is None else contrast
     if method is None:
-        est = L @ beta
-        se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
-        df = np.array([df_of(row) for row in L])
-        q = stats.t.ppf(0.5 + level / 2, df)
-        out = labels.assign(emmean=est, SE=se, df=df, **{"lower.CL": est - q * se, "upper.CL": est + q * se})
-        return as_table(out, f"Estimated marginal means ({_ddf(ddf)} df, {100 * level:g}% intervals)",
+        return as_table(_intervals(labels, L, beta, V, df_of, level, "emmean"),
+                        f"Estimated marginal means ({_ddf(ddf)} df, {100 * level:g}% intervals)",
                         notes=notes + [f"Confidence level used: {level:g}"])
     if method not in DEFAULT_ADJUST:
         raise HierlmmError(f"contrast must be one of {', '.join(map(repr, DEFAULT_ADJUST))}, got {method!r}")
@@ -186,33 +168,61 @@ def emtrends(fit, specs, var: str, by=None, at: dict | None = None, ddf: str = "
     DataFrame
         The ``specs`` and ``by`` columns, ``VAR.trend, SE, df, lower.CL, upper.CL``.
     """
-    design = fit.design
-    specs = [specs] if isinstance(specs, str) else list(specs)
-    by = [] if by is None else ([by] if isinstance(by, str) else list(by))
+    design, specs, by, grid = _grid(fit, specs, by, at, "emtrends()")
     variables = _variables(design)
     if not isinstance(variables.get(var), float):
         raise HierlmmError(f"var={var!r} must be a numeric covariate of the fixed part "
                            f"(its covariates: {', '.join(v for v, x in variables.items() if isinstance(x, float))})")
-    grid = reference_grid(fit, at)
-    for v in specs + by:
-        if v not in grid.columns:
-            raise HierlmmError(f"{v!r} is not a variable of the fixed part (it has {', '.join(grid.columns)})")
     x = design.data[var].to_numpy(dtype=float)
     delta = 0.001 * (x.max() - x.min())
     moved = grid.assign(**{var: grid[var] + delta})
     keys = specs + by
     labels, L = _cell_means(grid, (design.fixed_matrix(moved) - design.fixed_matrix(grid)) / delta, keys)
     V, df_of = _covariance_and_df(fit, ddf)
-    est = L @ fit.fixef.to_numpy()
+    out = _intervals(labels, L, fit.fixef.to_numpy(), V, df_of, level, f"{var}.trend")
+    return as_table(out, f"Trends of {var} ({_ddf(ddf)} df, {100 * level:g}% intervals)",
+                    notes=_notes(design, keys, ddf) + [f"Confidence level used: {level:g}"])
+
+
+def _grid(fit, specs, by, at, what: str):
+    """``(design, specs, by, grid)``: the arguments as lists and the reference grid, after the
+    refusals emmeans() and emtrends() share (an offset, a rank-deficient fixed part, a
+    variable not in the fixed part)."""
+    design = fit.design
+    if design.offset is not None:
+        raise HierlmmError(f"{what} for a model with an offset is not implemented (emmeans would put the "
+                           "offset's variables at their means)")
+    if design.dropped_columns:
+        raise HierlmmError(f"{what} on a rank-deficient fixed part (dropped {', '.join(design.dropped_columns)}) "
+                           "needs an estimability check that is not implemented; remove the aliased terms")
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    by = [] if by is None else ([by] if isinstance(by, str) else list(by))
+    grid = reference_grid(fit, at)
+    for v in specs + by:
+        if v not in grid.columns:
+            raise HierlmmError(f"{v!r} is not a variable of the fixed part (it has {', '.join(grid.columns)})")
+    return design, specs, by, grid
+
+
+def _intervals(labels, L, beta, V, df_of, level: float, name: str) -> pd.DataFrame:
+    """``labels`` with the estimates ``L β̂`` (column ``name``), ``SE, df`` and the t intervals."""
+    est = L @ beta
     se = np.sqrt(np.einsum("ij,jk,ik->i", L, V, L))
     df = np.array([df_of(row) for row in L])
     q = stats.t.ppf(0.5 + level / 2, df)
-    out = labels.assign(**{f"{var}.trend": est, "SE": se, "df": df, "lower.CL": est - q * se,
-                           "upper.CL": est + q * se})
-    averaged = [v for v, val in variables.items() if isinstance(val, list) and v not in keys]
-    notes = ([f"Results are averaged over the levels of: {', '.join(averaged)}"] if averaged else []) + [
-        f"Degrees-of-freedom method: {_ddf(ddf)}", f"Confidence level used: {level:g}"]
-    return as_table(out, f"Trends of {var} ({_ddf(ddf)} df, {100 * level:g}% intervals)", notes=notes)
+    return labels.assign(**{name: est, "SE": se, "df": df, "lower.CL": est - q * se, "upper.CL": est + q * se})
+
+
+def _averaged(design, keys) -> list[str]:
+    """The factors of the fixed part not among ``keys``: the EMMs average over their levels."""
+    return [v for v, val in _variables(design).items() if isinstance(val, list) and v not in keys]
+
+
+def _notes(design, keys, ddf) -> list[str]:
+    """emmeans' notes under a table: the factors averaged over, the df method."""
+    averaged = _averaged(design, keys)
+    return ([f"Results are averaged over the levels of: {', '.join(averaged)}"] if averaged else []) + [
+        f"Degrees-of-freedom method: {_ddf(ddf)}"]
 
 
 def _levels(col: pd.Series) -> list:
