@@ -44,7 +44,7 @@ def compare_ranef(fit, post, level: float = 0.95):
 
 from hierlmm.model import LMM
 from hierlmm.optimize import optimize_theta
-from hierlmm.residual import AR1, CompoundSymmetry, Exponential, GaussianCorr
+from hierlmm.residual import AR1, CompoundSymmetry, Exponential, GaussianCorr, Unstructured, VarIdent
 from hierlmm.results import LMMResult
 
 __version__ = "0.1.0"
@@ -66,6 +66,8 @@ __all__ = [
     "Exponential",
     "GaussianCorr",
     "CompoundSymmetry",
+    "Unstructured",
+    "VarIdent",
     "HierlmmError",
     "FormulaError",
     "DataError",

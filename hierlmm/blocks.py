@@ -7,19 +7,49 @@ has. Kenward–Roger and the per-group engine work block by block with small den
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["independent_blocks", "split_blocks"]
+__all__ = ["Grouping", "column_grouping", "independent_blocks", "split_blocks"]
 
 
-def independent_blocks(design) -> np.ndarray:
-    """Label of the block of independent rows each observation belongs to."""
-    offsets = np.cumsum([0] + [t.m for t in design.terms])
+@dataclass(frozen=True)
+class Grouping:
+    """A grouping of the rows by a data column that is no random term's (a residual
+    structure's ``group=``, nlme's ``gls``): ``codes`` per row into ``levels``."""
+
+    group: str
+    codes: np.ndarray
+    levels: list[str]
+
+    @property
+    def m(self) -> int:
+        return len(self.levels)
+
+
+def column_grouping(data, name: str) -> Grouping:
+    """The rows of ``data`` grouped by column ``name`` (a factor's categories in order, else the
+    sorted values)."""
+    col = data[name]
+    cat = col.astype("category") if not isinstance(col.dtype, pd.CategoricalDtype) else col
+    return Grouping(name, cat.cat.codes.to_numpy().astype(np.int64), [str(c) for c in cat.cat.categories])
+
+
+def independent_blocks(design, extra=()) -> np.ndarray:
+    """Label of the block of independent rows each observation belongs to: connected through
+    the levels of the random terms and of the groupings in ``extra`` (a residual structure's);
+    each row its own block when there are none."""
+    groupings = list(design.terms) + [g for g in extra if all(g is not t for t in design.terms)]
+    if not groupings:
+        return np.arange(design.n)
+    offsets = np.cumsum([0] + [t.m for t in groupings])
     rows, cols = [], []
-    first = design.terms[0].codes + offsets[0]
-    for t, off in zip(design.terms[1:], offsets[1:]):
+    first = groupings[0].codes + offsets[0]
+    for t, off in zip(groupings[1:], offsets[1:]):
         rows.append(first)
         cols.append(t.codes + off)
     total = offsets[-1]

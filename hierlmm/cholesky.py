@@ -24,7 +24,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from hierlmm.crossprod import CrossProduct
-from hierlmm.reterms import ReTerm
+from hierlmm.reterms import ReTerm, lambda_entries, lambda_values
 
 __all__ = ["BlockedFactor", "BlockedCholesky"]
 
@@ -150,29 +150,26 @@ class BlockedCholesky:
             lam = np.ones(cp.r)
             start = 0
             for t, s in zip(self.rest, self.slices[1:]):
-                lam[start : start + t.m] = theta[s][0]
+                lam[start : start + t.m] = t.template(theta[s])[0, 0]
                 start += t.m
             return lam
         if self._lam_pattern is None:
             self._lam_pattern = self._rest_lambda_pattern()
         src, indices, indptr = self._lam_pattern
-        values = np.concatenate([theta[s] for s in self.slices[1:]] + [[1.0]])
+        values = np.append(lambda_values(self.rest, self.slices[1:], theta), 1.0)
         n = cp.q_rest + cp.p + 1
         return sp.csr_matrix((values[src], indices, indptr), shape=(n, n))
 
     def _rest_lambda_pattern(self):
         """The fixed sparsity of ``Λ_r = blockdiag(I_m ⊗ T_t, I)``: CSR ``indices``, ``indptr``
-        and, per stored entry, which of ``(θ_rest, 1)`` it holds (built once; every later Λ_r
+        and, per stored entry, which of ``(T's entries of the rest terms, 1)`` it holds (built once; every later Λ_r
         only gathers values)."""
-        from hierlmm.reterms import lambda_entries
-
         cp = self.cp
-        first = self.slices[1].start  # θ_rest starts here; its entries then a 1 for the identity
-        rows, cols, src, offset = lambda_entries(self.rest, self.slices[1:])
-        pos = sum(t.n_theta for t in self.rest)
+        rows, cols, src, offset = lambda_entries(self.rest)
+        pos = sum(t.cov.pattern[0].size for t in self.rest)  # the identity's 1, after T's entries
         eye = offset + np.arange(cp.p + 1)
         rows, cols = np.concatenate([rows, eye]), np.concatenate([cols, eye])
-        src = np.concatenate([src - first, np.full(cp.p + 1, pos)])
+        src = np.concatenate([src, np.full(cp.p + 1, pos)])
         n = offset + cp.p + 1
         order = sp.csr_matrix((np.arange(1, rows.size + 1, dtype=float), (rows, cols)), shape=(n, n))
         order.sort_indices()

@@ -52,12 +52,14 @@ def describe(model, fmt: str = "text") -> str:
             else:
                 coef = f"{sym}_{idx}{k}"
                 rand.append(coef if name == "(Intercept)" else f"{coef} {name}_ij")
-        struct = "unstructured" if t.k > 1 else "a variance"
+        struct = t.cov.title if t.k > 1 or not t.unstructured else "a variance"
         dname = "D" if len(d.terms) == 1 else f"D{n + 1}"
         dists.append((sym, idx, dname, t, struct))
-    residual = model.residual
+    residual, variance = model.residual, model.variance
     marginal = model.formulation == "marginal"
-    r_text = "I" if residual is None else f"R_i ({residual.name}{', ' + residual.param if residual.param else ''})"
+    r_text = "I" if residual is None else f"R_i ({residual.name})"
+    if variance is not None:  # Δ_i: the SD ratios of the rows' levels
+        r_text = f"Δ_i {r_text} Δ_i" if residual is not None else "Δ_i²"
     if fmt == "latex":
         mean = " + ".join(fixed + rand)
         lines = [r"\begin{aligned}",
@@ -73,6 +75,14 @@ def describe(model, fmt: str = "text") -> str:
     lines = []
     if getattr(model, "levels", None) is not None:
         lines += ["Level-wise form:"] + [f"  {line}" for line in model.levels.lines()]
+    if not d.terms:  # nlme's gls: the marginal model itself
+        within = f" within {residual.group}" if residual is not None else ""
+        lines += ["Marginal model (generalized least squares, no random effects):",
+                  f"  y_i ~ N(X_i β, V_i),  V_i = σ² {r_text}{within}"]
+        if variance is not None:
+            lines.append(f"  Δ_i: a residual SD ratio per level of {variance.column} (varIdent)")
+        text = "\n".join(lines)
+        return "```text\n" + text + "\n```" if fmt == "markdown" else text
     lines += ["Hierarchical form:", f"  {resp}_ij | b ~ N({mean}, {var})"]
     for sym, idx, dname, t, struct in dists:
         lines.append(f"  {sym}_{idx} ~ N(0, {dname}),  {dname}: {t.k} x {t.k} {struct} ({', '.join(t.names)}); "
@@ -84,6 +94,8 @@ def describe(model, fmt: str = "text") -> str:
     if d.weights is not None:
         r_text = "W_i⁻¹ (W_i the prior weights)"
     lines.append(f"  y_i ~ N({'o_i + ' if offset else ''}X_i β, V_i),  V_i = Z_i D Z_i' + σ² {r_text}")
+    if variance is not None:
+        lines.append(f"  Δ_i: a residual SD ratio per level of {variance.column} (varIdent)")
     if marginal:
         lines.append("  (fitted in the marginal formulation: only V_i must be positive definite, D may be "
                      "indefinite, and then no hierarchical model implies V_i)")

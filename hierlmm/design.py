@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning, warn
+from hierlmm.covariance import make_covariance
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.rfactors import derive_factors
 from hierlmm.safety import check_formula
@@ -92,6 +93,8 @@ class Design:
         Number of rows dropped for missing values (lme4's ``na.action``).
     residual : ResidualCorrelation or None
         The residuals' correlation structure (``None``: independent, ``σ²I``).
+    variance : VarIdent or None
+        The residuals' variance function (``None``: one residual SD σ).
     formulation : {"hierarchical", "marginal"}
         ``"marginal"``: only ``V = ZDZ' + σ²R`` must be positive definite (D may be indefinite).
     weights : ndarray, shape (n,), or None
@@ -121,6 +124,7 @@ class Design:
     treatment_formula: str | None = None
     derived: tuple = ()  # columns made from factor()/relevel() calls (hierlmm.rfactors.Derived)
     residual: object = None
+    variance: object = None  # a variance function of the residuals (hierlmm.residual.VarIdent)
     formulation: str = "hierarchical"
     weights: np.ndarray | None = None
     offset: np.ndarray | None = None
@@ -598,7 +602,8 @@ def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: lis
     if Z.shape[1] == 0:
         raise FormulaError(f"random-effects term {spec.source} has no columns")
     return ReTerm(group=spec.group, factors=spec.factors, expr=spec.expr, codes=codes, levels=levels, Z=Z,
-                  names=znames, source=spec.source, model_spec=zspec)
+                  names=znames, source=spec.source, model_spec=zspec,
+                  cov=make_covariance(spec.structure, znames, spec.source))
 
 
 def check_term(term: ReTerm, n: int) -> None:
@@ -721,7 +726,7 @@ def used_columns(parsed: ParsedFormula, columns, extra_columns=()) -> tuple[set[
 
 
 def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=None,
-                 formulation: str = "hierarchical", weights=None, offset=None) -> Design:
+                 formulation: str = "hierarchical", weights=None, offset=None, variance=None) -> Design:
     """Evaluate an lme4 formula on a data frame.
 
     Parameters
@@ -734,9 +739,10 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     extra_columns : sequence of str
         Further columns the model needs (e.g. the time column of a residual correlation
         structure): checked, kept in ``Design.data`` and included in the missing-value filter.
-    residual, formulation
+    residual, formulation, variance
         Stored in the design (see :class:`Design`); the residual structure's columns are
-        added to ``extra_columns``.
+        added to ``extra_columns``. With a residual structure the formula may have no
+        random-effects term (nlme's ``gls``).
     weights, offset : str or array_like, optional
         Prior weights (positive) and an offset added to the formula's ``offset()`` terms: a
         column of ``data`` or one value per row. Rows where either is missing are dropped.
@@ -760,12 +766,13 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         raise DataError("data has no rows")
     check_formula(formula)  # before anything reads it
     formula, data, derived = derive_factors(formula, data)
-    parsed = parse_formula(formula)
-    if residual is not None:
-        extra_columns = tuple(extra_columns) + tuple(residual.columns())
+    parsed = parse_formula(formula, random_required=residual is None and variance is None)
+    for structure in (residual, variance):
+        if structure is not None:
+            extra_columns = tuple(extra_columns) + tuple(structure.columns())
     wcol, wname = _argument_column(weights, data, "weights")
     ocol, _ = _argument_column(offset, data, "offset")
-    if (wcol is not None or ocol is not None or parsed.offsets) and (residual is not None
+    if (wcol is not None or ocol is not None or parsed.offsets) and (residual is not None or variance is not None
                                                                      or formulation == "marginal"):
         raise FormulaError("weights and offsets are not available with a residual correlation structure or the "
                            "marginal formulation (only for the hierarchical model with independent residuals)")
@@ -849,6 +856,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         all_fixef_names=all_names,
         treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
         residual=residual,
+        variance=variance,
         formulation=formulation,
         weights=w,
         offset=offset_values,

@@ -116,6 +116,7 @@ class Deviance:
     # what the per-group engine adds: no residual correlation, no marginal formulation here
     n_resid = 0
     residual = None
+    variance = None
     marginal = False
 
     @property
@@ -252,7 +253,9 @@ class Deviance:
 
     def unscaled_vcov_jacobian(self, theta, factor: BlockedFactor | None = None) -> np.ndarray:
         """``∂U/∂θ_i`` for every θ entry, ``U = (X'V⁻¹X)⁻¹`` (:meth:`unscaled_vcov`), exactly,
-        from one factorisation and the blocks of ``A``; shape ``(n_theta, p, p)``.
+        from one factorisation and the blocks of ``A``; shape ``(n_theta, p, p)``. For a
+        structured term, the derivatives in ``T``'s entries times ``∂T/∂θ``
+        (:meth:`hierlmm.covariance.Covariance.factor_jacobian`).
 
         With ``V = I + ZΛΛ'Z'`` and ``W = Z'V⁻¹X``, ``∂(X'V⁻¹X)/∂θ_i = −W'(E_iΛ' + ΛE_i')W``,
         ``E_i = ∂Λ/∂θ_i = I_m ⊗ e_a e_b'`` for θ_i at ``T[a, b]`` of its term. Woodbury gives
@@ -295,10 +298,14 @@ class Deviance:
         Rinv = scipy.linalg.solve_triangular(f.L22[xr, xr], np.eye(p), lower=True, check_finite=False)
         U = Rinv.T @ Rinv  # (X̃'V⁻¹X̃)⁻¹
         out = []
-        for t, W, Q in zip(terms, Ws, Qs):
-            for a, b in t.pairs:
+        for t, W, Q, s in zip(terms, Ws, Qs, self.slices):
+            rows, cols = t.cov.pattern
+            per_entry = []  # ∂U/∂T[a, b] over T's possibly non-zero entries
+            for a, b in zip(rows.tolist(), cols.tolist()):
                 K = W[:, a, :].T @ Q[:, b, :]
-                out.append(U @ (K + K.T) @ U)
+                per_entry.append(U @ (K + K.T) @ U)
+            # chain rule to the structure's parameters (the identity for an unstructured term)
+            out.extend(np.einsum("epq,ei->ipq", np.stack(per_entry), t.cov.factor_jacobian(theta[s])))
         return self.cp.cov(np.stack(out))
 
     def sigma2(self, factor: BlockedFactor) -> float:

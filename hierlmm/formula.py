@@ -9,7 +9,9 @@ Grammar of a random-effects term, as lme4's ``findbars``/``expandDoubleVerts``:
   (``1``, ``x``, ``1 + x + z``, ``0 + x``, ``-1 + x``, ``0 + f`` with a factor ``f``);
 * ``(expr || g)``  uncorrelated: one term per formula term of ``expr``;
 * ``g`` may be ``a:b`` (the interaction of grouping factors) or ``a/b`` (nested:
-  ``(expr | a) + (expr | b:a)``; ``a/b/c`` likewise).
+  ``(expr | a) + (expr | b:a)``; ``a/b/c`` likewise);
+* ``s(expr | g)`` with ``s`` one of glmmTMB's structures (``us``, ``diag``, ``homdiag``, ``cs``,
+  ``homcs``, ``ar1``, ``toep``; :mod:`hierlmm.covariance`): the term with that covariance.
 
 ``offset(expr)`` terms of the fixed part are set apart (``ParsedFormula.offsets``): known
 terms added to the linear predictor, as in R.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from hierlmm.covariance import STRUCTURES
 from hierlmm.errors import FormulaError
 from hierlmm.safety import check_formula
 
@@ -46,12 +49,19 @@ class RandomSpec:
     factors: tuple[str, ...]
     source: str
     name: str = ""  # lme4's name where it is not a:b (a nesting of three: k:(h:g))
+    structure: str = "us"  # the covariance structure (hierlmm.covariance.STRUCTURES)
 
     @property
     def group(self) -> str:
         """lme4's name of the grouping factor (``cask:batch`` for ``batch/cask``,
         ``k:(h:g)`` for ``g/h/k``)."""
         return self.name or ":".join(self.factors)
+
+    @property
+    def text(self) -> str:
+        """The term alone, as a formula writes it: ``(1 + x | g)``, ``diag(1 + x | g)``."""
+        inner = f"({self.expr} | {self.group})"
+        return inner if self.structure == "us" else f"{self.structure}{inner}"
 
 
 @dataclass(frozen=True)
@@ -148,8 +158,36 @@ def _grouping(text: str, source: str) -> list[tuple[tuple[str, ...], str]]:
     return groups
 
 
-def _random_terms(inner: str, source: str) -> list[RandomSpec]:
+_WRAPPED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(\(.*\))$", re.S)
+# a structure's name called anywhere (the fixed part may not use them)
+_STRUCTURE_CALL = re.compile(r"(?<![\w.])(" + "|".join(k for k in STRUCTURES if k != "cs") + r")\s*\(")
+
+
+def random_piece(piece: str) -> tuple[str, str] | None:
+    """``(structure, inner)`` when ``piece`` is one random-effects term, ``(x | g)`` or
+    ``diag(x | g)``, else ``None`` (a call such as glmmTMB's ``ou(...)`` that hierlmm lacks is an
+    error naming those it has)."""
+    piece = piece.strip()
+    structure, group = "us", piece
+    wrapped = _WRAPPED.match(piece)
+    if wrapped and not piece.startswith("("):
+        structure, group = wrapped.group(1), wrapped.group(2)
+    if not (group.startswith("(") and _matching(group) == len(group) - 1):
+        return None
+    inner = group[1:-1]
+    if _find_bar(inner) is None:
+        return None
+    if structure not in STRUCTURES:
+        raise FormulaError(f"{structure}() around the random-effects term {piece!r} is no covariance structure "
+                           f"hierlmm has; it has {', '.join(s + '()' for s in STRUCTURES)} (glmmTMB's names)")
+    return structure, inner
+
+
+def _random_terms(inner: str, source: str, structure: str = "us") -> list[RandomSpec]:
     pos, width = _find_bar(inner)
+    if width == 2 and structure != "us":
+        raise FormulaError(f"{source}: '||' already makes the effects independent; write {structure}({inner.replace('||', '|')}) "
+                           "or (... || g)")
     expr, group = inner[:pos].strip(), inner[pos + width :]
     if not expr:
         raise FormulaError(
@@ -160,7 +198,7 @@ def _random_terms(inner: str, source: str) -> list[RandomSpec]:
     for factors, name in _grouping(group, source):
         name = "" if name == ":".join(factors) else name
         if width == 1:
-            specs.append(RandomSpec(expr, factors, source, name))
+            specs.append(RandomSpec(expr, factors, source, name, structure))
         else:
             specs.extend(RandomSpec(e, factors, source, name) for e in _uncorrelated(expr))
     return specs
@@ -185,13 +223,17 @@ def _uncorrelated(expr: str) -> list[str]:
     return out
 
 
-def parse_formula(formula: str) -> ParsedFormula:
+def parse_formula(formula: str, random_required: bool = True) -> ParsedFormula:
     """Split an lme4 formula into response, fixed part and random-effects terms.
 
     Parameters
     ----------
     formula : str
         e.g. ``"Reaction ~ Days + (Days | Subject)"``.
+
+    random_required : bool
+        A formula without random-effects terms is an error (a model with a residual structure
+        may have none: nlme's ``gls``).
 
     Returns
     -------
@@ -232,18 +274,21 @@ def parse_formula(formula: str) -> ParsedFormula:
             stripped = " ".join(f"{s} {p}" for s, p in rest).lstrip("+ ")
             if stripped.startswith("-"):
                 stripped = "1 " + stripped
-        if stripped.startswith("(") and stripped.endswith(")") and _matching(stripped) == len(stripped) - 1:
-            inner = stripped[1:-1]
-            if _find_bar(inner) is not None:
-                random.extend(_random_terms(inner, stripped))
-                continue
+        found = random_piece(stripped)
+        if found is not None:
+            random.extend(_random_terms(found[1], stripped, found[0]))
+            continue
         if "|" in stripped:
             raise FormulaError(
                 f"term {stripped!r} of formula {formula!r} uses '|' outside a parenthesised "
                 "random-effects term: write (expr | group)"
             )
+        called = _STRUCTURE_CALL.search(stripped)
+        if called:
+            raise FormulaError(f"term {stripped!r} of formula {formula!r}: {called.group(1)}() is a covariance "
+                               f"structure and wraps a random-effects term, e.g. {called.group(1)}(0 + f | g)")
         fixed_parts.append(stripped)
-    if not random:
+    if not random and random_required:
         raise FormulaError(
             f"formula {formula!r} has no random-effects term such as (1 | group); "
             "a linear mixed model needs at least one"
@@ -319,8 +364,7 @@ def update_formula(old: str, new: str) -> str:
             offsets = po.offsets
             random.extend(old_random)
             continue
-        bare = piece[1:-1] if piece.startswith("(") and piece.endswith(")") and _matching(piece) == len(piece) - 1 else ""
-        if bare and _find_bar(bare) is not None:
+        if random_piece(piece) is not None:
             if sign == "+":
                 random.append(piece)
             else:

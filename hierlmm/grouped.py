@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from hierlmm.blocks import independent_blocks, split_blocks
+from hierlmm.blocks import column_grouping, independent_blocks, split_blocks
 from hierlmm.crossprod import center_response, fixed_map, internal_columns
 from hierlmm.criterion import criterion
 from hierlmm.deviance import Solution, collinear_terms
@@ -69,25 +69,32 @@ class GroupedDeviance:
                  for t in self.design.terms]
         return np.concatenate(parts + [np.ones(self.n_resid)])
 
-    def __init__(self, design, reml=True, residual=None, marginal=None):
+    def __init__(self, design, reml=True, residual=None, marginal=None, variance=None):
         residual = design.residual if residual is None else residual
+        variance = design.variance if variance is None else variance
         marginal = design.formulation == "marginal" if marginal is None else marginal
         self.design, self.reml, self.residual, self.marginal = design, bool(reml), residual, bool(marginal)
+        self.variance = variance
         self.n, self.p = design.n, design.p
         self.n_theta = design.n_theta
-        self.n_resid = 0 if residual is None else 1
+        # the residual structure's parameters after θ: its correlation's, then its variance function's
+        self.n_corr = 0 if residual is None else residual.n_params(design.data)
+        self.n_var = 0 if variance is None else variance.n_params(design.data)
+        self.n_resid = self.n_corr + self.n_var
         self.slices = design.theta_slices()
         self.evaluations = 0
         terms = design.terms
-        lower = np.concatenate([np.full(t.n_theta, -np.inf) if marginal else t.theta_lower() for t in terms])
+        lower = np.concatenate([np.full(t.n_theta, -np.inf) if marginal else t.theta_lower() for t in terms]
+                               + [np.zeros(0)])
         self.lower = np.concatenate([lower, np.full(self.n_resid, -np.inf)])
-        # residual groups: levels of the innermost grouping factor (or the one named)
+        # residual groups: levels of the innermost grouping factor, or of the column named
         if residual is not None:
             gname = residual.group
+            if gname is None and not terms:
+                raise HierlmmError(f"a model without random effects needs the group of its residual structure: "
+                                   f"{type(residual).__name__}(..., group='column')")
             rterm = next((t for t in terms if t.group == gname), None) if gname else terms[0]
-            if rterm is None:
-                raise HierlmmError(f"residual correlation group {gname!r} is not a grouping factor of the model")
-            self.rgroup = rterm
+            self.rgroup = rterm if rterm is not None else column_grouping(design.data, gname)
         # X̃ = X R⁻¹ and y_c = y − Xβ₀ (module doc)
         X = design.X
         self.x_map = fixed_map(X.T @ X, self.n, lambda: scipy.linalg.qr(X, mode="r", check_finite=False)[0])
@@ -96,7 +103,7 @@ class GroupedDeviance:
         yc, b0 = center_response(Xt, np.ones(self.p), Xt.T @ Xt, design.y)
         self._rinv = scipy.linalg.solve_triangular(self.x_map, np.eye(self.p), lower=False) if self.p else self.x_map
         self.y_shift = self._rinv @ b0
-        labels = independent_blocks(design)
+        labels = independent_blocks(design, [self.rgroup] if residual is not None else [])
         by_size: dict[int, list[np.ndarray]] = {}
         for rows in split_blocks(labels):
             by_size.setdefault(len(rows), []).append(rows)
@@ -108,13 +115,16 @@ class GroupedDeviance:
             for t in terms:
                 codes = t.codes[rows]
                 same = codes[:, :, None] == codes[:, None, :]
-                for a, c in t.pairs:
+                for a, c in t.tril_pairs:
                     za, zc = t.Z[rows, a], t.Z[rows, c]
                     G = za[:, :, None] * zc[:, None, :] * same
                     if a != c:
                         G = G + np.transpose(G, (0, 2, 1))
                     comps.append(G)
-            stack = {"rows": rows, "comps": np.stack(comps, axis=1), "X": Xt[rows], "y": yc[rows]}
+            comps = np.stack(comps, axis=1) if comps else np.zeros((rows.shape[0], 0) + rows.shape[1:] * 2)
+            stack = {"rows": rows, "comps": comps, "X": Xt[rows], "y": yc[rows]}
+            if variance is not None:
+                stack["vcodes"] = variance.codes(design.data, rows.ravel()).reshape(rows.shape)
             if residual is not None:
                 stack["rgroups"] = self.rgroup.codes[rows]  # (G, s)
                 stack["pos"] = np.empty(rows.shape)
@@ -140,41 +150,83 @@ class GroupedDeviance:
         return out
 
     def residual_value(self, params):
-        return None if self.residual is None else self.residual.natural(params[self.n_theta])
+        """The residual correlation's natural value(s) (``None``: independent residuals)."""
+        if self.residual is None:
+            return None
+        return self.residual.values(np.asarray(params[self.n_theta:self.n_theta + self.n_corr], dtype=float))
+
+    def variance_value(self, params):
+        """The variance function's SD ratios per level (``None``: one residual SD)."""
+        if self.variance is None:
+            return None
+        return self.variance.values(np.asarray(params[self.n_theta + self.n_corr:], dtype=float))
+
+    def residual_report(self, params) -> dict:
+        """The residual structure's natural parameters by name (:meth:`ResidualCorrelation.report`)."""
+        out = {}
+        if self.residual is not None:
+            out.update(self.residual.report(self.residual_value(params), self.design.data))
+        if self.variance is not None:
+            out.update(self.variance.report(self.variance_value(params), self.design.data))
+        return out
+
+    def residual_names(self) -> list[str]:
+        """Names of the residual structure's (unbounded) parameters, in θ's order after the terms'."""
+        names = []
+        if self.residual is not None:
+            names += [f"{self.residual.param}{i + 1 if self.n_corr > 1 else ''} (unconstrained)"
+                      for i in range(self.n_corr)]
+        if self.variance is not None:
+            names += [f"log {n}" for n in self.variance.report(np.ones(self.n_var + 1), self.design.data)]
+        return names
 
     def _start(self):
-        start = np.concatenate([t.theta_start() for t in self.design.terms])
+        start = np.concatenate([t.theta_start() for t in self.design.terms] + [np.zeros(0)])
         if self.residual is not None:
-            start = np.append(start, self.residual.start(self.positions_all))
-        return start
+            start = np.append(start, self.residual.start_vector(self.positions_all, self.design.data))
+        return np.append(start, np.zeros(self.n_var))
+
+    def null_start(self, theta0):
+        """``theta0`` with the residual correlation's parameters where it (numerically) vanishes."""
+        out = np.array(theta0, dtype=float)
+        if self.residual is not None:
+            out[self.n_theta:self.n_theta + self.n_corr] = self.residual.null_vector(self.positions_all,
+                                                                                     self.design.data)
+        return out
 
     def _svec(self, params):
         """The entries of every ``S_t``'s lower triangle, in θ's order (``comps``'s order)."""
-        return np.array([S[a, c] for t, S in zip(self.design.terms, self.relcovs(params)) for a, c in t.pairs])
+        return np.array([S[a, c] for t, S in zip(self.design.terms, self.relcovs(params)) for a, c in t.tril_pairs])
 
-    def _V0(self, stack, svec, rvalue):
+    def _V0(self, stack, svec, rvalue, delta=None):
+        """``V0_b = Σ_t Z_t (I ⊗ S_t) Z_t' + Δ R(ψ) Δ`` for every block of the stack (``Δ`` the
+        variance function's SD ratios of the rows, ``I`` without one)."""
         V = np.einsum("c,gcij->gij", svec, stack["comps"])
         G, s = stack["rows"].shape
         if self.residual is None:
-            V[:, np.arange(s), np.arange(s)] += 1.0
+            R = np.broadcast_to(np.eye(s), (G, s, s))
         else:
             rg, pos = stack["rgroups"], stack["pos"]
+            R = np.empty((G, s, s))
             for g in range(G):
                 same = rg[g][:, None] == rg[g][None, :]
-                V[g] += self.residual.matrix(rvalue, pos[g]) * same
-        return V
+                R[g] = self.residual.matrix(rvalue, pos[g]) * same
+        if delta is not None:
+            d = delta[stack["vcodes"]]
+            R = R * d[:, :, None] * d[:, None, :]
+        return V + R
 
     # -- the criterion ------------------------------------------------------------------
     def _accumulate(self, params):
         svec = self._svec(params)
-        rvalue = self.residual_value(params)
+        rvalue, delta = self.residual_value(params), self.variance_value(params)
         p = self.p
         logdet = 0.0
         XtVX = np.zeros((p, p))
         XtVy = np.zeros(p)
         ytVy = 0.0
         for stack in self.stacks:
-            V = self._V0(stack, svec, rvalue)
+            V = self._V0(stack, svec, rvalue, delta)
             try:
                 C = np.linalg.cholesky(V)
             except np.linalg.LinAlgError:
@@ -234,12 +286,12 @@ class GroupedDeviance:
 
     def _blups(self, params, beta):
         """``b̂ = S Z'V0⁻¹(y − Xβ̂)`` per term and level (``D Z'V⁻¹ r`` with σ² cancelling)."""
-        svec, rvalue = self._svec(params), self.residual_value(params)
+        svec, rvalue, delta = self._svec(params), self.residual_value(params), self.variance_value(params)
         terms = self.design.terms
         Ss = self.relcovs(params)
         out = [np.zeros((t.m, t.k)) for t in terms]
         for stack in self.stacks:
-            V = self._V0(stack, svec, rvalue)
+            V = self._V0(stack, svec, rvalue, delta)
             w = np.linalg.solve(V, (stack["y"] - stack["X"] @ beta)[..., None])[..., 0]  # (G, s)
             rows = stack["rows"]
             for t, o in zip(terms, out):
@@ -250,9 +302,9 @@ class GroupedDeviance:
 
     def block_matrices(self, params):
         """Yield ``(rows, V0_b)`` for every block (for posteriors and marginal covariances)."""
-        svec, rvalue = self._svec(params), self.residual_value(params)
+        svec, rvalue, delta = self._svec(params), self.residual_value(params), self.variance_value(params)
         for stack in self.stacks:
-            V = self._V0(stack, svec, rvalue)
+            V = self._V0(stack, svec, rvalue, delta)
             for g in range(V.shape[0]):
                 yield stack["rows"][g], V[g]
 

@@ -42,10 +42,15 @@ class LMM:
     data : pandas.DataFrame
         Rows with a missing value in any variable of the formula are dropped (the count is
         reported as ``n_missing``).
-    residual : hierlmm.AR1, hierlmm.Exponential, hierlmm.GaussianCorr or hierlmm.CompoundSymmetry, optional
+    residual : hierlmm.AR1, hierlmm.Exponential, hierlmm.GaussianCorr, hierlmm.CompoundSymmetry or hierlmm.Unstructured, optional
         A correlation of the residuals within the levels of the grouping factor (nlme's
         ``correlation=``, e.g. ``hl.AR1(order="Days")``): ``Var(ε_i) = σ² R_i``; the fit then
-        works on the rows (:mod:`hierlmm.residual`). Default: independent residuals.
+        works on the rows (:mod:`hierlmm.residual`). Default: independent residuals. With one,
+        the formula may have no random-effects term (nlme's ``gls``; give its ``group=``):
+        ``hl.LMM("y ~ arm * visit", d, residual=hl.Unstructured(time="visit", group="id"),
+        variance=hl.VarIdent("visit"))`` is the MMRM of clinical trials.
+    variance : hierlmm.VarIdent, optional
+        A residual SD per level of a column (nlme's ``weights = varIdent(~ 1 | visit)``).
     formulation : {"hierarchical", "marginal"}
         ``"hierarchical"`` (default): ``b ~ N(0, D)`` with ``D`` positive semi-definite, as lme4.
         ``"marginal"``: only ``V = ZDZ' + σ²I`` must be positive definite, so ``D`` may be
@@ -73,8 +78,8 @@ class LMM:
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, residual=None, formulation: str = "hierarchical",
-                 weights=None, offset=None, progress: bool | None = None):
-        from hierlmm.residual import ResidualCorrelation
+                 weights=None, offset=None, progress: bool | None = None, variance=None):
+        from hierlmm.residual import ResidualCorrelation, VarIdent
 
         if formulation not in ("hierarchical", "marginal"):
             raise HierlmmError(f"formulation must be 'hierarchical' or 'marginal', got {formulation!r}")
@@ -83,17 +88,27 @@ class LMM:
                 "residual must be a correlation structure such as hl.AR1(), hl.Exponential(time='t'), "
                 f"hl.GaussianCorr(time='t') or hl.CompoundSymmetry(); got {residual!r}"
             )
+        if variance is not None and not isinstance(variance, VarIdent):
+            raise HierlmmError(f"variance must be a variance function such as hl.VarIdent('visit'); got {variance!r}")
         from hierlmm.partitioned import build_partitioned_design, is_dask
 
         self.formula = formula
         self.data = data
         if is_dask(data):
+            if variance is not None:
+                raise HierlmmError("variance= needs the rows in memory (a pandas DataFrame); the Dask path fits "
+                                   "the hierarchical model with independent equal-variance residuals")
             self.design: Design = build_partitioned_design(formula, data, residual=residual, formulation=formulation,
                                                            weights=weights, offset=offset, progress=progress)
         else:
             self.design = build_design(formula, data, residual=residual, formulation=formulation, weights=weights,
-                                       offset=offset)
+                                       offset=offset, variance=variance)
+        if formulation == "marginal":
+            self.require("formulation='marginal'", needs="unstructured",
+                         instead="its parameters are the entries of an unstructured D; use the default hierarchical "
+                         "formulation for a structured term")
         self._deviance: dict[bool, Deviance] = {}
+        self._compiled: dict = {}  # samplers compiled by sample(), by (sampler, prior)
 
     @classmethod
     def from_parquet(cls, formula: str, path, progress: bool | None = None, **kwargs) -> LMM:
@@ -141,12 +156,15 @@ class LMM:
     weights = design_attribute("weights_argument")  # weights= as given (a column name or an array)
     offset = design_attribute("offset_argument")  # offset= as given
     residual = design_attribute("residual")
+    variance = design_attribute("variance")
     formulation = design_attribute("formulation")
 
     @property
     def grouped(self) -> bool:
-        """Fitted by the per-group engine (correlated residuals or marginal formulation)."""
-        return self.residual is not None or self.formulation == "marginal"
+        """Fitted by the per-group engine (correlated or heteroscedastic residuals, no random
+        term, or the marginal formulation)."""
+        return (self.residual is not None or self.variance is not None or self.formulation == "marginal"
+                or not self.design.terms)
 
     def require(self, what: str, needs: str = "iid", instead: str = "") -> None:
         """Refuse ``what`` on a model it does not implement, naming the model feature at fault.
@@ -157,11 +175,12 @@ class LMM:
         ----------
         what : str
             The method, as the user called it (``"Kenward-Roger"``, ``"simulate()"``).
-        needs : {"iid", "b", "rows"}
+        needs : {"iid", "b", "rows", "unstructured"}
             ``"iid"``: the hierarchical model with independent residuals (the blocked
             cross-product engine: profiles, bootstrap, Kenward–Roger, simulate, ranova, the
             Bayesian side); ``"b"``: random effects ``b`` exist (not the marginal formulation);
-            ``"rows"``: the data's rows in memory (not a Dask DataFrame).
+            ``"rows"``: the data's rows in memory (not a Dask DataFrame); ``"unstructured"``:
+            every random term lme4's unstructured ``(x | g)`` (:mod:`hierlmm.covariance`).
         instead : str
             What the user can do instead.
 
@@ -170,7 +189,12 @@ class LMM:
         HierlmmError
         """
         why = None
-        if needs == "rows":
+        if needs == "unstructured":
+            other = [t for t in self.design.terms if not t.unstructured]
+            if other:
+                why = ("it is implemented for lme4's unstructured terms, and this model has "
+                       + ", ".join(f"{t.describe()} ({t.cov.title})" for t in other))
+        elif needs == "rows":
             if not self.design.rows:
                 why = ("it needs every row in memory, and this model's rows are in a Dask DataFrame (it is fitted "
                        "from the reduced cross-product)")
@@ -181,6 +205,10 @@ class LMM:
                    "V = ZDZ' + σ²I with D possibly indefinite, so no random effect b stands behind it")
         elif needs == "iid" and self.residual is not None:
             why = f"the model has correlated residuals (residual={self.residual!r})"
+        elif needs == "iid" and self.variance is not None:
+            why = f"the model has residual variances per level (variance={self.variance!r})"
+        elif needs == "iid" and not self.design.terms:
+            why = "the model has no random effects (nlme's gls)"
         if why is not None:
             raise HierlmmError(f"{what} is not available: {why}" + (f"; {instead}" if instead else ""))
 
@@ -306,14 +334,15 @@ class LMM:
 
         dev = GroupedDeviance(self.design, reml=method == "REML")
         if theta0 is None:
-            # start from the iid hierarchical fit (fast) and no residual correlation
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                base = optimize_theta(self.deviance_function(reml=method == "REML"), check=False).theta
-            start = base
-            if dev.marginal:
-                start = np.concatenate([t.theta_from_template(t.relcov(base[s]))
-                                        for t, s in zip(self.design.terms, self.design.theta_slices())])
+            start = np.zeros(0)
+            if self.design.terms:
+                # start from the iid hierarchical fit (fast) and no residual correlation
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    start = optimize_theta(self.deviance_function(reml=method == "REML"), check=False).theta
+                if dev.marginal:
+                    start = np.concatenate([t.theta_from_template(t.relcov(start[s]))
+                                            for t, s in zip(self.design.terms, self.design.theta_slices())])
             theta0 = np.concatenate([start, dev.theta0[dev.n_theta:]])
         from hierlmm.threads import one_blas_thread
 
@@ -323,17 +352,37 @@ class LMM:
             if dev.residual is not None:
                 # the likelihood is flat where the residual correlation vanishes; start there too
                 # and keep the better optimum
-                null = np.append(theta0[: dev.n_theta], dev.residual.null_start(dev.positions_all))
-                other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
-                if other.fun < opt.fun:
-                    opt = other
+                null = dev.null_start(theta0)
+                if not np.array_equal(null, theta0):
+                    other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
+                    if other.fun < opt.fun:
+                        opt = other
             return LMMResult(self, dev, opt)
+
+    def updated(self, formula: str | None = None, data=None) -> LMM:
+        """The same model (residual structure, variance function, formulation, weights and
+        offset) with another formula or data (:meth:`LMMResult.update`)."""
+        return type(self)(self.formula if formula is None else formula, self.data if data is None else data,
+                          residual=self.residual, formulation=self.formulation, weights=self.weights,
+                          offset=self.offset, variance=self.variance)
+
+    def with_response(self, y) -> LMM:
+        """The same model and design for another response ``y`` (one value per row used; lme4's
+        ``refit``): of the cross-product only the response's row is computed again, and no
+        sampler compiled for the old response is carried over."""
+        import copy
+
+        model = copy.copy(self)
+        model._compiled = {}
+        model.design = self.design.with_response(y)
+        model._deviance = {reml: dev.with_response(y) for reml, dev in self._deviance.items()}
+        return model
 
     def __getstate__(self) -> dict:
         """Pickled without the compiled samplers (``_compiled``: numba callbacks and PyTensor
         functions, a cache that ``sample()`` rebuilds)."""
         state = dict(self.__dict__)
-        state.pop("_compiled", None)
+        state["_compiled"] = {}
         return state
 
     def describe(self) -> str:
@@ -388,6 +437,8 @@ class LMM:
         random_seed = seed(random_seed)
         if max_draws is not None:
             max_draws = count(max_draws, "max_draws", minimum=draws)
+        self.require("sample()", needs="unstructured", instead="fit it with .fit(); the Bayesian side samples "
+                     "unstructured D (flat on its entries) only, so far")
         self.require("sample()", instead="the Bayesian side implements the hierarchical model with iid "
                      "residuals only (it would sample that model instead); fit this one with .fit()")
         from hierlmm.bayes.sample import sample
@@ -407,6 +458,7 @@ class LMM:
         density has no maximum (``"flat_sd"`` in variances) the result says so
         (``.unbounded``). See :mod:`hierlmm.bayes.mode`.
         """
+        self.require("posterior_mode()", needs="unstructured", instead="fit it with .fit()")
         self.require("posterior_mode()", instead="the Bayesian side implements the hierarchical model with "
                      "iid residuals only; fit this one with .fit()")
         if beta_prior_sd is not None:

@@ -48,13 +48,14 @@ class LMMResult:
     # ---------------------------------------------------------------- basic quantities
     @property
     def residual_params(self) -> dict:
-        """The estimated residual correlation parameter, e.g. ``{"phi": 0.54}`` (``{}``: none)."""
-        dev = self.deviance_function
-        if dev.residual is None:
-            return {}
-        return {dev.residual.param: dev.residual_value(self.solution.theta)}
+        """The residual structure's estimated parameters by name: a correlation's (``{"phi":
+        0.54}``; ``Unstructured``: ``cor(v2,v1)``, ...) and a variance function's SD ratios
+        (``sd ratio visit=v2``, ...); ``{}`` for independent equal-variance residuals."""
+        report = getattr(self.deviance_function, "residual_report", None)
+        return {} if report is None else report(self.solution.theta)
 
     residual = design_attribute("residual")
+    variance = design_attribute("variance")
     formulation = design_attribute("formulation")
 
     @property
@@ -119,8 +120,8 @@ class LMMResult:
 
     @property
     def varpar_names(self) -> list[str]:
-        res = self.deviance_function.residual
-        return [*self.theta.index, *([f"{res.param} (unconstrained)"] if res is not None else []), "sigma"]
+        names = getattr(self.deviance_function, "residual_names", None)
+        return [*self.theta.index, *(names() if names is not None else []), "sigma"]
 
     def deviance_at(self, varpar) -> float:
         """−2 log-likelihood (REML or ML, as fitted) at the variance parameters ``(θ, σ)``."""
@@ -157,8 +158,8 @@ class LMMResult:
         Columns ``grp, var1, var2, vcov, sdcor``: one row per variance (``var2`` missing,
         ``sdcor`` the SD), one per covariance (``sdcor`` the correlation), then the residual.
         """
-        rows = [row for label, D in self.covariance_matrices().items()
-                for row in varcorr_rows(label, list(D.index), D.to_numpy())]
+        rows = [row for t, (label, D) in zip(self.design.terms, self.covariance_matrices().items())
+                for row in varcorr_rows(label, list(D.index), D.to_numpy(), diagonal=t.cov.diagonal)]
         rows.append(("Residual", None, None, self.solution.sigma2, self.sigma))
         return pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
 
@@ -285,11 +286,16 @@ class LMMResult:
         if "ran_pars" in effects:
             for t, D in zip(self.design.terms, self.covariance_matrices().values()):
                 sd, corr = sd_corr(D.to_numpy())
-                names = iter(t.sdcor_names())  # confint's names of the same parameters, in this order
-                for a, b in t.pairs:
+                # broom.mixed's rows (every SD, every correlation a structure has, from D) and, for
+                # an unstructured term, confint's names of the same parameters, in this order
+                names = iter(t.sdcor_names()) if t.unstructured else None
+                for a, b in t.tril_pairs:
+                    if a != b and t.cov.diagonal:
+                        continue
                     term = f"sd__{t.names[a]}" if a == b else f"cor__{t.names[b]}.{t.names[a]}"
                     rows.append({"effect": "ran_pars", "group": t.label, "term": term,
-                                 "estimate": sd[a] if a == b else corr[a, b], "_ci": next(names)})
+                                 "estimate": sd[a] if a == b else corr[a, b],
+                                 "_ci": next(names) if names is not None else None})
             rows.append({"effect": "ran_pars", "group": "Residual", "term": "sd__Observation",
                          "estimate": self.sigma, "_ci": "sigma"})
         if "ran_vals" in effects:
@@ -405,25 +411,17 @@ class LMMResult:
 
         model = self.model
         if formula is not None or data is not None:
-            model = type(model)(model.formula if formula is None else update_formula(model.formula, formula),
-                        model.data if data is None else data, residual=model.residual,
-                        formulation=model.formulation, weights=model.weights, offset=model.offset)
+            model = model.updated(None if formula is None else update_formula(model.formula, formula), data)
         return model.fit(method=method or self.method, **fit_kwargs)
 
     def refit(self, y) -> LMMResult:
         """lme4's ``refit(newresp)``: the same model, method and design for a new response
         ``y`` (one value per observation used in the fit); of the cross-product A only the
         response's row is computed again."""
-        import copy
-
         self.model.require("refit()", needs="rows")
         self.model.require("refit()", instead="use update(data=...) with the new response in the data")
         y = per_row(y, self.nobs, "refit(y)", index=self.design.data.index, what="response value")
-        model = copy.copy(self.model)
-        model.__dict__.pop("_compiled", None)  # samplers compiled for the old response's A
-        model.design = self.design.with_response(y)
-        model._deviance = {reml: dev.with_response(y) for reml, dev in self.model._deviance.items()}
-        return model.fit(method=self.method)
+        return self.model.with_response(y).fit(method=self.method)
 
     def r2(self) -> dict[str, float]:
         """R² for mixed models (Nakagawa & Schielzeth 2013; random slopes per Johnson 2014), as

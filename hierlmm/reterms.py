@@ -1,11 +1,13 @@
-"""One type per random-effects term: grouping codes, Z columns and its covariance factor.
+"""One type per random-effects term: grouping codes, Z columns and its covariance structure.
 
 For term ``t`` with ``k`` columns and ``m`` levels, the random effects of level ``j`` are
 ``b_j = σ T u_j``, ``u_j ~ N(0, I_k)``, where ``T`` (``k x k``, lower triangular) is the
 term's *relative covariance factor*: ``D = σ² T T'``. ``Λ_θ`` is block diagonal with ``T``
-repeated over the ``m`` levels. ``θ`` holds the lower triangle of ``T`` column by column
-(lme4's order), with lower bound 0 on the diagonal so singular fits (``T`` singular, ``D``
-on the boundary of the positive-semidefinite cone) are reachable.
+repeated over the ``m`` levels. The term's structure (:mod:`hierlmm.covariance`: lme4's
+unstructured ``(x | g)``, ``diag``, ``cs``, ``ar1``, ...) owns the map from its parameters,
+the term's slice of θ, to ``T``; for an unstructured term θ holds the lower triangle of ``T``
+column by column (lme4's order), with lower bound 0 on the diagonal so singular fits are
+reachable.
 """
 
 from __future__ import annotations
@@ -15,49 +17,46 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["ReTerm", "sd_corr", "varcorr_rows", "lambda_entries"]
+from hierlmm.covariance import Covariance, sd_corr
+from hierlmm.covariance.unstructured import Unstructured
 
+__all__ = ["ReTerm", "sd_corr", "varcorr_rows", "lambda_entries", "lambda_values"]
 
-def lambda_entries(terms, slices) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Where θ's entries sit in ``Λ = blockdiag_t(I_{m_t} ⊗ T_t)``: ``(rows, cols, src, q)``,
-    ``Λ[rows, cols] = θ[src]``, ``q`` its order. The one construction of Λ's pattern (the
-    core's sparse Λ of the rest block, the dense and PyTensor forms of the Bayesian side)."""
-    rows, cols, src, off = [], [], [], 0
-    for t, s in zip(terms, slices):
-        tr, tc = t._tril
+def lambda_entries(terms, offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Where ``T``'s possibly non-zero entries sit in ``Λ = blockdiag_t(I_{m_t} ⊗ T_t)``:
+    ``(rows, cols, src, q)``, ``Λ[rows, cols] = v[src]`` with ``v`` the :func:`lambda_values` of
+    these terms placed from ``offset`` on, ``q`` its order. The one construction of Λ's pattern
+    (the core's sparse Λ of the rest block, the dense and PyTensor forms of the Bayesian side);
+    for unstructured terms ``v`` is θ itself (``offset``: where their θ starts)."""
+    rows, cols, src, off, at = [], [], [], 0, offset
+    for t in terms:
+        tr, tc = t.cov.pattern
         base = off + t.k * np.arange(t.m)[:, None]
         rows.append((base + tr).ravel())
         cols.append((base + tc).ravel())
-        src.append(np.tile(np.arange(s.start, s.start + t.n_theta), t.m))
+        src.append(np.tile(np.arange(at, at + tr.size), t.m))
         off += t.q
+        at += tr.size
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
     return cat(rows), cat(cols), cat(src), off
 
 
-def sd_corr(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Standard deviations and correlation matrix of a covariance matrix: the one rule.
-
-    A negative variance (possible in the marginal formulation) has no SD (NaN); a correlation
-    involving a zero or missing SD is NaN, as R's ``cov2cor`` gives (0/0)."""
-    D = np.asarray(D, dtype=float)
-    diag = np.diag(D)
-    sd = np.where(diag >= 0, np.sqrt(np.abs(diag)), np.nan)
-    den = np.outer(sd, sd)
-    ok = den > 0
-    corr = np.full(D.shape, np.nan)
-    corr[ok] = D[ok] / den[ok]
-    return sd, corr
+def lambda_values(terms, slices, theta) -> np.ndarray:
+    """The values :func:`lambda_entries` indexes: each term's ``T`` at its pattern, from θ."""
+    parts = [t.cov.factor(theta[s])[t.cov.pattern] for t, s in zip(terms, slices)]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def varcorr_rows(label: str, names: list[str], D: np.ndarray) -> list[tuple]:
+def varcorr_rows(label: str, names: list[str], D: np.ndarray, diagonal: bool = False) -> list[tuple]:
     """Rows of lme4's ``as.data.frame(VarCorr(fit))`` for one term: ``(grp, var1, var2, vcov,
     sdcor)``, the variances (``sdcor`` their SD) then the covariances (``sdcor`` the
-    correlation), in lme4's order."""
+    correlation), in lme4's order; only the variances of a ``diagonal`` structure."""
     D = np.asarray(D, dtype=float)
     sd, corr = sd_corr(D)
     k = len(names)
     rows = [(label, names[i], None, D[i, i], sd[i]) for i in range(k)]
-    rows += [(label, names[c], names[r], D[r, c], corr[r, c]) for c in range(k) for r in range(c + 1, k)]
+    if not diagonal:
+        rows += [(label, names[c], names[r], D[r, c], corr[r, c]) for c in range(k) for r in range(c + 1, k)]
     return rows
 
 
@@ -84,6 +83,8 @@ class ReTerm:
         columns ``codes[i]*k : codes[i]*k + k`` of the sparse model matrix).
     names : list of str
         Names of the ``k`` columns (``(Intercept)``, ``Days``).
+    cov : Covariance
+        The covariance structure (unstructured, lme4's, by default).
     """
 
     group: str
@@ -96,15 +97,13 @@ class ReTerm:
     source: str = ""
     label: str = ""
     model_spec: object = field(default=None, repr=False)  # formulaic spec of ``expr``, for predict
-    _tril: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)
+    cov: Covariance | None = None
 
     def __post_init__(self):
-        k = self.k
-        # lower triangle, column by column (lme4's theta order)
-        cols, rows = np.triu_indices(k)
-        self._tril = (rows, cols)
         if not self.label:
             self.label = self.group
+        if self.cov is None:
+            self.cov = Unstructured(tuple(self.names))
 
     @property
     def k(self) -> int:
@@ -122,93 +121,73 @@ class ReTerm:
         return self.m * self.k
 
     @property
-    def n_theta(self) -> int:
-        """Number of covariance parameters, ``k (k + 1) / 2``."""
-        return self.k * (self.k + 1) // 2
+    def structure(self) -> str:
+        """The structure's formula name: ``us``, ``diag``, ``cs``, ..."""
+        return self.cov.kind
 
     @property
-    def theta_diagonal(self) -> np.ndarray:
-        """Boolean mask of the entries of θ on the diagonal of ``T`` (bounded below by 0)."""
-        rows, cols = self._tril
-        return rows == cols
+    def unstructured(self) -> bool:
+        return self.cov.kind == "us"
+
+    @property
+    def n_theta(self) -> int:
+        """Number of covariance parameters (``k (k + 1) / 2`` for an unstructured term)."""
+        return self.cov.n_par
 
     def theta_lower(self) -> np.ndarray:
-        """Lower bounds of θ: 0 on the diagonal of ``T``, -inf elsewhere."""
-        return np.where(self.theta_diagonal, 0.0, -np.inf)
+        """Lower bounds of the term's θ (0 for relative SDs, ``-inf`` elsewhere)."""
+        return self.cov.lower()
 
     @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """``(row, column)`` of ``T`` (and of ``D``'s lower triangle) for each θ entry, in θ's
-        order (column by column): the one place that order is defined."""
-        rows, cols = self._tril
+    def tril_pairs(self) -> list[tuple[int, int]]:
+        """``(row, column)`` of ``D``'s lower triangle, column by column (lme4's θ order of an
+        unstructured term): the order of the derivatives in ``D``'s entries."""
+        cols, rows = np.triu_indices(self.k)
         return list(zip(rows.tolist(), cols.tolist()))
 
     def theta_scale(self, column_rms: np.ndarray, covariance: bool = False) -> np.ndarray:
         """Per θ entry, the scale that makes it unit-free (the optimiser's ``φ = scale · θ``):
-        ``s_r`` for an entry ``T[r, c]`` of the relative factor (row r of ``T`` carries column r of
-        ``Z`` in its units), ``s_r s_c`` for an entry of a covariance ``S = TT'``
-        (``covariance``, the marginal formulation); ``column_rms`` are the root mean squares
-        ``s`` of ``Z``'s columns (0 read as 1)."""
-        s = np.where((column_rms > 0) & np.isfinite(column_rms), column_rms, 1.0)
-        return np.array([s[r] * s[c] if covariance else s[r] for r, c in self.pairs])
+        :meth:`Covariance.par_scale`; for an entry of a covariance ``S = TT'`` (``covariance``,
+        the marginal formulation, unstructured terms only) ``s_r s_c``; ``column_rms`` are the
+        root mean squares ``s`` of ``Z``'s columns (0 read as 1)."""
+        if covariance:
+            s = np.where((column_rms > 0) & np.isfinite(column_rms), column_rms, 1.0)
+            return np.array([s[r] * s[c] for r, c in self.tril_pairs])
+        return self.cov.par_scale(np.asarray(column_rms, dtype=float))
 
     def theta_names(self) -> list[str]:
-        """lme4's names of this term's θ entries: ``Subject.(Intercept)``,
-        ``Subject.Days.(Intercept)``, ``Subject.Days``."""
-        return [f"{self.label}.{self.names[r]}" if r == c else f"{self.label}.{self.names[r]}.{self.names[c]}"
-                for r, c in self.pairs]
+        """Names of this term's θ entries: lme4's ``Subject.(Intercept)``,
+        ``Subject.Days.(Intercept)``, ``Subject.Days`` for an unstructured term."""
+        return [f"{self.label}.{n}" for n in self.cov.par_labels()]
 
     def sdcor_names(self) -> list[str]:
-        """lme4's ``confint`` row names of this term's SDs and correlations (θ's order):
+        """lme4's ``confint`` row names of this term's SDs and correlations:
         ``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``, ``sd_Days|Subject``."""
-        return [f"sd_{self.names[r]}|{self.group}" if r == c else f"cor_{self.names[r]}.{self.names[c]}|{self.group}"
-                for r, c in self.pairs]
+        return [f"{n}|{self.group}" for n in self.cov.natural_labels()]
 
     def sdcor(self, D: np.ndarray) -> np.ndarray:
-        """The SDs and correlations of ``D`` in θ's order (:func:`sd_corr`'s rule)."""
-        sd, corr = sd_corr(D)
-        return np.array([sd[r] if r == c else corr[r, c] for r, c in self.pairs])
+        """The SDs and correlations of ``D`` that the structure has (:meth:`sdcor_names`' order)."""
+        return self.cov.natural(D)
 
     def sdcor_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Bounds of :meth:`sdcor`'s entries: ``[0, ∞)`` for an SD, ``[−1, 1]`` for a correlation."""
-        diag = self.theta_diagonal
-        return np.where(diag, 0.0, -1.0), np.where(diag, np.inf, 1.0)
+        """Bounds of :meth:`sdcor`'s entries: ``[0, ∞)`` for an SD, a correlation's range."""
+        return self.cov.natural_bounds()
 
     def theta_start(self) -> np.ndarray:
         """lme4's starting value: ``T = I``."""
-        return self.theta_diagonal.astype(float)
+        return self.cov.start()
 
     def boundary_escapes(self, theta: np.ndarray, tol: float = 1e-4, lift: float = 0.3) -> list[np.ndarray]:
-        """Starts off the boundary for a singular ``T`` of a vector-valued term (else ``[]``).
-
-        With a diagonal entry ``T_jj`` at 0, the deviance is stationary in ``T_jj`` and the
-        entries below it in column ``j`` only rotate on a sphere: a local minimum in θ that
-        need not be the lowest, while with ``T_jj > 0`` the sign of those entries relative to
-        the others matters. Two starts: every zero diagonal entry set to ``lift``, and the
-        same with the entries below it negated (a differential model, m0027: ML deviance
-        1180.86474 at the boundary, 1180.86142 from the second start, as lme4)."""
-        if self.k < 2:
-            return []
-        T = self.template(theta)
-        zero = np.flatnonzero(np.diag(T) < tol)
-        if zero.size == 0:
-            return []
-        lifted = T.copy()
-        lifted[zero, zero] = lift
-        flipped = lifted.copy()
-        for j in zero:
-            flipped[j + 1:, j] *= -1
-        return [self.theta_from_template(lifted), self.theta_from_template(flipped)]
+        """Starts off a singular boundary (:meth:`Covariance.boundary_escapes`)."""
+        return self.cov.boundary_escapes(theta, tol, lift)
 
     def template(self, theta: np.ndarray) -> np.ndarray:
         """The ``k x k`` lower-triangular relative covariance factor ``T`` from θ."""
-        T = np.zeros((self.k, self.k))
-        T[self._tril] = theta
-        return T
+        return self.cov.factor(theta)
 
     def theta_from_template(self, T: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`template`."""
-        return np.asarray(T)[self._tril].copy()
+        """Inverse of :meth:`template` (for a structured term, the parameters of ``T T'``)."""
+        return self.cov.par_from_factor(T)
 
     def relcov(self, theta: np.ndarray) -> np.ndarray:
         """``T T'``: the covariance of ``b_j`` in units of σ²."""
@@ -216,8 +195,8 @@ class ReTerm:
         return T @ T.T
 
     def describe(self) -> str:
-        """The term as lme4 would print it, e.g. ``(1 + Days | Subject)``."""
-        return f"({self.expr} | {self.group})"
+        """The term as written, e.g. ``(1 + Days | Subject)``, ``diag(1 + Days | Subject)``."""
+        return self.cov.wrap(f"({self.expr} | {self.group})")
 
 
 def term_matrix(term: ReTerm) -> sp.csr_matrix:

@@ -39,6 +39,9 @@ FUNCTIONS = frozenset({
     "log", "log2", "log10", "log1p", "exp", "exp2", "exp10", "expm1", "sqrt", "abs", "sign", "floor", "ceiling",
     "round", "trunc", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "pmin", "pmax",
     "Treatment", "Sum", "Helmert", "Diff", "Poly",
+    # glmmTMB's covariance structures around a random-effects term (hierlmm.covariance; the
+    # formula parser allows them only there)
+    "us", "diag", "homdiag", "homcs", "ar1", "toep",
 })
 # numpy functions beyond the ufuncs (``np.log`` etc. are ufuncs)
 NUMPY_EXTRA = frozenset({"round", "clip", "where", "around", "log1p", "expm1", "abs", "absolute"})

@@ -95,7 +95,8 @@ class Summary:
         how = "REML" if fit.method == "REML" else "maximum likelihood"
         tests = "" if self.inference_note else (
             ". t-tests use " + ("Kenward-Roger" if self.ddf.lower().startswith("k") else "Satterthwaite") + "'s method")
-        lines = [f"Linear mixed model fit by {how}{tests}", f"Formula: {fit.design.parsed.formula}"]
+        kind = "Linear mixed model" if fit.design.terms else "Generalized least squares"  # nlme's gls
+        lines = [f"{kind} fit by {how}{tests}", f"Formula: {fit.design.parsed.formula}"]
         for what, arg in (("Weights", fit.model.weights), ("Offset", fit.model.offset)):
             if arg is not None:
                 lines.append(f"{what}: {arg if isinstance(arg, str) else 'given as an array'}")
@@ -135,7 +136,8 @@ class Summary:
         fit = self.fit
         rows = []
         covs = fit.covariance_matrices()
-        maxk = max(len(D) for D in covs.values())
+        diagonal = {t.label: t.cov.diagonal for t in fit.design.terms}  # no correlations to show
+        maxk = max([len(D) for label, D in covs.items() if not diagonal.get(label)] + [1])
         vars_ = [D.to_numpy()[i, i] for D in covs.values() for i in range(len(D))] + [fit.sigma**2]
         vstr = _column(vars_, 4)
         with np.errstate(invalid="ignore"):
@@ -144,7 +146,8 @@ class Summary:
         for label, D in covs.items():
             _, R = sd_corr(D.to_numpy())
             for j, name in enumerate(D.index):
-                corr = ["NaN" if np.isnan(R[j, c]) else f"{R[j, c]:.2f}" for c in range(j)]  # as lme4
+                corr = [] if diagonal.get(label) else [  # as lme4
+                    "NaN" if np.isnan(R[j, c]) else f"{R[j, c]:.2f}" for c in range(j)]
                 rows.append([label if j == 0 else "", name, vstr[i], sstr[i]] + corr + [""] * (maxk - 1 - len(corr)))
                 i += 1
         rows.append(["Residual", "", vstr[i], sstr[i]] + [""] * (maxk - 1))
@@ -155,13 +158,23 @@ class Summary:
         header, rows = self.random_table()
         text = _table(rows, header, align_left=2)
         fit = self.fit
-        groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items())
+        groups = ", ".join(f"{g}, {m}" for g, m in fit.ngroups.items()) or "none"
         lines = ["Random effects:", *(" " + line for line in text.splitlines())]
-        residual = fit.residual
-        if residual is not None:
-            (name, value), = fit.residual_params.items()
-            lines.append(f"Residual correlation: {residual.name} within {fit.deviance_function.rgroup.group}, "
-                         f"{name} = {value:.4g}")
+        structured = [t for t in fit.design.terms if not t.unstructured]
+        if structured:
+            lines.append("Covariance structures: " + ", ".join(f"{t.label} {t.cov.kind} ({t.cov.title})"
+                                                                for t in structured))
+        residual, variance = fit.residual, fit.variance
+        if residual is not None or variance is not None:
+            params = fit.residual_params
+            if residual is not None:
+                names = list(residual.report(fit.deviance_function.residual_value(fit.solution.theta),
+                                             fit.design.data))
+                lines.append(f"Residual correlation: {residual.name} within {fit.deviance_function.rgroup.group}, "
+                             + ", ".join(f"{n} = {params[n]:.4g}" for n in names))
+            if variance is not None:
+                lines.append(f"Residual variance: {variance.describe()}, "
+                             + ", ".join(f"{n} = {v:.4g}" for n, v in params.items() if n.startswith("sd ratio")))
         return lines + [f"Number of obs: {fit.nobs}, groups:  {groups}", ""]
 
     def _fixed_lines(self) -> list[str]:

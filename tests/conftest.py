@@ -192,8 +192,7 @@ def diff_case(request, r_results):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                residual = hl.AR1() if case.ar1 else None
-                fit = hl.LMM(case.formula, case.data, residual=residual, weights=case.weights).fit(
+                fit = hl.LMM(case.formula, case.data, weights=case.weights, **case.residual_arguments()).fit(
                     method="REML" if case.reml else "ML")
             except hl.HierlmmError as exc:
                 err = exc

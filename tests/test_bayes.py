@@ -573,7 +573,7 @@ def test_kernel_on_random_models():
 
     rng = np.random.default_rng(8)
     checked = 0
-    cases = [c for c in generate(20261125, 40) if not c.ar1]
+    cases = [c for c in generate(20261125, 40) if not c.ar1 and not c.structure]  # the Bayesian side: lme4's terms
     for case in cases:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -244,3 +244,28 @@ def test_every_plot_stays_readable_and_right_from_6_to_2000_groups(m, per):
     ax = fig.axes[0]
     assert len(ax.get_xticklabels()) == min(m, 60) and fig.get_size_inches()[0] <= 16
     assert ("groups shown" in ax.get_title()) == (m > 60)
+
+
+@pytest.mark.parametrize("m, per", [(27, 4), (2000, 3)])
+def test_implied_correlation_shows_each_fits_corr_of_one_group(m, per):
+    """One panel per fit, each image the fit's marginal_corr of that group (a random intercept,
+    a random slope, an unstructured gls), on one scale; at most 16 inches; a label column that
+    is not in the data is named."""
+    d = _simulated(m, per)
+    d["visit"] = pd.Categorical(d.groupby("g", observed=True).cumcount().astype(str))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", hl.HierlmmWarning)
+        fits = {"(1 | g)": hl.LMM("y ~ x + f + z + (1 | g)", d).fit(),
+                "(x | g)": hl.LMM("y ~ x + f + z + (x | g)", d).fit(),
+                "unstructured": hl.LMM("y ~ x + f + z", d, residual=hl.Unstructured(time="visit", group="g")).fit()}
+    level = d.g.cat.categories[1]
+    fig = plots.implied_correlation(fits, level, group="g", labels="visit")
+    assert max(fig.get_size_inches()) <= 16
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in panels] == list(fits)
+    for ax, fit in zip(panels, fits.values()):
+        shown = ax.get_images()[0].get_array()
+        np.testing.assert_allclose(np.asarray(shown), fit.marginal_corr(level, group="g").to_numpy(), rtol=1e-12)
+        assert ax.get_images()[0].get_clim() == (-1, 1)
+    with pytest.raises(hl.HierlmmError, match="'when'"):
+        plots.implied_correlation(fits, level, group="g", labels="when")

@@ -256,7 +256,7 @@ def test_vcov_jacobian_equals_dense_derivative(case, sparse):
     for t, s in zip(d.terms, d.theta_slices()):
         Zs.append(term_matrix(t).toarray())
         Ls.append(np.kron(np.eye(t.m), t.template(theta[s])))
-        for a, b in t.pairs:
+        for a, b in t.tril_pairs:  # θ's entries of an unstructured T
             E = np.zeros((t.k, t.k))
             E[a, b] = 1.0
             dLs.append((len(Ls) - 1, np.kron(np.eye(t.m), E)))

@@ -44,7 +44,7 @@ class DenseSystem:
         cp = cp if cp is not None else crossproduct(design, sparse=False)
         self.A, self.log_weights = cp.dense(), cp.log_weights
         self.q, self.p, self.n = design.q, design.p, design.n
-        self.lam_rows, self.lam_cols, self.lam_src, _ = lambda_entries(design.terms, design.theta_slices())
+        self.lam_rows, self.lam_cols, self.lam_src, _ = lambda_entries(design.terms)
 
     def lam(self, theta: np.ndarray) -> np.ndarray:
         r = self.A.shape[0]
@@ -186,7 +186,7 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp, data=None):
 def _rest_lambda_pt(design, layout, theta, r):
     import pytensor.tensor as pt
 
-    rows, cols, src, off = lambda_entries(design.terms[1:], layout.slices[1:])
+    rows, cols, src, off = lambda_entries(design.terms[1:], layout.slices[1].start)
     lam = pt.zeros((r, r))
     lam = pt.set_subtensor(lam[rows, cols], theta[src])
     idx = np.arange(off, r)

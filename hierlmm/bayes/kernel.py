@@ -52,7 +52,8 @@ def supported(design, cp, prior=None) -> bool:
     ``r × q1`` numbers); and, if ``prior`` is given (the log-density; the exact draws need
     none), ``flat``, ``flat_sd`` or a resolved :class:`~hierlmm.bayes.WeaklyInformative`."""
     return ((prior is None or _prior_code(prior) is not None) and design.terms[0].k <= 4 and cp.r <= _MAX_R
-            and cp.r * cp.A11.shape[0] * cp.A11.shape[1] <= 4_000_000)
+            and cp.r * cp.A11.shape[0] * cp.A11.shape[1] <= 4_000_000
+            and all(t.unstructured for t in design.terms))  # θ is vech(T) of each term
 
 
 def pack(design, cp, prior) -> np.ndarray:
@@ -62,7 +63,7 @@ def pack(design, cp, prior) -> np.ndarray:
 
     terms = design.terms
     slices = design.theta_slices()
-    rows, cols, src, _ = lambda_entries(terms[1:], slices[1:]) if len(terms) > 1 else ([], [], [], 0)
+    rows, cols, src, _ = lambda_entries(terms[1:], slices[1].start) if len(terms) > 1 else ([], [], [], 0)
     m, k = cp.A11.shape[:2]
     r = cp.r
     a21 = cp.A21.toarray() if cp.a21_sparse else np.asarray(cp.A21, float)

@@ -110,7 +110,7 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     # one compiled sampler per model, sampler and prior (a PyTensor compile is 5-60 s, the
     # kernel's set-up a fraction of a second): a second sample() of the same model, e.g. with
     # other draws or seed, reuses it
-    cache = model.__dict__.setdefault("_compiled", {})
+    cache = model._compiled
     key = (sampler, prior)
     if key not in cache:
         if sampler == "collapsed":

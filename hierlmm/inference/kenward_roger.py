@@ -41,21 +41,90 @@ class KRAdjustment:
 
 
 def _components(fit):
-    """Per term: the D entries (γ) and the coefficient pairs they multiply."""
-    gammas, pairs = [], []
-    for ti, (t, D) in enumerate(zip(fit.design.terms, fit.covariance_matrices().values())):
-        Dm = D.to_numpy()
-        for r, c in t.pairs:  # D's lower triangle in θ's order
-            gammas.append(Dm[r, c])
-            pairs.append((ti, c, r))
-    gammas.append(fit.sigma**2)
-    return np.array(gammas), pairs
+    """The variance parameters γ_a of a model whose ``V`` is linear in them, ``V = Σ γ_a G_a``:
+    their values and, per parameter, ``G_a`` on a block of rows (a callable of the rows).
+
+    Each term's :meth:`~hierlmm.covariance.Covariance.linear_basis` (``D_t = Σ γ G``, so
+    ``G_a = Z_t (I ⊗ G) Z_t'`` within levels), then the residuals' (:func:`_residual_components`).
+    """
+    design = fit.design.whitened()
+    gammas, comps = [], []
+    for t, D in zip(design.terms, fit.covariance_matrices().values()):
+        basis = t.cov.linear_basis()
+        if basis is None:
+            raise HierlmmError(f"Kenward-Roger's method needs covariances linear in their parameters; the "
+                               f"{t.cov.title} structure of {t.describe()} is not (as pbkrtest, which takes "
+                               "lme4's unstructured terms): use ddf='satterthwaite'")
+        gammas.extend(t.cov.gamma(D.to_numpy()))
+        for B in basis:
+            def G(rows, t=t, B=B):  # ∂V/∂γ = Z_t (I ⊗ B) Z_t' within the block
+                z, codes = t.Z[rows], t.codes[rows]
+                return (z @ B @ z.T) * (codes[:, None] == codes[None, :])
+            comps.append(G)
+    g, c = _residual_components(fit)
+    return np.array(gammas + g), comps + c
+
+
+def _residual_components(fit):
+    """The residual covariance ``σ² Δ R Δ`` as ``Σ γ_a G_a`` where it is linear (SAS's
+    parametrisation of a ``REPEATED`` covariance): independent (``σ²``), a ``VarIdent``
+    (``σ²δ_l²`` per level), ``CompoundSymmetry`` (``σ²``, ``σ²ρ``), ``Unstructured``
+    (``σ²`` and ``σ²R_ab``) and ``Unstructured`` with ``VarIdent`` of its time column (the
+    unstructured covariance ``S_ab = σ²δ_aδ_bR_ab``, TYPE=UN). Others are refused."""
+    from hierlmm.residual import CompoundSymmetry, Unstructured
+
+    s2 = fit.sigma**2
+    dev = fit.deviance_function
+    residual, variance = fit.residual, fit.variance
+    n = fit.design.n
+    eye = lambda rows: np.eye(len(rows))  # noqa: E731
+    if residual is None and variance is None:
+        return [s2], [eye]
+    theta = fit.solution.theta
+    vcodes = variance.codes(fit.design.data, np.arange(n)) if variance is not None else None
+    delta = dev.variance_value(theta) if variance is not None else None
+    if residual is None:  # VarIdent alone: a variance per level
+        return ([s2 * d * d for d in delta],
+                [lambda rows, lev=lev: np.diag((vcodes[rows] == lev).astype(float)) for lev in range(len(delta))])
+    group = dev.rgroup.codes
+
+    def same(rows):
+        return group[rows][:, None] == group[rows][None, :]
+
+    if isinstance(residual, CompoundSymmetry) and variance is None:
+        rho = dev.residual_value(theta)
+        return [s2, s2 * rho], [eye, lambda rows: same(rows) & ~np.eye(len(rows), dtype=bool)]
+    if isinstance(residual, Unstructured) and (variance is None or variance.column == residual.time):
+        pos = np.empty(n, dtype=np.int64)
+        for stack in dev.stacks:
+            pos[stack["rows"].ravel()] = stack["pos"].ravel()
+        R = dev.residual_value(theta)
+        k = R.shape[0]
+        d = np.ones(k) if delta is None else delta
+        S = s2 * R * np.outer(d, d)
+
+        def pair(a, b):
+            def G(rows):
+                pa, pb = pos[rows] == a, pos[rows] == b
+                M = (pa[:, None] & pb[None, :]) | (pb[:, None] & pa[None, :])
+                return (M & same(rows)).astype(float)
+            return G
+
+        cols, rows_ = np.triu_indices(k, 1)
+        if variance is None:  # a common variance: σ² on the diagonal
+            return [s2] + [S[a, b] for a, b in zip(rows_, cols)], [eye] + [pair(a, b) for a, b in zip(rows_, cols)]
+        c2, r2 = np.triu_indices(k)
+        return [S[a, b] for a, b in zip(r2, c2)], [pair(a, b) for a, b in zip(r2, c2)]
+    what = ", ".join(f"{name}={value!r}" for name, value in (("residual", residual), ("variance", variance))
+                     if value is not None)
+    raise HierlmmError(f"Kenward-Roger's method needs a residual covariance linear in its parameters (SAS's "
+                       f"parametrisation); the model's {what} is not: use ddf='satterthwaite'")
 
 
 def kr_adjust(fit) -> KRAdjustment:
     """The Kenward–Roger adjusted ``Var(β̂)`` of a fit (computed once: the fit's cached
     ``_kr_adjustment``)."""
-    fit.model.require("Kenward-Roger", instead="use ddf='satterthwaite'")
+    fit.model.require("Kenward-Roger", needs="b", instead="use ddf='satterthwaite'")
     fit.model.require("Kenward-Roger", needs="rows", instead="use ddf='satterthwaite'")
     if fit.method != "REML":
         raise HierlmmError("Kenward-Roger's method is only available for REML fits (as lmerTest); "
@@ -69,9 +138,10 @@ def compute_kr_adjust(fit) -> KRAdjustment:
     design = fit.design.whitened()
     X = design.X
     p = X.shape[1]
-    gammas, pairs = _components(fit)
+    gammas, comps = _components(fit)
     ng = len(gammas)
-    blocks = split_blocks(independent_blocks(design))
+    rgroup = getattr(fit.deviance_function, "rgroup", None)
+    blocks = split_blocks(independent_blocks(design, [rgroup] if rgroup is not None else []))
     largest = max(len(b) for b in blocks)
     if largest > MAX_BLOCK:
         raise HierlmmError(
@@ -83,18 +153,7 @@ def compute_kr_adjust(fit) -> KRAdjustment:
     QQ = np.zeros((ng, ng, p, p))
     K = np.zeros((ng, ng))
     for rows in blocks:
-        nb = len(rows)
-        Gs = []
-        for ti, a, b in pairs:
-            t = design.terms[ti]
-            codes = t.codes[rows]
-            same = codes[:, None] == codes[None, :]
-            za, zb = t.Z[rows, a], t.Z[rows, b]
-            G = np.outer(za, zb) * same
-            if a != b:
-                G = G + G.T
-            Gs.append(G)
-        Gs.append(np.eye(nb))
+        Gs = [G(rows) for G in comps]
         Sigma = sum(g * G for g, G in zip(gammas, Gs))
         Si = np.linalg.inv(Sigma)
         Xb = X[rows]

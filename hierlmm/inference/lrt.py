@@ -180,13 +180,14 @@ def _reductions(parsed):
     from formulaic import Formula
 
     specs = list(parsed.random)
-    text = [f"({s.expr} | {s.group})" for s in specs]
+    text = [s.text for s in specs]
     out = []
     for i, s in enumerate(specs):
         terms = [str(t) for t in Formula(s.expr)]
         has_int = "1" in terms
         others = [t for t in terms if t != "1"]
-        if has_int and others or len(others) > 1:
+        # a structured term (cs, ar1, ...) is about its columns together: removed whole
+        if s.structure == "us" and (has_int and others or len(others) > 1):
             for t in others:
                 keep = [u for u in others if u != t]
                 expr = " + ".join((["1"] if has_int else ["0"]) + keep)
@@ -200,7 +201,8 @@ def ranova(fit) -> pd.DataFrame:
     """Reduce each random-effects term in turn and test by LRT (lmerTest's ``ranova``).
 
     A term with several effects, ``(1 + x | g)``, loses one effect at a time
-    (``x in (1 + x | g)`` fits ``(1 | g)``); a term with one effect is removed. The
+    (``x in (1 + x | g)`` fits ``(1 | g)``); a term with one effect, or with a covariance structure
+    (``cs(0 + f | g)``), is removed. The
     likelihood is the fit's (REML or ML): the fixed effects do not change.
 
     Returns
@@ -224,8 +226,7 @@ def ranova(fit) -> pd.DataFrame:
             formula = f"{parsed.response} ~ {parsed.fixed}{offsets} + " + " + ".join(remaining)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingularFitWarning)
-                sub = type(fit.model)(formula, fit.model.data, weights=fit.model.weights,
-                             offset=fit.model.offset).fit(method=fit.method)
+                sub = fit.model.updated(formula).fit(method=fit.method)
             ll, npar = sub.loglik, sub.df_model
         else:
             w = fit.design.whitened()

@@ -79,7 +79,7 @@ class Coordinates:
         self.terms = []  # per term: (k, positions of its sdcor entries, fixed (r, c) or None, perm)
         i = 0
         for t in design.terms:
-            pos = {pair: i + a for a, pair in enumerate(t.pairs)}
+            pos = {pair: i + a for a, pair in enumerate(t.cov.pairs)}  # unstructured terms only
             i += t.n_theta
             fixed = next(((r, c) for (r, c), p in pos.items() if p == j and r != c), None)
             perm = list(range(t.k)) if fixed is None else (

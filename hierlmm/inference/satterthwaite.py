@@ -128,8 +128,11 @@ def centred_coordinates(fit):
         return (lambda phi: np.asarray(phi, dtype=float)), theta.copy()
     terms, slices = fit.design.terms, fit.design.theta_slices()
     grams = dev.term_grams()
-    maps = []  # per term M: θ's factor = M @ φ's factor
+    maps = []  # per term M: θ's factor = M @ φ's factor (a structured term: φ = M θ, M a vector)
     for t, G in zip(terms, grams):
+        if not t.unstructured:  # a structure's own parameters, made unit-free (its relative SDs scaled)
+            maps.append(t.cov.par_scale(np.sqrt(np.diag(G) / max(fit.nobs, 1))))
+            continue
         k = t.k
         n0 = G[0, 0] if G[0, 0] > 0 else 1.0
         mean = G[0] / n0
@@ -152,12 +155,14 @@ def centred_coordinates(fit):
         phi = np.asarray(phi, dtype=float)
         out = phi.copy()
         for t, s, M in zip(terms, slices, maps):
-            out[s] = t.theta_from_template(_lower_factor(M @ t.template(phi[s])))
+            out[s] = (phi[s] / M if M.ndim == 1 else
+                      t.theta_from_template(_lower_factor(M @ t.template(phi[s]))))
         return out
 
     phi0 = theta.copy()
     for t, s, M in zip(terms, slices, maps):
-        phi0[s] = t.theta_from_template(_lower_factor(np.linalg.solve(M, t.template(theta[s]))))
+        phi0[s] = (theta[s] * M if M.ndim == 1 else
+                   t.theta_from_template(_lower_factor(np.linalg.solve(M, t.template(theta[s])))))
     return to_theta, phi0
 
 

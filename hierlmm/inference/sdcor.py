@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hierlmm.covariance import psd_cholesky
+
 __all__ = ["bounds", "psd_cholesky", "sdcor_from_theta", "sdcor_names", "theta_from_sdcor"]
 
 
@@ -25,34 +27,18 @@ def sdcor_from_theta(design, theta, sigma) -> np.ndarray:
                           + [[sigma]])
 
 
-def psd_cholesky(D: np.ndarray) -> np.ndarray:
-    """Lower Cholesky factor of a positive semi-definite matrix (zero pivots allowed)."""
-    k = D.shape[0]
-    L = np.zeros_like(D)
-    for j in range(k):
-        v = D[j, j] - L[j, :j] @ L[j, :j]
-        L[j, j] = np.sqrt(v) if v > 1e-14 * max(D[j, j], 1e-300) else 0.0
-        for i in range(j + 1, k):
-            L[i, j] = (D[i, j] - L[i, :j] @ L[j, :j]) / L[j, j] if L[j, j] > 0 else 0.0
-    return L
-
-
 def theta_from_sdcor(design, sdcor) -> tuple[np.ndarray, float] | None:
-    """Inverse of :func:`sdcor_from_theta`; ``None`` if a correlation matrix is not PSD."""
+    """Inverse of :func:`sdcor_from_theta` (each structure's ``par_from_natural``); ``None`` if a
+    correlation matrix is not positive semi-definite."""
     sigma = sdcor[-1]
     theta, i = [], 0
     for t in design.terms:
-        R = np.eye(t.k)
-        sd = np.zeros(t.k)
-        for r, c in t.pairs:
-            if r == c:
-                sd[r] = sdcor[i]
-            else:
-                R[r, c] = R[c, r] = sdcor[i]
-            i += 1
-        if t.k > 1 and np.linalg.eigvalsh(R).min() < -1e-10:
+        n = len(t.sdcor_names())
+        par = t.cov.par_from_natural(np.asarray(sdcor[i:i + n], dtype=float), sigma)
+        if par is None:
             return None
-        theta.append(t.theta_from_template(psd_cholesky(R * np.outer(sd, sd)) / sigma))
+        theta.append(par)
+        i += n
     return np.concatenate(theta), sigma
 
 

@@ -1,4 +1,5 @@
-# Fits a batch of models with lme4 + lmerTest (+ pbkrtest, nlme) and writes what they report.
+# Fits a batch of models with lme4 + lmerTest (+ pbkrtest, nlme; glmmTMB for covariance
+# structures) and writes what they report.
 # Usage: Rscript fit_r.R cases.json results.json
 # cases.json: a list of {id, formula, csv, factors: {col: {levels, ordered}}, reml, kr, profile,
 # lrt_drop, ar1}. R's start-up is paid once per batch. Every number in results.json is R's.
@@ -9,6 +10,8 @@ suppressPackageStartupMessages({
   library(lmerTest)
   library(nlme)
 })
+# glmmTMB is loaded where a case needs it (glmmTMB::), after lme4: its masking of lme4's
+# functions would otherwise change what the lmer cases call
 emm_options(pbkrtest.limit = Inf, lmerTest.limit = Inf, msg.interaction = FALSE)
 args <- commandArgs(trailingOnly = TRUE)
 cases <- fromJSON(args[1], simplifyVector = FALSE)
@@ -183,9 +186,70 @@ fit_ar1 <- function(cs, d) {
        Phi = unname(coef(m$modelStruct$corStruct, unconstrained = FALSE)))
 }
 
+# a random term with a covariance structure: glmmTMB's fit of the same formula, or nlme's lme
+# with pdCompSymm / pdIdent for homcs / homdiag (one grouping factor g)
+fit_structured <- function(cs, d) {
+  reml <- isTRUE(cs$reml)
+  if (cs$structure == "mmrm") {  # gls: unstructured correlation of the visits f within g, an SD per visit
+    d$t <- as.integer(d$f)
+    m <- gls(as.formula(cs$formula), data = d, correlation = corSymm(form = ~ t | g),
+             weights = varIdent(form = ~ 1 | f), method = if (reml) "REML" else "ML",
+             control = glsControl(maxIter = 500, msMaxIter = 500))
+    ratio <- coef(m$modelStruct$varStruct, unconstrained = FALSE, allCoef = TRUE)
+    k <- nlevels(d$f)
+    R <- diag(k)
+    R[lower.tri(R)] <- coef(m$modelStruct$corStruct, unconstrained = FALSE)
+    R[upper.tri(R)] <- t(R)[upper.tri(R)]
+    # gls's vcov of an ML fit carries sigma^2 N/(N - p); the SEs here are the ML sigma's, as lme4's
+    factor <- if (reml) 1 else m$dims$N / (m$dims$N - m$dims$p)
+    return(list(ok = TRUE, engine = "nlme-gls", fixef = named(coef(m)), fixef_names = I(names(coef(m))),
+                se = named(sqrt(diag(vcov(m)) / factor)), sigma = m$sigma, logLik = as.numeric(logLik(m)),
+                df = attr(logLik(m), "df"), residual_sd = as.list(m$sigma * ratio), R = unname(R),
+                converged = TRUE))
+  }
+  if (cs$structure %in% c("homcs", "homdiag")) {
+    pd <- switch(cs$structure, homcs = pdCompSymm, homdiag = pdIdent)
+    fixed <- lme4::nobars(as.formula(sub(paste0(cs$structure, "\\("), "(", cs$formula)))
+    m <- lme(fixed, random = list(g = pd(as.formula(paste("~", cs$struct_expr)))), data = d,
+             method = if (reml) "REML" else "ML",
+             control = lmeControl(maxIter = 500, msMaxIter = 500, msMaxEval = 5000))
+    V <- getVarCov(m)
+    D <- list(matrix(as.numeric(V), nrow(V)))
+    return(list(ok = TRUE, engine = "nlme", fixef = named(fixef(m)), fixef_names = I(names(fixef(m))),
+                se = named(sqrt(diag(vcov(m)))), sigma = m$sigma, logLik = as.numeric(logLik(m)),
+                df = attr(logLik(m), "df"), D = D, converged = TRUE))
+  }
+  m <- suppressWarnings(glmmTMB::glmmTMB(as.formula(cs$formula), data = d, REML = reml))
+  vc <- glmmTMB::VarCorr(m)$cond
+  b <- glmmTMB::fixef(m)$cond
+  D <- lapply(vc, function(v) unname(matrix(as.numeric(v), nrow(v))))
+  list(ok = TRUE, engine = "glmmTMB", fixef = named(b), fixef_names = I(names(b)),
+       se_tmb = named(sqrt(diag(vcov(m)$cond))), se = named(catch(gls_se(cs, d, D, sigma(m)^2))),
+       sigma = sigma(m), logLik = as.numeric(logLik(m)), df = attr(logLik(m), "df"), D = D,
+       converged = m$fit$convergence == 0 && isTRUE(m$sdr$pdHess))
+}
+
+# sqrt(diag((X'V^-1 X)^-1)) at glmmTMB's estimates, V = sigma^2 I + sum_t Z_t (I x D_t) Z_t' (dense):
+# the SEs lme4 and nlme report. glmmTMB's own vcov() inverts its joint Hessian in (beta, theta)
+# and differs by up to ~1% (seed 20261125's s0001: 0.026006 where this gives 0.025769)
+gls_se <- function(cs, d, D, s2) {
+  f <- as.formula(gsub("(us|diag|homdiag|homcs|cs|ar1|toep)\\(", "(", cs$formula))
+  rt <- lme4::mkReTrms(lme4::findbars(f), model.frame(lme4::subbars(f), d))
+  V <- diag(s2, nrow(d))
+  for (i in seq_along(rt$Ztlist)) {
+    grp <- trimws(sub("^.*\\|", "", names(rt$Ztlist)[i]))
+    Zt <- rt$Ztlist[[i]]
+    k <- nrow(D[[grp]])
+    V <- V + as.matrix(Matrix::t(Zt) %*% kronecker(diag(nrow(Zt) / k), D[[grp]]) %*% Zt)
+  }
+  X <- model.matrix(lme4::nobars(f), d)
+  setNames(sqrt(diag(solve(crossprod(X, solve(V, X))))), colnames(X))
+}
+
 results <- lapply(cases, function(cs) {
   d <- read_case(cs)
-  res <- tryCatch(if (isTRUE(cs$ar1)) fit_ar1(cs, d) else fit_lmer(cs, d),
+  res <- tryCatch(if (!is.null(cs$structure)) fit_structured(cs, d)
+                  else if (isTRUE(cs$ar1)) fit_ar1(cs, d) else fit_lmer(cs, d),
                   error = function(e) list(ok = FALSE, error = conditionMessage(e)))
   res$id <- cs$id
   res

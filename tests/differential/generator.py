@@ -21,6 +21,10 @@
   factors; AR(1) with a random slope; a few cases of 2000–4000 rows; and ``predict()`` on new
   data with a level the fit has not seen.
 
+A fourth stream draws covariance-structure cases (:func:`_structured_case`: glmmTMB's ``us``,
+``diag``, ``cs``, ``ar1``, ``toep`` and nlme's ``homcs``/``homdiag`` around a term on repeated
+measures), which R fits with glmmTMB or nlme.
+
 Every formula is written once, in lme4's syntax, and given unchanged to both lme4 and
 hierlmm. A case carries flags for the costlier comparisons (Kenward–Roger, profile
 intervals, a likelihood-ratio test of a nested pair, nlme's AR(1)).
@@ -86,6 +90,20 @@ class Case:
     notes: list[str] = field(default_factory=list)
     newdata: pd.DataFrame | None = None  # predict() on it (lme4: allow.new.levels = TRUE)
     ar1_random: str = "1"  # the random part of an AR(1) case (nlme: random = ~ <this> | g)
+    structure: str | None = None  # a covariance-structure case: glmmTMB's (or nlme's) fit of it
+    struct_expr: str = ""  # its term's left side (nlme: random = list(g = pd*(~ <this>)))
+
+    def residual_arguments(self) -> dict:
+        """``residual=`` and ``variance=`` of hierlmm's fit of this case: AR(1) within g, or the
+        MMRM's unstructured covariance over the visits f within g (nlme's gls with corSymm and
+        varIdent)."""
+        import hierlmm as hl
+
+        if self.ar1:
+            return {"residual": hl.AR1()}
+        if self.structure == "mmrm":
+            return {"residual": hl.Unstructured(time="f", group="g"), "variance": hl.VarIdent("f")}
+        return {}
 
 
 RANDOM_KINDS = ["int", "slope", "uncorr", "fslope", "nested", "inter", "crossed", "crossed_slope"]
@@ -282,6 +300,111 @@ def _ar1_case(rng, i: int, shape=None) -> Case:
                 ar1_random="x" if slope else "1")
 
 
+STRUCTURES_TMB = ["us", "diag", "cs", "ar1", "toep"]  # glmmTMB 1.1.5's
+STRUCTURES_NLME = ["homcs", "homdiag"]  # nlme's pdCompSymm, pdIdent
+
+
+def _structured_D(rng, kind: str, k: int, singular: bool) -> np.ndarray:
+    """A covariance of structure ``kind`` over ``k`` columns (an SD 0 when ``singular``)."""
+    sd = np.exp(rng.normal(0, 0.5, k))
+    if kind.startswith("hom") or kind == "ar1":
+        sd[:] = sd[0]
+    if singular:
+        sd[0 if not (kind.startswith("hom") or kind == "ar1") else slice(None)] = 0.0
+    i = np.arange(k)
+    lag = np.abs(i[:, None] - i[None, :])
+    if kind in ("diag", "homdiag"):
+        R = np.eye(k)
+    elif kind in ("cs", "homcs"):
+        rho = rng.uniform(-0.3 / (k - 1), 0.9)
+        R = np.where(lag == 0, 1.0, rho)
+    elif kind == "ar1":
+        R = rng.uniform(-0.5, 0.9) ** lag
+    elif kind == "toep":
+        from hierlmm.covariance.toeplitz import autocorrelations
+
+        r = np.concatenate([[1.0], autocorrelations(rng.uniform(-0.5, 0.8, k - 1))])
+        R = r[lag]
+    else:
+        A = rng.normal(size=(k, k))
+        C = A @ A.T / k + 0.2 * np.eye(k)
+        R = C / np.sqrt(np.outer(np.diag(C), np.diag(C)))
+    return R * np.outer(sd, sd)
+
+
+def _structured_case(rng, i: int) -> Case:
+    """A random term with a covariance structure (hierlmm.covariance) on repeated measures:
+    ``s(0 + f | g)`` over 3-5 ordered visits with 1-3 replicates per visit and some visits
+    missing, or ``diag``/``homdiag(1 + x | g)``; with glmmTMB's structures sometimes a crossed
+    ``(1 | h)`` too. R fits it with glmmTMB (nlme's lme for homcs/homdiag) in the same process."""
+    kinds = STRUCTURES_TMB + STRUCTURES_NLME + ["mmrm"]
+    kind = kinds[i % len(kinds)] if rng.random() < 0.7 else str(rng.choice(kinds))
+    if kind == "mmrm":
+        return _mmrm_case(rng, i)
+    m = int(rng.integers(6, 26))
+    kf = int(rng.integers(3, 6))
+    f_levels = [f"v{j + 1}" for j in range(kf)]
+    rows = []
+    for j in range(m):
+        for v in range(kf):
+            if rng.random() < 0.12:  # a missed visit
+                continue
+            rows += [(j, v)] * int(rng.integers(1, 4))
+    g, v = np.array(rows).T
+    n = len(g)
+    g_levels = _levels("g", m)
+    d = pd.DataFrame({"g": _factor(np.array(g_levels)[g], g_levels), "f": _factor(np.array(f_levels)[v], f_levels),
+                      "x": rng.normal(0, 1, n) + rng.normal(0, 0.3, m)[g]})
+    slope = kind in ("diag", "homdiag") and rng.random() < 0.4
+    expr = "1 + x" if slope else "0 + f"
+    k = 2 if slope else kf
+    singular = rng.random() < 0.12
+    D = _structured_D(rng, kind, k, singular)
+    b = rng.multivariate_normal(np.zeros(k), D, size=m, method="eigh")
+    Z = np.column_stack([np.ones(n), d["x"]]) if slope else np.eye(kf)[v]
+    beta = rng.normal(0, 1, kf + 1)
+    eta = beta[0] + beta[1] * d["x"].to_numpy() + np.concatenate([[0.0], beta[2:]])[v] + np.einsum("ik,ik->i", Z, b[g])
+    random = f"{kind}({expr} | g)"
+    notes = ["structured", kind]
+    if kind in STRUCTURES_TMB and rng.random() < 0.3:
+        mh = int(rng.integers(3, 9))
+        h_levels = _levels("h", mh)
+        h = rng.integers(0, mh, n)
+        d["h"] = _factor(np.array(h_levels)[h], h_levels)
+        eta += float(np.exp(rng.normal(-0.3, 0.5))) * rng.normal(size=mh)[h]
+        random += " + (1 | h)"
+        notes.append("crossed")
+    yscale = 10.0 ** rng.uniform(-2, 3)
+    d["y"] = (eta + rng.normal(size=n)) * yscale + rng.normal(0, 3) * yscale
+    fixed = "f + x" if not slope or rng.random() < 0.5 else "x"
+    return Case(id=f"s{i:04d}", formula=f"y ~ {fixed} + {random}", data=d[["y", "g", "f", "x"] + (["h"] if "h" in d else [])],
+                reml=bool(rng.random() < 0.6), structure=kind, struct_expr=expr, notes=notes)
+
+
+def _mmrm_case(rng, i: int) -> Case:
+    """The MMRM: no random effects, an unstructured covariance of the 3-5 visits f within a
+    subject g (nlme's gls with corSymm and varIdent), each visit at most once, some missed."""
+    m = int(rng.integers(12, 40))
+    kf = int(rng.integers(3, 6))
+    f_levels = [f"v{j + 1}" for j in range(kf)]
+    A = rng.normal(size=(kf, kf))
+    S = A @ A.T / kf + 0.3 * np.eye(kf)
+    sd = np.exp(rng.normal(0, 0.4, kf))
+    S = S / np.sqrt(np.outer(np.diag(S), np.diag(S))) * np.outer(sd, sd)
+    rows = [(j, v) for j in range(m) for v in range(kf) if rng.random() > 0.1]
+    g, v = np.array(rows).T
+    arm = (np.arange(m) % 2)[g]
+    e = rng.multivariate_normal(np.zeros(kf), S, size=m)[g, v]
+    beta = rng.normal(0, 1, (2, kf))
+    yscale = 10.0 ** rng.uniform(-2, 3)
+    g_levels = _levels("g", m)
+    d = pd.DataFrame({"y": (beta[arm, v] + e) * yscale, "g": _factor(np.array(g_levels)[g], g_levels),
+                      "f": _factor(np.array(f_levels)[v], f_levels),
+                      "a": _factor(np.array(["a1", "a2"])[arm], ["a1", "a2"])})
+    return Case(id=f"s{i:04d}", formula="y ~ a * f", data=d, reml=bool(rng.random() < 0.7), structure="mmrm",
+                notes=["structured", "mmrm"])
+
+
 AWKWARD = ["None", "NA", " a+b ", "TRUE", "1.5", "null", "a b", "é", "-1", "nan", "`q`", "0"]
 
 
@@ -407,14 +530,17 @@ def _big_case(rng, i: int) -> Case:
 
 
 def generate(seed: int, n: int, n_ar1: int | None = None) -> list[Case]:
-    """``n`` random cases (about one in fifteen with AR(1) residuals, one in fifty of 2000-4000
-    rows), reproducible from ``seed``."""
+    """``n`` random cases (about one in fifteen with AR(1) residuals, one in fifteen with a
+    covariance structure, one in fifty of 2000-4000 rows), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
     extra = np.random.default_rng([seed, 14])  # weights and offsets
     shape = np.random.default_rng([seed, 24])  # the shapes of users' data (_reshape)
     n_ar1 = max(1, n // 15) if n_ar1 is None else n_ar1
     n_big = n // 50
-    cases = [_reshape(_case(rng, i, extra), shape) for i in range(n - n_ar1 - n_big)]
+    n_struct = max(1, n // 15)
+    structured = np.random.default_rng([seed, 25])  # covariance structures: every other choice unchanged
+    cases = [_reshape(_case(rng, i, extra), shape) for i in range(n - n_ar1 - n_big - n_struct)]
     cases += [_ar1_case(rng, i, shape) for i in range(n_ar1)]
+    cases += [_structured_case(structured, i) for i in range(n_struct)]
     cases += [_big_case(shape, i) for i in range(n_big)]
     return cases

@@ -28,7 +28,7 @@ def r_available() -> str | None:
     if shutil.which("Rscript") is None:
         return "Rscript is not on PATH"
     probe = subprocess.run(
-        ["Rscript", "-e", "for (p in c('lme4','lmerTest','pbkrtest','nlme','emmeans','performance','jsonlite')) "
+        ["Rscript", "-e", "for (p in c('lme4','lmerTest','pbkrtest','nlme','emmeans','performance','glmmTMB','jsonlite')) "
          "if (!requireNamespace(p, quietly=TRUE)) stop('missing R package ', p)"],
         capture_output=True, text=True)
     if probe.returncode != 0:
@@ -52,7 +52,7 @@ def _spec(case, folder: Path) -> dict:
     return {"id": case.id, "formula": case.formula, "csv": str(csv), "factors": factors,
             "reml": case.reml, "kr": case.kr, "profile": case.profile, "lrt_drop": case.lrt_drop,
             "ar1": case.ar1, "rescale": case.rescale, "centre": case.centre, "weights": case.weights, "newdata": newdata,
-            "ar1_random": case.ar1_random}
+            "ar1_random": case.ar1_random, "structure": case.structure, "struct_expr": case.struct_expr}
 
 
 def _run(specs: list[dict], folder: Path, tag: str) -> list[dict]:

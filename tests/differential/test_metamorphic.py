@@ -32,6 +32,7 @@ no longer carry, ``ε|c|/SD`` of their SD, which is added to every tolerance.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 import zlib
@@ -50,10 +51,13 @@ MAX_CASES = 120
 
 @pytest.fixture(params=range(MAX_CASES))
 def meta_case(request):
-    """The first 100 ordinary cases of the draw and up to 20 of its AR(1) and large ones."""
+    """The first ordinary cases of the draw and up to 30 of its AR(1), covariance-structure and
+    large ones (in turn)."""
     cases = _cases(request.config)
-    special = [c for c in cases if c.ar1 or "big" in c.notes]
-    chosen = [c for c in cases if c not in special][: MAX_CASES - min(len(special), 20)] + special[:20]
+    kinds = [[c for c in cases if c.ar1], [c for c in cases if c.structure], [c for c in cases if "big" in c.notes]]
+    special = [c for group in itertools.zip_longest(*kinds) for c in group if c is not None][:30]
+    chosen = [c for c in cases if c not in special and not c.ar1 and not c.structure and "big" not in c.notes]
+    chosen = chosen[: MAX_CASES - len(special)] + special
     if request.param >= len(chosen):
         pytest.skip("fewer cases in this draw")
     return chosen[request.param]
@@ -62,8 +66,7 @@ def meta_case(request):
 def _fit(case, data, weights=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        residual = hl.AR1() if case.ar1 else None
-        return hl.LMM(case.formula, data, residual=residual, weights=weights).fit(
+        return hl.LMM(case.formula, data, weights=weights, **case.residual_arguments()).fit(
             method="REML" if case.reml else "ML")
 
 
@@ -90,8 +93,8 @@ def _common_optimum(base, fit):
     ratio = []
     for tb, tf in zip(base.design.terms, fit.design.terms):
         rb, rf = np.sqrt(np.mean(tb.Z**2, axis=0)), np.sqrt(np.mean(tf.Z**2, axis=0))
-        r = np.where(rb > 0, rf / np.where(rb > 0, rb, 1.0), 1.0)
-        ratio.append(np.array([r[a] for a, _ in tb.pairs]))
+        # per parameter of the term's structure: a relative SD scales with its column's RMS
+        ratio.append(tb.cov.par_scale(rf) / tb.cov.par_scale(rb))
     ratio = np.concatenate(ratio)
     theta_b, theta_f = base.solution.theta, fit.solution.theta
     ratio = np.concatenate([ratio, np.ones(len(theta_b) - len(ratio))])  # a residual correlation's: unscaled
