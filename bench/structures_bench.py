@@ -14,14 +14,13 @@ import argparse
 import json
 import subprocess
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import hierlmm as hl
+import run_bench  # noqa: E402  (bench/ is the script's folder)
 
 HERE = Path(__file__).parent
 
@@ -45,15 +44,10 @@ def visit_data(m: int = 500, seed: int = 2) -> pd.DataFrame:
 
 
 def time_hierlmm(formula, df, reps):
+    """run_bench's timing (median after a warm-up), warnings silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        hl.LMM(formula, df).fit()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            hl.LMM(formula, df).fit()
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        return run_bench.time_hierlmm(formula, df, reps)
 
 
 R_TIMER = r"""

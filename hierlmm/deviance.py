@@ -213,6 +213,8 @@ class Deviance:
         This is lmerTest's ``devfun_vp``, the function whose Hessian in (θ, σ) gives the
         asymptotic covariance of the variance parameters.
         """
+        if not np.all(np.isfinite(theta)):  # no model here (a profile's point a structure cannot take)
+            return np.inf
         parts = self._criterion_parts(theta)
         if parts is None or not sigma > 0:
             return np.inf

@@ -45,7 +45,8 @@ def test_matches_r(key):
     unstructured fit has the same logLik in all three, to 1e-7)."""
     ref = REFS[key]
     data = machines() if key.startswith("machines") else hl.datasets.load("sleepstudy")
-    f = fit(ref["formula"], data, "REML" if ref["REML"] else "ML")
+    variance = {"variance": hl.VarIdent(ref["variance"])} if ref.get("variance") else {}
+    f = fit(ref["formula"], data, "REML" if ref["REML"] else "ML", **variance)
     assert f.converged
     # R's optimisers stop within ~1e-7 of the optimum (glmmTMB's ML: 3e-9 below ours at most)
     assert f.loglik == pytest.approx(ref["logLik"], abs=1e-6)
@@ -55,7 +56,12 @@ def test_matches_r(key):
     # β to a small fraction of its SE (glmmTMB's ML optimises β too: 3e-5 of a score of 60)
     assert np.all(np.abs(np.asarray(f.fixef) - ref["fixef"]) < 1e-4 * np.asarray(ref["se"]))
     np.testing.assert_allclose(se, ref["se"], rtol=2e-4)
-    assert f.sigma == pytest.approx(ref["sigma"], rel=2e-5)
+    if ref.get("variance"):  # a residual SD per level (glmmTMB's dispformula)
+        ratio = {k.split("=", 1)[1]: v for k, v in f.residual_params.items()}
+        for level, sd in ref["residual_sd"].items():
+            assert f.sigma * ratio.get(level, 1.0) == pytest.approx(sd, rel=2e-5), level
+    else:
+        assert f.sigma == pytest.approx(ref["sigma"], rel=2e-5)
     # every term's D, block-diagonal (lme4's (Days || Subject) has two terms)
     D = scipy.linalg.block_diag(*(m.to_numpy() for m in f.covariance_matrices().values()))
     blocks = ref["D"] if isinstance(ref["D"], list) else list(ref["D"].values())
@@ -211,11 +217,57 @@ def test_misuse_is_a_clear_error(formula, match):
         hl.LMM(formula, machines())
 
 
+def test_profile_intervals_of_a_structure_are_those_of_the_same_model_in_lme4s_terms():
+    """Two parametrisations of one model, two code paths of the profile (a structure's natural
+    parameters as coordinates; lme4's terms in spherical coordinates, checked against lme4 in the
+    differential suite): ``diag(Days | Subject)`` is ``(Days || Subject)``, and ``cs`` of a
+    2-level factor is the unstructured ``(0 + f | g)``. The same limits."""
+    s = hl.datasets.load("sleepstudy")
+    a = fit("Reaction ~ Days + diag(Days | Subject)", s).confint(method="profile")
+    b = fit("Reaction ~ Days + (Days || Subject)", s).confint(method="profile")
+    np.testing.assert_allclose(a.to_numpy(dtype=float), b.to_numpy(dtype=float), rtol=2e-5)
+    d = machines()
+    d = d[d.Machine != "C"].copy()
+    d["Machine"] = d["Machine"].cat.remove_unused_categories()
+    c = fit("score ~ Machine + cs(0 + Machine | Worker)", d).confint(method="profile")
+    u = fit("score ~ Machine + (0 + Machine | Worker)", d).confint(method="profile")
+    assert list(c.index)[2] == "cor|Worker" and list(u.index)[1].startswith("cor_")
+    u = u.iloc[[0, 2, 1, 3, 4, 5]]  # lme4's order sd, cor, sd; the structure's sd, sd, cor
+    np.testing.assert_allclose(c.to_numpy(dtype=float), u.to_numpy(dtype=float), rtol=2e-5)
+
+
+def test_profile_limits_are_where_the_deviance_rises_by_the_quantile():
+    """Each limit of an ar1 term's profile: the ML deviance, minimised over the other
+    parameters with ψ fixed there (from several starts), is the minimum plus χ²₁(0.95)."""
+    from scipy import stats, optimize
+
+    d = machines()
+    f = fit("score ~ Machine + ar1(0 + Machine | Worker)", d, "ML")
+    ci = f.confint(method="profile")
+    dev = f.deviance_function
+    target = f.deviance + stats.chi2.ppf(0.95, 1)
+    t = f.design.terms[0]
+    for name, col in (("sd|Worker", 0), ("rho|Worker", 1)):
+        for limit in ci.loc[name].to_numpy(dtype=float):
+            def g(v):  # the other natural parameter and σ free
+                other, sigma = v
+                if sigma <= 0:
+                    return np.inf
+                nat = np.array([limit, other] if col == 0 else [other, limit])
+                if col == 0 and not -1 <= other <= 1 or col == 1 and other < 0:
+                    return np.inf
+                return dev.unprofiled(t.cov.par_from_natural(nat, sigma), sigma)
+            starts = [(0.5, f.sigma), (-0.5, f.sigma), (0.9, 1.5 * f.sigma)] if col == 0 else [
+                (2.0, f.sigma), (6.0, f.sigma), (12.0, 0.8 * f.sigma)]
+            best = min(optimize.minimize(g, s0, method="Nelder-Mead",
+                                         options={"xatol": 1e-9, "fatol": 1e-10, "maxiter": 4000}).fun
+                       for s0 in starts)
+            assert best == pytest.approx(target, abs=2e-4), (name, limit)
+
+
 def test_what_is_not_implemented_for_structures_refuses_naming_the_term():
     d = machines()
     f = fit("score ~ Machine + ar1(0 + Machine | Worker)", d)
-    with pytest.raises(HierlmmError, match=r"ar1\(0 \+ Machine \| Worker\).*first-order autoregressive"):
-        f.confint(method="profile")
     with pytest.raises(HierlmmError, match=r"not \(as pbkrtest"):
         f.coef_table("kenward-roger")
     with pytest.raises(HierlmmError, match=r"ar1\(0 \+ Machine \| Worker\)"):

@@ -41,7 +41,8 @@ def orthodont() -> pd.DataFrame:
 
 def model_of(ref, data=None) -> hl.LMM:
     data = (mmrm_data() if ref["data"] == "mmrm" else orthodont()) if data is None else data
-    residual = hl.Unstructured(time=ref["time"], group=ref["group"]) if ref.get("residual") else None
+    residual = (hl.AR1() if ref.get("residual") == "AR1" else
+                hl.Unstructured(time=ref["time"], group=ref["group"]) if ref.get("residual") else None)
     variance = hl.VarIdent(ref["variance"]) if ref.get("variance") else None
     return hl.LMM(ref["formula"], data, residual=residual, variance=variance)
 
@@ -66,7 +67,9 @@ def test_matches_nlme(key):
     # nlme's gls reports Var(β̂) of an ML fit with σ²N/(N − p) (lme's and lme4's with the ML σ²)
     np.testing.assert_allclose(fit.se.to_numpy() * np.sqrt(ref["vcov_factor"]), ref["se"], rtol=2e-4)
     params = fit.residual_params
-    if "cor" in ref:
+    if ref.get("residual") == "AR1":
+        assert params["phi"] == pytest.approx(float(np.atleast_1d(ref["cor"])[0]), abs=2e-4)
+    elif "cor" in ref:
         cors = [v for k, v in params.items() if k.startswith("cor(")]
         np.testing.assert_allclose(cors, ref["cor"], atol=2e-4)  # nlme's order: (2,1), (3,1), ..., column by column
     if "residual_sd" in ref:  # σ δ_level: free of which level is the reference (nlme's is the first in its order)

@@ -40,7 +40,7 @@ class AR1(Covariance):
         return np.array([s, float(from_unit(rho))])
 
     def par_labels(self) -> list[str]:
-        return ["sd", "rho"]
+        return ["sd", "rho (unconstrained)"]
 
     def natural(self, D) -> np.ndarray:
         return self._natural(D)

@@ -56,7 +56,7 @@ class CompoundSymmetry(Covariance):
         return np.append(sds, self._x(rho))
 
     def par_labels(self) -> list[str]:
-        return [f"sd_{n}" for n in self.names] + ["rho"]
+        return [f"sd_{n}" for n in self.names] + ["rho (unconstrained)"]
 
     def natural(self, D) -> np.ndarray:
         sd, rho = self._common(D)
@@ -84,7 +84,7 @@ class HomCompoundSymmetry(CompoundSymmetry):
     n_sd = 1
 
     def par_labels(self) -> list[str]:
-        return ["sd", "rho"]
+        return ["sd", "rho (unconstrained)"]
 
     def natural_labels(self) -> list[str]:
         return ["sd", "cor"]

@@ -78,7 +78,7 @@ class Toeplitz(Covariance):
         return np.concatenate([sd, from_unit(pacf)])
 
     def par_labels(self) -> list[str]:
-        return [f"sd_{n}" for n in self.names] + [f"pacf_lag{l}" for l in range(1, self.k)]
+        return [f"sd_{n}" for n in self.names] + [f"pacf_lag{l} (unconstrained)" for l in range(1, self.k)]
 
     def natural(self, D) -> np.ndarray:
         sd, r = self._natural(D)

@@ -166,8 +166,6 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     if method == "profile":
         from hierlmm.inference.profile import profile_intervals
 
-        fit.model.require("confint(method='profile')", needs="unstructured",
-                          instead="use method='boot' (parametric bootstrap) or method='wald' for the fixed effects")
 
         with one_blas_thread():
             out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))

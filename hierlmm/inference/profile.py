@@ -68,18 +68,29 @@ class Coordinates:
     ``(1, 0, …)`` and ``(ρ, √(1−ρ²), 0, …)``, fixed, and the rest stay free, so every
     correlation matrix with ``R_rc = ρ`` is reachable and none other.
 
+    A term with another covariance structure (:mod:`hierlmm.covariance`) has its own natural
+    parameters as coordinates, in their ranges (:meth:`Covariance.natural_bounds`): its SDs,
+    its correlation(s); a point the structure cannot take (a Toeplitz matrix that is not
+    positive definite) has an infinite deviance.
+
     ``x`` holds, per term, its free SDs and its free angles, then σ; SDs and σ in units of
     ``unit`` (σ̂), so that the optimiser's steps are of order one.
     """
 
     def __init__(self, design, est: np.ndarray, j: int, unit: float):
 
-        lo, _ = bounds(design)
+        lo, hi = bounds(design)
         self.est, self.j, self.unit = np.asarray(est, dtype=float), j, unit
+        self.lo, self.hi = lo, hi
         self.terms = []  # per term: (k, positions of its sdcor entries, fixed (r, c) or None, perm)
         i = 0
         for t in design.terms:
-            pos = {pair: i + a for a, pair in enumerate(t.cov.pairs)}  # unstructured terms only
+            if not t.unstructured:  # its natural parameters at positions i .. i + n
+                n = len(t.sdcor_names())
+                self.terms.append((None, range(i, i + n), None, None))
+                i += n
+                continue
+            pos = {pair: i + a for a, pair in enumerate(t.cov.pairs)}
             i += t.n_theta
             fixed = next(((r, c) for (r, c), p in pos.items() if p == j and r != c), None)
             perm = list(range(t.k)) if fixed is None else (
@@ -91,10 +102,17 @@ class Coordinates:
     def _free_rows(self, k, fixed):
         return range(2 if fixed is not None else 1, k)
 
+    def _sd(self, p: int) -> bool:
+        """Entry ``p`` of the sdcor vector is an SD (kept in units of σ̂)."""
+        return self.lo[p] == 0 and not np.isfinite(self.hi[p])
+
     def start(self) -> np.ndarray:
         """``x`` at the estimate (ψ's own value aside)."""
         x = []
         for k, pos, fixed, perm in self.terms:
+            if k is None:  # a structured term's natural parameters
+                x += [self.est[p] / self.unit if self._sd(p) else self.est[p] for p in pos if p != self.j]
+                continue
             sd = np.array([self.est[pos[a, a]] for a in range(k)])
             x += [sd[a] / self.unit for a in range(k) if pos[a, a] != self.j]
             R = np.eye(k)
@@ -112,6 +130,13 @@ class Coordinates:
         """Lower and upper bounds of ``x``, and the mask of its SD entries."""
         lo, hi, sd = [], [], []
         for k, pos, fixed, _ in self.terms:
+            if k is None:
+                for p in pos:
+                    if p != self.j:
+                        lo.append(0.0 if self._sd(p) else self.lo[p])
+                        hi.append(self.hi[p])
+                        sd.append(self._sd(p))
+                continue
             nsd = sum(pos[a, a] != self.j for a in range(k))
             nang = sum(a for a in self._free_rows(k, fixed))
             lo += [0.0] * nsd + [0.0] * nang
@@ -125,6 +150,16 @@ class Coordinates:
         """Per term ``(SDs, C, perm)`` (``R = C C'`` in the order ``perm``), and σ."""
         i, parts = 0, []
         for k, pos, fixed, perm in self.terms:
+            if k is None:  # the structured term's natural values, ψ in its place
+                vals = []
+                for p in pos:
+                    if p == self.j:
+                        vals.append(psi)
+                    else:
+                        vals.append(x[i] * self.unit if self._sd(p) else x[i])
+                        i += 1
+                parts.append((None, np.array(vals), None))
+                continue
             sd = np.empty(k)
             for a in range(k):
                 if pos[a, a] == self.j:
@@ -148,6 +183,9 @@ class Coordinates:
         parts, sigma = self._parts(x, psi)
         v = np.empty(self.n)
         for (k, pos, _, _), (sd, C, perm) in zip(self.terms, parts):
+            if k is None:
+                v[list(pos)] = C
+                continue
             R = np.empty((k, k))
             R[np.ix_(perm, perm)] = C @ C.T
             for (r, c), p in pos.items():
@@ -163,6 +201,10 @@ class Coordinates:
         parts, sigma = self._parts(x, psi)
         theta = []
         for t, (sd, C, perm) in zip(design.terms, parts):
+            if sd is None:  # a structured term: its parameters from the natural values (None: no such D)
+                par = t.cov.par_from_natural(C, sigma)
+                theta.append(np.full(t.n_theta, np.nan) if par is None else par)
+                continue
             if np.array_equal(perm, np.arange(t.k)):
                 T = sd[:, None] * C
             else:
@@ -173,11 +215,13 @@ class Coordinates:
         return np.concatenate(theta), sigma
 
     def random(self, rng) -> np.ndarray:
-        """A random start: SDs and σ in ``(0.05, 2) × max(1, estimate)``, angles in ``(0, π)``."""
+        """A random start: SDs and σ in ``(0.05, 2) × max(1, estimate)``, angles (and a structured
+        term's correlations) uniform over their range."""
         lo, hi, _ = self.bounds()
         x0 = self.start()
         scale = np.maximum(1.0, np.where(np.isfinite(hi), 1.0, x0))
-        return np.where(np.isfinite(hi), rng.uniform(0, np.pi, lo.size), rng.uniform(0.05, 2.0, lo.size) * scale)
+        return np.where(np.isfinite(hi), rng.uniform(lo, np.where(np.isfinite(hi), hi, lo + 1)),
+                        rng.uniform(0.05, 2.0, lo.size) * scale)
 
 
 def _unit_cholesky(R: np.ndarray) -> np.ndarray:

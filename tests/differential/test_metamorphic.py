@@ -95,7 +95,7 @@ def _common_optimum(base, fit):
         rb, rf = np.sqrt(np.mean(tb.Z**2, axis=0)), np.sqrt(np.mean(tf.Z**2, axis=0))
         # per parameter of the term's structure: a relative SD scales with its column's RMS
         ratio.append(tb.cov.par_scale(rf) / tb.cov.par_scale(rb))
-    ratio = np.concatenate(ratio)
+    ratio = np.concatenate(ratio + [np.zeros(0)])  # (a gls has no terms)
     theta_b, theta_f = base.solution.theta, fit.solution.theta
     ratio = np.concatenate([ratio, np.ones(len(theta_b) - len(ratio))])  # a residual correlation's: unscaled
 

@@ -31,6 +31,16 @@ l4 <- function(formula, data, reml) {
        sigma = sigma(f), logLik = as.numeric(logLik(f)), df = attr(logLik(f), "df"),
        D = lapply(VarCorr(f), function(m) unname(as.matrix(m)[, ])))
 }
+# a structure beside a residual SD per level (glmmTMB's dispformula = ~ f is nlme's varIdent)
+tmb_disp <- function(formula, data, reml, by) {
+  f <- glmmTMB(as.formula(formula), dispformula = as.formula(paste("~", by)), data = data, REML = reml)
+  vc <- VarCorr(f)$cond
+  sd <- tapply(predict(f, type = "disp"), data[[by]], mean)  # the residual SD of each level
+  list(engine = "glmmTMB", formula = formula, variance = by, REML = reml, fixef = unname(fixef(f)$cond),
+       fixef_names = names(fixef(f)$cond), se = unname(sqrt(diag(vcov(f)$cond))), sigma = NA,
+       residual_sd = as.list(sd), logLik = as.numeric(logLik(f)), df = attr(logLik(f), "df"),
+       D = lapply(vc, function(m) unname(as.matrix(m)[, ])), converged = f$fit$convergence == 0 && isTRUE(f$sdr$pdHess))
+}
 out <- list()
 for (reml in c(TRUE, FALSE)) {
   tag <- if (reml) "reml" else "ml"
@@ -50,6 +60,8 @@ for (reml in c(TRUE, FALSE)) {
                                                        "Reaction ~ Days + homdiag(Days | Subject)")
   out[[paste0("sleepstudy_lme4_uncorr_", tag)]] <- l4("Reaction ~ Days + (Days || Subject)", S, reml)
 }
+out$machines_ar1_varident_reml <- tmb_disp("score ~ Machine + ar1(0 + Machine | Worker)", M, TRUE, "Machine")
+out$machines_diag_varident_ml <- tmb_disp("score ~ Machine + diag(0 + Machine | Worker)", M, FALSE, "Machine")
 out$versions <- list(glmmTMB = as.character(packageVersion("glmmTMB")), nlme = as.character(packageVersion("nlme")),
                      lme4 = as.character(packageVersion("lme4")))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE), "tests/reference/covariance_structures.json")

@@ -74,6 +74,13 @@ for (reml in c(TRUE, FALSE)) {
     list(formula = "distance ~ age + Sex", residual = "Unstructured", variance = "occ", time = "occ",
          group = "Subject", data = "Orthodont", REML = reml),
     pack(m2, list(individual = "M01", type = NULL)))
+  # a structured random term beside a residual structure: pdDiag with corAR1, pdCompSymm with varIdent
+  O$Sub2 <- O$Subject
+  m3 <- lme(distance ~ age + Sex, random = list(Subject = pdDiag(~ age)), data = O,
+            correlation = corAR1(form = ~ 1 | Subject), method = meth)
+  out[[paste0("orthodont_diag_ar1_", tag)]] <- c(
+    list(formula = "distance ~ age + Sex + diag(age | Subject)", residual = "AR1", group = "Subject",
+         data = "Orthodont", REML = reml), pack(m3, list(individual = "M01", type = "marginal")))
 }
 out$versions <- list(nlme = as.character(packageVersion("nlme")), emmeans = as.character(packageVersion("emmeans")))
 writeLines(toJSON(out, digits = NA, auto_unbox = TRUE, pretty = TRUE), "tests/reference/residual_structures.json")
