@@ -321,6 +321,62 @@ class BlockedCholesky:
             B = B * lam[:, None] if self.scalar_rest else np.asarray(lam.T @ B)
         return B
 
+    # --- the rest block's factor ----------------------------------------------------------
+    def _diagonal_rest(self) -> bool:
+        """The random-effects block of ``M = Λ_r'(A22 − A21 W A21')Λ_r + I`` is diagonal for
+        every θ: one scalar rest term (A22's block diagonal) whose levels each meet at most one
+        level of the first term (then the downdate couples no two of them). So are lme4's
+        ``(x || g)`` (its second term has g's levels, each meeting its own) and the outer factor
+        of a nesting; :meth:`_factor_diagonal_rest` then works in O(nnz(A21)·(p+1)), not with
+        the dense O(r³) factor of ``M`` (2000 levels: a fit in 0.19 s, not 4.7 s)."""
+        if getattr(self, "_diag_rest", None) is None:
+            cp, q = self.cp, self.cp.q_rest
+            ok = len(self.rest) == 1 and self.scalar_rest and q > 0
+            if ok:
+                block = np.asarray(cp.A22[:q, :q])
+                ok = np.count_nonzero(block) == np.count_nonzero(np.diag(block))
+            if ok:  # each first-term level (k1 columns) meets at most one rest column
+                A21 = cp.A21.tocsc()[:q] if cp.a21_sparse else sp.csc_matrix(np.asarray(cp.A21)[:q])
+                A21.eliminate_zeros()
+                levels = np.repeat(np.arange(A21.shape[1]) // self.first.k, np.diff(A21.indptr))
+                pairs = np.unique(np.stack([levels, A21.indices.astype(np.int64)]), axis=1)
+                ok = bool(pairs.shape[1] == 0 or np.bincount(pairs[0]).max() <= 1)
+            self._diag_rest = ok
+        return self._diag_rest
+
+    def _factor_diagonal_rest(self, L11, G, lam) -> BlockedFactor | None:
+        """:meth:`factor` where the random-effects block of ``M`` is diagonal
+        (:meth:`_diagonal_rest`): from ``L21 = Λ_r'A21 G`` only that diagonal, the X and y
+        rows against it and their own square are formed (O(nnz(A21)·(p+1)), not O(r²))."""
+        cp, q = self.cp, self.cp.q_rest
+        L21 = self.l21(G, lam)
+        top, bottom = L21[:q], L21[q:]
+        if sp.issparse(L21):
+            sq = np.asarray(top.multiply(top).sum(axis=1)).ravel()
+            cross = np.asarray((bottom @ top.T).toarray() if sp.issparse(bottom @ top.T) else bottom @ top.T)
+            bottom = bottom.toarray()
+        else:
+            sq = np.einsum("ij,ij->i", top, top)
+            cross = bottom @ top.T
+        lq, lx = lam[:q], lam[q:]
+        A22 = cp.A22
+        d = A22[self._eye_rest, self._eye_rest] * lq * lq + 1.0 - sq
+        if not np.all(d > 0):
+            return None
+        root = np.sqrt(d)
+        below = (np.asarray(A22[q:, :q]) * lq[None, :] * lx[:, None] - cross) / root[None, :]
+        S = np.asarray(A22[q:, q:]) * np.outer(lx, lx) - bottom @ bottom.T - below @ below.T
+        try:
+            tail = scipy.linalg.cholesky(S, lower=True, check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+        L22 = np.zeros((cp.r, cp.r))
+        L22[self._eye_rest, self._eye_rest] = root
+        L22[q:, :q] = below
+        L22[q:, q:] = tail
+        return BlockedFactor(L11=L11, G=G, L22=L22, q_rest=q, p=cp.p, logdet_RX_shift=cp.logdet_scale,
+                             _l21=L21, _l21_args=(self, G, lam))
+
     # --- the factorisation ---------------------------------------------------------------
     def factor(self, theta: np.ndarray) -> BlockedFactor | None:
         """``L_θ``, or ``None`` if ``Λ*' A Λ* + I`` is numerically not positive definite."""
@@ -342,6 +398,8 @@ class BlockedCholesky:
             G = T1 @ np.linalg.inv(L11).transpose(0, 2, 1)  # T1 L_j^{-T}
 
         lam = self.rest_lambda(theta) if self.rest else None
+        if lam is not None and self._diagonal_rest():
+            return self._factor_diagonal_rest(L11, G, lam)
         if lam is None:
             M = cp.A22.copy()
         elif self.scalar_rest:

@@ -437,8 +437,6 @@ class LMM:
         random_seed = seed(random_seed)
         if max_draws is not None:
             max_draws = count(max_draws, "max_draws", minimum=draws)
-        self.require("sample()", needs="unstructured", instead="fit it with .fit(); the Bayesian side samples "
-                     "unstructured D (flat on its entries) only, so far")
         self.require("sample()", instead="the Bayesian side implements the hierarchical model with iid "
                      "residuals only (it would sample that model instead); fit this one with .fit()")
         from hierlmm.bayes.sample import sample

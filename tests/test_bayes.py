@@ -15,10 +15,14 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import hierlmm as hl
+from conftest import REF_DIR as REF
 from conftest import load_ref
+from hierlmm.bayes import WeaklyInformative
+from hierlmm.bayes.propriety import ProprietyNotVerifiedWarning
 
 pytest.importorskip("pymc")
 pytest.importorskip("nutpie")
@@ -618,3 +622,58 @@ def test_a_cold_kernel_cache_is_detected(tmp_path, monkeypatch):
     assert not kernel._cache_is_cold()
     os.utime(tmp_path / "_kernel_impl.logp_c-525.py312.nbi", (0, 0))  # older than the source: stale
     assert kernel._cache_is_cold()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prior", ["flat", "flat_sd"])
+def test_structured_term_samples_the_exact_posterior(prior):
+    """``homdiag(1 | Batch)`` is ``(1 | Batch)``: flat on its variance (``"flat"``) or its SD
+    (``"flat_sd"``) the posterior is Dyestuff's exact one, within 5 Monte Carlo SEs."""
+    model = hl.LMM("Yield ~ 1 + homdiag(1 | Batch)", hl.datasets.load("Dyestuff"))
+    with pytest.warns(ProprietyNotVerifiedWarning, match=r"homdiag\(1 \| Batch\)"):
+        post = _sample(model, prior=prior, draws=2000, tune=1000, chains=2, random_seed=11)
+    exact = load_ref("dyestuff_flat_posterior")[PRIOR_KEY[prior]]
+    for key, name in (("sigma2", "sigma2"), ("tau2", "var_Batch")):
+        draws = post.posterior[name].to_numpy().reshape(2, -1)
+        for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
+            est = np.quantile(draws, q)
+            assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
+
+
+@pytest.mark.slow
+def test_diag_term_samples_as_lme4s_double_bar():
+    """``diag(Days | Subject)`` and ``(Days || Subject)`` are one model with one flat prior (on
+    each variance): their posteriors agree within Monte Carlo error; the diagonal term stores no
+    covariance (nothing that does not vary), and ArviZ's summary labels every row."""
+    s = hl.datasets.load("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ProprietyNotVerifiedWarning)
+        a = _sample(hl.LMM("Reaction ~ Days + diag(Days | Subject)", s), draws=2000, tune=1000, chains=2,
+                    random_seed=5)
+    b = _sample(hl.LMM("Reaction ~ Days + (Days || Subject)", s), draws=2000, tune=1000, chains=2, random_seed=6)
+    assert "cov_Subject" not in a.posterior and "corr_Subject" not in a.posterior
+    pairs = [(a.posterior["var_Subject"].to_numpy()[..., j], b.posterior[name].to_numpy()[..., 0])
+             for j, name in enumerate(["var_Subject", "var_Subject.1"])]
+    pairs.append((a.posterior["sigma2"].to_numpy(), b.posterior["sigma2"].to_numpy()))
+    for da, db in pairs:
+        for q in (0.05, 0.5, 0.95):
+            tol = 5 * np.hypot(_mcse_quantile(da, q), _mcse_quantile(db, q))
+            assert abs(np.quantile(da, q) - np.quantile(db, q)) < tol, q
+    table = az.summary(a.idata, var_names=["~b_"], filter_vars="like")
+    assert "var_Subject[Days]" in table.index and table["r_hat"].max() < 1.01
+
+
+def test_what_the_samplers_do_not_take_of_a_structure_is_refused_by_name():
+    d = pd.read_csv(REF / "machines.csv")
+    d["Machine"] = pd.Categorical(d["Machine"])
+    d["Worker"] = pd.Categorical(d["Worker"].astype(str))
+    toep = hl.LMM("score ~ Machine + toep(0 + Machine | Worker)", d)
+    with pytest.raises(hl.HierlmmError, match=r"toep\(0 \+ Machine \| Worker\) \(heterogeneous Toeplitz\)"):
+        toep.sample(draws=10, tune=10, chains=1, progressbar=False)
+    cs = hl.LMM("score ~ Machine + cs(0 + Machine | Worker)", d)
+    with pytest.raises(hl.HierlmmError, match="prior='flat'"):
+        cs.sample(prior=WeaklyInformative(), draws=10, tune=10, chains=1, progressbar=False)
+    with pytest.raises(hl.HierlmmError, match="sampler='collapsed'"):
+        cs.sample(sampler="hierarchical", draws=10, tune=10, chains=1, progressbar=False)
+    with pytest.raises(hl.HierlmmError, match="unstructured"):
+        cs.posterior_mode()

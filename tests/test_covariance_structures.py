@@ -270,8 +270,8 @@ def test_what_is_not_implemented_for_structures_refuses_naming_the_term():
     f = fit("score ~ Machine + ar1(0 + Machine | Worker)", d)
     with pytest.raises(HierlmmError, match=r"not \(as pbkrtest"):
         f.coef_table("kenward-roger")
-    with pytest.raises(HierlmmError, match=r"ar1\(0 \+ Machine \| Worker\)"):
-        f.model.sample(draws=10, tune=10, chains=1)
+    with pytest.raises(HierlmmError, match="unstructured"):
+        f.model.posterior_mode()
     with pytest.raises(HierlmmError, match="unstructured"):
         hl.LMM("score ~ Machine + diag(0 + Machine | Worker)", d, formulation="marginal")
 
@@ -302,3 +302,35 @@ def test_vcov_jacobian_of_every_structure_is_the_derivative():
             dn[i] -= h
             fd = (dev.unscaled_vcov(up) - dev.unscaled_vcov(dn)) / (2 * h)
             np.testing.assert_allclose(got[i], fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max() + 1e-12)
+
+
+@pytest.mark.parametrize("formula, data", [("Reaction ~ Days + (Days || Subject)", "sleepstudy"),
+                                           ("strength ~ 1 + (1 | batch/cask)", "Pastes")])
+def test_a_diagonal_rest_block_is_factorised_as_the_dense_one(formula, data):
+    """lme4's ``(x || g)`` and a nesting's outer factor leave the rest block of the blocked
+    Cholesky diagonal (cholesky.BlockedCholesky._diagonal_rest): its O(q) factor gives the
+    dense factor's criterion, β and L22 at any θ."""
+    from hierlmm.deviance import Deviance
+
+    model = hl.LMM(formula, hl.datasets.load(data))
+    fast, dense = Deviance(model.design), Deviance(model.design)
+    dense.chol._diag_rest = False
+    assert fast.chol._diagonal_rest()
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        theta = rng.uniform(0.0, 2.0, fast.lower.size)
+        assert fast(theta) == pytest.approx(dense(theta), rel=1e-12)
+        np.testing.assert_allclose(fast.chol.factor(theta).L22, dense.chol.factor(theta).L22, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(fast.solve(theta).beta, dense.solve(theta).beta, rtol=1e-10)
+
+
+def test_ranova_reduces_a_diagonal_term_as_lme4s_double_bar():
+    """``Days in diag(Days | Subject)`` fits ``diag(1 | Subject)``: the row lmerTest gives
+    ``(0 + Days | Subject)`` of ``(Days || Subject)``."""
+    s = hl.datasets.load("sleepstudy")
+    a = fit("Reaction ~ Days + diag(Days | Subject)", s).ranova()
+    b = fit("Reaction ~ Days + (Days || Subject)", s).ranova()
+    assert list(a.index) == ["<none>", "Days in diag(Days | Subject)"]
+    for col in ("loglik", "lrt", "p", "p_mixture"):
+        assert a.loc["Days in diag(Days | Subject)", col] == pytest.approx(b.loc["(0 + Days | Subject)", col],
+                                                                           rel=1e-6)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hierlmm.bayes.priors import Layout, log_prior
+from hierlmm.bayes.priors import Layout
 from hierlmm.criterion import criterion
 from hierlmm.reterms import lambda_entries
 
@@ -83,21 +83,27 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
 
 
 def _theta_pt(layout: Layout, x):
-    """θ = (Cholesky entries of each D_t, exp() on the diagonal) / σ, and s = log σ²."""
+    """Λ's values, each term's ``T = L_t/σ`` at its pattern (:func:`hierlmm.reterms.lambda_values`;
+    for an unstructured term its Cholesky entries, exp() on the diagonal, i.e. θ), and s = log σ²."""
     import pytensor.tensor as pt
 
-    eta, s = x[: layout.n_eta], x[layout.n_eta]
+    s = x[layout.n_eta]
     parts = []
-    for sl, (pos, _) in zip(layout.slices, layout.diag):
-        v = eta[sl]
-        parts.append(pt.set_subtensor(v[pos], pt.exp(v[pos])))
+    for t, sl, (pos, _) in zip(layout.terms, layout.slices, layout.diag):
+        L = term_cholesky_pt(t, x[sl], pos)
+        parts.append(L[t.cov.pattern])
     return pt.concatenate(parts) / pt.exp(0.5 * s), s
 
 
 def term_cholesky_pt(term, eta, pos):
-    """``L_t`` (k x k, lower) from the term's unconstrained entries ``η_t`` (PyTensor)."""
+    """``L_t`` (k x k, lower) from the term's unconstrained entries ``η_t`` (PyTensor): the
+    Cholesky entries (log-diagonal) of an unstructured term, a structure's factor of its SDs
+    (logged in ``η_t``) and unbounded correlations otherwise."""
     import pytensor.tensor as pt
 
+    if not term.unstructured:
+        n_sd = term.cov._n_sd()
+        return term.cov.factor_pt(pt.concatenate([pt.exp(eta[:n_sd]), eta[n_sd:]]))
     tc, tr = np.triu_indices(term.k)
     L = pt.zeros((term.k, term.k))
     return pt.set_subtensor(L[tr, tc], pt.set_subtensor(eta[pos], pt.exp(eta[pos])))
@@ -137,7 +143,7 @@ def blocked_data(cp, n: int) -> dict[str, np.ndarray]:
 
 def structure_key(design, cp) -> tuple:
     """What the compiled blocked log-likelihood depends on besides :func:`blocked_data`."""
-    return tuple((t.m, t.k) for t in design.terms), cp.q_rest, cp.p, cp.r
+    return tuple((t.m, t.k, t.structure) for t in design.terms), cp.q_rest, cp.p, cp.r
 
 
 def reml_loglik_blocked_pt(design, layout: Layout, x, cp, data=None):
@@ -147,12 +153,12 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp, data=None):
 
     data = blocked_data(cp, design.n) if data is None else data
 
-    theta, s = _theta_pt(layout, x)
+    theta, s = _theta_pt(layout, x)  # Λ's values
     first = design.terms[0]
     k, r = first.k, cp.r
-    tc, tr = np.triu_indices(k)
+    pr, pc = first.cov.pattern
     T = pt.zeros((k, k))
-    T = pt.set_subtensor(T[tr, tc], theta[layout.slices[0]])
+    T = pt.set_subtensor(T[pr, pc], theta[: pr.size])
     A11 = data["A11"]  # (m, k, k)
     S = [[sum((T[b, a] * A11[:, b, d] * T[d, c] for b in range(k) for d in range(k)), start=0.0)
           + (1.0 if a == c else 0.0) for c in range(k)] for a in range(k)]
@@ -186,7 +192,7 @@ def reml_loglik_blocked_pt(design, layout: Layout, x, cp, data=None):
 def _rest_lambda_pt(design, layout, theta, r):
     import pytensor.tensor as pt
 
-    rows, cols, src, off = lambda_entries(design.terms[1:], layout.slices[1].start)
+    rows, cols, src, off = lambda_entries(design.terms[1:], design.terms[0].cov.pattern[0].size)
     lam = pt.zeros((r, r))
     lam = pt.set_subtensor(lam[rows, cols], theta[src])
     idx = np.arange(off, r)
@@ -223,7 +229,7 @@ def log_prior_pt(layout: Layout, prior, x):
     import pytensor.tensor as pt
 
     Ls = [term_cholesky_pt(t, x[sl], pos) for t, sl, (pos, _) in zip(layout.terms, layout.slices, layout.diag)]
-    return layout.log_jacobian(x, ops=pt) + log_prior(prior, Ls, layout.ks, 0.5 * x[layout.n_eta], ops=pt)
+    return layout.log_jacobian(x, ops=pt) + layout.log_prior_x(prior, x, Ls, ops=pt)
 
 
 def build_collapsed_model(design, prior, start: np.ndarray, cp=None):

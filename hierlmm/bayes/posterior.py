@@ -66,7 +66,7 @@ class Posterior:
         var = post[f"var_{label}"].to_numpy()
         k = var.shape[-1]
         D = var[..., :, None] * np.eye(k)
-        if k > 1:
+        if k > 1 and f"cov_{label}" in post.data_vars:  # (a diagonal structure stores none)
             r, c = _below_diagonal(k)
             cov = post[f"cov_{label}"].to_numpy()
             D[..., r, c] = cov
@@ -311,7 +311,7 @@ def assemble(model, layout, x, beta, bs, sample_stats=None):
         post[f"sd_{lab}"] = sd
         dims[f"var_{lab}"] = dims[f"sd_{lab}"] = [f"{lab}_effect"]
         coords[f"{lab}_effect"] = list(t.names)
-        if t.k > 1:  # what varies: the covariances and correlations below the diagonal
+        if t.k > 1 and not t.cov.diagonal:  # what varies: the covariances and correlations below the diagonal
             r, c = _below_diagonal(t.k)
             post[f"cov_{lab}"] = D[..., r, c]
             with np.errstate(invalid="ignore", divide="ignore"):

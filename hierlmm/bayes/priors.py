@@ -68,7 +68,15 @@ def hobert_casella_exponents(prior) -> tuple[float, float]:
 
 
 class Layout:
-    """Where each term's parameters live in the unconstrained vector ``(η_1, …, η_T, s)``."""
+    """Where each term's parameters live in the unconstrained vector ``(η_1, …, η_T, s)``.
+
+    An unstructured term's ``η_t`` is its Cholesky factor (module doc); a term with another
+    covariance structure (:mod:`hierlmm.covariance`) has its own parameters, the logs of its SDs
+    then its unbounded correlation parameters; its prior is on its natural parameters, the
+    variances and correlations: ``"flat"`` flat on them (as on ``D``'s entries for an
+    unstructured term), ``"flat_sd"`` flat on the SDs and correlations. The log-Jacobian to the
+    variances is ``Σ (log 2 + 2 η_sd)`` plus
+    :meth:`~hierlmm.covariance.Covariance.log_jacobian_natural` for the correlations."""
 
     def __init__(self, design):
         self.terms = design.terms
@@ -76,46 +84,90 @@ class Layout:
         self.ks = [t.k for t in self.terms]
         self.n_eta = design.n_theta
         self.size = self.n_eta + 1
-        self.diag = []  # per term: (positions in η_t of the diagonal, their row index i)
+        self.diag = []  # per term: (positions in η_t of the diagonal (of log SDs), their row index i)
         for t in self.terms:
+            if not t.unstructured:
+                n_sd = t.cov._n_sd()
+                self.diag.append((np.arange(n_sd), None))
+                continue
             cols, rows = np.triu_indices(t.k)
             self.diag.append((np.flatnonzero(rows == cols), rows[rows == cols]))
 
     # ---------------------------------------------------------------- numpy side
+    def _par(self, t, v):
+        """A structured term's parameters on the absolute scale from its unconstrained ``v``."""
+        n_sd = t.cov._n_sd()
+        return np.concatenate([np.exp(v[:n_sd]), v[n_sd:]])
+
     def unpack(self, x):
         """``x -> ([L_t], σ²)`` (numpy)."""
         Ls = []
         for t, s, (pos, _) in zip(self.terms, self.slices, self.diag):
             v = np.array(x[s], dtype=float)
+            if not t.unstructured:
+                Ls.append(t.cov.factor(self._par(t, v)))
+                continue
             v[pos] = np.exp(v[pos])
             Ls.append(t.template(v))
         return Ls, float(np.exp(x[self.n_eta]))
 
     def theta_sigma(self, x):
-        """``x -> (Ls, σ², θ, σ)`` with the core's ``θ = vech(L_t) / σ`` (``D_t = L_t L_t'``)."""
+        """``x -> (Ls, σ², θ, σ)`` with the core's θ (``vech(L_t) / σ``; a structured term's
+        parameters with its SDs divided by σ)."""
         Ls, s2 = self.unpack(x)
         sigma = float(np.sqrt(s2))
-        theta = np.concatenate([t.theta_from_template(L) for t, L in zip(self.terms, Ls)]) / sigma
-        return Ls, s2, theta, sigma
+        theta = []
+        for t, s, L in zip(self.terms, self.slices, Ls):
+            if t.unstructured:
+                theta.append(t.theta_from_template(L) / sigma)
+            else:
+                par = self._par(t, np.asarray(x[s], dtype=float))
+                par[: t.cov._n_sd()] /= sigma
+                theta.append(par)
+        return Ls, s2, np.concatenate(theta + [np.zeros(0)]), sigma
 
     def pack(self, Ls, sigma2) -> np.ndarray:
         out = []
         for t, L, (pos, _) in zip(self.terms, Ls, self.diag):
+            if not t.unstructured:
+                par = t.cov.par_from_natural(np.nan_to_num(t.cov.natural(L @ L.T)), 1.0)
+                n_sd = t.cov._n_sd()
+                out.append(np.concatenate([np.log(np.maximum(par[:n_sd], 1e-300)), par[n_sd:]]))
+                continue
             v = t.theta_from_template(L)
             v[pos] = np.log(np.maximum(v[pos], 1e-300))
             out.append(v)
         return np.concatenate(out + [[np.log(sigma2)]])
 
     def log_jacobian(self, x, ops=np):
-        """``log|∂(σ², vech D)/∂(s, η)|`` at ``x`` (numpy, or PyTensor with ``ops=pytensor.tensor``)."""
+        """``log|∂(σ², vech D)/∂(s, η)|`` at ``x`` (numpy, or PyTensor with ``ops=pytensor.tensor``);
+        for a structured term ``log|∂(SDs, correlations)/∂η_t|``."""
         total = x[self.n_eta]
-        for k, s, (pos, rows) in zip(self.ks, self.slices, self.diag):
+        for t, k, s, (pos, rows) in zip(self.terms, self.ks, self.slices, self.diag):
+            if not t.unstructured:  # to (variances, correlations): v = exp(2η)
+                v = x[s]
+                n_sd = t.cov._n_sd()
+                total = total + n_sd * np.log(2.0) + 2 * ops.sum(v[:n_sd]) + t.cov.log_jacobian_natural(v[n_sd:],
+                                                                                                       ops=ops)
+                continue
             total = total + k * np.log(2.0) + ops.sum((k - rows + 1) * x[s][pos])
         return total
 
     def log_prior(self, prior, Ls, sigma2) -> float:
-        """log p(σ², D) up to a constant (numpy)."""
+        """log p(σ², D) up to a constant (numpy; unstructured terms: the Bayesian mode)."""
         return float(log_prior(prior, Ls, self.ks, 0.5 * np.log(sigma2)))
+
+    def log_prior_x(self, prior, x, Ls, ops=np):
+        """log p(σ², D) at ``x`` with each term's own prior (PyTensor with ``ops``): the
+        unstructured terms' and σ²'s by :func:`log_prior`, a structured term's flat on its
+        variances (``"flat"``) or on its SDs (``"flat_sd"``: ``p(v) ∝ v^{−1/2}``)."""
+        us = [(L, k) for t, L, k in zip(self.terms, Ls, self.ks) if t.unstructured]
+        total = log_prior(prior, [L for L, _ in us], [k for _, k in us], 0.5 * x[self.n_eta], ops=ops)
+        if prior == "flat_sd":
+            for t, s in zip(self.terms, self.slices):
+                if not t.unstructured:
+                    total = total - ops.sum(x[s][: t.cov._n_sd()])
+        return total
 
 
 def log_prior(prior, Ls, ks, log_sigma, ops=np):

@@ -66,6 +66,28 @@ def _compiled_collapsed(model, design, prior, x0):
     return compiled
 
 
+def _check_structured(terms, prior, sampler) -> None:
+    """Terms with a covariance structure (:mod:`hierlmm.covariance`) are sampled by the collapsed
+    sampler under flat priors on their natural parameters (variances or SDs, correlations); what else is
+    asked is refused by name; propriety is not proven for them (warned)."""
+    from hierlmm.bayes.propriety import ProprietyNotVerifiedWarning
+    from hierlmm.errors import warn
+
+    names = ", ".join(f"{t.describe()} ({t.cov.title})" for t in terms)
+    if prior not in ("flat", "flat_sd") or sampler != "collapsed":
+        raise HierlmmError(f"sample() of a model with {names} is available with prior='flat' (flat on the "
+                           "structure's variances and correlations) or 'flat_sd' (on its SDs) and "
+                           "sampler='collapsed' only")
+    missing = [t for t in terms if t.cov.factor_pt(np.ones(t.n_theta)) is None]
+    if missing:
+        raise HierlmmError("sample() is not available for " + ", ".join(f"{t.describe()} ({t.cov.title})"
+                                                                     for t in missing) + "; fit it with .fit()")
+    warn(f"propriety of the flat-prior posterior is not proven for {names} (flat on their variances or SDs and "
+         "correlations): "
+         "check that the chains settle (R-hat, ESS) and that the SDs' posteriors do not run off to large values",
+         ProprietyNotVerifiedWarning)
+
+
 def _stats(trace):
     st = trace["sample_stats"]
     out = {}
@@ -95,7 +117,11 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     nuts_kwargs.setdefault("target_accept", 0.9)
     design = model.design
     prior = resolve_prior(prior, design.response_sd)
-    check_propriety(design, prior, model.deviance_function().cp)  # the A the fit and the sampler use
+    structured = [t for t in design.terms if not t.unstructured]
+    if structured:
+        _check_structured(structured, prior, sampler)
+    else:
+        check_propriety(design, prior, model.deviance_function().cp)  # the A the fit and the sampler use
     if sampler not in ("collapsed", "hierarchical"):
         raise HierlmmError(f"sampler must be 'collapsed' or 'hierarchical', got {sampler!r}")
     import warnings

@@ -29,6 +29,20 @@ class AR1(Covariance):
         L[:, 1:] *= np.sqrt(max(1.0 - rho * rho, 0.0))
         return s * L
 
+    def factor_pt(self, par):
+        import pytensor.tensor as pt
+
+        x = par[1]
+        rho = x / pt.sqrt(1 + x * x)
+        i = np.arange(self.k)
+        lag = i[:, None] - i[None, :]
+        powers = pt.switch(lag >= 0, rho ** np.maximum(lag, 0), 0.0)
+        scale = pt.concatenate([pt.ones(1), pt.sqrt(1 - rho * rho) * pt.ones(self.k - 1)])
+        return par[0] * powers * scale[None, :]
+
+    def log_jacobian_natural(self, x, ops=np):
+        return -1.5 * ops.log1p(x[0] * x[0])  # ρ = x/√(1+x²): dρ/dx = (1 + x²)^(−3/2)
+
     def _natural(self, D):
         sd, corr = sd_corr(D)
         lag1 = np.diag(corr, -1)

@@ -151,6 +151,16 @@ class Covariance:
             J[:, i] = (self.factor(up)[pat] - self.factor(dn)[pat]) / (up[i] - dn[i])
         return J
 
+    # --- the Bayesian side (flat priors on the natural parameters) ----------------------
+    def factor_pt(self, par):
+        """:meth:`factor` in PyTensor (``None``: not available to the samplers)."""
+        return None
+
+    def log_jacobian_natural(self, x, ops=np):
+        """``log|∂(natural correlations)/∂x|`` of the unbounded correlation parameters ``x``
+        (``par`` after the SDs): what a flat prior on the natural parameters adds."""
+        return 0.0
+
     def boundary_escapes(self, par, tol: float = 1e-4, lift: float = 0.3) -> list[np.ndarray]:
         """Starts off a singular boundary that may be a local minimum (none by default)."""
         return []

@@ -43,6 +43,20 @@ class CompoundSymmetry(Covariance):
         np.fill_diagonal(R, 1.0)
         return self._sds(par)[:, None] * psd_cholesky(R)
 
+    def factor_pt(self, par):
+        import pytensor.tensor as pt
+
+        a = self._floor
+        x = par[-1]
+        rho = a + (1 - a) * (1 + x / pt.sqrt(1 + x * x)) / 2
+        R = (1 - rho) * pt.eye(self.k) + rho * pt.ones((self.k, self.k))
+        sds = par[: self._n_sd()] * pt.ones(self.k)
+        return sds[:, None] * pt.linalg.cholesky(R)
+
+    def log_jacobian_natural(self, x, ops=np):
+        # ρ = a + (1 − a)(1 + x/√(1+x²))/2: dρ/dx = (1 − a)/2 · (1 + x²)^(−3/2)
+        return float(np.log((1 - self._floor) / 2)) - 1.5 * ops.log1p(x[0] * x[0])
+
     def _common(self, D):
         sd, corr = sd_corr(D)
         off = corr[~np.eye(self.k, dtype=bool)]

@@ -32,6 +32,11 @@ class Diagonal(Covariance):
     def par_labels(self) -> list[str]:
         return list(self.names)
 
+    def factor_pt(self, par):
+        import pytensor.tensor as pt
+
+        return pt.diag(par)
+
     def natural(self, D) -> np.ndarray:
         return np.sqrt(np.maximum(np.diag(np.asarray(D, dtype=float)), 0.0))
 
@@ -77,6 +82,11 @@ class HomDiagonal(Covariance):
 
     def par_labels(self) -> list[str]:
         return ["sd"]
+
+    def factor_pt(self, par):
+        import pytensor.tensor as pt
+
+        return par[0] * pt.eye(self.k)
 
     def natural(self, D) -> np.ndarray:
         return self.par_from_relcov(D)

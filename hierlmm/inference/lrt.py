@@ -186,12 +186,14 @@ def _reductions(parsed):
         terms = [str(t) for t in Formula(s.expr)]
         has_int = "1" in terms
         others = [t for t in terms if t != "1"]
-        # a structured term (cs, ar1, ...) is about its columns together: removed whole
-        if s.structure == "us" and (has_int and others or len(others) > 1):
+        # an unstructured or diagonal term loses one effect at a time; another structure (cs,
+        # ar1, ...) is about its columns together: removed whole
+        if s.structure in ("us", "diag") and (has_int and others or len(others) > 1):
+            wrap = "" if s.structure == "us" else s.structure
             for t in others:
                 keep = [u for u in others if u != t]
                 expr = " + ".join((["1"] if has_int else ["0"]) + keep)
-                out.append((f"{t} in {text[i]}", text[:i] + [f"({expr} | {s.group})"] + text[i + 1:]))
+                out.append((f"{t} in {text[i]}", text[:i] + [f"{wrap}({expr} | {s.group})"] + text[i + 1:]))
         else:
             out.append((text[i], text[:i] + text[i + 1:]))
     return out
