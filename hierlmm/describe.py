@@ -60,6 +60,10 @@ def describe(model, fmt: str = "text") -> str:
     r_text = "I" if residual is None else f"R_i ({residual.name})"
     if variance is not None:  # Δ_i: the SD ratios of the rows' levels
         r_text = f"Δ_i {r_text} Δ_i" if residual is not None else "Δ_i²"
+    if fmt == "latex" and not d.terms:  # nlme's gls: the marginal model itself
+        r_tex = (r"\Delta_i R_i \Delta_i" if residual is not None else r"\Delta_i^2") if variance is not None else (
+            "R_i" if residual is not None else "I")
+        return "$$y_i \\sim \\mathcal{N}(X_i\\beta, V_i),\\quad V_i = \\sigma^2 " + r_tex + "$$"
     if fmt == "latex":
         mean = " + ".join(fixed + rand)
         lines = [r"\begin{aligned}",

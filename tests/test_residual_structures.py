@@ -235,3 +235,13 @@ def test_complete_data_unstructured_df_are_n_minus_groups():
         index="s", columns="t", values="r")[["8", "10", "12", "14"]].to_numpy()
     S = wide.T @ wide / (27 - 2)
     np.testing.assert_allclose(fit.marginal_cov("M01", group="Subject").to_numpy(), S, rtol=2e-4)
+
+
+def test_describe_states_the_marginal_model_and_the_structure():
+    m = hl.LMM(MMRM, mmrm_data(), residual=hl.Unstructured(time="visit", group="id"), variance=hl.VarIdent("visit"))
+    text = m.describe()
+    assert "no random effects" in text and "V_i = σ² Δ_i R_i (unstructured) Δ_i within id" in text
+    assert "per level of visit" in text
+    assert r"V_i = \sigma^2 \Delta_i R_i \Delta_i" in m._repr_latex_()
+    diag = hl.LMM("distance ~ age + diag(age | Subject)", orthodont())
+    assert "D: 2 x 2 diagonal ((Intercept), age); 27 levels of Subject" in diag.describe()
