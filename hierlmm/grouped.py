@@ -161,14 +161,17 @@ class GroupedDeviance:
             return None
         return self.variance.values(np.asarray(params[self.n_theta + self.n_corr:], dtype=float))
 
+    def correlation_report(self, params) -> dict:
+        """The residual correlation's natural parameters by name (:meth:`ResidualCorrelation.report`)."""
+        return {} if self.residual is None else self.residual.report(self.residual_value(params), self.design.data)
+
+    def variance_report(self, params) -> dict:
+        """The variance function's SD ratios by name (:meth:`VarIdent.report`)."""
+        return {} if self.variance is None else self.variance.report(self.variance_value(params), self.design.data)
+
     def residual_report(self, params) -> dict:
-        """The residual structure's natural parameters by name (:meth:`ResidualCorrelation.report`)."""
-        out = {}
-        if self.residual is not None:
-            out.update(self.residual.report(self.residual_value(params), self.design.data))
-        if self.variance is not None:
-            out.update(self.variance.report(self.variance_value(params), self.design.data))
-        return out
+        """:meth:`correlation_report` and :meth:`variance_report` together."""
+        return {**self.correlation_report(params), **self.variance_report(params)}
 
     def residual_names(self) -> list[str]:
         """Names of the residual structure's (unbounded) parameters, in θ's order after the terms'."""

@@ -45,11 +45,10 @@ def marginal_cov(fit, level, group: str | None = None) -> pd.DataFrame:
     labels = d.data.index[rows]
     if hasattr(dev, "block_matrices"):
         V = np.zeros((len(rows), len(rows)))
-        where = {r: i for i, r in enumerate(rows)}
         for block, V0 in dev.block_matrices(fit.solution.theta):
-            mine = [j for j, r in enumerate(block) if r in where]
-            if mine:
-                at = [where[block[j]] for j in mine]
+            mine = np.flatnonzero(np.isin(block, rows))
+            if mine.size:
+                at = np.searchsorted(rows, block[mine])  # rows is sorted (np.flatnonzero)
                 V[np.ix_(at, at)] = fit.solution.sigma2 * V0[np.ix_(mine, mine)]
         return pd.DataFrame(V, index=labels, columns=labels)
     V = np.zeros((len(rows), len(rows)))

@@ -109,6 +109,7 @@ class LMM:
                          "formulation for a structured term")
         self._deviance: dict[bool, Deviance] = {}
         self._compiled: dict = {}  # samplers compiled by sample(), by (sampler, prior)
+        self._overlaps: list[str] | None = None  # _overlapping_terms()
 
     @classmethod
     def from_parquet(cls, formula: str, path, progress: bool | None = None, **kwargs) -> LMM:
@@ -266,8 +267,7 @@ class LMM:
                         opt = self._off_the_boundary(dev, again, maxeval, check_convergence)
                 fit = LMMResult(self, dev, opt)
         opt = fit.opt
-        caveats = fit.deviance_function.collinear_terms() + (overlapping_terms(self.design.terms) if self.design.rows
-                                                             else [])
+        caveats = fit.deviance_function.collinear_terms() + self._overlapping_terms()
         if caveats:  # digits (or a split) the data cannot carry: never converged=True beside them
             opt.messages.extend(caveats)
             opt.converged = False
@@ -359,6 +359,12 @@ class LMM:
                         opt = other
             return LMMResult(self, dev, opt)
 
+    def _overlapping_terms(self) -> list[str]:
+        """:func:`hierlmm.design.overlapping_terms` of the design (rows in memory), found once."""
+        if self._overlaps is None:
+            self._overlaps = overlapping_terms(self.design.terms) if self.design.rows else []
+        return self._overlaps
+
     def updated(self, formula: str | None = None, data=None) -> LMM:
         """The same model (residual structure, variance function, formulation, weights and
         offset) with another formula or data (:meth:`LMMResult.update`)."""
@@ -374,7 +380,7 @@ class LMM:
 
         model = copy.copy(self)
         model._compiled = {}
-        model.design = self.design.with_response(y)
+        model.design = self.design.with_response(y)  # (the same terms: their overlaps stand)
         model._deviance = {reml: dev.with_response(y) for reml, dev in self._deviance.items()}
         return model
 

@@ -164,17 +164,13 @@ class Summary:
         if structured:
             lines.append("Covariance structures: " + ", ".join(f"{t.label} {t.cov.kind} ({t.cov.title})"
                                                                 for t in structured))
-        residual, variance = fit.residual, fit.variance
-        if residual is not None or variance is not None:
-            params = fit.residual_params
-            if residual is not None:
-                names = list(residual.report(fit.deviance_function.residual_value(fit.solution.theta),
-                                             fit.design.data))
-                lines.append(f"Residual correlation: {residual.name} within {fit.deviance_function.rgroup.group}, "
-                             + ", ".join(f"{n} = {params[n]:.4g}" for n in names))
-            if variance is not None:
-                lines.append(f"Residual variance: {variance.describe()}, "
-                             + ", ".join(f"{n} = {v:.4g}" for n, v in params.items() if n.startswith("sd ratio")))
+        dev, theta = fit.deviance_function, fit.solution.theta
+        if fit.residual is not None:
+            lines.append(f"Residual correlation: {fit.residual.name} within {dev.rgroup.group}, "
+                         + ", ".join(f"{n} = {v:.4g}" for n, v in dev.correlation_report(theta).items()))
+        if fit.variance is not None:
+            lines.append(f"Residual variance: {fit.variance.describe()}, "
+                         + ", ".join(f"{n} = {v:.4g}" for n, v in dev.variance_report(theta).items()))
         return lines + [f"Number of obs: {fit.nobs}, groups:  {groups}", ""]
 
     def _fixed_lines(self) -> list[str]:

@@ -102,7 +102,7 @@ def term_cholesky_pt(term, eta, pos):
     import pytensor.tensor as pt
 
     if not term.unstructured:
-        n_sd = term.cov._n_sd()
+        n_sd = term.cov.sd_count
         return term.cov.factor_pt(pt.concatenate([pt.exp(eta[:n_sd]), eta[n_sd:]]))
     tc, tr = np.triu_indices(term.k)
     L = pt.zeros((term.k, term.k))

@@ -87,7 +87,7 @@ class Layout:
         self.diag = []  # per term: (positions in η_t of the diagonal (of log SDs), their row index i)
         for t in self.terms:
             if not t.unstructured:
-                n_sd = t.cov._n_sd()
+                n_sd = t.cov.sd_count
                 self.diag.append((np.arange(n_sd), None))
                 continue
             cols, rows = np.triu_indices(t.k)
@@ -96,7 +96,7 @@ class Layout:
     # ---------------------------------------------------------------- numpy side
     def _par(self, t, v):
         """A structured term's parameters on the absolute scale from its unconstrained ``v``."""
-        n_sd = t.cov._n_sd()
+        n_sd = t.cov.sd_count
         return np.concatenate([np.exp(v[:n_sd]), v[n_sd:]])
 
     def unpack(self, x):
@@ -122,7 +122,7 @@ class Layout:
                 theta.append(t.theta_from_template(L) / sigma)
             else:
                 par = self._par(t, np.asarray(x[s], dtype=float))
-                par[: t.cov._n_sd()] /= sigma
+                par[: t.cov.sd_count] /= sigma
                 theta.append(par)
         return Ls, s2, np.concatenate(theta + [np.zeros(0)]), sigma
 
@@ -131,7 +131,7 @@ class Layout:
         for t, L, (pos, _) in zip(self.terms, Ls, self.diag):
             if not t.unstructured:
                 par = t.cov.par_from_natural(np.nan_to_num(t.cov.natural(L @ L.T)), 1.0)
-                n_sd = t.cov._n_sd()
+                n_sd = t.cov.sd_count
                 out.append(np.concatenate([np.log(np.maximum(par[:n_sd], 1e-300)), par[n_sd:]]))
                 continue
             v = t.theta_from_template(L)
@@ -146,7 +146,7 @@ class Layout:
         for t, k, s, (pos, rows) in zip(self.terms, self.ks, self.slices, self.diag):
             if not t.unstructured:  # to (variances, correlations): v = exp(2η)
                 v = x[s]
-                n_sd = t.cov._n_sd()
+                n_sd = t.cov.sd_count
                 total = total + n_sd * np.log(2.0) + 2 * ops.sum(v[:n_sd]) + t.cov.log_jacobian_natural(v[n_sd:],
                                                                                                        ops=ops)
                 continue
@@ -166,7 +166,7 @@ class Layout:
         if prior == "flat_sd":
             for t, s in zip(self.terms, self.slices):
                 if not t.unstructured:
-                    total = total - ops.sum(x[s][: t.cov._n_sd()])
+                    total = total - ops.sum(x[s][: t.cov.sd_count])
         return total
 
 

@@ -78,7 +78,7 @@ def _check_structured(terms, prior, sampler) -> None:
         raise HierlmmError(f"sample() of a model with {names} is available with prior='flat' (flat on the "
                            "structure's variances and correlations) or 'flat_sd' (on its SDs) and "
                            "sampler='collapsed' only")
-    missing = [t for t in terms if t.cov.factor_pt(np.ones(t.n_theta)) is None]
+    missing = [t for t in terms if not t.cov.sampled]
     if missing:
         raise HierlmmError("sample() is not available for " + ", ".join(f"{t.describe()} ({t.cov.title})"
                                                                      for t in missing) + "; fit it with .fit()")

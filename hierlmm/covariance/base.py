@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from hierlmm.errors import FormulaError
+
 __all__ = ["Covariance", "psd_cholesky", "sd_corr", "to_unit", "from_unit"]
 
 
@@ -90,12 +92,19 @@ class Covariance:
     def n_par(self) -> int:
         raise NotImplementedError
 
-    def _n_sd(self) -> int:
+    @property
+    def sd_count(self) -> int:
+        """How many leading parameters are (relative) SDs: ``k``, or 1 for a homogeneous structure."""
         return self.k if self.n_sd is None else self.n_sd
+
+    @property
+    def sampled(self) -> bool:
+        """The Bayesian samplers can draw it (it has :meth:`factor_pt`)."""
+        return type(self).factor_pt is not Covariance.factor_pt
 
     def lower(self) -> np.ndarray:
         """0 for the relative SDs (the leading parameters), ``-inf`` for the rest."""
-        return np.where(np.arange(self.n_par) < self._n_sd(), 0.0, -np.inf)
+        return np.where(np.arange(self.n_par) < self.sd_count, 0.0, -np.inf)
 
     def start(self) -> np.ndarray:
         """Relative SDs 1, correlations 0 (``T = I``)."""
@@ -119,7 +128,7 @@ class Covariance:
         a relative SD of column ``r`` scales with that column's root mean square ``s_r``, a
         homogeneous SD with their root mean square, a correlation parameter not at all."""
         s = np.where((rms > 0) & np.isfinite(rms), rms, 1.0)
-        n_sd = self._n_sd()
+        n_sd = self.sd_count
         sds = s if n_sd == self.k else np.full(n_sd, np.sqrt(np.mean(s * s)))
         return np.concatenate([sds, np.ones(self.n_par - n_sd)])
 
@@ -198,8 +207,6 @@ class Covariance:
         return f"{self.kind}{text}" if self.kind != "us" else text
 
     def _check(self, minimum: int, source: str) -> None:
-        from hierlmm.errors import FormulaError
-
         if self.k < minimum:
             raise FormulaError(f"random-effects term {source}: a {self.kind}() ({self.title}) structure needs at "
                                f"least {minimum} columns, this one has {self.k} ({', '.join(self.names)}); "

@@ -19,7 +19,7 @@ class CompoundSymmetry(Covariance):
 
     @property
     def n_par(self) -> int:
-        return self._n_sd() + 1
+        return self.sd_count + 1
 
     @property
     def _floor(self) -> float:
@@ -35,7 +35,7 @@ class CompoundSymmetry(Covariance):
 
     def _sds(self, par) -> np.ndarray:
         par = np.asarray(par, dtype=float)
-        return par[: self._n_sd()] * np.ones(self.k)
+        return par[: self.sd_count] * np.ones(self.k)
 
     def factor(self, par) -> np.ndarray:
         rho = self.rho(par[-1])
@@ -50,7 +50,7 @@ class CompoundSymmetry(Covariance):
         x = par[-1]
         rho = a + (1 - a) * (1 + x / pt.sqrt(1 + x * x)) / 2
         R = (1 - rho) * pt.eye(self.k) + rho * pt.ones((self.k, self.k))
-        sds = par[: self._n_sd()] * pt.ones(self.k)
+        sds = par[: self.sd_count] * pt.ones(self.k)
         return sds[:, None] * pt.linalg.cholesky(R)
 
     def log_jacobian_natural(self, x, ops=np):
@@ -58,30 +58,31 @@ class CompoundSymmetry(Covariance):
         return float(np.log((1 - self._floor) / 2)) - 1.5 * ops.log1p(x[0] * x[0])
 
     def _common(self, D):
+        """The structure's SDs (one, their root mean square, for a homogeneous one) and the mean
+        correlation of ``D`` (in ρ's range)."""
         sd, corr = sd_corr(D)
         off = corr[~np.eye(self.k, dtype=bool)]
         rho = float(np.nanmean(off)) if np.isfinite(off).any() else 0.0
-        return sd, min(max(rho, self._floor), 1.0)
+        sd = np.nan_to_num(sd)
+        sds = sd if self.sd_count == self.k else np.array([np.sqrt(np.mean(sd * sd))])
+        return sds, min(max(rho, self._floor), 1.0)
 
     def par_from_relcov(self, S) -> np.ndarray:
-        sd, rho = self._common(S)
-        sd = np.nan_to_num(sd)
-        sds = sd if self._n_sd() == self.k else [np.sqrt(np.mean(sd * sd))]
+        sds, rho = self._common(S)
         return np.append(sds, self._x(rho))
 
     def par_labels(self) -> list[str]:
         return [f"sd_{n}" for n in self.names] + ["rho (unconstrained)"]
 
     def natural(self, D) -> np.ndarray:
-        sd, rho = self._common(D)
-        sds = sd if self._n_sd() == self.k else [np.sqrt(np.mean(sd * sd))]
+        sds, rho = self._common(D)
         return np.append(sds, rho)
 
     def natural_labels(self) -> list[str]:
         return [f"sd_{n}" for n in self.names] + ["cor"]
 
     def natural_bounds(self):
-        n = self._n_sd()
+        n = self.sd_count
         return np.append(np.zeros(n), self._floor), np.append(np.full(n, np.inf), 1.0)
 
     def par_from_natural(self, values, sigma):

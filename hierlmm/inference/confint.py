@@ -166,7 +166,6 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     if method == "profile":
         from hierlmm.inference.profile import profile_intervals
 
-
         with one_blas_thread():
             out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]

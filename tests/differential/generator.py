@@ -125,6 +125,17 @@ def _levels(prefix: str, k: int) -> list[str]:
     return [f"{prefix}{j + 1:02d}" for j in range(k)]
 
 
+def _crossed_factor(rng, d: pd.DataFrame, name: str, n: int, high: int) -> np.ndarray:
+    """A crossed grouping factor ``name`` of 3 to ``high - 1`` levels added to ``d``, and its
+    random intercepts' contribution to the linear predictor (the draws in one fixed order, so a
+    generator that calls it draws what it drew before)."""
+    m = int(rng.integers(3, high))
+    levels = _levels(name, m)
+    codes = rng.integers(0, m, n)
+    d[name] = _factor(np.array(levels)[codes], levels)
+    return float(np.exp(rng.normal(-0.3, 0.5))) * rng.normal(size=m)[codes]
+
+
 def _cov(rng, k: int, scale: float, zero: bool) -> np.ndarray:
     """A random k x k covariance; ``zero`` makes it singular (a zero variance)."""
     A = rng.normal(size=(k, k))
@@ -367,11 +378,7 @@ def _structured_case(rng, i: int) -> Case:
     random = f"{kind}({expr} | g)"
     notes = ["structured", kind]
     if kind in STRUCTURES_TMB and rng.random() < 0.3:
-        mh = int(rng.integers(3, 9))
-        h_levels = _levels("h", mh)
-        h = rng.integers(0, mh, n)
-        d["h"] = _factor(np.array(h_levels)[h], h_levels)
-        eta += float(np.exp(rng.normal(-0.3, 0.5))) * rng.normal(size=mh)[h]
+        eta += _crossed_factor(rng, d, "h", n, 9)
         random += " + (1 | h)"
         notes.append("crossed")
     yscale = 10.0 ** rng.uniform(-2, 3)
@@ -447,11 +454,7 @@ def _reshape(case: Case, rng) -> Case:
         random = "(1 | g/h/k)"
         case.notes.append("nested3")
     elif kind == "crossed" and rng.random() < 0.4:  # a third crossed factor
-        mk = int(rng.integers(3, 8))
-        lev = _levels("k", mk)
-        kk = rng.integers(0, mk, n)
-        d["k"] = _factor(np.array(lev)[kk], lev)
-        extra_eta += float(np.exp(rng.normal(-0.3, 0.5))) * rng.normal(size=mk)[kk]
+        extra_eta += _crossed_factor(rng, d, "k", n, 8)
         random += " + (1 | k)"
         case.notes.append("crossed3")
     elif kind == "slope" and rng.random() < 0.4:  # three numeric effects per level
