@@ -21,7 +21,8 @@ from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
 from hierlmm.rfactors import derive_factors
 from hierlmm.safety import check_formula
 from hierlmm.reterms import ReTerm, term_matrix
-from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, number_objects, numeric_view, python_attribute, r_name, to_formulaic
+from hierlmm.rnames import column_names
+from hierlmm.rsyntax import INTERCEPT_COLUMN, formula_context, number_objects, numeric_view, python_attribute, to_formulaic
 
 __all__ = ["Design", "NoRows", "build_design"]
 
@@ -118,6 +119,8 @@ class Design:
     data: pd.DataFrame
     n_missing: int
     fixed_spec: object = None  # formulaic ModelSpec of X (before dropping aliased columns)
+    fixed_formula: str = ""  # the fixed part as given to formulaic (R's meaning: hierlmm.rsyntax)
+    logical: frozenset = frozenset()  # boolean columns, factors where used as terms (R's logicals)
     all_fixef_names: list[str] | None = None  # names of X's columns before dropping
     # the fixed part with every factor in treatment coding, where X is coded otherwise
     # (ordered factors): lmerTest builds Type III hypotheses there and maps them to X
@@ -240,7 +243,7 @@ class Design:
         """``X`` for (new) data, with the fit's coding, columns and aliased columns dropped."""
         data = numeric_view(data, str(self.fixed_spec.formula))
         mm = self.fixed_spec.get_model_matrix(data, na_action="ignore", context=formula_context())
-        mm.columns = [r_name(c) for c in mm.columns]
+        mm.columns = self.all_fixef_names  # the spec's columns, in its order, under R's names
         return np.asarray(mm[self.fixef_names], dtype=float)
 
 
@@ -298,7 +301,8 @@ def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str
             continue
         if tok == "0":
             intercept = False
-        elif tok in frame.columns and pd.api.types.is_numeric_dtype(frame[tok]) and tok not in cols:
+        elif (tok in frame.columns and pd.api.types.is_numeric_dtype(frame[tok]) and tok not in cols
+              and not pd.api.types.is_bool_dtype(frame[tok])):  # R codes a logical as a factor
             cols.append(tok)
         else:
             return None
@@ -590,6 +594,17 @@ def check_finite(y: np.ndarray, X: np.ndarray, names: list[str], response: str) 
                             "underflow double precision; rescale it (e.g. multiply by 1e100)")
 
 
+def logical_columns(frame: pd.DataFrame) -> set[str]:
+    """The boolean columns of ``frame``: factors with levels FALSE, TRUE where a formula uses
+    them as terms, as R's logicals."""
+    return {c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c].dtype)}
+
+
+def r_column_names(mm, formula_text: str, logical) -> list[str]:
+    """R's names of the columns of formulaic's model matrix ``mm`` made from ``formula_text``."""
+    return column_names(mm.model_spec, list(mm.columns), formula_text, logical)
+
+
 def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: list[str]) -> ReTerm:
     """The term ``spec`` on ``frame``: its ``Z`` columns (the fast path or formulaic), given the
     level codes of every row and the level labels."""
@@ -597,8 +612,10 @@ def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: lis
     if simple is not None:
         (Z, znames), zspec = simple, None
     else:
-        zmm = _model_matrix(to_formulaic(spec.expr, ordered), frame, f"random-effects term {spec.source}")
-        Z, znames, zspec = np.ascontiguousarray(zmm, dtype=float), [r_name(c) for c in zmm.columns], zmm.model_spec
+        logical = logical_columns(frame)
+        expr = to_formulaic(spec.expr, ordered, logical)
+        zmm = _model_matrix(expr, frame, f"random-effects term {spec.source}")
+        Z, znames, zspec = np.ascontiguousarray(zmm, dtype=float), r_column_names(zmm, expr, logical), zmm.model_spec
     if Z.shape[1] == 0:
         raise FormulaError(f"random-effects term {spec.source} has no columns")
     return ReTerm(group=spec.group, factors=spec.factors, expr=spec.expr, codes=codes, levels=levels, Z=Z,
@@ -806,7 +823,8 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
     # fixed part through formulaic, with R's meaning (powers in calls, ordered factors)
     ordered = {c for c in frame.columns
                if isinstance(frame[c].dtype, pd.CategoricalDtype) and frame[c].cat.ordered}
-    fixed_formula = to_formulaic(parsed.fixed_formula, ordered)
+    logical = logical_columns(frame)
+    fixed_formula = to_formulaic(parsed.fixed_formula, ordered, logical)
     mm = _model_matrix(fixed_formula, frame, "fixed part")
     if n_missing and mm.rhs.model_spec.transform_state:
         mm = _state_from_all_rows(fixed_formula, data[cols], frame, mm.rhs.model_spec.transform_state)
@@ -819,7 +837,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
             )
         y = y[:, 0]
     X = np.asarray(mm.rhs, dtype=float)
-    names = [r_name(c) for c in mm.rhs.columns]
+    names = r_column_names(mm.rhs, fixed_formula, logical)
     check_finite(y, X, names, parsed.response)
     check_response(y, parsed.response)
     all_names = list(names)
@@ -853,8 +871,10 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         data=frame,
         n_missing=n_missing,
         fixed_spec=mm.rhs.model_spec,
+        fixed_formula=fixed_formula,
+        logical=frozenset(logical),
         all_fixef_names=all_names,
-        treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
+        treatment_formula=to_formulaic(parsed.fixed_formula, logical=logical) if ordered else None,
         residual=residual,
         variance=variance,
         formulation=formulation,

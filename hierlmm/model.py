@@ -407,6 +407,14 @@ class LMM:
 
         return describe(self, fmt="latex")
 
+    def posterior_grid(self, prior: str = "flat") -> pd.DataFrame:
+        """The exact marginal posterior of each variance (median and 95% interval, densities for
+        plotting) of a model with one scalar random term, by quadrature instead of MCMC; rows
+        in ``fit.varcorr``'s order. See :func:`hierlmm.bayes.grid.posterior_grid`."""
+        from hierlmm.bayes.grid import posterior_grid
+
+        return posterior_grid(self, prior=prior)
+
     def sample(self, prior="flat", sampler: str = "collapsed", draws: int = 1000, tune: int = 1000,
                chains: int = 4, random_seed=None, progressbar: bool = True, max_draws: int | None = None,
                **nuts_kwargs):

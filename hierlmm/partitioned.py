@@ -41,10 +41,11 @@ import scipy.sparse as sp
 from hierlmm.crossprod import CrossProduct, check_residual, crossproduct, fixed_map, sparse_a21
 from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, _offset, _required, aliased,
                             check_finite, constant_response, join_labels, level_label,
-                            check_term, check_weights, make_term, order_terms, used_columns, warn_scales)
+                            check_term, check_weights, logical_columns, make_term, order_terms, r_column_names,
+                            used_columns, warn_scales)
 from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning, warn
 from hierlmm.formula import parse_formula
-from hierlmm.rsyntax import formula_context, numeric_view, r_name, to_formulaic
+from hierlmm.rsyntax import formula_context, numeric_view, to_formulaic
 
 __all__ = ["is_dask", "build_partitioned_design", "Source"]
 
@@ -494,12 +495,13 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
     """The encoder: the fixed part's spec on a prototype with the global levels, and the
     row-less template of the terms."""
     proto = _prototype(meta, columns, levels, ordered)
-    fixed_formula = to_formulaic(parsed.fixed_formula, ordered)
+    logical = logical_columns(proto)
+    fixed_formula = to_formulaic(parsed.fixed_formula, ordered, logical)
     with warnings.catch_warnings():  # the prototype's made-up values (log(1), scale of a constant)
         warnings.simplefilter("ignore", RuntimeWarning)
         mm = _model_matrix(fixed_formula, proto, "fixed part")
     _refuse_state(mm.model_spec, "the fixed part", levels, proto.columns)
-    names = [r_name(c) for c in mm.rhs.columns]
+    names = r_column_names(mm.rhs, fixed_formula, logical)
     groupings, terms = {}, []
     for spec in parsed.random:
         present = None
@@ -516,7 +518,8 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
     terms = order_terms(terms)  # A's first block is the term with most levels, as in memory
     template = Design(parsed=parsed, y=NoRows((0,)), X=NoRows((0, len(names))), fixef_names=names, dropped_columns=[],
                       terms=terms, data=proto.iloc[:0][columns], n_missing=0, fixed_spec=mm.rhs.model_spec,
-                      all_fixef_names=names, treatment_formula=to_formulaic(parsed.fixed_formula) if ordered else None,
+                      fixed_formula=fixed_formula, logical=frozenset(logical),
+                      all_fixef_names=names, treatment_formula=to_formulaic(parsed.fixed_formula, logical=logical) if ordered else None,
                       weights_argument=weights, offset_argument=offset)
     return Encoder(columns=enc_columns, levels=levels, ordered=ordered, parsed=parsed, spec=mm.model_spec,
                    design=template, groupings=groupings, weights=weights, offset=offset,

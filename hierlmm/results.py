@@ -225,23 +225,18 @@ class LMMResult:
         Columns as lme4's: first the random effects of any grouping factor that have no fixed
         effect of the same name (as fixed effects of 0, e.g. the first level of ``(0 + f | g)``
         beside an intercept), then ``fixef``'s; rows in ``ranef``'s order. Names align as R's
-        do: the fixed ``f[T.b]`` (treatment coding) is the random ``f[b]`` (full coding).
+        do: the fixed ``fb`` (treatment coding) is the random ``fb`` (full coding).
         """
-        from hierlmm.rsyntax import full_coding_name
-
         fe = self.fixef
         ranef = self.ranef()
-        fixed_name = {full_coding_name(n): n for n in fe.index}
-        missing = list(dict.fromkeys(c for re in ranef.values() for c in re.columns
-                                     if full_coding_name(c) not in fixed_name))
-        fixed_name.update({full_coding_name(c): c for c in missing})
+        missing = list(dict.fromkeys(c for re in ranef.values() for c in re.columns if c not in fe.index))
         row = np.concatenate([np.zeros(len(missing)), fe.to_numpy()])
         out = {}
         for group, re in ranef.items():
             table = pd.DataFrame(np.tile(row, (len(re), 1)), index=re.index, columns=missing + list(fe.index))
             for c in dict.fromkeys(re.columns):  # a name in two terms of one group: lme4 adds both
                 values = re[c].to_numpy()
-                table[fixed_name[full_coding_name(c)]] += values if values.ndim == 1 else values.sum(axis=1)
+                table[c] += values if values.ndim == 1 else values.sum(axis=1)
             out[group] = table
         return out
 
@@ -332,7 +327,7 @@ class LMMResult:
         ``test="Chisq"`` (default): lme4's ``drop1(fit, test = "Chisq")``, the model without
         the term, by ML (a REML fit is refitted by ML first, as lme4's drop1 does): rows
         ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``AIC``, ``LRT``
-        (the ML deviance's increase) and ``Pr(Chi)``. Each reduced model comes from the full
+        (the ML deviance's increase) and ``p`` (printed ``Pr(Chi)``). Each reduced model comes from the full
         model's cross-product A with the term's columns removed (no pass over the data), its θ
         optimised from the full model's. The full model nests each reduced one, so a reduced
         model that fits better shows the full ML fit to be a local optimum (lme4 then prints a
@@ -385,10 +380,12 @@ class LMMResult:
             # ≥ 0 up to the optimiser's tolerance (the full model nests every reduced one)
             lrt = max(reduced[t].fun - full_dev, 0.0)
             rows[t] = (df_t, reduced[t].fun + 2 * (k_full - df_t), lrt, float(chi2.sf(lrt, df_t)))
+        from hierlmm.inference.lrt import LRT_HEADERS
         from hierlmm.table import as_table
 
-        return as_table(pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "AIC", "LRT", "Pr(Chi)"]),
-                        "Single term deletions (likelihood ratio, ML fits)", pvalues=["Pr(Chi)"])
+        return as_table(pd.DataFrame.from_dict(rows, orient="index", columns=["npar", "aic", "lrt", "p"]),
+                        "Single term deletions (likelihood ratio, ML fits)", pvalues=["p"],
+                        headers={**LRT_HEADERS, "p": "Pr(Chi)"})
 
     def _drop_term(self, ml, columns, theta):
         """The ML optimum without the fixed-effect ``columns`` (their coefficients set to 0 in
@@ -672,7 +669,9 @@ class LMMResult:
         (R's ``emmeans(fit, specs, by = by)``), or with ``pairwise=True`` their pairwise
         differences (``pairs()``, Tukey-adjusted by default), or with ``contrast=`` emmeans'
         ``contrast(emm, method)``: ``"trt.vs.ctrl"``, ``"consec"``, ``"eff"``, ``"poly"``,
-        each with emmeans' default adjustment unless ``adjust`` is given. Covariates at their
+        each with emmeans' default adjustment unless ``adjust`` is given (``"tukey"``,
+        ``"dunnettx"``, ``"mvt"``, ``"scheffe"``, ``"sidak"``, ``"bonferroni"``, ``"holm"``,
+        ``"fdr"``, ``"none"``). Covariates at their
         means unless ``at`` gives values; ``ddf`` ``"kenward-roger"`` (emmeans' default:
         adjusted SEs and df), ``"satterthwaite"`` or ``"asymptotic"``. See
         :mod:`hierlmm.inference.emmeans`."""
@@ -691,6 +690,15 @@ class LMMResult:
 
         self.model.require("emtrends()", needs="rows")
         return emtrends(self, specs, var, by=by, at=at, ddf=ddf, level=level)
+
+    def joint_tests(self, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
+        """emmeans' ``joint_tests(fit, by = by)``: an F test of every model term among the
+        reference grid's factors (covariates at their mean ± 1), columns ``model term, df1, df2,
+        F.ratio, p.value``. See :func:`hierlmm.inference.emmeans.joint_tests`."""
+        from hierlmm.inference.emmeans import joint_tests
+
+        self.model.require("joint_tests()", needs="rows")
+        return joint_tests(self, by=by, ddf=ddf)
 
     def ranova(self) -> pd.DataFrame:
         """Likelihood-ratio tests that reduce each random term in turn (lmerTest's ``ranova``)."""

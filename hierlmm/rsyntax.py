@@ -2,15 +2,19 @@
 
 hierlmm's formulas are lme4's, but formulaic evaluates the code inside a call (``I(x^2)``,
 ``log(x)``) as Python, where ``^`` is exclusive or, and codes every factor by treatment
-contrasts. Three rewrites give a formula formulaic evaluates as R would:
+contrasts. Four rewrites give a formula formulaic evaluates as R would:
 
 * ``^`` inside a function call is a power (``I(Days^2)`` → ``I(Days**2)``); at the formula's
   top level it keeps its formula meaning (``(a + b)^2``: all interactions up to order 2).
 * An ordered factor (pandas ``Categorical(ordered=True)``, R's ``ordered``) used as a term gets
   R's default for ordered factors, orthogonal polynomial contrasts (``contr.poly``), with R's
   coefficient names ``o.L, o.Q, o.C, o^4, …``. ``C(o, contr.treatment)`` still overrides.
+* A logical (boolean) column used as a term is a factor with levels FALSE, TRUE, as R codes
+  it (``(0 + late | g)`` has two columns, ``lateFALSE`` and ``lateTRUE``).
 * Functions R users write that formulaic lacks or spells differently are supplied by
   :func:`formula_context`: ``sqrt``, and ``log(x, base)``.
+
+R's names of the resulting columns are :mod:`hierlmm.rnames`'.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import re
 import numpy as np
 import pandas as pd
 
-__all__ = ["to_formulaic", "r_name", "formula_context", "numeric_view"]
+__all__ = ["to_formulaic", "formula_context", "numeric_view"]
 
 _IDENT = re.compile(r"[A-Za-z_.][A-Za-z0-9_.]*")
 # formulaic names its intercept "Intercept" and reads a data column of that name as the
@@ -52,13 +56,19 @@ def python_attribute(name: str) -> bool:
     return name.split(".", 1)[0] in ("np", "numpy", "contr")
 
 
-def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
+def to_formulaic(expr: str, ordered: set[str] = frozenset(), logical: set[str] = frozenset()) -> str:
     """Rewrite an R formula (or one side of it) so formulaic evaluates it as R would.
+
+    ``ordered`` columns used as terms get polynomial contrasts; ``logical`` (boolean) columns
+    used as terms are factors with levels FALSE, TRUE, as R codes a logical in a formula
+    (``C(late, contr.treatment)``; inside a call, ``I(2 * late)``, they stay 0/1 numbers).
 
     A bare R name with a dot (``my.var``, not followed by ``(``) is backquoted, which
     formulaic reads as a column (for Python it would be an attribute access); quoted strings
     (``Q('my.var')``) are copied as they are."""
     inside = _call_depths(expr)
+    response_end = max(expr.find("~"), 0)  # the response is never recoded
+    inside = [True] * response_end + inside[response_end:]
     out, i = [], 0
     while i < len(expr):
         ch = expr[i]
@@ -75,8 +85,7 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
             name = quoted[1:-1]
             if name == "Intercept":
                 quoted = name = INTERCEPT_COLUMN
-            wrap = name in ordered and not inside[i]
-            out.append(f"C({quoted}{_POLY}" if wrap else quoted)
+            out.append(_as_factor(quoted, name, ordered, logical) if not inside[i] else quoted)
             i = j + 1
             continue
         if expr.startswith("%in%", i):  # R's nesting operator: the columns of a:b
@@ -97,10 +106,8 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
             quoted = f"`{name}`" if dotted else name
             if rest.startswith("(") and name in R_DOTTED:  # as.numeric(x): `as` is Python's keyword
                 quoted = R_DOTTED[name]
-            if name in ordered and not inside[i] and not rest.startswith("("):
-                out.append(f"C({quoted}{_POLY}")
-            else:
-                out.append(quoted)
+            out.append(_as_factor(quoted, name, ordered, logical)
+                       if not inside[i] and not rest.startswith("(") else quoted)
             i = m.end()
             continue
         out.append(ch)
@@ -108,29 +115,14 @@ def to_formulaic(expr: str, ordered: set[str] = frozenset()) -> str:
     return "".join(out)
 
 
-_POLY_COLUMN = re.compile(r"C\(([^,()]+), contr\.poly\)\[([^\]]+)\]")
-_POLY_TERM = re.compile(r"C\(([^,()]+), contr\.poly\)")
-
-
-def full_coding_name(name: str) -> str:
-    """``Sex[T.Female]`` (treatment coding) -> ``Sex[Female]`` (indicator coding): the one
-    name a factor level's effect has whichever way its term is coded (a fixed ``f`` in
-    treatment coding, a random ``(0 + f | g)`` in indicator coding), as R's ``fFemale`` does."""
-    return name.replace("[T.", "[")
-
-
-def r_name(name: str) -> str:
-    """R's name of a column or term: ``Intercept`` → ``(Intercept)``; polynomial contrasts
-    ``C(o, contr.poly)[.L]`` → ``o.L``, ``[^4]`` → ``o^4``, and a level in full coding (where
-    R codes the factor by indicators, e.g. ``x:o`` without ``x``) ``[a]`` → ``oa``; the term
-    ``C(o, contr.poly)`` → ``o``."""
-    if name == "Intercept":
-        return "(Intercept)"
-    # formulaic keeps the quotes of `my.var` in its names; R does not
-    name = name.replace("`", "").replace(INTERCEPT_COLUMN, "Intercept")
-    for r, py in R_DOTTED.items():
-        name = name.replace(py + "(", r + "(")
-    return _POLY_TERM.sub(r"\1", _POLY_COLUMN.sub(r"\1\2", name))
+def _as_factor(quoted: str, name: str, ordered, logical) -> str:
+    """A bare column name as formulaic should read it: an ordered factor with R's polynomial
+    contrasts, a logical as a factor (FALSE the reference), anything else as it is."""
+    if name in ordered:
+        return f"C({quoted}{_POLY}"
+    if name in logical:
+        return f"C({quoted}, contr.treatment)"
+    return quoted
 
 
 def _log(x, base=np.e):

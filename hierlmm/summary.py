@@ -6,7 +6,6 @@ Computation stays in :mod:`hierlmm.results`; this module only formats.
 from __future__ import annotations
 
 import html
-import re
 
 import numpy as np
 import pandas as pd
@@ -333,7 +332,7 @@ def _abbrev(names: list[str], minlength: int = 6) -> list[str]:
     """R's ``abbreviate(names, minlength)`` of coefficient names as R spells them
     (``Variety[T.Victory]`` → ``VarietyVictory`` → ``VrtyVc``): where two come out the same,
     those get longer abbreviations until they differ, as R's does."""
-    plain = [re.sub(r"\[(?:T\.)?([^\]]*)\]", r"\1", n) for n in names]
+    plain = list(names)
     out = [_abbreviate_one(n, minlength) for n in plain]
     length = minlength
     while len(set(out)) < len(out) and length < max(map(len, plain)):

@@ -35,9 +35,12 @@ class Table(pd.DataFrame):
         Columns displayed (``None``: all).
     notes : list of str
         Printed below the table (emmeans' "Results are averaged over the levels of: N").
+    headers : dict
+        Printed headers of columns: the frame's columns are spelt for Python (``sum_sq``,
+        ``den_df``, ``p``), the display as R prints them (``Sum Sq``, ``DenDF``, ``Pr(>F)``).
     """
 
-    _metadata = ["title", "pvalues", "shown", "notes"]
+    _metadata = ["title", "pvalues", "shown", "notes", "headers"]
 
     @property
     def _constructor(self):
@@ -89,6 +92,7 @@ class Table(pd.DataFrame):
         fmt = self._formatters()
         cols = self._display_columns()
         out = pd.DataFrame({c: [fmt[c](v) for v in self[c]] for c in cols}, index=self.index)
+        out.columns = [(getattr(self, "headers", None) or {}).get(c, c) for c in cols]
         stars = self._stars()
         if stars is not None:
             out[" "] = stars
@@ -127,7 +131,8 @@ class Table(pd.DataFrame):
 
     def _repr_html_(self) -> str:
         cells = self.formatted()
-        numeric = [c for c in self._display_columns() if pd.api.types.is_numeric_dtype(self[c])
+        headers = getattr(self, "headers", None) or {}
+        numeric = [headers.get(c, c) for c in self._display_columns() if pd.api.types.is_numeric_dtype(self[c])
                    or c in (getattr(self, "pvalues", None) or [])]
         styler = cells.style.set_properties(subset=numeric, **{"text-align": "right"})
         styler = styler.set_table_styles([
@@ -153,10 +158,13 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def as_table(frame: pd.DataFrame, title: str | None = None, pvalues=(), shown=None, notes=()) -> Table:
-    """``frame`` as a :class:`Table` (same data, R-like display)."""
+def as_table(frame: pd.DataFrame, title: str | None = None, pvalues=(), shown=None, notes=(),
+             headers=None) -> Table:
+    """``frame`` as a :class:`Table` (same data, R-like display; ``headers``: R's printed
+    header of a column, where it differs from the column's name)."""
     out = Table(frame)
     out.notes = list(notes)
+    out.headers = dict(headers or {})
     out.title = title
     if title:
         out.attrs["title"] = title

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -60,14 +59,6 @@ def lme4_models() -> list[str]:
         if isinstance(d, dict) and isinstance(d.get("formula"), str) and "fixef" in d:
             out.append(p.stem)
     return out
-
-
-_T = re.compile(r"(\w+)\[T\.([^\]]+)\]")
-
-
-def r_name(name: str) -> str:
-    """formulaic's coefficient name -> R's (``Sex[T.Female]`` -> ``SexFemale``)."""
-    return _T.sub(lambda m: m.group(1) + m.group(2), name)
 
 
 @pytest.fixture(scope="session")

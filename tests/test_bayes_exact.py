@@ -345,3 +345,89 @@ def test_anova_factorisation_is_the_reml_likelihood():
             theta = np.array([np.sqrt(v[t.group] / s2) for t in model.design.terms])
             diffs.append(-0.5 * dev.unprofiled(theta, np.sqrt(s2)) - kernels(s2, v))
         assert np.ptp(diffs) < 1e-8
+
+
+def _one_way_marginals(d, response, group, prior):
+    """Median and 95% limits of τ² and σ² for a balanced one-way design under ``prior``, from
+    its ANOVA factorisation (independent of hierlmm's engine): the REML likelihood is
+    ``λ^(-df_A/2) e^(-SS_A/2λ) (σ²)^(-df_E/2) e^(-SS_E/2σ²)`` with ``λ = σ² + r τ²``, times
+    ``(τ² σ²)^c`` (flat on the variances: ``c = 0``; on the SDs: ``c = −1/2``). Each CDF is a
+    nested adaptive quadrature (τ = √τ² as the variable of τ²'s integrals, which removes
+    the prior's singularity at 0), each quantile a root of it."""
+    from scipy import integrate, optimize
+
+    Y = d.pivot_table(index=group, columns=d.groupby(group, observed=True).cumcount(), values=response,
+                      observed=True).to_numpy(dtype=float)
+    scale = Y.std() ** 2  # work in units where the variances are O(1)
+    a, r = Y.shape
+    bm, g = Y.mean(axis=1), Y.mean()
+    ssa, sse = r * ((bm - g) ** 2).sum() / scale, ((Y - bm[:, None]) ** 2).sum() / scale
+    dfa, dfe = a - 1, a * (r - 1)
+    c = 0.0 if prior == "flat" else -0.5
+    s_hat = sse / dfe
+
+    def joint(t, s):  # relative to its value at (s_hat, s_hat), in (τ, σ²) with dτ² = 2τ dτ
+        lam, lam0 = s + r * t, s_hat + r * s_hat
+        return np.exp(-dfa / 2 * np.log(lam / lam0) - ssa / 2 * (1 / lam - 1 / lam0) - dfe / 2 * np.log(s / s_hat)
+                      - sse / 2 * (1 / s - 1 / s_hat) + c * np.log(s / s_hat)) * 2 * t ** (0.5 + c)
+
+    opts = dict(epsabs=0, epsrel=1e-8, limit=200)
+
+    def over_s(t):
+        return sum(integrate.quad(lambda s: joint(t, s), lo, hi, **opts)[0]
+                   for lo, hi in ((0, s_hat), (s_hat, 10 * s_hat), (10 * s_hat, np.inf)))
+
+    def over_tau(s, upper=np.inf):
+        cuts = [0, np.sqrt(s_hat), 10 * np.sqrt(s_hat), np.inf]
+        return sum(integrate.quad(lambda u: joint(u * u, s), lo, min(hi, upper), **opts)[0]
+                   for lo, hi in zip(cuts, cuts[1:]) if lo < upper)
+
+    tau_cdf = lambda T: sum(integrate.quad(lambda u: over_s(u * u), lo, hi, **opts)[0]  # noqa: E731
+                            for lo, hi in ((0, min(T, np.sqrt(s_hat))), (min(T, np.sqrt(s_hat)), T)) if hi > lo)
+    sigma_cdf = lambda S: integrate.quad(over_tau, 0, S, points=[s_hat] if S > s_hat else None, **opts)[0]  # noqa: E731
+    out = {}
+    for key, cdf, total, root in (("tau2", tau_cdf, tau_cdf(np.inf), lambda v: v * v),
+                                  ("sigma2", sigma_cdf, integrate.quad(over_tau, 0, np.inf, **opts)[0], lambda v: v)):
+        out[key] = {}
+        for q, p in (("q025", 0.025), ("median", 0.5), ("q975", 0.975)):
+            v = optimize.brentq(lambda x: cdf(x) / total - p, 1e-6, 100.0, xtol=1e-12, rtol=1e-9)
+            out[key][q] = float(root(v)) * scale
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+@pytest.mark.parametrize("prior", ["flat", "flat_sd"])
+def test_posterior_grid_is_the_exact_marginal_posterior(prior):
+    """model.posterior_grid(): the marginal posterior quantiles of τ² and σ² by quadrature
+    equal those of Dyestuff's ANOVA factorisation (a separate computation by nested adaptive
+    quadrature, to 1e-5 relative)."""
+    d = hl.datasets.load("Dyestuff")
+    grid = hl.LMM("Yield ~ 1 + (1 | Batch)", d).posterior_grid(prior)
+    exact = _one_way_marginals(d, "Yield", "Batch", prior)
+    assert list(grid.index) == ["Batch (Intercept)", "Residual"]
+    for row, key in zip(grid.index, ("tau2", "sigma2")):
+        for q in ("q025", "median", "q975"):
+            assert grid.loc[row, q] == pytest.approx(exact[key][q], rel=1e-5), (row, q)
+    fit = hl.LMM("Yield ~ 1 + (1 | Batch)", d).fit()
+    np.testing.assert_allclose(grid.reml, fit.varcorr.vcov, rtol=1e-9)
+    for row in grid.index:  # the plotted densities integrate to the mass between their ends
+        dens = grid.attrs["density"][row]
+        assert np.trapezoid(dens.density, dens.x) == pytest.approx(0.999, abs=2e-3)
+
+
+def test_posterior_grid_units_and_refusals():
+    """The same posterior in other units (y × 1000: variances × 1e6); models whose variances'
+    posterior is not one integral, and priors it does not know, are refused by name."""
+    d = hl.datasets.load("Dyestuff")
+    a = hl.LMM("Yield ~ 1 + (1 | Batch)", d).posterior_grid()
+    b = hl.LMM("Yield ~ 1 + (1 | Batch)", d.assign(Yield=d.Yield * 1000 + 5e6)).posterior_grid()
+    np.testing.assert_allclose(b[["median", "q025", "q975"]].to_numpy(), a[["median", "q025", "q975"]].to_numpy() * 1e6,
+                               rtol=1e-6)
+    s = hl.datasets.load("sleepstudy")
+    with pytest.raises(hl.HierlmmError, match="one scalar random term"):
+        hl.LMM("Reaction ~ Days + (Days | Subject)", s).posterior_grid()
+    with pytest.raises(hl.HierlmmError, match="prior='flat' or 'flat_sd'"):
+        hl.LMM("Reaction ~ Days + (1 | Subject)", s).posterior_grid(prior=hl.bayes.WeaklyInformative())
+    small = d[d.Batch.isin(d.Batch.cat.categories[:2])]
+    with pytest.raises(hl.HierlmmError, match="improper|proper"):
+        hl.LMM("Yield ~ 1 + (1 | Batch)", small).posterior_grid()

@@ -88,7 +88,7 @@ def test_shrinkage(sleep_fit, ortho_fit):
     own, mixed = (c.get_offsets() for c in fig.axes[0].collections[:2])
     b = fit.fixef
     female = (data.Sex == "Female").to_numpy()
-    r = data.distance - female * (b["Sex[T.Female]"] + b["age:Sex[T.Female]"] * data.age)
+    r = data.distance - female * (b["SexFemale"] + b["age:SexFemale"] * data.age)
     t = fit.design.terms[0]
     for j, subject in enumerate(t.levels):
         sel = (data.Subject.astype(str) == subject).to_numpy()

@@ -28,7 +28,7 @@ def test_power_inside_a_call_is_a_power(sleep):
     b = hl.LMM("Reaction ~ Days + Days2 + (Days | Subject)", d).fit()
     assert a.deviance == pytest.approx(b.deviance, abs=1e-8)
     np.testing.assert_allclose(a.fixef.to_numpy(), b.fixef.to_numpy(), rtol=1e-6)
-    assert list(a.fixef.index) == ["(Intercept)", "Days", "I(Days ** 2)"]
+    assert list(a.fixef.index) == ["(Intercept)", "Days", "I(Days^2)"]
     # float columns work too (formulaic's XOR failed on them)
     hl.LMM("Reaction ~ I(Days^2) + (1 | Subject)", d.assign(Days=d.Days.astype(float))).fit()
 
@@ -211,13 +211,10 @@ def test_r_names_with_dots_in_every_position(formula):
 def test_correlation_headers_abbreviate_as_r(ref):
     """The fixed effects' correlation matrix is headed as summary(lmer) heads it, by R's
     ``abbreviate(minlength = 6)`` (tests/reference/r/abbreviate.R): Oats' three ``Variet``
-    headers are ``VrtyMr VrtyVc … VrtyM: VrtyV:``; formulaic's ``[T.level]`` read as R's names."""
+    headers are ``VrtyMr VrtyVc … VrtyM: VrtyV:``."""
     from hierlmm.summary import _abbrev
 
     assert _abbrev(ref["names"]) == ref["abbreviated"]
-    formulaic = [n.replace("VarietyMarvellous", "Variety[T.Marvellous]").replace("VarietyVictory", "Variety[T.Victory]")
-                 for n in ref["names"]]
-    assert _abbrev(formulaic) == ref["abbreviated"]
 
 
 def test_overlapping_terms_are_not_converged(sleep):

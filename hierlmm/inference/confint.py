@@ -158,8 +158,10 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
     from hierlmm.table import as_table
 
     title = f"{100 * level:g}% confidence intervals ({method})"
+    tail = 50 * (1 - level)
+    headers = {"lower": f"{tail:.3g} %", "upper": f"{100 - tail:.3g} %"}  # R's "2.5 %", "97.5 %"
     if method == "wald":
-        return as_table(_wald(fit, level), title)
+        return as_table(_wald(fit, level), title, headers=headers)
     fit.model.require(f"confint(method={method!r})", instead="use method='wald'")
     from hierlmm.threads import one_blas_thread
 
@@ -169,9 +171,9 @@ def confint(fit, method: str = "profile", level: float = 0.95, parm=None, **kwar
         with one_blas_thread():
             out = profile_intervals(fit, level, parm=parm, progressbar=kwargs.get("progressbar"))
         order = [n for n in sdcor_names(fit) + list(fit.fixef.index) if n in out.index]
-        return as_table(out.loc[order], title)
+        return as_table(out.loc[order], title, headers=headers)
     if method in ("bootstrap", "boot"):
         with one_blas_thread():
             out = _bootstrap(fit, level, **kwargs)
-            return as_table(out, title).__finalize__(out)
+            return as_table(out, title, headers=headers).__finalize__(out)
     raise HierlmmError(f"method must be 'profile', 'wald' or 'bootstrap', got {method!r}")

@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hierlmm.rsyntax import formula_context, full_coding_name, r_name
+from hierlmm.rnames import term_name, variable_name, variable_order
+from hierlmm.rsyntax import formula_context, to_formulaic
 
 __all__ = ["fixed_terms", "contrasts_type1", "contrasts_type2", "contrasts_type3", "contrasts_marginal",
            "droppable_terms"]
@@ -45,13 +46,15 @@ def _zapsmall(x: np.ndarray, digits: int = 7) -> np.ndarray:
     return np.round(x, max(0, digits - int(np.ceil(np.log10(mx)))))
 
 
-def _terms(spec, all_names, kept_names):
-    """Terms of a formulaic model spec: names, their columns among ``kept_names``, their factors,
-    intercept (R's names: ``o`` for ``C(o, contr.poly)``)."""
+def _terms(spec, all_names, kept_names, formula_text, logical):
+    """Terms of a formulaic model spec made from ``formula_text``: names, their columns among
+    ``kept_names``, their factors, intercept (R's names: ``o`` for ``C(o, contr.poly)``, an
+    interaction's factors in R's order)."""
     kept = {name: i for i, name in enumerate(kept_names)}
+    order = variable_order(formula_text)
     names, cols, factors, intercept = [], {}, {}, False
     for term, idx in spec.term_indices.items():
-        label = r_name(str(term))
+        label = term_name(term, order, logical)
         if label == "1":
             intercept = True
             continue
@@ -60,13 +63,14 @@ def _terms(spec, all_names, kept_names):
             continue
         names.append(label)
         cols[label] = c
-        factors[label] = frozenset(r_name(str(f)) for f in term.factors)
+        factors[label] = frozenset(variable_name(str(f), logical) for f in term.factors)
     return names, cols, factors, intercept
 
 
 def fixed_terms(design) -> tuple[list[str], dict[str, list[int]], dict[str, frozenset], bool]:
     """Terms of the fixed part: names, their columns in ``X``, their factors, intercept."""
-    return _terms(design.fixed_spec, design.all_fixef_names, design.fixef_names)
+    return _terms(design.fixed_spec, design.all_fixef_names, design.fixef_names, design.fixed_formula,
+                  design.logical)
 
 
 def _sequential(X: np.ndarray) -> np.ndarray:
@@ -167,26 +171,28 @@ def contrasts_type3(design) -> dict[str, np.ndarray]:
     if design.X.shape[1] <= 1 or len(terms[0]) <= 1:
         return contrasts_type1(design)
     if design.treatment_formula is None:
-        return _type3(design.X, design.fixef_names, terms, design.data, _containing(design, terms))
+        return _type3(design.X, design.fixef_names, terms, design.data, _containing(design, terms), design.logical)
     from formulaic import model_matrix
 
-    from hierlmm.design import _drop_aliased
+    from hierlmm.design import _drop_aliased, r_column_names
 
     mm = model_matrix(design.treatment_formula, design.data, na_action="ignore", context=formula_context())
-    all_t = [r_name(c) for c in mm.rhs.columns]
+    all_t = r_column_names(mm.rhs, design.treatment_formula, design.logical)
     Xt, names_t, _ = _drop_aliased(np.asarray(mm.rhs, dtype=float), all_t)
-    terms_t = _terms(mm.rhs.model_spec, all_t, names_t)
-    Lt = _type3(Xt, names_t, terms_t, design.data, _containing(design, terms_t))
+    terms_t = _terms(mm.rhs.model_spec, all_t, names_t, design.treatment_formula, design.logical)
+    Lt = _type3(Xt, names_t, terms_t, design.data, _containing(design, terms_t), design.logical)
     M = _zapsmall(np.linalg.pinv(Xt) @ design.X)
     return {t: L @ M for t, L in Lt.items()}
 
 
-def _type3(X, coef_names, terms, data, contained_in) -> dict[str, np.ndarray]:
+def _type3(X, coef_names, terms, data, contained_in, logical=frozenset()) -> dict[str, np.ndarray]:
     """Type III contrasts of a treatment-coded ``X`` (lmerTest's ``extract_contrasts_type3``):
     each term's rows made orthogonal to the terms that contain it (``contained_in``, lmerTest's
     containment: a factor is not contained in its interaction with a covariate, which matters
     where X has aliased columns)."""
     from formulaic import model_matrix
+
+    from hierlmm.design import r_column_names
 
     names, cols, factors, intercept = terms
     parts, rd_names = [], []
@@ -196,10 +202,11 @@ def _type3(X, coef_names, terms, data, contained_in) -> dict[str, np.ndarray]:
     for t in names:
         # a column whose name is not a Python name (``factor(dg)``, made by hierlmm.rfactors)
         # reaches formulaic in backquotes
-        spelled = ":".join(f"`{v}`" if v in data.columns and not v.isidentifier() else v for v in t.split(":"))
-        mm = model_matrix(f"0 + {spelled}", data, na_action="ignore", context=formula_context())
+        spelled = to_formulaic("0 + " + ":".join(f"`{v}`" if v in data.columns and not v.isidentifier() else v
+                                                 for v in t.split(":")), logical=logical)
+        mm = model_matrix(spelled, data, na_action="ignore", context=formula_context())
         parts.append(np.asarray(mm, dtype=float))
-        rd_names.extend(r_name(c) for c in mm.columns)
+        rd_names.extend(r_column_names(mm, spelled, logical))
     rdX = np.hstack(parts)
     L = _zapsmall((np.linalg.pinv(X) @ rdX).T)  # rows: cell parameters; columns: coefficients
     degree = {t: len(factors[t]) for t in names}
@@ -210,7 +217,7 @@ def _type3(X, coef_names, terms, data, contained_in) -> dict[str, np.ndarray]:
             coef, *_ = np.linalg.lstsq(B, L[:, cols[t]], rcond=None)
             L[:, cols[t]] = _zapsmall(L[:, cols[t]] - B @ coef)
     row_of = {n: i for i, n in enumerate(rd_names)}
-    rows = [row_of[full_coding_name(n)] for n in coef_names]
+    rows = [row_of[n] for n in coef_names]  # R names a level alike in either coding
     L = L[rows]
     out = {}
     for t in names:

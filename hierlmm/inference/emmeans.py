@@ -31,7 +31,7 @@ from hierlmm.inference.contrasts import fixed_terms
 from hierlmm.inference.ftests import _ddf
 from hierlmm.table import as_table
 
-__all__ = ["emmeans", "emtrends", "reference_grid"]
+__all__ = ["emmeans", "emtrends", "joint_tests", "reference_grid"]
 
 
 def _variables(design) -> dict[str, object]:
@@ -127,10 +127,6 @@ def emmeans(fit, specs, by=None, at: dict | None = None, ddf: str = "kenward-rog
         raise HierlmmError(f"contrast must be one of {', '.join(map(repr, DEFAULT_ADJUST))}, got {method!r}")
     if adjust is None:
         adjust = DEFAULT_ADJUST[method]
-        if adjust == "mvt":
-            raise HierlmmError("emmeans adjusts consecutive contrasts by 'mvt' (the multivariate t of mvtnorm), "
-                               "which hierlmm does not implement: pass adjust= ('sidak', 'holm', 'bonferroni', "
-                               "'fdr', 'scheffe' or 'none')")
     if adjust == "tukey" and method != "pairwise":
         notes.append('Note: adjust = "tukey" was changed to "sidak" because "tukey" is only appropriate for one '
                      "set of pairwise comparisons")
@@ -182,6 +178,105 @@ def emtrends(fit, specs, var: str, by=None, at: dict | None = None, ddf: str = "
     out = _intervals(labels, L, fit.fixef.to_numpy(), V, df_of, level, f"{var}.trend")
     return as_table(out, f"Trends of {var} ({_ddf(ddf)} df, {100 * level:g}% intervals)",
                     notes=_notes(design, keys, ddf) + [f"Confidence level used: {level:g}"])
+
+
+def joint_tests(fit, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
+    """emmeans' ``joint_tests(fit, by)``: an F test for every model term of the reference grid's
+    factors, the joint test that all its interaction contrasts of EMMs are 0.
+
+    Every numeric covariate enters the grid at its mean ± 1 (emmeans' ``cov.reduce =
+    make.meanint(1)``), as a factor of two levels; for each set of factors (main effects, then
+    two-way, …, in the order of their first appearance in the formula) the EMMs over that set
+    (within each ``by`` group) get the product of consecutive-difference contrasts of its
+    factors, ``C = C_k ⊗ … ⊗ C_1``; the hypothesis is the row space of ``C L`` (its rank is
+    ``df1``; sets whose contrasts are all 0, terms absent from the model, are left out as
+    emmeans leaves out ``df1 = 0``). ``F = (Kβ̂)'(K V K')⁻¹(Kβ̂)/df1`` with ``V`` and ``df2``
+    Kenward–Roger's (the adjusted covariance and pbkrtest's ``Lb_ddf``; emmeans applies no
+    F scaling) or Satterthwaite's (lmerTest's ``contestMD``).
+
+    Returns
+    -------
+    DataFrame
+        ``model term``, the ``by`` columns, ``df1, df2, F.ratio, p.value`` (emmeans' names).
+    """
+    design, _, by, _ = _grid(fit, [], by, None, "joint_tests()")
+    variables = _variables(design)
+    text = design.parsed.fixed_formula
+    first = {v: (m.start() if (m := re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", text)) else len(text))
+             for v in variables}
+    at = {v: [m - 1.0, m + 1.0] for v, m in variables.items() if not isinstance(m, list)}
+    grid = reference_grid(fit, at)
+    Xg = design.fixed_matrix(grid)
+    facs = sorted((v for v in variables if v not in by), key=lambda v: first[v])
+    test = _joint_test(fit, ddf)
+    beta = fit.fixef.to_numpy()
+    rows = []
+    groups = grid.groupby(by, sort=False, observed=True).indices if by else {(): np.arange(len(grid))}
+    for key, idx in groups.items():
+        sub, Xs = grid.iloc[idx].reset_index(drop=True), Xg[idx]
+        for size in range(1, len(facs) + 1):
+            for these in itertools.combinations(facs, size):
+                _, L = _cell_means(sub, Xs, list(these))
+                C = np.ones((1, 1))
+                for v in these:  # the first factor varies fastest among the cells
+                    C = np.kron(_consec(len(_levels(sub[v]))), C)
+                K = _row_basis(C @ L)
+                if K.shape[0] == 0:
+                    continue
+                row = {"model term": ":".join(these)}
+                row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
+                row.update(test(K, beta))
+                rows.append(row)
+    columns = ["model term"] + by + ["df1", "df2", "F.ratio", "p.value"]
+    return as_table(pd.DataFrame(rows, columns=columns), f"Joint tests of model terms ({_ddf(ddf)} df)",
+                    pvalues=["p.value"], notes=[f"Degrees-of-freedom method: {_ddf(ddf)}"])
+
+
+def _consec(k: int) -> np.ndarray:
+    """Consecutive differences of ``k`` levels (rows: level ``i`` minus level ``i − 1``)."""
+    return np.eye(k)[1:] - np.eye(k)[:-1]
+
+
+def _row_basis(M: np.ndarray, tol: float = 1e-8) -> np.ndarray:
+    """Orthonormal rows spanning ``M``'s row space (rank by singular values above ``tol`` times
+    the largest, emmeans' estimability by rank)."""
+    if M.size == 0:
+        return M[:0]
+    _, sv, Vt = np.linalg.svd(M, full_matrices=False)
+    scale = np.max(np.abs(M)) * max(M.shape)
+    return Vt[: int(np.sum(sv > tol * max(scale, 1e-300)))]
+
+
+def _joint_test(fit, ddf: str):
+    """``test(K, β̂)``: the F test of ``Kβ = 0`` as emmeans' ``test(joint = TRUE)`` does."""
+    ddf = _ddf(ddf)
+    if ddf == "kenward-roger":
+        from hierlmm.inference.kenward_roger import kr_adjust, lb_ddf
+
+        kr = kr_adjust(fit)
+
+        def test(K, beta):
+            x = K @ beta
+            F = float(x @ np.linalg.solve(K @ kr.vcov_adj @ K.T, x) / K.shape[0])
+            df2 = lb_ddf(K, kr)
+            return {"df1": K.shape[0], "df2": df2, "F.ratio": F, "p.value": float(stats.f.sf(F, K.shape[0], df2))}
+        return test
+    if ddf == "satterthwaite":
+        from hierlmm.inference.satterthwaite import contestmd, varpar_covariance
+
+        vc = varpar_covariance(fit)
+
+        def test(K, beta):
+            r = contestmd(vc, K)
+            return {"df1": r["num_df"], "df2": r["den_df"], "F.ratio": r["F"], "p.value": r["p"]}
+        return test
+    V = fit.vcov.to_numpy()
+
+    def test(K, beta):
+        x = K @ beta
+        F = float(x @ np.linalg.solve(K @ V @ K.T, x) / K.shape[0])
+        return {"df1": K.shape[0], "df2": np.inf, "F.ratio": F, "p.value": float(stats.chi2.sf(F * K.shape[0], K.shape[0]))}
+    return test
 
 
 def _grid(fit, specs, by, at, what: str):
@@ -252,7 +347,7 @@ def _side(label: str) -> str:
     return f"({label})" if _PARENS.search(label) else label
 
 
-ADJUST = ("tukey", "dunnettx", "scheffe", "sidak", "bonferroni", "holm", "fdr", "none")
+ADJUST = ("tukey", "dunnettx", "mvt", "scheffe", "sidak", "bonferroni", "holm", "fdr", "none")
 # emmeans' contrast families and the adjustment each gets by default
 DEFAULT_ADJUST = {"pairwise": "tukey", "trt.vs.ctrl": "dunnettx", "consec": "mvt", "eff": "fdr", "poly": "none"}
 _DEGREE = ["linear", "quadratic", "cubic", "quartic"] + [f"degree {d}" for d in range(5, 21)]
@@ -303,8 +398,7 @@ def _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust) -> tuple[pd
     p-values adjusted within each group (emmeans' family) by :func:`adjusted_p`; also the
     family's size (cells) and number of tests, for the note."""
     if adjust not in ADJUST:
-        extra = " (emmeans' 'mvt' needs the multivariate t of mvtnorm: not implemented)" if adjust == "mvt" else ""
-        raise HierlmmError(f"adjust must be one of {', '.join(map(repr, ADJUST))}, got {adjust!r}{extra}")
+        raise HierlmmError(f"adjust must be one of {', '.join(map(repr, ADJUST))}, got {adjust!r}")
     groups = labels.groupby(by, sort=False).indices if by else {(): np.arange(len(labels))}
     numeric = {s: all(_is_number(v) for v in labels[s].unique()) for s in specs}
     rows, family, tests = [], 0, 0
@@ -312,9 +406,8 @@ def _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust) -> tuple[pd
         idx = list(idx)
         names = [_side(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs)) for i in idx]
         C, contrast_names = contrast_matrix(method, names)
-        group = []
-        for c, name in zip(C, contrast_names):
-            l = c @ L[idx]
+        group, Lc = [], C @ L[idx]
+        for l, name in zip(Lc, contrast_names):
             est, se = float(l @ beta), float(np.sqrt(l @ V @ l))
             row = {"contrast": name}
             row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
@@ -323,14 +416,17 @@ def _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust) -> tuple[pd
         t = np.array([r["t.ratio"] for r in group])
         df = np.array([r["df"] for r in group])
         rank = int(np.linalg.matrix_rank(C))
-        for r, p in zip(group, adjusted_p(t, df, adjust, len(idx), rank=rank)):
+        cov = Lc @ V @ Lc.T
+        corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+        for r, p in zip(group, adjusted_p(t, df, adjust, len(idx), rank=rank, corr=corr)):
             r["p.value"] = p
         rows.extend(group)
         family, tests = len(idx), len(group)
     return pd.DataFrame(rows), family, tests
 
 
-def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int, rank: int | None = None) -> np.ndarray:
+def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int, rank: int | None = None,
+               corr: np.ndarray | None = None) -> np.ndarray:
     """Two-sided p-values of a family of ``m`` t ratios over ``k`` means (pairwise: ``m =
     k(k−1)/2``), adjusted as emmeans adjusts a family:
 
@@ -342,6 +438,9 @@ def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int, rank: int | N
     * ``scheffe``: ``P(F_{r,df} > t²/r)`` with ``r`` the rank of the family (``k − 1`` for
       pairs and for ``eff``, whose ``k`` effects sum to 0; emmeans counts ``k`` there, the rank
       of its linear functions rounded by ``zapsmall`` no longer seeing that sum);
+    * ``mvt``: ``1 − P(max_j |T_j| < |t_i|)`` with ``T`` multivariate t with the estimates'
+      correlation ``corr`` and ``ν_i = ⌊df_i + 0.25⌋`` degrees of freedom (normal beyond 9999),
+      emmeans' exact single-step adjustment (:func:`mvt_p`);
     * ``sidak``: ``1 − (1 − p)^m``; ``bonferroni``: ``min(1, m p)``;
     * ``holm`` and ``fdr`` (Benjamini–Hochberg): R's ``p.adjust`` on the family's p-values;
     * ``none``: ``p``."""
@@ -358,6 +457,8 @@ def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int, rank: int | N
         w, kk = (m - 1) / m, (1 + np.sqrt(1 + 8 * m)) / 2
         below = w * stats.studentized_range.cdf(np.sqrt(2) * np.abs(t), kk, df) + (1 - w) * stats.f.cdf(t**2, 1, df)**m
         return 1.0 - below
+    if adjust == "mvt" and m > 1:
+        return mvt_p(t, df, corr)
     if adjust == "sidak":
         return -np.expm1(m * np.log1p(-p))  # 1 − (1 − p)^m, accurate for small p
     if adjust == "bonferroni":
@@ -373,3 +474,77 @@ def adjusted_p(t: np.ndarray, df: np.ndarray, adjust: str, k: int, rank: int | N
         out[order] = np.minimum(1.0, stepped)
         return out
     return p
+
+
+def mvt_p(t: np.ndarray, df: np.ndarray, corr: np.ndarray, seed: int = 20261203) -> np.ndarray:
+    """emmeans' ``"mvt"`` adjustment of two-sided t ratios ``t`` whose estimates have the
+    correlation ``corr``: ``1 − P(|T_j| ≤ |t_i| for all j)``, ``T ~ t_ν(0, corr)``, with emmeans'
+    ``.fix.df`` (``ν = ⌊max(1, df_i) + 0.25⌋``; a normal beyond 9999 df), each probability by
+    :func:`box_probability`."""
+    R = np.asarray(corr, dtype=float)
+    out = np.empty(len(t))
+    for i, (ti, di) in enumerate(zip(t, df)):
+        nu = 0 if not np.isfinite(di) or di > 9999 else int(np.floor(max(1.0, di) + 0.25))
+        inside, _ = box_probability(np.full(len(t), abs(float(ti))), R, nu, seed=seed)
+        out[i] = min(max(1.0 - inside, 0.0), 1.0)
+    return out
+
+
+def box_probability(a: np.ndarray, R: np.ndarray, nu: int, n: int = 2**15, reps: int = 8,
+                    seed: int = 0) -> tuple[float, float]:
+    """``P(|T_j| ≤ a_j for all j)`` for ``T ~ t_ν(0, R)`` (``ν = 0``: the normal ``N(0, R)``).
+
+    Genz's separation of variables (as mvtnorm's ``GenzBretz``): with ``R = C C'``, ``C``
+    lower triangular, ``T = C Y / S`` (``Y`` standard normal, ``S = √(χ²_ν/ν)``), the
+    probability is ``E[Π_k (Φ(u_k) − Φ(l_k))]`` where the limits of ``Y_k`` depend on
+    ``Y_1..Y_{k−1}`` and ``S``, averaged over scrambled Sobol' points (``reps`` independent
+    scramblings of ``n`` points, a fixed ``seed``: the same table every call). Returns the
+    probability and its standard error (from the spread of the ``reps`` estimates): about
+    1e-7 for a nonsingular ``R``, up to 1e-5 for a singular one, where emmeans' own call of
+    mvtnorm stops at an absolute error of 1e-3. A singular ``R`` (pairwise
+    differences of ``k > 2`` means have rank ``k − 1``) as Genz and Bretz handle it: a row of
+    ``C`` with a zero pivot constrains the last variable it involves, ``|Σ_{j≤k} c_ij Y_j| ≤
+    a_i S``, so ``Y_k``'s interval is the intersection of every row that ends at ``k``."""
+    from scipy.special import ndtr, ndtri
+    from scipy.stats import chi2, qmc
+
+    C = _semidefinite_cholesky(R)
+    cols = np.flatnonzero(np.diag(C) > 0)  # the independent variables, in order
+    ends: dict[int, list[int]] = {k: [] for k in range(len(cols))}
+    for i in range(len(a)):
+        nz = np.flatnonzero(np.abs(C[i, cols]) > 1e-12 * np.abs(C[i]).max(initial=0.0))
+        if nz.size:  # a row of zeros is a contrast without variance: always inside
+            ends[int(nz[-1])].append(i)
+    Cr = C[:, cols]
+    estimates = []
+    for rep in range(reps):
+        W = qmc.Sobol(d=len(cols) + (nu > 0), scramble=True, seed=np.random.default_rng([seed, rep])).random(n)
+        S = np.sqrt(chi2.ppf(W[:, -1], nu) / nu) if nu > 0 else np.ones(n)
+        Y = np.zeros((n, len(cols)))
+        f = np.ones(n)
+        for k in range(len(cols)):
+            lo, hi = np.full(n, -np.inf), np.full(n, np.inf)
+            for i in ends[k]:
+                shift = Y[:, :k] @ Cr[i, :k]
+                c = Cr[i, k]
+                l, u = (-a[i] * S - shift) / c, (a[i] * S - shift) / c
+                lo, hi = np.maximum(lo, np.minimum(l, u)), np.minimum(hi, np.maximum(l, u))
+            d, e = ndtr(lo), ndtr(hi)
+            f *= np.maximum(e - d, 0.0)
+            Y[:, k] = ndtri(np.clip(d + W[:, k] * np.maximum(e - d, 0.0), 1e-300, 1 - 1e-16))
+        estimates.append(f.mean())
+    return float(np.mean(estimates)), float(np.std(estimates, ddof=1) / np.sqrt(reps))
+
+
+def _semidefinite_cholesky(R: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Lower-triangular ``C`` with ``C C' = R`` for a positive semidefinite ``R``: a pivot below
+    ``tol`` (a row that is a combination of earlier rows) is 0 and its column is 0."""
+    m = R.shape[0]
+    C = np.zeros((m, m))
+    for i in range(m):
+        for j in range(i):
+            if C[j, j] > 0:
+                C[i, j] = (R[i, j] - C[i, :j] @ C[j, :j]) / C[j, j]
+        rest = R[i, i] - C[i, :i] @ C[i, :i]
+        C[i, i] = np.sqrt(rest) if rest > tol * R[i, i] else 0.0
+    return C

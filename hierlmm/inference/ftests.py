@@ -44,7 +44,8 @@ def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
         se = fit.se.to_numpy()
         z = beta / se
         return as_table(pd.DataFrame({"estimate": beta, "se": se, "df": np.inf, "z": z,
-                                      "p": 2 * stats.norm.sf(np.abs(z))}, index=names), title, pvalues=["p"])
+                                      "p": 2 * stats.norm.sf(np.abs(z))}, index=names), title, pvalues=["p"],
+                        headers={**T_HEADERS, "p": "Pr(>|z|)"})
     if ddf == "satterthwaite":
         from hierlmm.inference.satterthwaite import contest1d, varpar_covariance
 
@@ -61,7 +62,8 @@ def coef_table(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
             df = lb_ddf(L, kr)
             t = beta[j] / se
             rows.append({"estimate": beta[j], "se": se, "df": df, "t": t, "p": 2 * stats.t.sf(abs(t), df)})
-    return as_table(pd.DataFrame(rows, index=names)[["estimate", "se", "df", "t", "p"]], title, pvalues=["p"])
+    return as_table(pd.DataFrame(rows, index=names)[["estimate", "se", "df", "t", "p"]], title, pvalues=["p"],
+                    headers=T_HEADERS)
 
 
 def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:  # noqa: A002
@@ -84,7 +86,14 @@ def anova_table(fit, type: int = 3, ddf: str = "satterthwaite") -> pd.DataFrame:
 
     roman, make = kinds[str(type)]
     return as_table(f_tests(fit, make(fit.design), ddf),
-                    f"Type {roman} Analysis of Variance Table with {_method(ddf)} method", pvalues=["p"])
+                    f"Type {roman} Analysis of Variance Table with {_method(ddf)} method", pvalues=["p"],
+                    headers=F_HEADERS)
+
+
+# R's printed headers (lmerTest's summary and anova) of the tables' Python-spelt columns
+T_HEADERS = {"estimate": "Estimate", "se": "Std. Error", "t": "t value", "z": "z value", "p": "Pr(>|t|)"}
+F_HEADERS = {"sum_sq": "Sum Sq", "mean_sq": "Mean Sq", "num_df": "NumDF", "den_df": "DenDF", "F": "F value",
+             "p": "Pr(>F)"}
 
 
 def _method(ddf: str) -> str:
@@ -135,4 +144,4 @@ def drop1_f(fit, ddf: str = "satterthwaite") -> pd.DataFrame:
     from hierlmm.table import as_table
 
     return as_table(f_tests(fit, contrasts_marginal(fit.design), ddf),
-                    f"Single term deletions using {_method(ddf)} method", pvalues=["p"])
+                    f"Single term deletions using {_method(ddf)} method", pvalues=["p"], headers=F_HEADERS)

@@ -141,9 +141,15 @@ def anova(*fits, refit: bool = True, names=None) -> pd.DataFrame:
     from hierlmm.table import as_table
 
     out = as_table(pd.DataFrame(rows, index=[names[i] for i in order]),
-                   "Likelihood-ratio tests of nested models" + (" (refitted by ML)" if refit else ""), pvalues=["p"])
+                   "Likelihood-ratio tests of nested models" + (" (refitted by ML)" if refit else ""), pvalues=["p"],
+                   headers=LRT_HEADERS)
     out.attrs["formulas"] = {names[i]: fits[i].design.parsed.formula for i in order}
     return out
+
+
+# R's printed headers (lme4's anova, lmerTest's ranova, drop1) of the tables' Python-spelt columns
+LRT_HEADERS = {"aic": "AIC", "bic": "BIC", "loglik": "logLik", "chisq": "Chisq", "lrt": "LRT", "df": "Df",
+               "p": "Pr(>Chisq)"}
 
 
 def _same(a, b, what: str) -> bool:
@@ -242,4 +248,5 @@ def ranova(fit) -> pd.DataFrame:
     from hierlmm.table import as_table
 
     return as_table(pd.DataFrame.from_dict(rows, orient="index"),
-                    "ANOVA-like table for random effects: single term deletions", pvalues=["p", "p_mixture"])
+                    "ANOVA-like table for random effects: single term deletions", pvalues=["p", "p_mixture"],
+                    headers={**LRT_HEADERS, "p_mixture": "Pr(>Chisq) mixture"})

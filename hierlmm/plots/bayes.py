@@ -6,7 +6,7 @@ import numpy as np
 
 from hierlmm.plots._common import figure, label_size, pick_group
 
-__all__ = ["posterior_densities", "plugin_vs_full", "limit_path"]
+__all__ = ["posterior_densities", "posterior_grid", "plugin_vs_full", "limit_path"]
 
 
 def posterior_densities(fit, post, mode=None):
@@ -47,6 +47,58 @@ def posterior_densities(fit, post, mode=None):
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)  # off the bars
     fig.suptitle(f"posterior under prior={post.prior!r}", fontsize=10)
     return fig
+
+
+def posterior_grid(grid, post=None):
+    """The exact marginal posterior density of each variance (``model.posterior_grid()``, by
+    quadrature) with its 95% interval shaded, its median and the REML estimate marked; with
+    ``post`` (a posterior under the same prior), the MCMC draws as a histogram beside the
+    curve. Under ``prior="flat"`` the REML estimate is the joint mode of (τ², σ²), not each
+    marginal's peak: the picture of REML as the mode of a posterior. A variance whose 95%
+    interval spans more than a factor 30 is drawn on a log10 axis (density per unit of
+    log10 of the variance, the histogram alike); otherwise the right tail is cut at the
+    99.5th percentile."""
+    rows = list(grid.index)
+    fig, axes = figure(1, len(rows), width=3.8 * len(rows), height=4.2)
+    for ax, name in zip(axes[0], rows):
+        dens = grid.attrs["density"][name]
+        x, f = dens.x.to_numpy(), dens.density.to_numpy()
+        log = grid.loc[name, "q975"] > 30 * grid.loc[name, "q025"]
+        hi = x[-1] if log else float(np.interp(0.995, _cdf(dens), x))
+        to = (lambda v: np.log10(v)) if log else (lambda v: v)
+        keep = x <= hi
+        xs, fs = to(x[keep]), (f * x * np.log(10))[keep] if log else f[keep]
+        if post is not None:
+            draws = post.draws("sigma2") if name == "Residual" else _term_draws(post)
+            shown = draws[(draws > 0) & (draws <= hi)]
+            ax.hist(to(shown), bins=60, density=True, color="C0", alpha=0.45, label=f"MCMC ({len(draws)} draws)")
+        ax.plot(xs, fs, color="black", lw=1.6, label="exact (quadrature)")
+        inside = (x[keep] >= grid.loc[name, "q025"]) & (x[keep] <= grid.loc[name, "q975"])
+        ax.fill_between(xs[inside], fs[inside], color="0.7", alpha=0.5, label="95% interval")
+        est, med = grid.loc[name, "reml"], grid.loc[name, "median"]
+        if est > 0:
+            ax.axvline(to(est), color="C3", lw=2, label=f"REML {est:.3g}")
+        ax.axvline(to(med), color="C2", lw=1.2, ls=":", label=f"median {med:.3g}")
+        what = "Residual variance" if name == "Residual" else f"variance: {name}"
+        ax.set_title(what + (" (axis: log10 of it)" if log else ""), fontsize=10)
+        if not log:
+            ax.set_xlim(0, hi)
+        ax.set_yticks([])
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncol=2)
+    fig.suptitle(f"marginal posteriors under prior={grid.attrs.get('prior', 'flat')!r}", fontsize=10)
+    return fig
+
+
+def _cdf(dens) -> np.ndarray:
+    """The CDF along a density's grid (trapezoids; the grid covers 0.05%–99.95%)."""
+    steps = np.diff(dens.x) * (dens.density.to_numpy()[1:] + dens.density.to_numpy()[:-1]) / 2
+    return 0.0005 + 0.999 * np.concatenate([[0.0], np.cumsum(steps)]) / steps.sum()
+
+
+def _term_draws(post) -> np.ndarray:
+    """Draws of the variance of the model's one scalar term."""
+    t = post.model.design.terms[0]
+    return post.draws(f"var_{t.label}")[:, 0]
 
 
 def plugin_vs_full(fit, post, group: str | None = None, term: str | None = None, level: float = 0.95,

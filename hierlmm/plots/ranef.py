@@ -105,10 +105,7 @@ def shrinkage(fit, group: str | None = None, max_groups: int | None = None):
     slope_col = names[1]
     x = t.Z[:, 1] if t.k == 2 else terms[1].Z[:, 0]
     beta = fit.fixef
-    from hierlmm.rsyntax import full_coding_name
-
-    shared = {full_coding_name(n) for n in names}
-    other = np.array([full_coding_name(n) not in shared for n in beta.index])
+    other = ~beta.index.isin(names)  # R names a level alike in either coding
     r = d.y - d.X[:, other] @ beta.to_numpy()[other]  # y less the fixed effects outside the term
     own = np.full((t.m, 2), np.nan)
     for j in range(t.m):
