@@ -244,6 +244,9 @@ class LMM:
             When the convergence checks fail; the result is still returned.
         """
         other_names("fit()", others)
+        from hierlmm.bayes.kernel import compile_in_background
+
+        compile_in_background()  # once per session, only where sample()'s kernel is not yet compiled
         method = str(method).upper()
         if method not in ("REML", "ML"):
             raise HierlmmError(f"method must be 'REML' or 'ML', got {method!r}")

@@ -624,6 +624,43 @@ def test_a_cold_kernel_cache_is_detected(tmp_path, monkeypatch):
     assert kernel._cache_is_cold()
 
 
+def test_a_cold_kernel_compiles_in_the_background_and_sample_waits(tmp_path, monkeypatch, capsys):
+    """The first fit() of a session on a machine whose kernel cache is cold starts its
+    compilation in a low-priority process (once; not when HIERLMM_PRECOMPILE=0); the sampler
+    then waits for that process, saying so, instead of compiling again. A stand-in process
+    that fills a fake cache after 1 s plays numba here."""
+    import sys
+    import time
+
+    from hierlmm.bayes import kernel
+
+    cache = tmp_path / "cache.nbi"
+    monkeypatch.setattr(kernel, "_KERNEL", {})
+    monkeypatch.setattr(kernel, "_BACKGROUND", {})
+    monkeypatch.setattr(kernel, "_cache_is_cold", lambda: not cache.exists())
+    monkeypatch.setattr(kernel, "_lock_path", lambda: str(tmp_path / "lock.pid"))
+    stand_in = [sys.executable, "-c", f"import time, pathlib; time.sleep(1); pathlib.Path({str(cache)!r}).touch()"]
+    monkeypatch.setenv("HIERLMM_PRECOMPILE", "0")
+    assert not kernel.compile_in_background(stand_in)
+    monkeypatch.delenv("HIERLMM_PRECOMPILE")
+    start = time.time()
+    assert kernel.compile_in_background(stand_in)
+    assert not kernel.compile_in_background(stand_in)  # once per session
+    assert (tmp_path / "lock.pid").read_text() == str(kernel._BACKGROUND["proc"].pid)
+    kernel._wait_for_background()
+    assert cache.exists() and time.time() - start >= 0.9
+    assert "compiled into numba's cache in the background" in capsys.readouterr().err
+    # another session: the lock names a live process, so it neither starts one nor compiles
+    monkeypatch.setattr(kernel, "_BACKGROUND", {})
+    cache.unlink()
+    other = __import__("subprocess").Popen(stand_in)
+    (tmp_path / "lock.pid").write_text(str(other.pid))
+    assert not kernel.compile_in_background(stand_in)
+    kernel._wait_for_background()
+    other.wait()
+    assert cache.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("prior", ["flat", "flat_sd"])
 def test_structured_term_samples_the_exact_posterior(prior):

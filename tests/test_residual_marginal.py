@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import hierlmm as hl
-from conftest import load_ref, r_name
+from conftest import load_ref
 
 OVARY = "follicles ~ np.sin(2*np.pi*Time) + np.cos(2*np.pi*Time) + (1 | Mare)"
 NLME_NAMES = {"np.sin(2 * np.pi * Time)": "sin(2 * pi * Time)", "np.cos(2 * np.pi * Time)": "cos(2 * pi * Time)"}
@@ -21,8 +21,8 @@ NLME_NAMES = {"np.sin(2 * np.pi * Time)": "sin(2 * pi * Time)", "np.cos(2 * np.p
 def _check_nlme(fit, ref):
     assert fit.loglik == pytest.approx(ref["logLik"], abs=1e-3)
     assert fit.aic == pytest.approx(ref["AIC"], abs=2e-3)
-    est = fit.fixef.rename(index=lambda n: NLME_NAMES.get(n, r_name(n)))
-    se = fit.se.rename(index=lambda n: NLME_NAMES.get(n, r_name(n)))
+    est = fit.fixef.rename(index=lambda n: NLME_NAMES.get(n, n))
+    se = fit.se.rename(index=lambda n: NLME_NAMES.get(n, n))
     for k, v in ref["fixef"].items():
         assert abs(est[k] - v) < 1e-3 * ref["se"][k], k
         assert se[k] == pytest.approx(ref["se"][k], rel=2e-3), k
@@ -251,13 +251,13 @@ def test_every_public_member_works_or_names_the_feature(kind):
             except hl.HierlmmError as exc:
                 assert feature in str(exc), (name, str(exc))
                 refused.append(name.split("(")[0])
-    for model_method in ("sample", "posterior_mode"):
+    for model_method in ("sample", "posterior_mode", "posterior_grid"):
         with pytest.raises(hl.HierlmmError, match=feature.replace("(", r"\(")):
             getattr(fit.model, model_method)()
     # what each kind cannot do, and nothing else
     expected = {"ar1": {"confint", "coef_table", "anova", "ranova", "r2", "refit", "drop1", "bootstrap", "emmeans",
-                        "emtrends", "hatvalues", "augment"},
+                        "emtrends", "joint_tests", "hatvalues", "augment"},
                 "marginal": {"confint", "coef_table", "anova", "ranova", "fitted", "residuals", "predict",
                              "ranef", "ranef_posterior", "icc", "coef", "r2", "refit", "drop1", "bootstrap",
-                             "emmeans", "emtrends", "hatvalues", "augment"}}[kind]
+                             "emmeans", "emtrends", "joint_tests", "hatvalues", "augment"}}[kind]
     assert set(refused) <= expected, set(refused) - expected

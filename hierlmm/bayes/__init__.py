@@ -12,6 +12,7 @@ file                what
 ``sample.py``       ``LMM.sample``: runs nutpie, assembles the posterior
 ``posterior.py``    ``Posterior``: ArviZ DataTree, summary, convergence checks
 ``mode.py``         posterior modes: REML as a limit, ML as the joint mode
+``grid.py``         the exact posterior of a one-term model's variances by quadrature
 ``compare.py``      ``hl.compare``, ``hl.compare_ranef``
 ==================  =============================================================
 

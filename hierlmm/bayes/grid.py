@@ -70,17 +70,14 @@ def posterior_grid(model, prior: str = "flat", n_grid: int = 2001) -> pd.DataFra
     if prior not in PRIOR_POWER:
         raise HierlmmError(f"posterior_grid() takes prior='flat' or 'flat_sd', got {prior!r} "
                            "(other priors: sample())")
+    model.require("posterior_grid()", instead="use sample()")
+    model.require("posterior_grid()", needs="rows")
     design = model.design
     terms = design.terms
-    if len(terms) != 1 or terms[0].k != 1 or design.residual is not None or design.variance is not None \
-            or design.formulation != "hierarchical":
-        what = (f"{sum(t.k * (t.k + 1) // 2 for t in terms)} random-effect variance parameters" if terms
-                else "no random term")
-        raise HierlmmError(f"posterior_grid() needs exactly one scalar random term ((1 | g) or (0 + x | g)) and "
-                           f"independent residuals, whose variances' posterior is a one-dimensional integral; "
-                           f"this model has {what}{' and a residual structure' if design.residual is not None else ''}"
-                           ": use sample()")
-    model.require("posterior_grid()", needs="rows")
+    if len(terms) != 1 or terms[0].k != 1 or not terms[0].unstructured:
+        raise HierlmmError(f"posterior_grid() needs exactly one scalar random term ((1 | g) or (0 + x | g)), whose "
+                           "variances' posterior is a one-dimensional integral; this model has "
+                           f"{', '.join(t.describe() for t in terms)}: use sample()")
     dev = model.deviance_function()
     check_propriety(design, prior, dev.cp)
     c = PRIOR_POWER[prior]

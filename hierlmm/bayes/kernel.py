@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack", "compiled_model", "conditional_draws", "logp_grad", "supported"]
+__all__ = ["pack", "compiled_model", "conditional_draws", "logp_grad", "supported", "compile_in_background"]
 
 HEADER = 20
 LOG2PI = float(np.log(2 * np.pi))
@@ -108,13 +108,109 @@ def _cache_is_cold() -> bool:
     return False
 
 
+# the background compilation this process started (compile_in_background), and when
+_BACKGROUND: dict = {}
+
+
+def _lock_path() -> str:
+    """Where a background compilation leaves its process id (one file per hierlmm source)."""
+    import importlib.util
+    import os
+    import tempfile
+
+    source = importlib.util.find_spec("hierlmm.bayes._kernel_impl").origin
+    tag = abs(hash((source, os.path.getmtime(source), os.environ.get("NUMBA_CACHE_DIR", ""))))
+    return os.path.join(tempfile.gettempdir(), f"hierlmm-kernel-{tag:x}.pid")
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def compile_in_background(command=None) -> bool:
+    """Start compiling the sampler's kernel into numba's cache in a separate, low-priority
+    process, if the ``bayes`` extra is installed, the cache is cold (the first session after
+    installing or updating hierlmm) and no other process is already at it; returns whether it
+    started one. :meth:`hierlmm.LMM.fit` calls it once per session, so that the 20-25 s of the
+    very first compilation pass while the user reads the fit, and the first ``sample()`` only
+    waits for what is left. ``HIERLMM_PRECOMPILE=0`` turns it off. ``command``: the process
+    to run instead (tests)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    import time
+
+    if _BACKGROUND or _KERNEL or os.environ.get("HIERLMM_PRECOMPILE", "1") == "0":
+        return False
+    _BACKGROUND["checked"] = True
+    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("nutpie") is None:
+        return False
+    if not _cache_is_cold():
+        return False
+    lock = _lock_path()
+    try:
+        with open(lock) as fh:
+            if _alive(int(fh.read().strip() or 0)):
+                return False
+    except (OSError, ValueError):
+        pass
+    command = command or [sys.executable, "-c", "import os; os.nice(10); import hierlmm.bayes._kernel_impl"]
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        with open(lock, "w") as fh:
+            fh.write(str(proc.pid))
+    except OSError:
+        return False
+    _BACKGROUND.update(proc=proc, started=time.time())
+    return True
+
+
+def _wait_for_background(timeout: float = 600.0) -> None:
+    """If a background compilation (this process's or another's) is running while the cache
+    is cold, say so and wait for it (the cache then loads in a second); a compilation that
+    ended without filling the cache leaves the compiling to the caller."""
+    import sys
+    import time
+
+    proc = _BACKGROUND.get("proc")
+    if proc is not None:
+        running = lambda: proc.poll() is None  # noqa: E731 - our child: poll, so it is reaped
+    else:
+        try:
+            with open(_lock_path()) as fh:
+                pid = int(fh.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        running = lambda: _alive(pid)  # noqa: E731
+    if not running():
+        return
+    since = f", {time.time() - _BACKGROUND['started']:.0f} s ago" if "started" in _BACKGROUND else ""
+    print(f"hierlmm: the sampler's kernel is being compiled into numba's cache in the background (started at "
+          f"the first fit(){since}; 20-25 s in all, once per machine and hierlmm version): waiting for it",
+          file=sys.stderr, flush=True)
+    start = time.time()
+    while running() and _cache_is_cold() and time.time() - start < timeout:
+        time.sleep(0.2)
+
+
 def _build():
     """The numba functions (compiled on first use, then loaded from numba's disk cache). A
-    compilation says so on stderr (a terminal and Jupyter both show it) before it starts."""
+    compilation says so on stderr (a terminal and Jupyter both show it) before it starts; one
+    running in the background (:func:`compile_in_background`) is waited for instead."""
     if _KERNEL:
         return _KERNEL
     import sys
 
+    if _cache_is_cold():
+        _wait_for_background()
     if _cache_is_cold():
         print("hierlmm: compiling the sampler's kernel with numba, once per machine and hierlmm version: about "
               "20-25 s (longer on a busy machine); later sessions load it from numba's cache in under a second",

@@ -81,8 +81,8 @@ def posterior_grid(grid, post=None):
         ax.axvline(to(med), color="C2", lw=1.2, ls=":", label=f"median {med:.3g}")
         what = "Residual variance" if name == "Residual" else f"variance: {name}"
         ax.set_title(what + (" (axis: log10 of it)" if log else ""), fontsize=10)
-        if not log:
-            ax.set_xlim(0, hi)
+        if not log:  # from 0 where the curve starts near it, else from a little below its start
+            ax.set_xlim(0 if x[0] < 0.25 * hi else x[0] - 0.1 * (hi - x[0]), hi)
         ax.set_yticks([])
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False, ncol=2)
     fig.suptitle(f"marginal posteriors under prior={grid.attrs.get('prior', 'flat')!r}", fontsize=10)
