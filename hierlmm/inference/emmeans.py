@@ -185,14 +185,24 @@ def joint_tests(fit, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
     factors, the joint test that all its interaction contrasts of EMMs are 0.
 
     Every numeric covariate enters the grid at its mean ± 1 (emmeans' ``cov.reduce =
-    make.meanint(1)``), as a factor of two levels; for each set of factors (main effects, then
-    two-way, …, in the order of their first appearance in the formula) the EMMs over that set
-    (within each ``by`` group) get the product of consecutive-difference contrasts of its
-    factors, ``C = C_k ⊗ … ⊗ C_1``; the hypothesis is the row space of ``C L`` (its rank is
-    ``df1``; sets whose contrasts are all 0, terms absent from the model, are left out as
-    emmeans leaves out ``df1 = 0``). ``F = (Kβ̂)'(K V K')⁻¹(Kβ̂)/df1`` with ``V`` and ``df2``
-    Kenward–Roger's (the adjusted covariance and pbkrtest's ``Lb_ddf``; emmeans applies no
-    F scaling) or Satterthwaite's (lmerTest's ``contestMD``).
+    make.meanint(1)``), as a factor of two levels; for each set of factors that appears
+    together in a model term (:func:`_tested_sets`; main effects, then two-way, …, in the order
+    of their first appearance in the formula) the EMMs over that set (within each ``by`` group)
+    get the product of consecutive-difference contrasts of its factors, ``C = C_k ⊗ … ⊗ C_1``,
+    whose rows in the coefficients are ``M = C L``. As
+    emmeans' ``test(joint = TRUE)``: entries of ``M`` that are rounding noise are zeroed, the
+    hypothesis is ``K β = 0`` with ``K`` the orthonormal basis of ``M``'s row space from the QR
+    factor of ``M'`` (its independent rows in order; ``df1`` its rank; sets whose contrasts are
+    all 0, terms absent from the model, are left out as emmeans leaves out ``df1 = 0``),
+    ``F = (Kβ̂)'(K V K')⁻¹(Kβ̂)/df1`` with ``V`` Kenward–Roger's adjusted covariance or
+    ``Var(β̂)`` (Satterthwaite), and ``df2`` the smallest single-row df among ``K``'s rows
+    (pbkrtest's ``Lb_ddf`` or lmerTest's Satterthwaite df of each row). That minimum is
+    emmeans' convention, not the multi-df Kenward–Roger df of ``anova()``; since ``K`` is
+    orthonormal in the coefficients' own coordinates, ``df2`` of a term whose contrasts mix a
+    covariate's columns with others can change with the covariate's units (``F`` and ``df1``
+    cannot), exactly as emmeans' does. A last row ``(confounded)`` holds what the consecutive
+    contrasts of all the grid's cells test beyond the terms' rows (``df1`` the difference of
+    ranks, ``F`` the difference of ``df1 · F``, ``df2`` the whole test's), where that is not 0.
 
     Returns
     -------
@@ -207,29 +217,78 @@ def joint_tests(fit, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
     at = {v: [m - 1.0, m + 1.0] for v, m in variables.items() if not isinstance(m, list)}
     grid = reference_grid(fit, at)
     Xg = design.fixed_matrix(grid)
-    facs = sorted((v for v in variables if v not in by), key=lambda v: first[v])
-    test = _joint_test(fit, ddf)
+    order = sorted(variables, key=lambda v: first[v])
+    facs = [v for v in order if v not in by]
+    tested = _tested_sets(design, facs)
+    V, df_of = _covariance_and_df(fit, ddf)
     beta = fit.fixef.to_numpy()
+    size = np.abs(Xg).max(axis=0)  # each coefficient's scale in the grid: what rounding noise is relative to
     rows = []
     groups = grid.groupby(by, sort=False, observed=True).indices if by else {(): np.arange(len(grid))}
     for key, idx in groups.items():
         sub, Xs = grid.iloc[idx].reset_index(drop=True), Xg[idx]
-        for size in range(1, len(facs) + 1):
-            for these in itertools.combinations(facs, size):
-                _, L = _cell_means(sub, Xs, list(these))
-                C = np.ones((1, 1))
-                for v in these:  # the first factor varies fastest among the cells
-                    C = np.kron(_consec(len(_levels(sub[v]))), C)
-                K = _row_basis(C @ L)
-                if K.shape[0] == 0:
-                    continue
-                row = {"model term": ":".join(these)}
-                row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
-                row.update(test(K, beta))
-                rows.append(row)
+        labels = dict(zip(by, key if isinstance(key, tuple) else (key,)))
+        bases = []
+        for these in tested:
+            _, L = _cell_means(sub, Xs, list(these))
+            C = np.ones((1, 1))
+            for v in these:  # the first factor varies fastest among the cells
+                C = np.kron(_consec(len(_levels(sub[v]))), C)
+            K = _row_basis(C @ L, size)
+            if K.shape[0]:
+                bases.append(K)
+                rows.append({"model term": ":".join(these), **labels, **_joint_f(K, beta, V, df_of)})
+        # emmeans' "(confounded)": what the consecutive contrasts of all cells test beyond the terms
+        _, L = _cell_means(sub, Xs, facs)
+        whole = _joint_f(_row_basis(_consec(len(L)) @ L, size), beta, V, df_of)
+        terms = _joint_f(_row_basis(np.vstack(bases), size), beta, V, df_of) if bases else {"df1": 0, "F.ratio": 0.0}
+        extra = whole["df1"] - terms["df1"]
+        if extra > 0:
+            F = (whole["df1"] * whole["F.ratio"] - terms["df1"] * terms["F.ratio"]) / extra
+            p = stats.f.sf(F, extra, whole["df2"]) if np.isfinite(whole["df2"]) else stats.chi2.sf(F * extra, extra)
+            rows.append({"model term": "(confounded)", **labels, "df1": extra, "df2": whole["df2"], "F.ratio": F,
+                         "p.value": float(p)})
     columns = ["model term"] + by + ["df1", "df2", "F.ratio", "p.value"]
-    return as_table(pd.DataFrame(rows, columns=columns), f"Joint tests of model terms ({_ddf(ddf)} df)",
-                    pvalues=["p.value"], notes=[f"Degrees-of-freedom method: {_ddf(ddf)}"])
+    out = pd.DataFrame(rows, columns=columns)
+    if by:  # emmeans: each term's rows over the by groups together, the terms in their order
+        rank = {t: i for i, t in enumerate(dict.fromkeys(out["model term"]))}
+        out = out.iloc[np.argsort([rank[t] for t in out["model term"]], kind="stable")].reset_index(drop=True)
+    return as_table(out, f"Joint tests of model terms ({_ddf(ddf)} df)", pvalues=["p.value"],
+                    notes=[f"Degrees-of-freedom method: {_ddf(ddf)}"])
+
+
+def _tested_sets(design, facs: list[str]) -> list[tuple[str, ...]]:
+    """The sets of grid variables emmeans' joint_tests tests, by size, then in the order of
+    ``facs``: those that appear together in a term of the fixed part, as emmeans reads R's
+    table of terms by factors (rows: each factor expression, named by the variable it uses).
+    A variable is found in a term through the first expression that uses it (``I(x^2)`` before
+    ``x`` in ``I(x^2) + x + x:f``: then ``x:f`` does not contain "x", and its contrasts go to
+    the "(confounded)" row, as in emmeans); a variable in no term goes with every term."""
+    from hierlmm.rnames import variable_order
+
+    order = variable_order(design.fixed_formula)
+    pattern = {v: re.compile(rf"(?<![\w.]){re.escape(v)}(?![\w.])") for v in facs}
+    spec_terms = [[str(f) for f in t.factors] for t in design.fixed_spec.term_indices if str(t) != "1"]
+    exprs = sorted({f for fs in spec_terms for f in fs}, key=lambda f: order.get(f.strip("`"), len(order)))
+    first = {v: next((f for f in exprs if pattern[v].search(f)), None) for v in facs}
+    term_vars = [{v for v in facs if first[v] in fs} for fs in spec_terms]
+    alone = [v for v in facs if not any(v in t for t in term_vars)]
+    term_vars = [t | set(alone) for t in term_vars] or [set(facs)]
+    return [these for k in range(1, len(facs) + 1) for these in itertools.combinations(facs, k)
+            if any(set(these) <= t for t in term_vars)]
+
+
+def _joint_f(K: np.ndarray, beta, V, df_of) -> dict:
+    """emmeans' joint F test of ``K β = 0`` (``K``: orthonormal rows): ``F = (Kβ̂)'(K V K')⁻¹(Kβ̂)/r``,
+    ``df2`` the smallest single-row df among ``K``'s rows."""
+    r = K.shape[0]
+    if r == 0:
+        return {"df1": 0, "df2": np.nan, "F.ratio": np.nan, "p.value": np.nan}
+    x = K @ beta
+    F = float(x @ np.linalg.solve(K @ V @ K.T, x) / r)
+    df2 = min(float(df_of(k)) for k in K)
+    p = stats.f.sf(F, r, df2) if np.isfinite(df2) else stats.chi2.sf(F * r, r)
+    return {"df1": r, "df2": df2, "F.ratio": F, "p.value": float(p)}
 
 
 def _consec(k: int) -> np.ndarray:
@@ -237,46 +296,26 @@ def _consec(k: int) -> np.ndarray:
     return np.eye(k)[1:] - np.eye(k)[:-1]
 
 
-def _row_basis(M: np.ndarray, tol: float = 1e-8) -> np.ndarray:
-    """Orthonormal rows spanning ``M``'s row space (rank by singular values above ``tol`` times
-    the largest, emmeans' estimability by rank)."""
-    if M.size == 0:
+def _row_basis(M: np.ndarray, column_size: np.ndarray, zap: float = 1e-9, tol: float = 1e-7) -> np.ndarray:
+    """emmeans' basis of a joint hypothesis ``M β = 0``: entries of ``M`` below ``zap`` times
+    their column's size in the grid (``column_size``: unit-free rounding noise) set to 0;
+    the rows kept in order where each adds a direction (its part orthogonal to the rows before
+    has norm above ``tol`` times its own, R's ``qr()`` tolerance); then the orthonormal rows of
+    the Q factor of those rows' transpose (R's ``t(qr.Q(qr(t(M))))``, up to signs)."""
+    M = np.where(np.abs(M) > zap * np.maximum(column_size, 1e-300)[None, :], M, 0.0)
+    kept, basis = [], []
+    for i, row in enumerate(M):
+        norm = np.linalg.norm(row)
+        if norm == 0:
+            continue
+        rest = row - sum((row @ q) * q for q in basis) if basis else row
+        if np.linalg.norm(rest) > tol * norm:
+            kept.append(i)
+            basis.append(rest / np.linalg.norm(rest))
+    if not kept:
         return M[:0]
-    _, sv, Vt = np.linalg.svd(M, full_matrices=False)
-    scale = np.max(np.abs(M)) * max(M.shape)
-    return Vt[: int(np.sum(sv > tol * max(scale, 1e-300)))]
-
-
-def _joint_test(fit, ddf: str):
-    """``test(K, β̂)``: the F test of ``Kβ = 0`` as emmeans' ``test(joint = TRUE)`` does."""
-    ddf = _ddf(ddf)
-    if ddf == "kenward-roger":
-        from hierlmm.inference.kenward_roger import kr_adjust, lb_ddf
-
-        kr = kr_adjust(fit)
-
-        def test(K, beta):
-            x = K @ beta
-            F = float(x @ np.linalg.solve(K @ kr.vcov_adj @ K.T, x) / K.shape[0])
-            df2 = lb_ddf(K, kr)
-            return {"df1": K.shape[0], "df2": df2, "F.ratio": F, "p.value": float(stats.f.sf(F, K.shape[0], df2))}
-        return test
-    if ddf == "satterthwaite":
-        from hierlmm.inference.satterthwaite import contestmd, varpar_covariance
-
-        vc = varpar_covariance(fit)
-
-        def test(K, beta):
-            r = contestmd(vc, K)
-            return {"df1": r["num_df"], "df2": r["den_df"], "F.ratio": r["F"], "p.value": r["p"]}
-        return test
-    V = fit.vcov.to_numpy()
-
-    def test(K, beta):
-        x = K @ beta
-        F = float(x @ np.linalg.solve(K @ V @ K.T, x) / K.shape[0])
-        return {"df1": K.shape[0], "df2": np.inf, "F.ratio": F, "p.value": float(stats.chi2.sf(F * K.shape[0], K.shape[0]))}
-    return test
+    Q, _ = np.linalg.qr(M[kept].T)
+    return Q.T
 
 
 def _grid(fit, specs, by, at, what: str):

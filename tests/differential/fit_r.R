@@ -66,7 +66,8 @@ lmer_case <- function(cs, d) {
 }
 
 # emmeans of the first factor of the fixed part (by the ordered factor o when both are there),
-# and its pairs() with Tukey's adjustment; Kenward-Roger df where the case compares KR
+# and its pairs() with Tukey's adjustment; joint_tests of every model term (covariates at their
+# mean +- 1); Kenward-Roger df where the case compares KR
 emm_case <- function(m, cs) {
   vars <- all.vars(lme4::nobars(as.formula(cs$formula))[[3]])
   specs <- intersect(c("f", "o"), vars)
@@ -75,7 +76,12 @@ emm_case <- function(m, cs) {
   e <- emmeans::emmeans(m, specs[1], by = by, lmer.df = if (isTRUE(cs$kr)) "kenward-roger" else "satterthwaite")
   s <- as.data.frame(summary(e))
   pr <- as.data.frame(summary(pairs(e)))
-  list(specs = specs[1], by = by, ddf = if (isTRUE(cs$kr)) "kenward-roger" else "satterthwaite",
+  jt <- tryCatch({
+    j <- as.data.frame(emmeans::joint_tests(m, lmer.df = if (isTRUE(cs$kr)) "kenward-roger" else "satterthwaite"))
+    list(terms = I(as.character(j[["model term"]])), df1 = I(j$df1), df2 = I(j$df2), F = I(j$F.ratio),
+         p = I(j$p.value))
+  }, error = function(e) list(error = conditionMessage(e)))
+  list(specs = specs[1], by = by, ddf = if (isTRUE(cs$kr)) "kenward-roger" else "satterthwaite", joint = jt,
        emmean = I(s$emmean), SE = I(s$SE), df = I(s$df), lower = I(s$lower.CL), upper = I(s$upper.CL),
        contrast = I(as.character(pr$contrast)), estimate = I(pr$estimate), cSE = I(pr$SE), cdf = I(pr$df),
        t = I(pr$t.ratio), p = I(pr$p.value))

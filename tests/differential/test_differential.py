@@ -789,6 +789,39 @@ def test_emmeans(diff_case):
     _compare(case, ref, fit, lambda f, table, same_units, names: _emmeans(f, table("emmeans")))
 
 
+def test_joint_tests(diff_case):
+    """emmeans' joint_tests: an F test of every model term of the reference grid (covariates at
+    their mean ± 1: in a rescaled covariate's units another hypothesis where the model is not
+    linear in it, so compared on R's own coordinates only); emmeans rounds F to 3 decimals."""
+    case, ref, fit, err = diff_case
+    if case.ar1 or case.structure:
+        pytest.skip("AR(1) cases compare the fit only")
+    _agrees(case, ref, fit, err)
+    r = _inference(case, ref, "emmeans")
+    if "none" in r or "joint" not in r or "error" in r:
+        pytest.skip("no factor in the fixed part")
+    if fit.design.offset is not None or fit.design.dropped_columns:
+        with pytest.raises(hl.HierlmmError, match="offset|rank-deficient"):
+            fit.joint_tests(ddf=r["ddf"])
+        return
+    if "error" in r["joint"]:
+        pytest.skip(f"emmeans' joint_tests failed: {r['joint']['error']}")
+
+    def check(f, table, same_units, names):
+        if not same_units:
+            return
+        j, rj = f.joint_tests(ddf=r["ddf"]), table("emmeans")["joint"]
+        assert list(j["model term"]) == list(rj["terms"])
+        np.testing.assert_array_equal(j["df1"], rj["df1"])
+        np.testing.assert_allclose(j["df2"], rj["df2"], rtol=2e-3)
+        np.testing.assert_allclose(j["F.ratio"], rj["F"], rtol=2e-3, atol=5e-4)
+        for p, p_ref, F, d1, d2 in zip(j["p.value"], rj["p"], j["F.ratio"], j["df1"], j["df2"]):
+            tol = float(stats.f.pdf(F, d1, d2) * (2e-3 * F + 5e-4))  # F's own tolerance, moved to p
+            assert p_close(p, p_ref, tol), (p, p_ref)
+
+    _compare(case, ref, fit, check)
+
+
 def _emmeans(f, r):
     e = f.emmeans(r["specs"], by=r.get("by"), ddf=r["ddf"])
     scale = float(np.max(np.abs(r["emmean"]))) + f.sigma
