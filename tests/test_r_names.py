@@ -16,7 +16,8 @@ import hierlmm as hl
 from conftest import load_ref
 from hierlmm.rnames import column_names
 
-REF = load_ref("r_names")
+REF = load_ref("r_names")["fits"]
+EMM = load_ref("r_names")["logical_emmeans"]
 
 
 def _data(name: str) -> pd.DataFrame:
@@ -66,3 +67,13 @@ def test_names_are_the_same_on_new_data_and_dask_like_levels():
     X = fit.design.fixed_matrix(new)
     np.testing.assert_array_equal(X[:, list(fit.fixef.index).index("lateTRUE")], 0.0)
     np.testing.assert_allclose(fit.predict(new, kind="marginal").to_numpy(), X @ fit.fixef.to_numpy())
+
+
+def test_emmeans_of_a_logical_as_r_prints_it():
+    d = _data("sleepstudy")
+    fit = hl.LMM("Reaction ~ late * Days + (1 | Subject)", d).fit()
+    e = fit.emmeans("late")
+    assert list(e["late"]) == EMM["late"] == ["FALSE", "TRUE"]
+    np.testing.assert_allclose(e["emmean"], EMM["emmean"], rtol=1e-6)
+    np.testing.assert_allclose(e["SE"], EMM["SE"], rtol=1e-5)
+    assert list(fit.emmeans("late", pairwise=True)["contrast"]) == EMM["contrast"]

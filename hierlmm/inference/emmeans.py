@@ -149,7 +149,11 @@ def _cell_means(grid: pd.DataFrame, Xg: np.ndarray, keys: list[str]) -> tuple[pd
     cells = grid[keys].astype(object).apply(tuple, axis=1) if keys else pd.Series([()] * len(grid))
     order = [c[::-1] for c in itertools.product(*[_levels(grid[k]) for k in reversed(keys)])]
     L = np.array([Xg[(cells == c).to_numpy()].mean(axis=0) for c in order])
-    return pd.DataFrame(order, columns=keys), L
+    labels = pd.DataFrame(order, columns=keys)
+    for k in keys:  # a logical's levels as R prints them
+        if pd.api.types.is_bool_dtype(grid[k]):
+            labels[k] = labels[k].map({False: "FALSE", True: "TRUE"})
+    return labels, L
 
 
 def emtrends(fit, specs, var: str, by=None, at: dict | None = None, ddf: str = "kenward-roger",

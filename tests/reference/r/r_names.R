@@ -3,7 +3,7 @@
 # I(Days^2), poly(Days, 2)1, ns(Days, 3)1, and an interaction's factors in the order of their
 # variables' first appearance in the formula (ffb:x for ff + x + x:ff).
 # Run from the repository root: Rscript tests/reference/r/r_names.R
-suppressPackageStartupMessages({library(lmerTest); library(splines); library(jsonlite)})
+suppressPackageStartupMessages({library(lmerTest); library(splines); library(emmeans); library(jsonlite)})
 s <- read.csv("hierlmm/datasets/data/sleepstudy.csv")
 s$Subject <- factor(s$Subject)
 s$late <- s$Days >= 5
@@ -35,4 +35,10 @@ out <- lapply(cases, function(cs) {
        vcov_names = colnames(vcov(m)), anova_terms = rownames(a), anova_F = unname(a[["F value"]]),
        ranef_names = colnames(re), logLik = as.numeric(logLik(m)))
 })
-writeLines(toJSON(out, digits = NA, auto_unbox = FALSE), "tests/reference/r_names.json")
+# emmeans of a logical: its levels FALSE, TRUE and their pairs' name
+m <- lmer(Reaction ~ late * Days + (1 | Subject), s)
+e <- as.data.frame(summary(emmeans(m, "late")))
+pr <- as.data.frame(summary(pairs(emmeans(m, "late"))))
+logical_emmeans <- list(late = as.character(e$late), emmean = e$emmean, SE = e$SE, contrast = as.character(pr$contrast))
+writeLines(toJSON(list(fits = out, logical_emmeans = logical_emmeans), digits = NA, auto_unbox = FALSE),
+           "tests/reference/r_names.json")
