@@ -67,10 +67,11 @@ _KEYWORD = re.compile(r"(?<=[\w)\]'\"])\s*=\s*(?!=)")
 
 def _deparse(code: str) -> str:
     """Python's spelling of a call (formulaic's normalised code) as R's ``deparse`` writes it:
-    ``x ** 2`` → ``x^2``, ``a / b`` → ``a/b``, ``df=4`` → ``df = 4``, ``'b'`` → ``"b"``."""
-    code = code.replace(" ** ", "^").replace("**", "^").replace(" / ", "/").replace("'", '"')
+    ``x ** 2`` → ``x^2``, ``a / b`` → ``a/b``, ``df=4`` → ``df = 4``, ``'b'`` → ``"b"``. A
+    plain column name is left as it is (``O'Brien`` stays)."""
     if "(" not in code:
         return code
+    code = code.replace(" ** ", "^").replace("**", "^").replace(" / ", "/").replace("'", '"')
     out = []
     for part in re.split(r'("[^"]*")', code):  # leave string literals alone
         if part.startswith('"'):

@@ -163,13 +163,18 @@ def compile_in_background(command=None) -> bool:
         pass
     command = command or [sys.executable, "-c", "import os; os.nice(10); import hierlmm.bayes._kernel_impl"]
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        if os.name == "posix":  # detached (the shell exits at once): no child of ours left running or unreaped
+            shell = subprocess.run(["/bin/sh", "-c", 'nohup "$@" >/dev/null 2>&1 </dev/null & echo $!', "sh", *command],
+                                   capture_output=True, text=True, timeout=30, check=True)
+            pid = int(shell.stdout.strip())
+        else:
+            pid = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL).pid
         with open(lock, "w") as fh:
-            fh.write(str(proc.pid))
-    except OSError:
+            fh.write(str(pid))
+    except (OSError, ValueError, subprocess.SubprocessError):
         return False
-    _BACKGROUND.update(proc=proc, started=time.time())
+    _BACKGROUND.update(pid=pid, started=time.time())
     return True
 
 
@@ -180,16 +185,14 @@ def _wait_for_background(timeout: float = 600.0) -> None:
     import sys
     import time
 
-    proc = _BACKGROUND.get("proc")
-    if proc is not None:
-        running = lambda: proc.poll() is None  # noqa: E731 - our child: poll, so it is reaped
-    else:
+    pid = _BACKGROUND.get("pid")
+    if pid is None:
         try:
             with open(_lock_path()) as fh:
                 pid = int(fh.read().strip() or 0)
         except (OSError, ValueError):
             return
-        running = lambda: _alive(pid)  # noqa: E731
+    running = lambda: _alive(pid)  # noqa: E731 - a detached process, reaped by the system
     if not running():
         return
     since = f", {time.time() - _BACKGROUND['started']:.0f} s ago" if "started" in _BACKGROUND else ""
