@@ -326,8 +326,8 @@ class LMMResult:
 
         ``test="Chisq"`` (default): lme4's ``drop1(fit, test = "Chisq")``, the model without
         the term, by ML (a REML fit is refitted by ML first, as lme4's drop1 does): rows
-        ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``AIC``, ``LRT``
-        (the ML deviance's increase) and ``p`` (printed ``Pr(Chi)``). Each reduced model comes from the full
+        ``<none>`` and the terms; columns ``npar`` (the term's coefficients), ``aic``, ``lrt``
+        (the ML deviance's increase) and ``p`` (printed as lme4's ``AIC``, ``LRT``, ``Pr(Chi)``). Each reduced model comes from the full
         model's cross-product A with the term's columns removed (no pass over the data), its θ
         optimised from the full model's. The full model nests each reduced one, so a reduced
         model that fits better shows the full ML fit to be a local optimum (lme4 then prints a

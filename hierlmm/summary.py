@@ -329,14 +329,13 @@ def _abbreviate_one(name: str, minlength: int) -> str:
 
 
 def _abbrev(names: list[str], minlength: int = 6) -> list[str]:
-    """R's ``abbreviate(names, minlength)`` of coefficient names as R spells them
-    (``Variety[T.Victory]`` → ``VarietyVictory`` → ``VrtyVc``): where two come out the same,
-    those get longer abbreviations until they differ, as R's does."""
-    plain = list(names)
-    out = [_abbreviate_one(n, minlength) for n in plain]
+    """R's ``abbreviate(names, minlength)`` of coefficient names (R's names: ``VarietyVictory``
+    → ``VrtyVc``): where two come out the same, those get longer abbreviations until they
+    differ, as R's does."""
+    out = [_abbreviate_one(n, minlength) for n in names]
     length = minlength
-    while len(set(out)) < len(out) and length < max(map(len, plain)):
+    while len(set(out)) < len(out) and length < max(map(len, names)):
         length += 1
         seen = {a for a in out if out.count(a) > 1}
-        out = [_abbreviate_one(n, length) if a in seen else a for n, a in zip(plain, out)]
+        out = [_abbreviate_one(n, length) if a in seen else a for n, a in zip(names, out)]
     return out

@@ -123,6 +123,15 @@ def _lock_path() -> str:
     return os.path.join(tempfile.gettempdir(), f"hierlmm-kernel-{tag:x}.pid")
 
 
+def _lock_pid() -> int | None:
+    """The process id a background compilation left in the lock file, if any."""
+    try:
+        with open(_lock_path()) as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     import os
 
@@ -154,13 +163,9 @@ def compile_in_background(command=None) -> bool:
         return False
     if not _cache_is_cold():
         return False
-    lock = _lock_path()
-    try:
-        with open(lock) as fh:
-            if _alive(int(fh.read().strip() or 0)):
-                return False
-    except (OSError, ValueError):
-        pass
+    other = _lock_pid()
+    if other and _alive(other):
+        return False
     command = command or [sys.executable, "-c", "import os; os.nice(10); import hierlmm.bayes._kernel_impl"]
     try:
         if os.name == "posix":  # detached (the shell exits at once): no child of ours left running or unreaped
@@ -170,7 +175,7 @@ def compile_in_background(command=None) -> bool:
         else:
             pid = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL).pid
-        with open(lock, "w") as fh:
+        with open(_lock_path(), "w") as fh:
             fh.write(str(pid))
     except (OSError, ValueError, subprocess.SubprocessError):
         return False
@@ -185,13 +190,9 @@ def _wait_for_background(timeout: float = 600.0) -> None:
     import sys
     import time
 
-    pid = _BACKGROUND.get("pid")
-    if pid is None:
-        try:
-            with open(_lock_path()) as fh:
-                pid = int(fh.read().strip() or 0)
-        except (OSError, ValueError):
-            return
+    pid = _BACKGROUND.get("pid") or _lock_pid()
+    if not pid:
+        return
     running = lambda: _alive(pid)  # noqa: E731 - a detached process, reaped by the system
     if not running():
         return

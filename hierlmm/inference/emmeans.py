@@ -215,15 +215,12 @@ def joint_tests(fit, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
     """
     design, _, by, _ = _grid(fit, [], by, None, "joint_tests()")
     variables = _variables(design)
-    text = design.parsed.fixed_formula
-    first = {v: (m.start() if (m := re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", text)) else len(text))
-             for v in variables}
     at = {v: [m - 1.0, m + 1.0] for v, m in variables.items() if not isinstance(m, list)}
     grid = reference_grid(fit, at)
     Xg = design.fixed_matrix(grid)
-    order = sorted(variables, key=lambda v: first[v])
+    order, first = _first_expressions(design, list(variables))
     facs = [v for v in order if v not in by]
-    tested = _tested_sets(design, facs)
+    tested = _tested_sets(design, facs, first)
     V, df_of = _covariance_and_df(fit, ddf)
     beta = fit.fixef.to_numpy()
     size = np.abs(Xg).max(axis=0)  # each coefficient's scale in the grid: what rounding noise is relative to
@@ -249,9 +246,8 @@ def joint_tests(fit, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
         extra = whole["df1"] - terms["df1"]
         if extra > 0:
             F = (whole["df1"] * whole["F.ratio"] - terms["df1"] * terms["F.ratio"]) / extra
-            p = stats.f.sf(F, extra, whole["df2"]) if np.isfinite(whole["df2"]) else stats.chi2.sf(F * extra, extra)
             rows.append({"model term": "(confounded)", **labels, "df1": extra, "df2": whole["df2"], "F.ratio": F,
-                         "p.value": float(p)})
+                         "p.value": _f_pvalue(F, extra, whole["df2"])})
     columns = ["model term"] + by + ["df1", "df2", "F.ratio", "p.value"]
     out = pd.DataFrame(rows, columns=columns)
     if by:  # emmeans: each term's rows over the by groups together, the terms in their order
@@ -261,20 +257,32 @@ def joint_tests(fit, by=None, ddf: str = "kenward-roger") -> pd.DataFrame:
                     notes=[f"Degrees-of-freedom method: {_ddf(ddf)}"])
 
 
-def _tested_sets(design, facs: list[str]) -> list[tuple[str, ...]]:
-    """The sets of grid variables emmeans' joint_tests tests, by size, then in the order of
-    ``facs``: those that appear together in a term of the fixed part, as emmeans reads R's
-    table of terms by factors (rows: each factor expression, named by the variable it uses).
-    A variable is found in a term through the first expression that uses it (``I(x^2)`` before
-    ``x`` in ``I(x^2) + x + x:f``: then ``x:f`` does not contain "x", and its contrasts go to
-    the "(confounded)" row, as in emmeans); a variable in no term goes with every term."""
+def _first_expressions(design, variables: list[str]) -> tuple[list[str], dict[str, str | None]]:
+    """``variables`` in the order of their first appearance in the fixed part, and for each the
+    first factor expression of a term that uses it (``I(x ** 2)`` for ``x`` in ``I(x^2) + x``;
+    None if none does), as R's ``terms()`` orders a formula's variables."""
     from hierlmm.rnames import variable_order
 
     order = variable_order(design.fixed_formula)
-    pattern = {v: re.compile(rf"(?<![\w.]){re.escape(v)}(?![\w.])") for v in facs}
+    exprs = sorted({str(f) for t in design.fixed_spec.term_indices for f in t.factors if str(t) != "1"},
+                   key=lambda f: order.get(f.strip("`"), len(order)))
+    first = {}
+    for v in variables:
+        word = re.compile(rf"(?<![\w.]){re.escape(v)}(?![\w.])")
+        first[v] = next((f for f in exprs if word.search(f)), None)
+    position = {f: i for i, f in enumerate(exprs)}
+    return sorted(variables, key=lambda v: position.get(first[v], len(exprs))), first
+
+
+def _tested_sets(design, facs: list[str], first: dict[str, str | None]) -> list[tuple[str, ...]]:
+    """The sets of grid variables emmeans' joint_tests tests, by size, then in the order of
+    ``facs``: those that appear together in a term of the fixed part, as emmeans reads R's
+    table of terms by factors (rows: each factor expression, named by the variable it uses).
+    A variable is found in a term through the first expression that uses it (``first``:
+    ``I(x^2)`` before ``x`` in ``I(x^2) + x + x:f``: then ``x:f`` does not contain "x", and its
+    contrasts go to the "(confounded)" row, as in emmeans); a variable in no term goes with
+    every term."""
     spec_terms = [[str(f) for f in t.factors] for t in design.fixed_spec.term_indices if str(t) != "1"]
-    exprs = sorted({f for fs in spec_terms for f in fs}, key=lambda f: order.get(f.strip("`"), len(order)))
-    first = {v: next((f for f in exprs if pattern[v].search(f)), None) for v in facs}
     term_vars = [{v for v in facs if first[v] in fs} for fs in spec_terms]
     alone = [v for v in facs if not any(v in t for t in term_vars)]
     term_vars = [t | set(alone) for t in term_vars] or [set(facs)]
@@ -291,8 +299,12 @@ def _joint_f(K: np.ndarray, beta, V, df_of) -> dict:
     x = K @ beta
     F = float(x @ np.linalg.solve(K @ V @ K.T, x) / r)
     df2 = min(float(df_of(k)) for k in K)
-    p = stats.f.sf(F, r, df2) if np.isfinite(df2) else stats.chi2.sf(F * r, r)
-    return {"df1": r, "df2": df2, "F.ratio": F, "p.value": float(p)}
+    return {"df1": r, "df2": df2, "F.ratio": F, "p.value": _f_pvalue(F, r, df2)}
+
+
+def _f_pvalue(F: float, df1: int, df2: float) -> float:
+    """``P(F_{df1, df2} > F)``; with ``df2`` infinite, the χ² limit ``P(χ²_{df1} > df1 F)``."""
+    return float(stats.f.sf(F, df1, df2) if np.isfinite(df2) else stats.chi2.sf(F * df1, df1))
 
 
 def _consec(k: int) -> np.ndarray:
@@ -449,9 +461,12 @@ def _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust) -> tuple[pd
         idx = list(idx)
         names = [_side(" ".join(_label(s, labels.loc[i, s], numeric[s]) for s in specs)) for i in idx]
         C, contrast_names = contrast_matrix(method, names)
-        group, Lc = [], C @ L[idx]
-        for l, name in zip(Lc, contrast_names):
-            est, se = float(l @ beta), float(np.sqrt(l @ V @ l))
+        Lc = C @ L[idx]
+        cov = Lc @ V @ Lc.T  # the family's covariance: its SEs, and its correlation for "mvt"
+        ses = np.sqrt(np.diag(cov))
+        group = []
+        for l, se, name in zip(Lc, ses, contrast_names):
+            est, se = float(l @ beta), float(se)
             row = {"contrast": name}
             row.update(dict(zip(by, key if isinstance(key, tuple) else (key,))))
             row.update({"estimate": est, "SE": se, "df": float(df_of(l)), "t.ratio": est / se})
@@ -459,8 +474,7 @@ def _contrasts(labels, L, beta, V, df_of, specs, by, method, adjust) -> tuple[pd
         t = np.array([r["t.ratio"] for r in group])
         df = np.array([r["df"] for r in group])
         rank = int(np.linalg.matrix_rank(C))
-        cov = Lc @ V @ Lc.T
-        corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+        corr = cov / np.outer(ses, ses)
         for r, p in zip(group, adjusted_p(t, df, adjust, len(idx), rank=rank, corr=corr)):
             r["p.value"] = p
         rows.extend(group)
