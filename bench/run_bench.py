@@ -65,13 +65,15 @@ def simulate(kind: str, n: int, levels: int, seed: int = 1) -> pd.DataFrame:
 
 
 def time_hierlmm(formula, df, reps):
-    hl.LMM(formula, df).fit()
+    """Median seconds of ``LMM(formula, df).fit()`` and the fit's factorisations (each a value,
+    or a value and its gradient)."""
+    evals = hl.LMM(formula, df).fit().opt.evaluations
     t = []
     for _ in range(reps):
         t0 = time.perf_counter()
         hl.LMM(formula, df).fit()
         t.append(time.perf_counter() - t0)
-    return statistics.median(t)
+    return statistics.median(t), evals
 
 
 def eval_cost(formula, df, reps=50):
@@ -108,15 +110,18 @@ print(hwm(), before)
         return float("nan")
 
 
-def time_lme4(csv: str, formula: str, reps: int, levels_json: str | None):
+def time_lme4(csv: str, formula: str, reps: int, levels_json: str | None, engine: str = "lme4"):
+    """(median seconds, objective evaluations) of lme4's ``lmer`` (or ``glmmTMB``) on the CSV,
+    or ``(None, None)`` without R or when the fit fails."""
     if not shutil.which("Rscript"):
-        return None
-    args = ["Rscript", str(HERE / "time_lme4.R"), csv, formula, str(reps)] + ([levels_json] if levels_json else [])
+        return None, None
+    args = ["Rscript", str(HERE / "time_lme4.R"), csv, formula, str(reps), levels_json or "NA", engine]
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode != 0:
-        print("lme4 failed:", out.stderr.strip().splitlines()[-1:] if out.stderr else "", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])["median"]
+        print(f"{engine} failed:", out.stderr.strip().splitlines()[-1:] if out.stderr else "", file=sys.stderr)
+        return None, None
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["median"], res.get("evals")
 
 
 def time_statsmodels(df, formula, group, reps, cap=60.0):
@@ -150,6 +155,7 @@ def models(quick: bool):
     if quick:
         return out + [("single factor n=1e5, 1e3 levels", ("single", 100_000, 1000), "y ~ x + (1 | g)", "g", 3)]
     out += [
+        ("Penicillin (1 | plate) + (1 | sample)", "Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", None, 20),
         ("InstEval crossed s x d x dept", "InstEval", "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", None, 3),
         ("nested (1 | a/b), n=3e4", ("nested", 30_000, 300), "y ~ x + (1 | a/b)", None, 5),
         ("nested 131 x 2410 (1 | a/s), n=31022", ("nested2", 31_022, (131, 2410)), "y ~ x + g + (1 | a/s)", None, 5),
@@ -184,27 +190,33 @@ def main():
                 for c in df.columns:
                     if df[c].dtype == object or str(df[c].dtype) in ("str", "string"):
                         df[c] = df[c].astype("category")
-            t_h = time_hierlmm(formula, df, reps)
-            t_r = time_lme4(csv, formula, max(1, reps if "InstEval" not in label else 3), levels_json)
+            r_reps = max(1, reps if "InstEval" not in label else 3)
+            t_h, ev_h = time_hierlmm(formula, df, reps)
+            t_r, ev_r = time_lme4(csv, formula, r_reps, levels_json)
             ratio_load = np.nan
             if args.load:
                 from load import background_load
 
                 with background_load(workers=1):
-                    t_hl = time_hierlmm(formula, df, reps)
-                    t_rl = time_lme4(csv, formula, max(1, reps if "InstEval" not in label else 3), levels_json)
+                    t_hl, _ = time_hierlmm(formula, df, reps)
+                    t_rl, _ = time_lme4(csv, formula, r_reps, levels_json)
                 ratio_load = t_hl / t_rl if t_rl else np.nan
+            # glmmTMB (Laplace in TMB, nlminb with gradients) on the models it fits in minutes
+            t_g, _ = (time_lme4(csv, formula, 1 if len(df) > 20_000 else min(reps, 5), levels_json, "glmmTMB")
+                      if len(df) <= 200_000 else (None, None))
             t_s = time_statsmodels(df, formula, group, min(reps, 3)) if group and len(df) <= 200_000 else None
             rss = peak_rss_mb(csv, formula, levels_json)
             t_eval = eval_cost(formula, df)
             row = {"model": label, "n": len(df), "hierlmm_s": t_h, "lme4_s": t_r, "statsmodels_s": t_s,
-                   "ratio_hierlmm_lme4": t_h / t_r if t_r else np.nan, "ratio_under_load": ratio_load,
-                   "ratio_statsmodels_lme4": t_s / t_r if (t_s and t_r) else np.nan, "peak_rss_mb": rss,
-                   "eval_s": t_eval}
+                   "glmmtmb_s": t_g, "ratio_hierlmm_lme4": t_h / t_r if t_r else np.nan, "ratio_under_load": ratio_load,
+                   "ratio_statsmodels_lme4": t_s / t_r if (t_s and t_r) else np.nan,
+                   "ratio_glmmtmb_lme4": t_g / t_r if (t_g and t_r) else np.nan, "peak_rss_mb": rss,
+                   "eval_s": t_eval, "evals_hierlmm": ev_h, "evals_lme4": ev_r}
             rows.append(row)
             print(f"{label:38s} hierlmm {t_h:8.4f}s  lme4 {t_r if t_r else float('nan'):8.4f}s  "
-                  f"ratio {row['ratio_hierlmm_lme4']:.3f} (under load {ratio_load:.3f})  statsmodels/lme4 {row['ratio_statsmodels_lme4']:.2f}  "
-                  f"peak RSS {rss:.0f} MB", flush=True)
+                  f"ratio {row['ratio_hierlmm_lme4']:.3f} (under load {ratio_load:.3f})  "
+                  f"glmmTMB/lme4 {row['ratio_glmmtmb_lme4']:.2f}  statsmodels/lme4 {row['ratio_statsmodels_lme4']:.2f}  "
+                  f"evaluations {ev_h} vs {ev_r}  peak RSS {rss:.0f} MB", flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         write_markdown(table, args.out)
@@ -231,14 +243,22 @@ def write_markdown(table: pd.DataFrame, path: str):
         "Under load: the same comparison with one background process doing small and medium BLAS",
         "work on one core (`bench/load.py`, `--load`).",
         "",
-        "| model | n | hierlmm / lme4 | under load | statsmodels / lme4 | hierlmm peak RSS (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "Evaluations: hierlmm's factorisations in one fit (each a value of the criterion, or a value",
+        "and its gradient: about three factorisations' work) against lme4's `optinfo$feval`.",
+        "",
+        "| model | n | hierlmm / lme4 | under load | glmmTMB / lme4 | statsmodels / lme4 | evaluations hierlmm / lme4 "
+        "| hierlmm peak RSS (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+    def cell(v):
+        return "—" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
     for _, r in table.iterrows():
-        sm = "—" if not np.isfinite(r.ratio_statsmodels_lme4) else f"{r.ratio_statsmodels_lme4:.2f}"
-        ld = "—" if not np.isfinite(r.ratio_under_load) else f"{r.ratio_under_load:.2f}"
         model = r.model.replace("|", "\\|")  # a formula's bar would end the table cell
-        lines.append(f"| {model} | {r.n} | {r.ratio_hierlmm_lme4:.2f} | {ld} | {sm} | {r.peak_rss_mb:.0f} |")
+        ev = f"{r.evals_hierlmm} / {r.evals_lme4}" if r.evals_lme4 else f"{r.evals_hierlmm} / —"
+        lines.append(f"| {model} | {r.n} | {r.ratio_hierlmm_lme4:.2f} | {cell(r.ratio_under_load)} | "
+                     f"{cell(r.ratio_glmmtmb_lme4)} | {cell(r.ratio_statsmodels_lme4)} | {ev} | {r.peak_rss_mb:.0f} |")
     scaling = table[table.model.str.contains("1e3 levels")]
     if len(scaling) > 1:
         base = scaling.eval_s.iloc[0]
@@ -248,7 +268,10 @@ def write_markdown(table: pd.DataFrame, path: str):
         lines += ["", "Flat in n: after the one pass that builds A, an evaluation works on A's blocks only."]
     lines += ["", "Peak RSS is the whole process's (Python, numpy, pandas, scipy and formulaic take about",
               "170 MB before any data); a 10⁶-row data frame of the scaling series is 24 MB.", ""]
-    Path(path).write_text("\n".join(lines))
+    # the sections measured by other scripts (copied there by hand) are kept
+    old = Path(path).read_text() if Path(path).exists() else ""
+    kept = old[old.index("## Data beyond memory"):] if "## Data beyond memory" in old else ""
+    Path(path).write_text("\n".join(lines) + ("\n" + kept if kept else ""))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from hierlmm.cholesky import BlockedCholesky, BlockedFactor
 from hierlmm.criterion import criterion
 from hierlmm.crossprod import CrossProduct, crossproduct
 from hierlmm.design import Design
+from hierlmm.gradient import criterion_gradient, gradient_available
 
 __all__ = ["Deviance", "Solution", "make_deviance"]
 
@@ -152,6 +153,27 @@ class Deviance:
     def collinear_terms(self) -> list[str]:
         """:func:`collinear_terms` of this model, from ``A``."""
         return collinear_terms(self.design.terms, self.term_grams())
+
+    @property
+    def sign_free(self) -> np.ndarray:
+        """Per θ entry, whether its bound is only a sign convention (the criterion is even in
+        it: :meth:`hierlmm.covariance.Covariance.sign_free`), for the optimiser's probes."""
+        return np.concatenate([t.cov.sign_free() for t in self.design.terms])
+
+    @property
+    def has_gradient(self) -> bool:
+        """:meth:`value_and_gradient` is available (:func:`hierlmm.gradient.gradient_available`)."""
+        return gradient_available(self.chol)
+
+    def value_and_gradient(self, theta) -> tuple[float, np.ndarray | None]:
+        """The criterion and its gradient in θ (:func:`hierlmm.gradient.criterion_gradient`)
+        from one factorisation; ``(inf, None)`` where the factor does not exist."""
+        self.evaluations += 1
+        theta = np.asarray(theta, dtype=float)
+        factor = self.chol.factor(theta)
+        if factor is None or not factor.r2 > 0:
+            return np.inf, None
+        return self.from_parts(factor), criterion_gradient(self.chol, theta, self.n, self.p, self.reml, f=factor)
 
     def relcovs(self, theta) -> list[np.ndarray]:
         """``T_t T_t'`` per term: ``D_t / σ²``."""

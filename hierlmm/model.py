@@ -254,7 +254,8 @@ class LMM:
         from hierlmm.threads import one_blas_thread
 
         if self.grouped:
-            fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
+            with one_blas_thread():  # its start (the iid fit) too
+                fit = self._fit_grouped(method, theta0, maxeval, check_convergence)
         else:
             with one_blas_thread():  # A's products too (X'X of a tall X)
                 dev = self.deviance_function(reml=method == "REML")
@@ -347,20 +348,17 @@ class LMM:
                     start = np.concatenate([t.theta_from_template(t.relcov(start[s]))
                                             for t, s in zip(self.design.terms, self.design.theta_slices())])
             theta0 = np.concatenate([start, dev.theta0[dev.n_theta:]])
-        from hierlmm.threads import one_blas_thread
-
-        with one_blas_thread():
-            # parameters without bounds (marginal S, correlation parameters) get a definite first step
-            opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
-            if dev.residual is not None:
-                # the likelihood is flat where the residual correlation vanishes; start there too
-                # and keep the better optimum
-                null = dev.null_start(theta0)
-                if not np.array_equal(null, theta0):
-                    other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
-                    if other.fun < opt.fun:
-                        opt = other
-            return LMMResult(self, dev, opt)
+        # parameters without bounds (marginal S, correlation parameters) get a definite first step
+        opt = optimize_theta(dev, theta0=theta0, maxeval=maxeval, check=check, initial_step=0.1)
+        if dev.residual is not None:
+            # the likelihood is flat where the residual correlation vanishes; start there too
+            # and keep the better optimum
+            null = dev.null_start(theta0)
+            if not np.array_equal(null, theta0):
+                other = optimize_theta(dev, theta0=null, maxeval=maxeval, check=check, initial_step=0.1)
+                if other.fun < opt.fun:
+                    opt = other
+        return LMMResult(self, dev, opt)
 
     def _overlapping_terms(self) -> list[str]:
         """:func:`hierlmm.design.overlapping_terms` of the design (rows in memory), found once."""

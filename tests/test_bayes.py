@@ -441,6 +441,9 @@ KERNEL_CASES = [  # data, formula, model options, the prior whose gradient is ch
     ("Pastes", "strength ~ 1 + (1 | batch/cask)", {}, "flat_sd"),
     ("Oats", "yield ~ nitro + (nitro | Variety:Block) + (1 | Block)", {}, "weak_normal"),
     ("sleepstudy", "Reaction ~ Days + (Days | Subject)", {"weights": "w", "offset": "o"}, "flat_sd"),
+    # k = 5 and k = 7 (the kernel's loops are written for any k; kernel._MAX_K = 8)
+    ("sleepstudy", "Reaction ~ Days + (Days + I(Days**2) + I(Days**3) + I(Days**4) | Subject)", {}, "weak_t"),
+    ("sleepstudy", "Reaction ~ Days + (poly(Days, 6) | Subject)", {}, "flat"),
 ]
 
 

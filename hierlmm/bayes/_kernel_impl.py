@@ -2,7 +2,7 @@
 
 Every function is ``cache=True`` and refers to module-level functions only, so numba keeps
 the machine code on disk and a new session loads it instead of compiling. The first term's
-k × k blocks (k ≤ 4) are stored level-last (``k × k × m``) and every per-level operation
+k × k blocks (k ≤ 8: kernel._MAX_K) are stored level-last (``k × k × m``) and every per-level operation
 loops over levels innermost (as the PyTensor graph's elementwise ops do); the r × r rest
 block uses loops when small and BLAS otherwise. A matrix that is not positive definite gives
 NaN, never an exception.

@@ -10,7 +10,7 @@ likelihood. In the notation of the core (``A = [Z X y]'[Z X y]``, ``Î›* = diag(Î
 
 This module writes that expression in PyTensor (so NUTS gets an exact gradient through the
 Cholesky factor) and hands it to nutpie, which compiles it (seconds per model structure);
-for the models most samples are drawn from (first term with at most 4 effects per level, the
+for the models most samples are drawn from (first term with at most 8 effects per level, the
 rest of A up to 300 rows) the same density is in :mod:`hierlmm.bayes.kernel`, differentiated
 by hand and compiled once per machine; the graph here is its reference (the tests compare
 them) and the path for the other structures. Then, for every draw, it draws

@@ -20,6 +20,7 @@ Adding a structure is one subclass in one file and one line of :data:`STRUCTURES
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -106,6 +107,16 @@ class Covariance:
         """0 for the relative SDs (the leading parameters), ``-inf`` for the rest."""
         return np.where(np.arange(self.n_par) < self.sd_count, 0.0, -np.inf)
 
+    def sign_free(self) -> np.ndarray:
+        """Which parameters are bounded below by 0 only by a sign convention: negating one
+        (with, for a factor's diagonal, the entries below it) gives the same ``D``, so the
+        criterion is even in it and its gradient vanishes at 0 whether 0 is a minimum or a
+        maximum along it; an optimiser with derivatives that stops there must look further
+        (:func:`hierlmm.optimize.quasi_newton`). By default the one SD of a homogeneous
+        structure (``T = s·R``); none of a heterogeneous one (negating one SD flips the signs
+        of its correlations)."""
+        return (np.arange(self.n_par) < 1) & (self.sd_count == 1)
+
     def start(self) -> np.ndarray:
         """Relative SDs 1, correlations 0 (``T = I``)."""
         return self.par_from_relcov(np.eye(self.k))
@@ -136,9 +147,10 @@ class Covariance:
         """Names of the parameters (θ's names without the term's label)."""
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def pattern(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, cols)`` of ``T``'s entries that can be non-zero, column by column."""
+        """``(rows, cols)`` of ``T``'s entries that can be non-zero, column by column (computed
+        once: every evaluation of the deviance reads it)."""
         if self.diagonal:
             d = np.arange(self.k)
             return d, d

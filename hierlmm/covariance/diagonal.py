@@ -29,6 +29,10 @@ class Diagonal(Covariance):
     def factor_jacobian(self, par, h: float = 1e-6) -> np.ndarray:
         return np.eye(self.k)
 
+    def sign_free(self) -> np.ndarray:
+        """Every SD (``T = diag(par)``)."""
+        return np.ones(self.k, dtype=bool)
+
     def par_labels(self) -> list[str]:
         return list(self.names)
 

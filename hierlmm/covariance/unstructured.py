@@ -29,6 +29,11 @@ class Unstructured(Covariance):
         rows, cols = self.pattern
         return np.where(rows == cols, 0.0, -np.inf)
 
+    def sign_free(self) -> np.ndarray:
+        """The diagonal of ``T``: negating column ``j`` of ``T`` leaves ``TT'`` unchanged."""
+        rows, cols = self.pattern
+        return rows == cols
+
     def start(self) -> np.ndarray:
         rows, cols = self.pattern
         return (rows == cols).astype(float)
