@@ -164,10 +164,12 @@ def _schur(chol: BlockedCholesky, G: np.ndarray, need_b: bool = True):
 
 
 def criterion_gradient(chol: BlockedCholesky, theta, n: int, p: int, reml: bool,
-                       f: BlockedFactor | None = None) -> np.ndarray | None:
+                       f: BlockedFactor | None = None, sigma2: float | None = None) -> np.ndarray | None:
     """``∂d/∂θ`` of the profiled criterion (module doc) at θ, from its factor ``f`` (computed
-    when not given); ``None`` where the factor does not exist or the model's factorisation
-    has no reverse pass here (:func:`gradient_available`)."""
+    when not given); with ``sigma2``, of the criterion at that σ² (not profiled: ``r²/σ²`` in
+    place of ``m log r²``, so ``c = r²/σ²`` on ``y``'s row), the collapsed sampler's
+    log-density. ``None`` where the factor does not exist or the model's factorisation has no
+    reverse pass here (:func:`gradient_available`)."""
     if not gradient_available(chol):
         return None
     theta = np.asarray(theta, dtype=float)
@@ -179,7 +181,7 @@ def criterion_gradient(chol: BlockedCholesky, theta, n: int, p: int, reml: bool,
     c = np.ones(r)
     if not reml:
         c[q : q + p] = 0.0
-    c[-1] = n - p if reml else n
+    c[-1] = (n - p if reml else n) if sigma2 is None else f.r2 / sigma2
     lam = chol.rest_lambda(theta) if chol.rest else None
     scalar = lam is not None and chol.scalar_rest
     if lam is not None and chol._diagonal_rest():

@@ -717,3 +717,86 @@ def test_what_the_samplers_do_not_take_of_a_structure_is_refused_by_name():
         cs.sample(sampler="hierarchical", draws=10, tune=10, chains=1, progressbar=False)
     with pytest.raises(hl.HierlmmError, match="unstructured"):
         cs.posterior_mode()
+
+
+# ---------------------------------------------------------------- the numpy density (large models)
+@pytest.mark.parametrize("data, formula, kw, prior", KERNEL_CASES[:7])
+def test_numpy_density_is_the_kernel(data, formula, kw, prior):
+    """hierlmm/bayes/numpy_density.py (the core's factor and its reverse pass, for the models
+    too large for the kernel) equals the compiled kernel, value and gradient, at random points,
+    for every prior and the kernel's cases (crossed, nested, two terms on a factor, weights and
+    an offset)."""
+    from hierlmm.bayes import kernel
+    from hierlmm.bayes.numpy_density import NumpyDensity
+
+    model, layout, cp = _kernel_setup(data, formula, kw)
+    for each in ("flat", "flat_sd", _kernel_prior("weak_t", model.design.y), _kernel_prior(prior, model.design.y)):
+        density = NumpyDensity(model, each)
+        buf = kernel.pack(model.design, cp, each)
+        for v in _kernel_points(model, layout):
+            value, grad = density(v)
+            k_value, k_grad = kernel.logp_grad(v, buf)
+            assert value == pytest.approx(k_value, rel=1e-11, abs=1e-9)
+            np.testing.assert_allclose(grad, k_grad, rtol=1e-9, atol=1e-9 * np.abs(k_grad).max())
+
+
+@pytest.mark.parametrize("formula", ["Reaction ~ Days + diag(Days | Subject)", "Reaction ~ Days + homdiag(Days | Subject)"])
+def test_numpy_density_of_structured_terms_is_the_graph(formula):
+    """Where the kernel does not go (structured terms), against the PyTensor graph and its
+    automatic gradient."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    from hierlmm.bayes.collapsed import log_prior_pt, reml_loglik_blocked_pt
+    from hierlmm.bayes.numpy_density import NumpyDensity
+    from hierlmm.crossprod import crossproduct
+
+    model, layout, _ = _kernel_setup("sleepstudy", formula, {})
+    x = pt.vector("x")
+    for prior in ("flat", "flat_sd"):
+        graph = reml_loglik_blocked_pt(model.design, layout, x, crossproduct(model.design, sparse=False)) + \
+            log_prior_pt(layout, prior, x)
+        f = pytensor.function([x], [graph, pytensor.grad(graph, x)],
+                              mode=pytensor.compile.mode.Mode(linker="py", optimizer=None))
+        density = NumpyDensity(model, prior)
+        for v in _kernel_points(model, layout):
+            value, grad = density(v)
+            g_value, g_grad = f(v)
+            assert value == pytest.approx(float(g_value), rel=1e-10)
+            np.testing.assert_allclose(grad, g_grad, rtol=1e-8, atol=1e-8 * np.abs(g_grad).max())
+
+
+def test_numpy_density_never_raises_into_the_sampler():
+    """A point where nothing can be computed is -inf with a zero gradient (an exception would
+    abort nutpie's thread, a panic)."""
+    from hierlmm.bayes.numpy_density import NumpyDensity
+
+    model, layout, _ = _kernel_setup("sleepstudy", "Reaction ~ Days + (Days | Subject)", {})
+    density = NumpyDensity(model, "flat").for_a_chain()
+    for v in (np.full(layout.size, 800.0), np.full(layout.size, np.nan), np.array([0.0, 0.0, 0.0, -800.0])):
+        value, grad = density(v)
+        assert value == -np.inf and np.all(grad == 0)
+
+
+@pytest.mark.slow
+def test_models_beyond_the_kernel_sample_the_exact_posterior(monkeypatch):
+    """Penicillin taken by the numpy density (as if beyond the kernel's size): every variance's
+    quantiles within 5 Monte Carlo SEs of the exact flat posterior (ANOVA factorisation), with
+    sample()'s defaults and no warning."""
+    from exact_anova import crossed_parts, crossed_quantiles
+
+    from hierlmm.bayes import kernel
+
+    monkeypatch.setattr(kernel, "supported", lambda *a: False)
+    monkeypatch.setattr(kernel, "beyond_its_size", lambda *a: True)
+    df = hl.datasets.load("Penicillin")
+    exact = crossed_parts(df, "diameter", "plate", "sample")
+    model = hl.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)", df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hl.ConvergenceWarning)
+        post = model.sample(random_seed=4, progressbar=False)
+    for name, part in {"var_plate": "P", "var_sample": "S", "sigma2": "E"}.items():
+        draws = post.posterior[name].to_numpy().reshape(post.posterior.sizes["chain"], -1)
+        for q, ref in zip([0.025, 0.5, 0.975], crossed_quantiles(exact, [0.025, 0.5, 0.975], part)):
+            est = np.quantile(draws, q)
+            assert abs(est - ref) < 5 * _mcse_quantile(draws, q), (name, q, est, ref)

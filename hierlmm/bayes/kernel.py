@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack", "compiled_model", "conditional_draws", "logp_grad", "supported", "compile_in_background"]
+__all__ = ["pack", "compiled_model", "conditional_draws", "logp_grad", "supported", "beyond_its_size",
+           "compile_in_background"]
 
 HEADER = 20
 LOG2PI = float(np.log(2 * np.pi))
@@ -58,6 +59,14 @@ def supported(design, cp, prior=None) -> bool:
     return ((prior is None or _prior_code(prior) is not None) and design.terms[0].k <= _MAX_K and cp.r <= _MAX_R
             and cp.r * cp.A11.shape[0] * cp.A11.shape[1] <= 4_000_000
             and all(t.unstructured for t in design.terms))  # θ is vech(T) of each term
+
+
+def beyond_its_size(design, cp) -> bool:
+    """The model is outside the kernel by its size alone (a rest block of more than
+    ``_MAX_R`` rows, an ``A21`` too large to hold dense, a first term of more than ``_MAX_K``
+    effects): the numpy density on the core's factor samples it
+    (:mod:`hierlmm.bayes.numpy_density`)."""
+    return design.terms[0].k > _MAX_K or cp.r > _MAX_R or cp.r * cp.A11.shape[0] * cp.A11.shape[1] > 4_000_000
 
 
 def pack(design, cp, prior) -> np.ndarray:

@@ -38,9 +38,10 @@ def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts
 
 def _compiled_collapsed(model, design, prior, x0):
     """The compiled collapsed sampler of ``model``: the precompiled kernel on this model's A
-    where it applies (:mod:`hierlmm.bayes.kernel`); else from the structure cache when a
-    model of the same structure and prior was compiled in this session (its data swapped in),
-    else compiled and remembered."""
+    where it applies (:mod:`hierlmm.bayes.kernel`); the core's factor and gradient
+    (:mod:`hierlmm.bayes.numpy_density`) where the model is too large for it; else the PyTensor
+    graph, from the structure cache when a model of the same structure and prior was compiled
+    in this session (its data swapped in), else compiled and remembered."""
     import nutpie
 
     import hierlmm.bayes.kernel as kernel
@@ -49,6 +50,10 @@ def _compiled_collapsed(model, design, prior, x0):
     cp = model.deviance_function().cp
     if kernel.supported(design, cp, prior):  # nothing to compile: the cached hand-written kernel
         return kernel.compiled_model(design, cp, prior, x0)
+    if kernel.beyond_its_size(design, cp):  # the core's own factor and its reverse pass
+        from hierlmm.bayes.numpy_density import numpy_model
+
+        return numpy_model(model, prior, x0)
     blocked = design.terms[0].k <= 4 and not cp.a21_sparse
     try:
         key = (prior, structure_key(design, cp)) if blocked else None

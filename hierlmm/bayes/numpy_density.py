@@ -1,0 +1,116 @@
+"""The collapsed log-density and its gradient on the REML engine's own blocked factor, for the
+models the compiled kernel (:mod:`hierlmm.bayes.kernel`) does not cover because of their size:
+a rest block of more than ``kernel._MAX_R`` rows (crossed factors with many levels, InstEval)
+or an ``A21`` too large to hold dense. For these the PyTensor graph of the dense ``A``
+(:mod:`hierlmm.bayes.collapsed`) is far too slow (one NUTS step per evaluation of a graph as
+large as ``A``); here one evaluation is one factorisation and one reverse pass of the core
+(:func:`hierlmm.gradient.criterion_gradient`), whatever its storage path (sparse downdate maps,
+the diagonal rest block of nestings, a cross-product reduced by Dask).
+
+With ``x = (η, s)`` the sampler's unconstrained point (:class:`~hierlmm.bayes.priors.Layout`),
+``θ(x)`` the core's relative factor and ``σ² = e^s``,
+
+.. math::
+
+    \\log p(x | y) = −½ d(θ, σ²) + \\log|J(x)| + \\log p(σ², D),
+
+``d`` the REML criterion at ``(θ, σ²)`` (σ not profiled). ``θ_e`` depends on ``x_e`` alone
+(``θ_e = e^{η_e}/σ`` on a factor's diagonal or for an SD, ``η_e/σ`` off it, a correlation
+parameter itself) and on ``s`` through ``σ`` (``∂θ_e/∂s = −θ_e/2`` for the entries divided by
+σ), and ``∂d/∂s = (n − p) − r²/σ²`` at fixed θ. The prior and the log-Jacobian, small
+functions of ``x``, are the PyTensor expressions the graph and the kernel's tests use
+(:func:`hierlmm.bayes.collapsed.log_prior_pt`), compiled without rewrites in a fraction of a
+second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hierlmm.bayes.priors import Layout
+from hierlmm.criterion import criterion
+from hierlmm.gradient import criterion_gradient
+
+__all__ = ["NumpyDensity", "numpy_model"]
+
+
+class NumpyDensity:
+    """``log p(x | y)`` and its gradient (numpy) for a model of the blocked engine."""
+
+    def __init__(self, model, prior):
+        import pytensor
+        import pytensor.tensor as pt
+
+        from hierlmm.bayes.collapsed import log_prior_pt
+
+        self.dev = model.deviance_function(reml=True)
+        self.layout = Layout(model.design)
+        x = pt.vector("x")
+        extra = log_prior_pt(self.layout, prior, x)
+        mode = pytensor.compile.mode.Mode(linker="py", optimizer=None)
+        self._extra = pytensor.function([x], [extra, pytensor.grad(extra, x)], mode=mode)
+        # per θ entry: divided by σ (an SD, a factor's entry) and exponentiated (a log SD)
+        scaled, exponential = [], []
+        for t, (pos, _) in zip(model.design.terms, self.layout.diag):
+            e = np.zeros(t.n_theta, dtype=bool)
+            e[pos] = True
+            exponential.append(e)
+            scaled.append(np.ones(t.n_theta, dtype=bool) if t.unstructured else np.arange(t.n_theta) < t.cov.sd_count)
+        self._scaled = np.concatenate(scaled)
+        self._exponential = np.concatenate(exponential)
+
+    def for_a_chain(self) -> NumpyDensity:
+        """A copy for one chain: nutpie runs chains in threads, and a compiled PyTensor function
+        keeps its inputs and outputs in storage of its own."""
+        import copy
+
+        other = copy.copy(self)
+        other._extra = self._extra.copy()
+        return other
+
+    def __call__(self, x) -> tuple[float, np.ndarray]:
+        """``(log p(x | y), ∇_x)``; ``(-inf, zeros)`` where the factor does not exist or a
+        number overflows (an exception would abort the sampler's thread)."""
+        x = np.asarray(x, dtype=float)
+        dev, layout = self.dev, self.layout
+        try:
+            with np.errstate(all="ignore"):
+                _, s2, theta, sigma = layout.theta_sigma(x)
+                f = dev.chol.factor(theta) if np.all(np.isfinite(theta)) and s2 > 0 else None
+                g = None if f is None else criterion_gradient(dev.chol, theta, dev.n, dev.p, True, f=f, sigma2=s2)
+                extra, extra_grad = self._extra(x)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            g = None
+        if g is None or not np.isfinite(extra):
+            return -np.inf, np.zeros_like(x)
+        d = criterion(f.logdet_L(), f.logdet_RX(), f.r2, dev.n, dev.p, True, sigma2=s2,
+                      log_weights=dev.cp.log_weights)
+        n_eta = layout.n_eta
+        # ∂θ_e/∂x_e: θ_e itself where it is exp(η_e)/σ, 1/σ where η_e/σ, 1 for a correlation parameter
+        dtheta = np.where(self._exponential, theta, np.where(self._scaled, 1.0 / sigma, 1.0))
+        grad = np.empty_like(x)
+        grad[:n_eta] = -0.5 * g * dtheta
+        dd_ds = (dev.n - dev.p) - f.r2 / s2 + g @ np.where(self._scaled, -0.5 * theta, 0.0)
+        grad[n_eta] = -0.5 * dd_ds
+        return float(-0.5 * d + extra), grad + np.asarray(extra_grad, dtype=float)
+
+
+def numpy_model(model, prior, x0):
+    """A nutpie model (``from_pyfunc``) on :class:`NumpyDensity`: the draws are the
+    unconstrained ``x`` (β and b are drawn exactly afterwards, as for the kernel)."""
+    import pandas as pd
+    from nutpie.compiled_pyfunc import from_pyfunc
+
+    density = NumpyDensity(model, prior)
+    n = density.layout.size
+
+    def make_logp():
+        return density.for_a_chain()
+
+    def make_expand(seed1, seed2, chain):
+        return lambda x: {"x": np.array(x, dtype=float)}
+
+    return from_pyfunc(n, make_logp, make_expand, [np.dtype("float64")], [(n,)], ["x"],
+                       dims={"x": ("unconstrained_parameter",)},
+                       coords={"unconstrained_parameter": pd.Index([f"x_{i}" for i in range(n)])},
+                       make_initial_point_fn=lambda seed: np.array(x0, dtype=float))
