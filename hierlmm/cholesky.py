@@ -50,6 +50,7 @@ class BlockedFactor:
     logdet_RX_shift: float = 0.0  # 2 Σ log s_j of X's internal column scaling
     _l21: np.ndarray | sp.spmatrix | None = None
     _l21_args: tuple | None = None
+    L11_inv: np.ndarray | None = None  # L11⁻¹ per level (the gradient's K_j = G_j L_j⁻¹)
 
     @property
     def L21(self) -> np.ndarray | sp.spmatrix:
@@ -389,6 +390,7 @@ class BlockedCholesky:
             t = T1[0, 0]
             L11 = np.sqrt(t * t * cp.A11[:, 0, 0] + 1.0)
             G = t / L11
+            L11_inv = 1.0 / L11
         else:
             S = T1.T @ cp.A11 @ T1
             S[:, self._diag1, self._diag1] += 1.0
@@ -396,11 +398,15 @@ class BlockedCholesky:
                 L11 = np.linalg.cholesky(S)
             except np.linalg.LinAlgError:
                 return None
-            G = T1 @ np.linalg.inv(L11).transpose(0, 2, 1)  # T1 L_j^{-T}
+            L11_inv = np.linalg.inv(L11)
+            G = T1 @ L11_inv.transpose(0, 2, 1)  # T1 L_j^{-T}
 
         lam = self.rest_lambda(theta) if self.rest else None
         if lam is not None and self._diagonal_rest():
-            return self._factor_diagonal_rest(L11, G, lam)
+            out = self._factor_diagonal_rest(L11, G, lam)
+            if out is not None:
+                out.L11_inv = L11_inv
+            return out
         if lam is None:
             M = cp.A22.copy()
         elif self.scalar_rest:
@@ -424,4 +430,4 @@ class BlockedCholesky:
         except (np.linalg.LinAlgError, ValueError):
             return None
         return BlockedFactor(L11=L11, G=G, L22=L22, q_rest=cp.q_rest, p=cp.p,
-                             logdet_RX_shift=cp.logdet_scale, _l21=L21, _l21_args=(self, G, lam))
+                             logdet_RX_shift=cp.logdet_scale, _l21=L21, _l21_args=(self, G, lam), L11_inv=L11_inv)

@@ -27,7 +27,7 @@ from hierlmm.cholesky import BlockedCholesky, BlockedFactor
 from hierlmm.criterion import criterion
 from hierlmm.crossprod import CrossProduct, crossproduct
 from hierlmm.design import Design
-from hierlmm.gradient import criterion_gradient, gradient_available
+from hierlmm.gradient import criterion_gradient
 
 __all__ = ["Deviance", "Solution", "make_deviance"]
 
@@ -160,10 +160,15 @@ class Deviance:
         it: :meth:`hierlmm.covariance.Covariance.sign_free`), for the optimiser's probes."""
         return np.concatenate([t.cov.sign_free() for t in self.design.terms])
 
-    @property
-    def has_gradient(self) -> bool:
-        """:meth:`value_and_gradient` is available (:func:`hierlmm.gradient.gradient_available`)."""
-        return gradient_available(self.chol)
+    def canonical(self, theta) -> np.ndarray:
+        """θ of the same covariances within the bounds (each term's
+        :meth:`~hierlmm.covariance.Covariance.canonical`)."""
+        theta = np.asarray(theta, dtype=float)
+        return np.concatenate([t.cov.canonical(theta[s]) for t, s in zip(self.design.terms, self.slices)])
+
+    # value_and_gradient() exists (every storage path of the blocked factor has its reverse
+    # pass); the per-group engine has none, and the optimiser falls back to BOBYQA there
+    has_gradient = True
 
     def value_and_gradient(self, theta) -> tuple[float, np.ndarray | None]:
         """The criterion and its gradient in θ (:func:`hierlmm.gradient.criterion_gradient`)

@@ -43,12 +43,11 @@ import scipy.sparse as sp
 from hierlmm.cholesky import BlockedCholesky, BlockedFactor
 from hierlmm.reterms import lambda_entries
 
-__all__ = ["criterion_gradient", "gradient_available"]
+__all__ = ["criterion_gradient"]
 
-
-def gradient_available(chol: BlockedCholesky) -> bool:
-    """Whether :func:`criterion_gradient` covers this model's factorisation (all of them)."""
-    return True
+# the rest block's order up to which M̄ is formed from L⁻¹ by numpy (small matrices, where a
+# LAPACK call through scipy costs ~80 µs of overhead) rather than by LAPACK's potri
+_SMALL = 64
 
 
 def _diagonal_rest(chol: BlockedCholesky, f: BlockedFactor, c: np.ndarray, lam: np.ndarray):
@@ -89,6 +88,9 @@ def _mbar(f: BlockedFactor, c: np.ndarray, full: bool = True) -> np.ndarray:
     w_i w_i'`` for the few ``i`` with ``c_i ≠ 1`` (``w_i = L^{-T} e_i``); its lower triangle
     only unless ``full``."""
     L = f.L22
+    if L.shape[0] <= _SMALL:  # LAPACK's call costs more than the work: L^{-T} diag(c) L^{-1} directly
+        Li = np.linalg.inv(L)
+        return Li.T @ (c[:, None] * Li)
     inv, info = scipy.linalg.lapack.dpotri(L, lower=1)
     if info != 0:
         return None
@@ -115,7 +117,7 @@ def _schur(chol: BlockedCholesky, G: np.ndarray, need_b: bool = True):
         grouped = chol._B is not None
         B = None
         if need_b:
-            WW = G * G if G.ndim == 1 else np.einsum("jab,jcb->jac", G, G)
+            WW = G * G if G.ndim == 1 else G @ np.transpose(G, (0, 2, 1))
             C = np.zeros((r, r))
             C.reshape(-1)[chol._targets] = chol._B @ WW[chol._rep].ravel() if grouped else chol._S @ WW.ravel()
             C += np.tril(C, -1).T
@@ -168,10 +170,7 @@ def criterion_gradient(chol: BlockedCholesky, theta, n: int, p: int, reml: bool,
     """``∂d/∂θ`` of the profiled criterion (module doc) at θ, from its factor ``f`` (computed
     when not given); with ``sigma2``, of the criterion at that σ² (not profiled: ``r²/σ²`` in
     place of ``m log r²``, so ``c = r²/σ²`` on ``y``'s row), the collapsed sampler's
-    log-density. ``None`` where the factor does not exist or the model's factorisation has no
-    reverse pass here (:func:`gradient_available`)."""
-    if not gradient_available(chol):
-        return None
+    log-density. ``None`` where the factor does not exist."""
     theta = np.asarray(theta, dtype=float)
     f = chol.factor(theta) if f is None else f
     if f is None:
@@ -226,14 +225,17 @@ def criterion_gradient(chol: BlockedCholesky, theta, n: int, p: int, reml: bool,
     H = h(N)
     T = first.template(theta[slices[0]])
     A11 = cp.A11
-    if k == 1:
-        K = (f.G / f.L11).reshape(-1, 1, 1)
-    else:
-        K = np.einsum("jab,jbc->jac", f.G, np.linalg.inv(f.L11))
-    Tbar = 2.0 * np.einsum("jab,jbc->ac", A11, K)
-    Kr, Ar = (K, A11) if rep is None else (K[rep], A11[rep])
-    THK = np.einsum("ba,jbc,jcd->jad", T, H, Kr)  # T'H_jK_j
-    Tbar += 2.0 * (np.einsum("jab,jbc,jcd->ad", Ar, Kr, THK) - np.einsum("jab,jbc->ac", H, Kr))
+    L11_inv = f.L11_inv if f.L11_inv is not None else (1.0 / f.L11 if k == 1 else np.linalg.inv(f.L11))
+    if k == 1:  # the k x k algebra per level is elementwise
+        K = f.G * L11_inv
+        Kr, Ar, Hs = (K, A11[:, 0, 0], H[:, 0, 0]) if rep is None else (K[rep], A11[rep, 0, 0], H[:, 0, 0])
+        t = T[0, 0]
+        Tbar = np.array([[2.0 * (A11[:, 0, 0] @ K + (Ar * Kr * t * Hs) @ Kr - Hs @ Kr)]])
+    else:  # batched matrix products over levels (einsum's generic loops cost 10x more here)
+        K = f.G @ L11_inv
+        Kr, Ar = (K, A11) if rep is None else (K[rep], A11[rep])
+        HK = H @ Kr
+        Tbar = 2.0 * ((A11 @ K).sum(axis=0) + (Ar @ Kr @ (T.T @ HK)).sum(axis=0) - HK.sum(axis=0))
     rows1, cols1 = first.cov.pattern
     grads[0] = Tbar[rows1, cols1] @ first.cov.factor_jacobian(theta[slices[0]])
     return np.concatenate(grads)

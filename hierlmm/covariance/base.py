@@ -117,6 +117,12 @@ class Covariance:
         of its correlations)."""
         return (np.arange(self.n_par) < 1) & (self.sd_count == 1)
 
+    def canonical(self, par) -> np.ndarray:
+        """The parameters of the same ``D`` within the bounds: the :meth:`sign_free` entries
+        made non-negative."""
+        par = np.asarray(par, dtype=float)
+        return np.where(self.sign_free(), np.abs(par), par)
+
     def start(self) -> np.ndarray:
         """Relative SDs 1, correlations 0 (``T = I``)."""
         return self.par_from_relcov(np.eye(self.k))

@@ -34,6 +34,11 @@ class Unstructured(Covariance):
         rows, cols = self.pattern
         return rows == cols
 
+    def canonical(self, par) -> np.ndarray:
+        """Each column of ``T`` whose diagonal entry is negative negated (``TT'`` unchanged)."""
+        T = self.factor(par)
+        return self.par_from_factor(T * np.where(np.diag(T) < 0, -1.0, 1.0)[None, :])
+
     def start(self) -> np.ndarray:
         rows, cols = self.pattern
         return (rows == cols).astype(float)
