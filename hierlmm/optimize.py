@@ -160,7 +160,8 @@ def restart_step(x, lower=None, upper=None):
 
 
 def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 1e-8,
-                   ftol: float = 1e-8, check: bool | None = None, initial_step=None) -> OptResult:
+                   ftol: float = 1e-8, check: bool | None = None, initial_step=None,
+                   free_signs: bool = True) -> OptResult:
     """Minimise ``deviance(θ)`` subject to ``θ >= deviance.lower``.
 
     Parameters
@@ -174,6 +175,9 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
         ``calc.derivs``), since it costs ``O(len(θ)²)`` further evaluations.
     initial_step : float or array_like, optional
         BOBYQA's initial trust-region step (nlopt's default from the bounds otherwise).
+    free_signs : bool
+        With the gradient, leave a relative factor's diagonal unbounded (below); False keeps
+        lme4's box for every entry (another path, for a second start: model.LMM._off_the_boundary).
 
     Returns
     -------
@@ -209,7 +213,7 @@ def optimize_theta(deviance, theta0=None, maxeval: int = 100_000, xtol: float = 
         # vanishes by that symmetry, a saddle whose face the search then explores ((SES | School):
         # bounded, 38 factorisations; unbounded, 17). A scalar term's θ stays bounded: a 0 there
         # is a variance of 0, reached in one projected step (InstEval: 23, unbounded 32).
-        vector = np.concatenate([np.full(t.n_theta, t.k > 1) for t in deviance.design.terms])
+        vector = np.concatenate([np.full(t.n_theta, t.k > 1 and free_signs) for t in deviance.design.terms])
         open_lower = np.where(deviance.sign_free & vector, -np.inf, lower)
         x, fun, nev, messages = quasi_newton(fg, np.maximum(x0, lower), open_lower, deviance.sign_free,
                                              maxeval=maxeval)
