@@ -3,9 +3,8 @@
 Where the deviance has its gradient (:mod:`hierlmm.gradient`: every model of the blocked
 engine), the optimiser is scipy's L-BFGS-B (lme4's box, but a relative factor's diagonal left
 free: the criterion is even in it), with probes off 0 of those entries (:func:`quasi_newton`):
-about 10-25 factorisations
-where BOBYQA needed 60-150 (each gradient costs one factorisation and about two more
-factorisations' work for ``M⁻¹``). Elsewhere (the per-group engine of residual structures)
+about 10-25 factorisations where BOBYQA needed 60-150 (each gradient costs one factorisation
+and about two more factorisations' work for ``M⁻¹``). Elsewhere (the per-group engine of residual structures)
 it is BOBYQA (Powell 2009), a derivative-free trust-region method with bounds, through nlopt,
 with lme4's ``nloptwrap`` settings (``xtol_abs = ftol_abs = 1e-8``) and restarts
 (:func:`bobyqa_restarted`). Both work on ``φ = s θ`` (:func:`theta_scale`: ``s_r`` the root
@@ -14,7 +13,7 @@ columns, and start at ``φ = I``: the start, the steps, the convergence check an
 tests do not depend on the units of a random slope's covariate (in θ, Days in units of 1e-8
 days puts the optimum at 1e7). After it stops, :func:`check_convergence` repeats lme4's
 ``checkConv``: the gradient and Hessian at the optimum over the parameters not on the boundary
-(the exact gradient and central differences of it where there is one, finite differences of
+(the exact gradient and forward differences of it where there is one, finite differences of
 the deviance otherwise), the Newton step ``H⁻¹g`` compared with a tolerance, and the
 Hessian's positive definiteness.
 """
