@@ -271,23 +271,43 @@ def test_vector_term_condition_against_growing_boxes(levels, proven):
         assert ratio == pytest.approx(1.0, abs=0.05)
 
 
-def _box_masses(model, prior, spans, bounds=(10.0, 20.0, 30.0)):
+def _box_masses(model, prior, spans, loglik, bounds=(10.0, 20.0, 30.0)):
     """Posterior mass (unnormalised) of the boxes ``log τ_t² ≤ b`` for each ``b`` in ``bounds``
-    along the last term's variance, from the REML likelihood times the prior on a grid in
-    log-variances (``spans``: each other term's log-variance grid; σ² around its estimate)."""
+    along the last term's variance, from the REML likelihood ``loglik(σ², variances)`` times the
+    prior on a grid in log-variances (``spans``: each other term's log-variance grid; σ² around
+    its estimate). The likelihood is exact (:func:`_anova_loglik`): with every variance near
+    1e13 σ², hierlmm's blocked factor has lost most digits to the cancellation in
+    ``A22 − A21 W A21'``."""
     import itertools
 
-    dev = model.deviance_function(reml=True)
     a = -1.0 if prior == "flat" else -0.5  # p(λ) ∝ λ^-(a+1); dλ = λ ds
     s2 = model.fit().sigma ** 2
     grids = [np.linspace(np.log(s2) - 3, np.log(s2) + 3, 9), *spans, np.arange(-10, bounds[-1] + 1e-9, 0.5)]
     logf = np.empty([g.size for g in grids])
     for idx in itertools.product(*[range(g.size) for g in grids]):
         s = [g[i] for g, i in zip(grids, idx)]
-        sigma = np.exp(s[0] / 2)
-        logf[idx] = -0.5 * dev.unprofiled(np.exp(np.array(s[1:]) / 2) / sigma, sigma) - a * sum(s)
+        logf[idx] = loglik(np.exp(s[0]), np.exp(np.array(s[1:]))) - a * sum(s)
     f = np.exp(logf - logf.max())
     return [f[..., grids[-1] <= b].sum() for b in bounds]
+
+
+def _anova_loglik(data, df):
+    """The REML log-likelihood of a balanced one-way (Dyestuff) or crossed (Penicillin) design
+    as its product of ANOVA kernels (up to a constant; checked against hierlmm's by
+    test_anova_factorisation_is_the_reml_likelihood), accurate at any variance; the variances in
+    the model's term order."""
+    from exact_anova import crossed_parts, log_kernel
+
+    if data == "Penicillin":  # terms: plate, then sample
+        cp = crossed_parts(df, "diameter", "plate", "sample")
+        return lambda s2, v: (log_kernel(s2 + cp["b"] * v[0], *cp["P"]) + log_kernel(s2 + cp["a"] * v[1], *cp["S"])
+                              + log_kernel(s2, *cp["E"]))
+    groups = df.groupby("Batch", observed=True)["Yield"]
+    n, a = int(groups.size().iloc[0]), groups.ngroups
+    means = groups.mean()
+    ssb = n * float(((means - df["Yield"].mean()) ** 2).sum())
+    ssw = float(((df["Yield"] - groups.transform("mean")) ** 2).sum())
+    return lambda s2, v: log_kernel(s2 + n * v[0], ssb, a - 1) + log_kernel(s2, ssw, a * (n - 1))
 
 
 @pytest.mark.parametrize("data, formula, keep, prior, proper", [
@@ -296,14 +316,17 @@ def test_propriety_check_agrees_with_growing_boxes(data, formula, keep, prior, p
     """Numerically: the mass over boxes growing along the last term's variance (e^10, e^20,
     e^30) converges when the check accepts (the last increment a vanishing fraction of the
     one before: the tail decays like λ^-(r/2 + a)) and keeps growing when it refuses (equal
-    increments: a λ^-1 tail)."""
+    increments: a λ^-1 tail). The likelihood is the designs' exact ANOVA factorisation: at
+    e^30 hierlmm's blocked factor carries too few digits for this sum (a grid centred 1e-9
+    differently moved the ratio from 1.00 to 1.10)."""
     from hierlmm.bayes import ImproperPosteriorError, check_propriety
 
-    model = hl.LMM(formula, _subset(data, *keep))
+    df = _subset(data, *keep)
+    model = hl.LMM(formula, df)
     # the last term in lme4's order is the one with fewest levels: the one at issue
     assert model.design.terms[-1].group == keep[0]
     spans = [np.arange(-10, 12, 1.0)] * (len(model.design.terms) - 1)
-    m10, m20, m30 = _box_masses(model, prior, spans)
+    m10, m20, m30 = _box_masses(model, prior, spans, _anova_loglik(data, df))
     ratio = (m30 - m20) / (m20 - m10)
     try:
         check_propriety(model.design, prior)
