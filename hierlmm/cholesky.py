@@ -280,22 +280,33 @@ class BlockedCholesky:
             at += coef.size
         self._S = sp.csc_matrix((data, indices, indptr), shape=(self._targets.size, ncols))
 
-    def _lower_downdate(self, G, lam, M):
-        """``M -= Λ_r' A21 G G' A21' Λ_r`` on the lower triangle (``A21`` sparse)."""
+    def downdate_values(self, G) -> np.ndarray:
+        """The entries of ``A21 W A21'`` (``W_j = G_jG_j'``) at the map's targets (its lower
+        triangle), through the precomputed sparse map (:meth:`_downdate_groups` or
+        :meth:`_downdate_map`, built by the first factorisation)."""
         if self._B is not None:
             Gr = G[self._rep]
-            c = self._B @ (Gr * Gr if G.ndim == 1 else np.einsum("jab,jcb->jac", Gr, Gr).ravel())
-        else:
-            c = self._S @ (G * G if G.ndim == 1 else np.einsum("jab,jcb->jac", G, G).ravel())
+            return self._B @ (Gr * Gr if G.ndim == 1 else np.einsum("jab,jcb->jac", Gr, Gr).ravel())
+        return self._S @ (G * G if G.ndim == 1 else np.einsum("jab,jcb->jac", G, G).ravel())
+
+    def downdate_dense(self, c) -> np.ndarray:
+        """The symmetric ``r x r`` matrix whose lower triangle holds :meth:`downdate_values`' ``c``."""
+        r = self.cp.r
+        C = np.zeros((r, r))
+        C.reshape(-1)[self._targets] = c
+        C += np.tril(C, -1).T
+        return C
+
+    def _lower_downdate(self, G, lam, M):
+        """``M -= Λ_r' A21 G G' A21' Λ_r`` on the lower triangle (``A21`` sparse)."""
+        c = self.downdate_values(G)
         if lam is None or self.scalar_rest:
             if lam is not None:
                 c *= lam[self._trow] * lam[self._tcol]
             M = np.ascontiguousarray(M)
             M.reshape(-1)[self._targets] -= c  # (a view: 5x faster than M.flat's iterator)
             return M
-        C = np.zeros_like(M, order="C")
-        C.reshape(-1)[self._targets] = c
-        C += np.tril(C, -1).T
+        C = self.downdate_dense(c)
         return M - np.asarray(lam.T @ np.asarray(lam.T @ C).T)
 
     def l21(self, G, lam) -> np.ndarray | sp.spmatrix:
@@ -346,7 +357,7 @@ class BlockedCholesky:
             self._diag_rest = ok
         return self._diag_rest
 
-    def _factor_diagonal_rest(self, L11, G, lam) -> BlockedFactor | None:
+    def _factor_diagonal_rest(self, L11, L11_inv, G, lam) -> BlockedFactor | None:
         """:meth:`factor` where the random-effects block of ``M`` is diagonal
         (:meth:`_diagonal_rest`): from ``L21 = Λ_r'A21 G`` only that diagonal, the X and y
         rows against it and their own square are formed (O(nnz(A21)·(p+1)), not O(r²))."""
@@ -377,7 +388,7 @@ class BlockedCholesky:
         L22[q:, :q] = below
         L22[q:, q:] = tail
         return BlockedFactor(L11=L11, G=G, L22=L22, q_rest=q, p=cp.p, logdet_RX_shift=cp.logdet_scale,
-                             _l21=L21, _l21_args=(self, G, lam))
+                             _l21=L21, _l21_args=(self, G, lam), L11_inv=L11_inv)
 
     # --- the factorisation ---------------------------------------------------------------
     def factor(self, theta: np.ndarray) -> BlockedFactor | None:
@@ -403,10 +414,7 @@ class BlockedCholesky:
 
         lam = self.rest_lambda(theta) if self.rest else None
         if lam is not None and self._diagonal_rest():
-            out = self._factor_diagonal_rest(L11, G, lam)
-            if out is not None:
-                out.L11_inv = L11_inv
-            return out
+            return self._factor_diagonal_rest(L11, L11_inv, G, lam)
         if lam is None:
             M = cp.A22.copy()
         elif self.scalar_rest:

@@ -221,10 +221,10 @@ class Deviance:
         alone (:meth:`CrossProduct.with_offset`)."""
         return Deviance(self.design.with_offset(j, value), reml=self.reml, cp=self.cp.with_offset(j, value))
 
-    def from_parts(self, factor: BlockedFactor) -> float:
-        """The objective from a factor."""
+    def from_parts(self, factor: BlockedFactor, sigma2: float | None = None) -> float:
+        """The objective from a factor (at ``sigma2`` when given, σ² not profiled)."""
         return criterion(factor.logdet_L(), factor.logdet_RX(), factor.r2, self.n, self.p, self.reml,
-                         log_weights=self.cp.log_weights)
+                         sigma2=sigma2, log_weights=self.cp.log_weights)
 
     def __call__(self, theta) -> float:
         self.evaluations += 1

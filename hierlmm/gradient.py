@@ -112,16 +112,9 @@ def _schur(chol: BlockedCholesky, G: np.ndarray, need_b: bool = True):
     first level, is not None). Through the precomputed sparse map's transpose where the
     forward pass used one (reading ``N``'s lower triangle only), else products with ``A21``."""
     cp, k = chol.cp, chol.first.k
-    r = cp.r
     if chol._sparse and (chol._S is not None or chol._B is not None):
         grouped = chol._B is not None
-        B = None
-        if need_b:
-            WW = G * G if G.ndim == 1 else G @ np.transpose(G, (0, 2, 1))
-            C = np.zeros((r, r))
-            C.reshape(-1)[chol._targets] = chol._B @ WW[chol._rep].ravel() if grouped else chol._S @ WW.ravel()
-            C += np.tril(C, -1).T
-            B = cp.A22 - C
+        B = cp.A22 - chol.downdate_dense(chol.downdate_values(G)) if need_b else None
         mult = np.where(chol._trow == chol._tcol, 1.0, 2.0)
 
         def h(N):
@@ -131,20 +124,11 @@ def _schur(chol: BlockedCholesky, G: np.ndarray, need_b: bool = True):
 
         return B, h, (chol._rep if grouped else None)
     A21 = cp.A21
-    if not need_b:
-        C = None
-    elif sp.issparse(A21):
-        Bm = A21.copy()
-        if k == 1:
-            Bm.data *= G[Bm.indices]
-        else:
-            m = chol.first.m
-            Bm = Bm @ sp.bsr_matrix((G, np.arange(m), np.arange(m + 1)), shape=(m * k, m * k))
-        C = Bm @ Bm.T
-        C = C.toarray() if sp.issparse(C) else np.asarray(C)
-    else:
-        AG = A21 * G[None, :] if k == 1 else (chol._a21_levels @ G).transpose(1, 0, 2).reshape(r, -1)
+    B = None
+    if need_b:  # A21 W A21' = (A21 G)(A21 G)', A21 G being L21 without Λ_r
+        AG = chol.l21(G, None)
         C = AG @ AG.T
+        B = cp.A22 - (C.toarray() if sp.issparse(C) else np.asarray(C))
 
     def h(N):
         P = np.asarray(N @ A21) if not sp.issparse(A21) else np.asarray((A21.T @ N).T)
@@ -162,7 +146,7 @@ def _schur(chol: BlockedCholesky, G: np.ndarray, need_b: bool = True):
                     out[:, a, b] = np.einsum("ij,ij->j", A21[:, a::k], P[:, b::k])
         return 0.5 * (out + np.transpose(out, (0, 2, 1)))
 
-    return (None if C is None else cp.A22 - C), h, None
+    return B, h, None
 
 
 def criterion_gradient(chol: BlockedCholesky, theta, n: int, p: int, reml: bool,

@@ -390,7 +390,7 @@ def quasi_newton(fg, x0, lower, sign_free=None, maxeval: int = 100_000):
 
 def check_convergence(deviance, theta, lower, grad=None):
     """lme4's ``checkConv`` on the parameters not on the boundary; with ``grad`` (the exact
-    gradient), the gradient is exact and the Hessian its central differences
+    gradient), the gradient is exact and the Hessian its forward differences
     (:func:`fd_jacobian`), else both are finite differences of ``deviance`` (:func:`fd_hessian`).
 
     Returns

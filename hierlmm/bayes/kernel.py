@@ -56,8 +56,7 @@ def supported(design, cp, prior=None) -> bool:
     effects per level, a dense block of at most ``_MAX_R`` rows (``A21`` is used dense: at most
     ``r × q1`` numbers); and, if ``prior`` is given (the log-density; the exact draws need
     none), ``flat``, ``flat_sd`` or a resolved :class:`~hierlmm.bayes.WeaklyInformative`."""
-    return ((prior is None or _prior_code(prior) is not None) and design.terms[0].k <= _MAX_K and cp.r <= _MAX_R
-            and cp.r * cp.A11.shape[0] * cp.A11.shape[1] <= 4_000_000
+    return ((prior is None or _prior_code(prior) is not None) and not beyond_its_size(design, cp)
             and all(t.unstructured for t in design.terms))  # θ is vech(T) of each term
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import numpy as np
 
 from hierlmm.bayes.priors import Layout
-from hierlmm.criterion import criterion
 from hierlmm.gradient import criterion_gradient
 
 __all__ = ["NumpyDensity", "numpy_model"]
@@ -49,15 +48,6 @@ class NumpyDensity:
         extra = log_prior_pt(self.layout, prior, x)
         mode = pytensor.compile.mode.Mode(linker="py", optimizer=None)
         self._extra = pytensor.function([x], [extra, pytensor.grad(extra, x)], mode=mode)
-        # per θ entry: divided by σ (an SD, a factor's entry) and exponentiated (a log SD)
-        scaled, exponential = [], []
-        for t, (pos, _) in zip(model.design.terms, self.layout.diag):
-            e = np.zeros(t.n_theta, dtype=bool)
-            e[pos] = True
-            exponential.append(e)
-            scaled.append(np.ones(t.n_theta, dtype=bool) if t.unstructured else np.arange(t.n_theta) < t.cov.sd_count)
-        self._scaled = np.concatenate(scaled)
-        self._exponential = np.concatenate(exponential)
 
     def for_a_chain(self) -> NumpyDensity:
         """A copy for one chain: nutpie runs chains in threads, and a compiled PyTensor function
@@ -83,14 +73,13 @@ class NumpyDensity:
             g = None
         if g is None or not np.isfinite(extra):
             return -np.inf, np.zeros_like(x)
-        d = criterion(f.logdet_L(), f.logdet_RX(), f.r2, dev.n, dev.p, True, sigma2=s2,
-                      log_weights=dev.cp.log_weights)
+        d = dev.from_parts(f, sigma2=s2)  # the REML criterion (dev is the REML deviance)
         n_eta = layout.n_eta
         # ∂θ_e/∂x_e: θ_e itself where it is exp(η_e)/σ, 1/σ where η_e/σ, 1 for a correlation parameter
-        dtheta = np.where(self._exponential, theta, np.where(self._scaled, 1.0 / sigma, 1.0))
+        dtheta = np.where(layout.exponential, theta, np.where(layout.scaled, 1.0 / sigma, 1.0))
         grad = np.empty_like(x)
         grad[:n_eta] = -0.5 * g * dtheta
-        dd_ds = (dev.n - dev.p) - f.r2 / s2 + g @ np.where(self._scaled, -0.5 * theta, 0.0)
+        dd_ds = (dev.n - dev.p) - f.r2 / s2 + g @ np.where(layout.scaled, -0.5 * theta, 0.0)
         grad[n_eta] = -0.5 * dd_ds
         return float(-0.5 * d + extra), grad + np.asarray(extra_grad, dtype=float)
 

@@ -92,6 +92,13 @@ class Layout:
                 continue
             cols, rows = np.triu_indices(t.k)
             self.diag.append((np.flatnonzero(rows == cols), rows[rows == cols]))
+        # per η entry, how the core's θ follows from it (theta_sigma): exponentiated (a factor's
+        # diagonal, a log SD) and divided by σ (every entry of a factor, a structure's SDs)
+        self.exponential = np.zeros(self.n_eta, dtype=bool)
+        self.scaled = np.zeros(self.n_eta, dtype=bool)
+        for t, s, (pos, _) in zip(self.terms, self.slices, self.diag):
+            self.exponential[s.start + pos] = True
+            self.scaled[s] = True if t.unstructured else np.arange(t.n_theta) < t.cov.sd_count
 
     # ---------------------------------------------------------------- numpy side
     def _par(self, t, v):
@@ -116,15 +123,9 @@ class Layout:
         parameters with its SDs divided by σ)."""
         Ls, s2 = self.unpack(x)
         sigma = float(np.sqrt(s2))
-        theta = []
-        for t, s, L in zip(self.terms, self.slices, Ls):
-            if t.unstructured:
-                theta.append(t.theta_from_template(L) / sigma)
-            else:
-                par = self._par(t, np.asarray(x[s], dtype=float))
-                par[: t.cov.sd_count] /= sigma
-                theta.append(par)
-        return Ls, s2, np.concatenate(theta + [np.zeros(0)]), sigma
+        eta = np.asarray(x[: self.n_eta], dtype=float)
+        theta = np.where(self.exponential, np.exp(eta), eta) / np.where(self.scaled, sigma, 1.0)
+        return Ls, s2, theta, sigma
 
     def pack(self, Ls, sigma2) -> np.ndarray:
         out = []
