@@ -18,6 +18,7 @@ import pandas as pd
 from hierlmm.errors import DataError, FormulaError, RankDeficiencyWarning, ScaleWarning, warn
 from hierlmm.covariance import make_covariance
 from hierlmm.formula import ParsedFormula, RandomSpec, parse_formula
+from hierlmm.plain import plain_columns, plain_fixed, plain_variables
 from hierlmm.rfactors import derive_factors
 from hierlmm.safety import check_formula
 from hierlmm.reterms import ReTerm, term_matrix
@@ -118,7 +119,9 @@ class Design:
     terms: list[ReTerm]
     data: pd.DataFrame
     n_missing: int
-    fixed_spec: object = None  # formulaic ModelSpec of X (before dropping aliased columns)
+    # formulaic's ModelSpec of X (before dropping aliased columns); None where X was built
+    # without formulaic (hierlmm.plain) until something asks for it (fixed_spec)
+    formulaic_spec: object = None
     fixed_formula: str = ""  # the fixed part as given to formulaic (R's meaning: hierlmm.rsyntax)
     logical: frozenset = frozenset()  # boolean columns, factors where used as terms (R's logicals)
     all_fixef_names: list[str] | None = None  # names of X's columns before dropping
@@ -136,6 +139,15 @@ class Design:
     # rows beyond memory: the partitioned source (hierlmm.partitioned.Source) holding the Dask
     # frame and the reduced cross-product; y, X, the terms' Z and codes are then NoRows
     source: object = None
+
+    @property
+    def fixed_spec(self):
+        """formulaic's ModelSpec of the fixed part (before dropping aliased columns), which
+        re-encodes new data and names the terms of ``X``'s columns. A design of plain columns
+        (:mod:`hierlmm.plain`) builds it on first use, from the rows the design holds."""
+        if self.formulaic_spec is None:
+            self.formulaic_spec = _model_matrix(self.fixed_formula, self.data, "fixed part").rhs.model_spec
+        return self.formulaic_spec
 
     @property
     def rows(self) -> bool:
@@ -262,6 +274,9 @@ def _required(expr: str, where: str, columns=frozenset()) -> set[str]:
     in ``Q('my.var')``) as attribute accesses (``my``). So the names are also taken from the
     expression's tokens: every dotted one (a name formulaic reports that only prefixes one is
     dropped), and every other one that is a column of the data."""
+    plain = plain_variables(expr)
+    if plain is not None:
+        return plain
     from formulaic import Formula
 
     try:
@@ -287,32 +302,6 @@ def _model_matrix(spec: str, data: pd.DataFrame, where: str):
         return model_matrix(spec, numeric_view(data, spec), na_action="ignore", context=formula_context())
     except Exception as exc:
         raise FormulaError(f"cannot evaluate {where} {spec!r}: {exc}") from None
-
-
-def simple_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]] | None:
-    """Fast path for the common random-term expressions: ``1``, ``x``, ``1 + x``, ``0 + x``.
-
-    Returns ``(Z, names)`` when ``expr`` is an intercept and/or plain numeric columns (what
-    formulaic would give, in the same order), else ``None`` (formulaic is used).
-    """
-    intercept, cols = True, []
-    for tok in (t.strip() for t in expr.replace("-1", "+ 0").split("+")):
-        if tok == "1":
-            continue
-        if tok == "0":
-            intercept = False
-        elif (tok in frame.columns and pd.api.types.is_numeric_dtype(frame[tok]) and tok not in cols
-              and not pd.api.types.is_bool_dtype(frame[tok])):  # R codes a logical as a factor
-            cols.append(tok)
-        else:
-            return None
-    if not intercept and not cols:
-        return None
-    if not cols:  # (1 | g): a read-only column of ones that takes no memory
-        return np.broadcast_to(np.ones((1, 1)), (len(frame), 1)), ["(Intercept)"]
-    parts = [np.ones(len(frame))] if intercept else []
-    parts += [frame[c].to_numpy(dtype=float) for c in cols]
-    return np.column_stack(parts), (["(Intercept)"] if intercept else []) + cols
 
 
 def _check_column_types(data: pd.DataFrame, cols, response: str, covariates) -> None:
@@ -491,6 +480,26 @@ def _state_from_all_rows(formula: str, data: pd.DataFrame, frame: pd.DataFrame, 
         raise FormulaError(f"cannot evaluate fixed part {formula!r}: {exc}") from None
 
 
+def _formulaic_fixed(parsed: ParsedFormula, fixed_formula: str, data: pd.DataFrame, frame: pd.DataFrame,
+                     n_missing: int, logical) -> tuple[np.ndarray, np.ndarray, list[str], object]:
+    """``(y, X, R's names of X's columns, formulaic's ModelSpec)`` of the fixed part through
+    formulaic, on the complete rows ``frame`` (stateful transforms learned from ``data``'s rows
+    where their arguments are present: :func:`_state_from_all_rows`)."""
+    mm = _model_matrix(fixed_formula, frame, "fixed part")
+    if n_missing and mm.rhs.model_spec.transform_state:
+        mm = _state_from_all_rows(fixed_formula, data, frame, mm.rhs.model_spec.transform_state)
+    y = np.asarray(mm.lhs, dtype=float)
+    if y.ndim == 2:
+        if y.shape[1] != 1:
+            raise FormulaError(
+                f"response {parsed.response!r} must be one numeric column, got {y.shape[1]} "
+                f"columns ({', '.join(mm.lhs.columns)})"
+            )
+        y = y[:, 0]
+    X = np.asarray(mm.rhs, dtype=float)
+    return y, X, r_column_names(mm.rhs, fixed_formula, logical), mm.rhs.model_spec
+
+
 def _check_scales(X: np.ndarray, names: list[str], tol: float = 1e3) -> None:
     """lme4's ``checkScaleX``: warn when the SDs of the non-indicator columns differ by more
     than ``tol`` from each other or from 1. The fit itself does not need it (``X`` is scaled
@@ -606,9 +615,9 @@ def r_column_names(mm, formula_text: str, logical) -> list[str]:
 
 
 def make_term(spec: RandomSpec, frame: pd.DataFrame, ordered, codes, levels: list[str]) -> ReTerm:
-    """The term ``spec`` on ``frame``: its ``Z`` columns (the fast path or formulaic), given the
+    """The term ``spec`` on ``frame``: its ``Z`` columns (plain columns or formulaic), given the
     level codes of every row and the level labels."""
-    simple = simple_columns(spec.expr, frame)
+    simple = plain_columns(spec.expr, frame)
     if simple is not None:
         (Z, znames), zspec = simple, None
     else:
@@ -820,24 +829,17 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
             if kept is not None:
                 frame[c] = kept
 
-    # fixed part through formulaic, with R's meaning (powers in calls, ordered factors)
+    # fixed part: plain columns directly, anything else through formulaic with R's meaning
+    # (powers in calls, ordered factors)
     ordered = {c for c in frame.columns
                if isinstance(frame[c].dtype, pd.CategoricalDtype) and frame[c].cat.ordered}
     logical = logical_columns(frame)
     fixed_formula = to_formulaic(parsed.fixed_formula, ordered, logical)
-    mm = _model_matrix(fixed_formula, frame, "fixed part")
-    if n_missing and mm.rhs.model_spec.transform_state:
-        mm = _state_from_all_rows(fixed_formula, data[cols], frame, mm.rhs.model_spec.transform_state)
-    y = np.asarray(mm.lhs, dtype=float)
-    if y.ndim == 2:
-        if y.shape[1] != 1:
-            raise FormulaError(
-                f"response {parsed.response!r} must be one numeric column, got {y.shape[1]} "
-                f"columns ({', '.join(mm.lhs.columns)})"
-            )
-        y = y[:, 0]
-    X = np.asarray(mm.rhs, dtype=float)
-    names = r_column_names(mm.rhs, fixed_formula, logical)
+    plain = plain_fixed(parsed.response, parsed.fixed, frame)
+    if plain is None:
+        y, X, names, model_spec = _formulaic_fixed(parsed, fixed_formula, data[cols], frame, n_missing, logical)
+    else:
+        (y, X, names), model_spec = plain, None
     check_finite(y, X, names, parsed.response)
     check_response(y, parsed.response)
     all_names = list(names)
@@ -870,7 +872,7 @@ def build_design(formula: str, data: pd.DataFrame, extra_columns=(), residual=No
         terms=terms,
         data=frame,
         n_missing=n_missing,
-        fixed_spec=mm.rhs.model_spec,
+        formulaic_spec=model_spec,
         fixed_formula=fixed_formula,
         logical=frozenset(logical),
         all_fixef_names=all_names,

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hierlmm.errors import DataError
+from hierlmm.plain import plain_columns, plain_names
 
 __all__ = ["NewData", "new_data", "predict_frame", "term_columns"]
 
@@ -33,9 +34,11 @@ class NewData:
 def term_columns(term, data: pd.DataFrame) -> np.ndarray:
     """The ``Z`` columns of a random-effects term evaluated on (new) data."""
     if term.model_spec is None:
-        from hierlmm.design import simple_columns
-
-        return simple_columns(term.expr, data)[0]
+        plain = plain_columns(term.expr, data)
+        if plain is None:
+            raise DataError(f"the columns {', '.join(map(repr, plain_names(term.expr)[0]))} of {term.source} must "
+                            "be numeric columns of the new data, as they were of the fit's")
+        return plain[0]
     from hierlmm.rsyntax import formula_context, numeric_view
 
     data = numeric_view(data, str(term.model_spec.formula))

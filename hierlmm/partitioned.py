@@ -517,7 +517,7 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
         terms.append(term)
     terms = order_terms(terms)  # A's first block is the term with most levels, as in memory
     template = Design(parsed=parsed, y=NoRows((0,)), X=NoRows((0, len(names))), fixef_names=names, dropped_columns=[],
-                      terms=terms, data=proto.iloc[:0][columns], n_missing=0, fixed_spec=mm.rhs.model_spec,
+                      terms=terms, data=proto.iloc[:0][columns], n_missing=0, formulaic_spec=mm.rhs.model_spec,
                       fixed_formula=fixed_formula, logical=frozenset(logical),
                       all_fixef_names=names, treatment_formula=to_formulaic(parsed.fixed_formula, logical=logical) if ordered else None,
                       weights_argument=weights, offset_argument=offset)

@@ -204,7 +204,9 @@ def numeric_view(data: pd.DataFrame, formula: str) -> pd.DataFrame:
     ``I(k^2)`` of an int8, ``I(a*b)`` of int32s or ``I(t^2)`` of epoch milliseconds do not wrap
     around (R promotes integers to double); a column that ``formula`` codes as a factor
     (``C(k)``) as int64 instead, so its levels keep their names (``C(k)[T.2]``, not ``2.0``).
-    Nullable and pyarrow floats become float64 too. Other columns are shared, not copied."""
+    Nullable and pyarrow floats become float64 too, and pandas' string dtypes (``"string"``,
+    pandas 3's ``str``) Python strings, which formulaic codes as a factor (it passes a
+    ``StringDtype`` column through as numbers). Other columns are shared, not copied."""
     factors = {m.strip() for m in _FACTOR_ARGUMENT.findall(formula)}
     if "Intercept" in data.columns and INTERCEPT_COLUMN not in data.columns:
         data = data.assign(**{INTERCEPT_COLUMN: data["Intercept"]})  # see INTERCEPT_COLUMN
@@ -216,6 +218,9 @@ def numeric_view(data: pd.DataFrame, formula: str) -> pd.DataFrame:
         if dtype == object and c not in factors:  # Python numbers (Decimal, Fraction, int): as R's numeric
             if number_objects(data[c]):
                 changes[c] = pd.to_numeric(data[c].astype(float))
+            continue
+        if pd.api.types.is_string_dtype(dtype) and dtype != object:  # formulaic reads pandas' strings as numbers
+            changes[c] = data[c].astype(object)
             continue
         integer = pd.api.types.is_integer_dtype(dtype)
         if integer and c in factors and not data[c].isna().any():
