@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.sparse as sp
 
 from hierlmm.design import Design
@@ -258,8 +259,10 @@ def internal_columns(X: np.ndarray, x_map: np.ndarray) -> tuple[np.ndarray, np.n
     p = X.shape[1]
     if np.count_nonzero(x_map - np.diag(np.diag(x_map))) == 0:
         return X, 1.0 / np.diag(x_map) if p else np.ones(0)
-    Xt = scipy.linalg.solve_triangular(x_map, X.T, trans="T", lower=False, check_finite=False).T
-    return np.asfortranarray(Xt), np.ones(p)
+    # BLAS's right-side triangular solve Y R = X on X's own (column-major) layout: solving
+    # R'Y' = X' instead transposes X twice in memory (0.4 s of a 10⁶ x 7 X, against 0.014 s)
+    Xt = scipy.linalg.blas.dtrsm(1.0, x_map, np.asfortranarray(X, dtype=float), side=1, lower=0)
+    return Xt, np.ones(p)
 
 
 def center_response(M: np.ndarray, u: np.ndarray, gram: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -295,10 +298,38 @@ def level_blocks(term: ReTerm) -> np.ndarray:
     A11 = np.empty((m, k, k))
     for a in range(k):
         for b in range(a, k):
-            v = np.bincount(term.codes, weights=term.Z[:, a] * term.Z[:, b], minlength=m)
+            v = np.bincount(term.codes, weights=_times(term.Z[:, a], term.Z[:, b]), minlength=m).astype(float)
             A11[:, a, b] = v
             A11[:, b, a] = v
     return A11
+
+
+def _ones(z: np.ndarray) -> bool:
+    """``z`` is the read-only column of ones of an intercept-only term (a broadcast scalar 1)."""
+    return z.ndim == 1 and len(z) > 0 and z.strides[0] == 0 and z[0] == 1.0
+
+
+def _times(z: np.ndarray, col: np.ndarray) -> np.ndarray | None:
+    """``z * col`` as bincount weights, without the product where ``z`` is the ones of an
+    intercept (``None``: no weights, counts)."""
+    if _ones(z):
+        return None if _ones(col) else col
+    return z * col
+
+
+def rest_gram(rest: list[ReTerm]) -> np.ndarray:
+    """``Z_r'Z_r`` (dense) of the rest terms: each term's own block diagonal (its
+    :func:`level_blocks`, by bincounts), the products of two terms' sparse ``Z`` between them."""
+    offsets = np.cumsum([0] + [t.q for t in rest])
+    out = np.zeros((offsets[-1], offsets[-1]))
+    for i, s_ in enumerate(rest):
+        idx = offsets[i] + np.arange(s_.q).reshape(s_.m, s_.k)
+        out[idx[:, :, None], idx[:, None, :]] = level_blocks(s_)
+        for j in range(i + 1, len(rest)):
+            C = (term_matrix(s_).T @ term_matrix(rest[j])).toarray()
+            out[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]] = C
+            out[offsets[j]:offsets[j + 1], offsets[i]:offsets[i + 1]] = C.T
+    return out
 
 
 def sparse_a21(nnz: int, r: int, q1: int) -> bool:
@@ -353,7 +384,7 @@ def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False, 
     for a in range(first.k):
         za = first.Z[:, a]
         for c, col in enumerate(columns):
-            bottom[c, :, a] = np.bincount(first.codes, weights=za * col, minlength=first.m) * unscale[c]
+            bottom[c, :, a] = np.bincount(first.codes, weights=_times(za, col), minlength=first.m) * unscale[c]
     bottom = bottom.reshape(len(columns), first.q)
     My = (M.T @ y) * unscale[:-1]
     XYtXY = np.block([[G, My[:, None]], [My[None, :], np.array([[y @ y]])]])
@@ -365,7 +396,7 @@ def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False, 
     top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
     r = q_rest + p + 1
     A22 = np.empty((r, r))
-    A22[:q_rest, :q_rest] = (Zr.T @ Zr).toarray()
+    A22[:q_rest, :q_rest] = rest_gram(rest)
     ZrXY = np.column_stack([np.asarray(Zr.T @ col).ravel() for col in columns]) * unscale
     A22[:q_rest, q_rest:] = ZrXY
     A22[q_rest:, :q_rest] = ZrXY.T

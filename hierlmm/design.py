@@ -586,15 +586,17 @@ def check_finite(y: np.ndarray, X: np.ndarray, names: list[str], response: str) 
     """The response and the fixed-effects columns hold finite numbers (naming the columns)
     whose squares double precision can hold: a column of values ~1e200 (or ~1e-200) overflows
     (underflows) in the cross-product, and no rescaling inside can recover what is lost."""
-    if not np.all(np.isfinite(y)):
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        # one pass per column: a sum of squares is finite exactly when no value is inf or NaN and
+        # none overflows, so the checks below run only on the columns that need them
+        sums = [float(col @ col) for col in [y] + [X[:, j] for j in range(X.shape[1])]]
+    if not np.isfinite(sums[0]) and not np.all(np.isfinite(y)):
         raise DataError(f"response {response!r} has non-finite values (inf)")
-    if not np.all(np.isfinite(X)):
-        bad = [n for n, ok in zip(names, np.isfinite(X).all(axis=0)) if not ok]
+    bad = [n for n, ss, col in zip(names, sums[1:], X.T) if not np.isfinite(ss) and not np.all(np.isfinite(col))]
+    if bad:
         raise DataError(f"fixed-effects column(s) {', '.join(bad)} have non-finite values")
-    for name, col in [(f"response {response!r}", y)] + [(f"column {n!r}", X[:, j]) for j, n in enumerate(names)]:
-        top = float(np.max(np.abs(col))) if len(col) else 0.0
-        with np.errstate(over="ignore", under="ignore"):
-            ss = float(col @ col)
+    for name, col, ss in zip([f"response {response!r}"] + [f"column {n!r}" for n in names], [y, *X.T], sums):
+        top = max(float(np.max(col)), -float(np.min(col))) if len(col) else 0.0
         if not np.isfinite(ss) or top > 1e150:
             raise DataError(f"{name} has values too large to compute with (up to {top:.3g}): their squares overflow "
                             "double precision; rescale it (e.g. divide by 1e100)")

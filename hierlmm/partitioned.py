@@ -11,13 +11,15 @@ degrees of freedom, the collapsed sampler) works on ``A = [Z X y]'[Z X y]``
    ``(1 | a:b)``) in complete rows.
 2. **One encoder.** The fixed part's formulaic spec is built once, on a prototype frame whose
    factor columns carry those levels, so every partition is encoded with the same columns and
-   contrasts. A transform whose state is learned from the data (``scale(x)``, ``poly(x, 2)``,
-   spline knots) would learn it from the prototype: it is refused, as is a numeric column used
-   as a factor (``factor(x)``; make the column categorical).
+   contrasts (a fixed part of plain columns, :mod:`hierlmm.plain`, is encoded without
+   formulaic: the factor columns' categories are the global levels). A transform whose state
+   is learned from the data (``scale(x)``, ``poly(x, 2)``, spline knots) would learn it from
+   the prototype: it is refused, as is a numeric column used as a factor (``factor(x)``; make
+   the column categorical).
 3. **Blocks.** Per partition: its complete rows (missing values dropped and counted as in
    memory), the partial ``A`` with ``X`` unscaled and all its columns, ``X``'s R factor (so the
    aliased columns are found by the same QR criterion as in memory, TSQR), the column sums and
-   the level counts; added by a tree reduction on the workers. A level that no complete row
+   the level counts; added on the workers (:func:`_compute`). A level that no complete row
    uses (an unused category) changes the encoding: the pass is repeated without it.
 4. **A row-less design.** Aliased columns are dropped from ``A``, ``X``'s columns scaled (crossprod's
    ``s_j``), and a :class:`~hierlmm.design.Design` built whose ``y``, ``X``, ``Z`` and codes
@@ -45,6 +47,7 @@ from hierlmm.design import (Design, NoRows, _check_column_types, _model_matrix, 
                             used_columns, warn_scales)
 from hierlmm.errors import DataError, FormulaError, HierlmmError, RankDeficiencyWarning, warn
 from hierlmm.formula import parse_formula
+from hierlmm.plain import plain_fixed, plain_matrix
 from hierlmm.rsyntax import formula_context, numeric_view, to_formulaic
 
 __all__ = ["is_dask", "build_partitioned_design", "Source"]
@@ -83,6 +86,7 @@ class Encoder:
     # less a constant and each covariate less its mean, both from the first partition, so that
     # a response or covariate of mean 1e10 keeps its digits in the sums (None: raw sums)
     premap: tuple | None = None
+    plain: bool = False  # the fixed part is plain columns (hierlmm.plain): no formulaic per partition
 
     def prepare(self, part: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """The partition's complete rows of the used columns, factor columns cast to their
@@ -92,16 +96,16 @@ class Encoder:
         dropped = int((~complete).sum())
         if dropped:
             frame = frame.loc[complete]
-        frame = frame.copy()
+        columns = {c: frame[c] for c in frame.columns}  # a new frame of the same columns: no copy of the rows
         for c, cats in self.levels.items():
             values = frame[c]
-            frame[c] = _as_levels(values, cats, c in self.ordered)
-            if frame[c].isna().any():
-                other = pd.unique(values[frame[c].isna().to_numpy()].astype(object))
+            columns[c] = coded = pd.Series(_as_levels(values, cats, c in self.ordered), index=frame.index, name=c)
+            if coded.isna().any():
+                other = pd.unique(values[coded.isna().to_numpy()].astype(object))
                 raise DataError(f"column {c!r} has value(s) {', '.join(map(repr, other[:5]))} in a partition that "
                                 "are not among its levels (the categories of the Dask DataFrame's metadata): "
                                 "partitions must share one categorical dtype")
-        return frame, dropped
+        return pd.DataFrame(columns, copy=False), dropped
 
     def codes(self, frame: pd.DataFrame, factors: tuple[str, ...]) -> np.ndarray:
         """Level codes of every row for the grouping factor ``factors`` (global, R's order)."""
@@ -123,6 +127,8 @@ class Encoder:
 
     def response(self, frame: pd.DataFrame) -> np.ndarray:
         """``y`` of a partition's complete rows (the formula's left side)."""
+        if self.plain:
+            return frame[self.parsed.response].to_numpy(dtype=float, na_value=np.nan)
         y = self.spec.lhs.get_model_matrix(numeric_view(frame, str(self.spec.lhs.formula)), na_action="ignore",
                                            context=formula_context())
         return np.asarray(y, dtype=float).reshape(len(frame), -1)[:, 0]
@@ -135,8 +141,11 @@ class Encoder:
 
     def rows(self, frame: pd.DataFrame) -> Design:
         """The in-memory design of one partition's complete rows: every column of ``X``."""
-        X = np.asarray(self.spec.rhs.get_model_matrix(numeric_view(frame, str(self.spec.rhs.formula)),
-                                                      na_action="ignore", context=formula_context()), dtype=float)
+        if self.plain:
+            X = plain_matrix(self.parsed.fixed, frame)[0]
+        else:
+            X = np.asarray(self.spec.rhs.get_model_matrix(numeric_view(frame, str(self.spec.rhs.formula)),
+                                                          na_action="ignore", context=formula_context()), dtype=float)
         y, names = self.response(frame), self.design.all_fixef_names
         check_finite(y, X, names, self.parsed.response)
         w = self.prior_weights(frame)
@@ -151,16 +160,21 @@ class Encoder:
 
 def _as_levels(values: pd.Series, cats: pd.Index, ordered: bool) -> pd.Categorical:
     """``values`` as a categorical with the categories ``cats`` (a value not among them
-    becomes missing): a categorical's codes remapped, sorted numbers by binary search, else
-    pandas' hash lookup."""
+    becomes missing): a categorical's codes remapped, sorted numbers by binary search (by a
+    shift where they are consecutive), else pandas' hash lookup."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         return values.cat.set_categories(cats, ordered=ordered).array
     dtype = pd.CategoricalDtype(cats, ordered=ordered)
     if (pd.api.types.is_integer_dtype(values.dtype) and pd.api.types.is_integer_dtype(cats.dtype)
             and cats.is_monotonic_increasing and len(cats)):
         v, c = values.to_numpy(), cats.to_numpy()
-        codes = np.minimum(np.searchsorted(c, v), len(c) - 1)
-        codes = np.where(c[codes] == v, codes, -1)
+        if (int(c[-1]) - int(c[0]) == len(c) - 1 and abs(int(c[0])) < 2**62
+                and (v.dtype.kind == "i" or v.dtype.itemsize < 8)):  # consecutive integers: a shift
+            codes = v.astype(np.int64) - int(c[0])
+            codes[(codes < 0) | (codes >= len(c))] = -1
+        else:
+            codes = np.minimum(np.searchsorted(c, v), len(c) - 1)
+            codes = np.where(c[codes] == v, codes, -1)
         return pd.Categorical.from_codes(codes, dtype=dtype)
     return pd.Categorical(values, dtype=dtype)
 
@@ -168,7 +182,7 @@ def _as_levels(values: pd.Series, cats: pd.Index, ordered: bool) -> pd.Categoric
 # ------------------------------------------------------------------------- partial sums
 @dataclass(eq=False)
 class Partial:
-    """What a partition contributes; ``+`` adds two (the tree reduction's step)."""
+    """What a partition contributes; ``+`` adds two (a step of the reduction)."""
 
     n: int
     n_missing: int
@@ -186,7 +200,7 @@ class Partial:
             return dataclasses.replace(keep, n=self.n + other.n, n_missing=self.n_missing + other.n_missing,
                                        counts=counts)
         a, b = self.cp, other.cp
-        cp = dataclasses.replace(a, A11=a.A11 + b.A11, A21=a.A21 + b.A21, A22=a.A22 + b.A22, n=a.n + b.n,
+        cp = dataclasses.replace(a, A11=a.A11 + b.A11, A21=_sum_a21(a.A21, b.A21), A22=a.A22 + b.A22, n=a.n + b.n,
                                  log_weights=a.log_weights + b.log_weights)
         R = np.linalg.qr(np.vstack([self.R, other.R]), mode="r")
         (na, ma, sa), (nb, mb, sb) = self.ystats, other.ystats
@@ -194,6 +208,37 @@ class Partial:
         ystats = (na + nb, ma + delta * nb / (na + nb), sa + sb + delta * delta * na * nb / (na + nb))
         return Partial(self.n + other.n, self.n_missing + other.n_missing, counts, cp, R,
                        self.colsum + other.colsum, self.binary & other.binary, ystats)
+
+
+_SATURATED = 0.25  # a sum of A21 with more non-zeros than this share of its entries is kept dense
+_DENSE_MAX = 2.5e8  # ... when its entries fit in this many (2 GB)
+_ROWS_AT_ONCE = 64  # rows of a sparse A21 added into a dense one at a time
+
+
+def _sum_a21(x, y):
+    """``x + y`` of two partial ``A21`` (CSR or dense). Once the sum is saturated (many of the
+    pairs of levels occur: a crossed design at 10⁸ rows fills 64 % of A21) it is dense, and
+    further sums are added into it in place, a few rows of a sparse addend at a time: the
+    sum of two sparse matrices of ``s`` non-zeros holds three (``≈ 36 s`` bytes), a dense sum
+    one copy (``8 r q`` bytes) and a few rows of index arrays. The partials of the reduction
+    are each used once, so adding into ``x`` changes nothing another sum reads."""
+    dense_x, dense_y = not sp.issparse(x), not sp.issparse(y)
+    if not (dense_x or dense_y):
+        size = x.shape[0] * x.shape[1]
+        if x.nnz + y.nnz <= _SATURATED * size or size > _DENSE_MAX:
+            return x + y
+    if not dense_x and dense_y:
+        x, y = y, x
+    out = x if dense_x or dense_y else x.toarray()
+    if not sp.issparse(y):
+        out += y
+        return out
+    y = y.tocsr()
+    y.sum_duplicates()  # one entry per (row, column): a buffered += adds each once
+    for start in range(0, y.shape[0], _ROWS_AT_ONCE):
+        block = y[start:start + _ROWS_AT_ONCE].tocoo()
+        out[block.row + start, block.col] += block.data
+    return out
 
 
 def _partial(part: pd.DataFrame, enc: Encoder, index: int) -> Partial:
@@ -296,7 +341,8 @@ def _known(dtype) -> bool:
 # ----------------------------------------------------------------------------- the engine
 def _compute(ddf, fn, args, desc: str, progress: bool | None):
     """``fn(partition, *args, index)`` on every partition, the results added by a tree
-    reduction (pairs of neighbours, on the workers); a progress bar over partitions. Dask's
+    reduction (pairs of neighbours, on the workers; on a distributed cluster its last few sums
+    on the client); a progress bar over partitions. Dask's
     own check of a partition against the metadata becomes a :class:`DataError`."""
     try:
         return _reduce(ddf, fn, args, desc, progress)
@@ -305,6 +351,9 @@ def _compute(ddf, fn, args, desc: str, progress: bool | None):
             raise
         raise DataError("a partition of the Dask DataFrame disagrees with its metadata (a column's type or the "
                         f"columns): {str(exc).strip()}") from None
+
+
+_CLIENT_SUMS = 8  # the last sums of a distributed reduction, added on the client
 
 
 def _reduce(ddf, fn, args, desc, progress):
@@ -327,22 +376,27 @@ def _reduce(ddf, fn, args, desc, progress):
 
     from hierlmm.progress import progress as bar
 
-    # a fixed tree of pairwise sums (the same result, to the bit, at every run); the client keeps
-    # only the root and the iterator over the leaves, so a partial is released once added
+    # a fixed tree of pairwise sums on the workers (the same result, to the bit, at every run)
+    # down to _CLIENT_SUMS sums, which the client adds in order, one at a time: a sum of many
+    # partitions of a crossed design is saturated (10⁸ rows fill 64 % of A21: 0.8 GB dense), and
+    # a worker adding two such would hold both and the transfer of one; the client keeps only
+    # those sums and the iterator over the leaves, so a partial is released once added
     futures = client.compute(leaves)
     tree = futures
-    while len(tree) > 1:
+    while len(tree) > _CLIENT_SUMS:
         tree = [client.submit(_add, tree[i], tree[i + 1], pure=False) if i + 1 < len(tree) else tree[i]
                 for i in range(0, len(tree), 2)]
-    root = tree[0]
-    del tree
     show = bar(len(leaves), desc, progress)
     try:
         queue = as_completed(futures)
         del futures
         for _ in queue:
             show.update(1)
-        return root.result()
+        total = None
+        for i in range(len(tree)):
+            part, tree[i] = tree[i].result(), None
+            total = part if total is None else _add(total, part)
+        return total
     finally:
         show.close()
 
@@ -502,6 +556,7 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
         mm = _model_matrix(fixed_formula, proto, "fixed part")
     _refuse_state(mm.model_spec, "the fixed part", levels, proto.columns)
     names = r_column_names(mm.rhs, fixed_formula, logical)
+    plain = plain_fixed(parsed.response, parsed.fixed, proto)
     groupings, terms = {}, []
     for spec in parsed.random:
         present = None
@@ -523,7 +578,7 @@ def _encoder(parsed, meta, enc_columns, columns, levels, ordered, combos, weight
                       weights_argument=weights, offset_argument=offset)
     return Encoder(columns=enc_columns, levels=levels, ordered=ordered, parsed=parsed, spec=mm.model_spec,
                    design=template, groupings=groupings, weights=weights, offset=offset,
-                   dtypes={c: meta[c].dtype for c in enc_columns})
+                   dtypes={c: meta[c].dtype for c in enc_columns}, plain=plain is not None and plain[2] == names)
 
 
 def _prototype(meta, columns, levels, ordered) -> pd.DataFrame:
@@ -625,8 +680,8 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     p = int(keep.sum())
     q1 = cp.A11.shape[0] * cp.A11.shape[1]
     nnz = A21.nnz if sp.issparse(A21) else np.count_nonzero(A21)
-    if sparse_a21(nnz, len(rows), q1):
-        A21 = sp.csr_matrix(A21)
+    if sparse_a21(nnz, len(rows), q1) and not (not sp.issparse(A21) and nnz > _SATURATED * A21.size):
+        A21 = sp.csr_matrix(A21)  # (a saturated sum stays dense: the factorisation copies it dense anyway)
     elif sp.issparse(A21):
         A21 = A21.toarray()
     R0, b0 = (cp.x_map[np.ix_(keep, keep)], cp.y_shift[keep])  # the partitions' premap (or I, 0)

@@ -91,27 +91,34 @@ def plain_matrix(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]
         if kinds[-1] is None:
             return None
     n = len(frame)
-    columns, labels = ([np.ones(n)], ["(Intercept)"]) if intercept else ([], [])
+    labels = ["(Intercept)"] if intercept else []
+    parts = []  # (its column in X, the values) or (its first column in X, codes, the first code used)
     full = not intercept  # the first factor of an expression without intercept: every level
     for name, kind in zip(names, kinds):
         if kind == "numeric":
-            columns.append(frame[name].to_numpy(dtype=float, na_value=np.nan))
+            parts.append((len(labels), frame[name].to_numpy(dtype=float, na_value=np.nan)))
             labels.append(name)
             continue
         codes, levels = _factor(frame[name])
         if len(levels) < 2:
             return None
-        used = levels if full else levels[1:]
         first = 0 if full else 1
         full = False
-        indicator = np.zeros((n, len(used)))
-        rows = np.flatnonzero(codes >= first)
-        indicator[rows, codes[rows] - first] = 1.0
-        columns.append(indicator)
-        labels += [name + level for level in used]
+        parts.append((len(labels), codes, first))
+        labels += [name + level for level in levels[first:]]
     if len(set(labels)) < len(labels):
         return None
-    X = np.column_stack(columns) if columns else np.empty((n, 0))
+    X = np.zeros((n, len(labels)), order="F")  # column-major, as the cross-product reads it
+    if intercept:
+        X[:, 0] = 1.0
+    rows = np.arange(n)
+    for part in parts:
+        if len(part) == 2:
+            X[:, part[0]] = part[1]
+        else:
+            at, codes, first = part
+            used = codes >= first
+            X[rows[used], at + codes[used] - first] = 1.0
     return X, labels
 
 

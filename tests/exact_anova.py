@@ -6,7 +6,11 @@ REML likelihood is a product of kernels ``λ^(-df/2) exp(-SS/2λ)``:
 * crossed, one observation per cell (Penicillin, a plates x b samples): ``λ_P = σ² + b τ_P²``
   (df a − 1), ``λ_S = σ² + a τ_S²`` (df b − 1), ``λ_E = σ²`` (df (a − 1)(b − 1));
 * nested (Pastes, a batches x c casks x r samples): ``λ_A = σ² + r τ_c² + c r τ_b²`` (df a − 1),
-  ``λ_B = σ² + r τ_c²`` (df a(c − 1)), ``λ_E = σ²`` (df a c (r − 1)).
+  ``λ_B = σ² + r τ_c²`` (df a(c − 1)), ``λ_E = σ²`` (df a c (r − 1));
+* crossed with replicates and their interaction (a rows x b columns x r per cell,
+  ``(1 | row) + (1 | col) + (1 | row:col)``): ``λ_R = σ² + r τ_RC² + b r τ_R²`` (df a − 1),
+  ``λ_C = σ² + r τ_RC² + a r τ_C²`` (df b − 1), ``λ_RC = σ² + r τ_RC²`` (df (a − 1)(b − 1)),
+  ``λ_E = σ²`` (df a b (r − 1)); the flat posterior lives on ``λ_E ≤ λ_RC ≤ min(λ_R, λ_C)``.
 
 Under flat priors on the variances the posterior is that product on the variances' orthant. One
 variance's marginal is a one-dimensional integral after the others are integrated in closed form,
@@ -115,3 +119,56 @@ def nested_quantiles(parts, probs, which):
     inner = log_kernel(y, *parts["B"]) + _log_upper(y, *parts["A"]) + np.log(np.gradient(y))
     tail = np.logaddexp.accumulate(inner[::-1])[::-1]  # log ∫_{y_i}^∞
     return _quantiles(le, log_kernel(le, *parts["E"]) + np.interp(le, y, tail), probs)
+
+
+def replicated_parts(df, response, row, col):
+    """The four mean-square parts of a balanced two-way layout with ``r`` replicates per cell."""
+    cells = df.groupby([row, col], observed=True)[response]
+    r = int(cells.size().iloc[0])
+    assert (cells.size() == r).all()
+    M = cells.mean().unstack().to_numpy(dtype=float)  # cell means, a x b
+    a, b = M.shape
+    g = M.mean()
+    rows, cols = M.mean(1, keepdims=True), M.mean(0, keepdims=True)
+    resid = df[response].to_numpy(dtype=float) - cells.transform("mean").to_numpy(dtype=float)
+    return {"a": a, "b": b, "r": r, "R": (b * r * ((rows - g) ** 2).sum(), a - 1),
+            "C": (a * r * ((cols - g) ** 2).sum(), b - 1), "RC": (r * ((M - rows - cols + g) ** 2).sum(), (a - 1) * (b - 1)),
+            "E": ((resid ** 2).sum(), a * b * (r - 1))}
+
+
+def replicated_quantiles(parts, probs, which):
+    """Quantiles of ``τ_R²`` (``which="R"``), ``τ_C²`` (``"C"``), ``τ_RC²`` (``"RC"``) or ``σ²``
+    (``"E"``) under flat priors on the four variances: one or two integrals on grids, the
+    others in closed form (the module's incomplete gammas)."""
+    a, b, r = parts["a"], parts["b"], parts["r"]
+    t = np.geomspace(1e-8, 1e6, 6001)
+    if which in ("R", "C"):  # λ_which = λ_RC + mult τ²; λ_E ≤ λ_RC, the other λ ≥ λ_RC integrated
+        other, mult = ("C", b * r) if which == "R" else ("R", a * r)
+        ss, df = parts["RC"]
+        lrc = ss / df * np.exp(np.linspace(-3, 3, 1201))
+        w = (log_kernel(lrc, *parts["RC"]) + _log_lower(lrc, *parts["E"]) + _log_upper(lrc, *parts[other])
+             + np.log(np.gradient(lrc)))
+        dens = special.logsumexp(w[None, :] + log_kernel(lrc[None, :] + mult * t[:, None], *parts[which]), axis=1)
+        return _quantiles(t, dens, probs)
+    ss, df = parts["E"]
+    le = ss / df * np.exp(np.linspace(-1.5, 1.5, 801))
+    if which == "RC":  # λ_RC = λ_E + r τ²; λ_R, λ_C ≥ λ_RC integrated
+        w = log_kernel(le, *parts["E"]) + np.log(np.gradient(le))
+        lrc = le[None, :] + r * t[:, None]
+        dens = special.logsumexp(w[None, :] + log_kernel(lrc, *parts["RC"]) + _log_upper(lrc, *parts["R"])
+                                 + _log_upper(lrc, *parts["C"]), axis=1)
+        return _quantiles(t, dens, probs)
+    # σ²: k_E(s) ∫_s^∞ k_RC(y) U_R(y) U_C(y) dy, on a grid of y
+    ssrc, dfrc = parts["RC"]
+    y = np.geomspace(le[0], ssrc / dfrc * 50, 4001)
+    inner = log_kernel(y, *parts["RC"]) + _log_upper(y, *parts["R"]) + _log_upper(y, *parts["C"]) + np.log(np.gradient(y))
+    tail = np.logaddexp.accumulate(inner[::-1])[::-1]
+    return _quantiles(le, log_kernel(le, *parts["E"]) + np.interp(le, y, tail), probs)
+
+
+def replicated_log_posterior(parts, var_r, var_c, var_rc, sigma2):
+    """The log of the flat posterior's kernel at the four variances (up to a constant)."""
+    a, b, r = parts["a"], parts["b"], parts["r"]
+    lam = {"E": sigma2, "RC": sigma2 + r * var_rc, "R": sigma2 + r * var_rc + b * r * var_r,
+           "C": sigma2 + r * var_rc + a * r * var_c}
+    return sum(log_kernel(lam[k], *parts[k]) for k in lam)

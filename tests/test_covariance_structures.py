@@ -324,6 +324,30 @@ def test_a_diagonal_rest_block_is_factorised_as_the_dense_one(formula, data):
         np.testing.assert_allclose(fast.solve(theta).beta, dense.solve(theta).beta, rtol=1e-10)
 
 
+@pytest.mark.parametrize("formula, data, diagonal", [
+    ("Reaction ~ Days + (Days || Subject)", "sleepstudy", True),
+    ("strength ~ 1 + (1 | batch/cask)", "Pastes", True),
+    ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin", False),
+    ("Reaction ~ Days + (Days | Subject) + (1 | day)", "sleepstudy", False),
+    ("strength ~ 1 + (1 | batch) + (1 | batch:cask) + (1 | cask)", "Pastes", False),
+])
+def test_which_rest_blocks_are_diagonal(formula, data, diagonal):
+    """``_diagonal_rest`` against its definition on the dense A21: one scalar rest term, and
+    each level of the first term (its k columns) meets at most one rest column."""
+    from hierlmm.deviance import Deviance
+
+    df = hl.datasets.load(data)
+    if "day" in formula:
+        df = df.assign(day=df["Days"].astype(str))
+    dev = Deviance(hl.LMM(formula, df).design)
+    chol, cp = dev.chol, dev.cp
+    q, k = cp.q_rest, chol.first.k
+    A21 = cp.A21.toarray() if hasattr(cp.A21, "toarray") else np.asarray(cp.A21)
+    meets = [np.flatnonzero(np.any(A21[:q, j * k:(j + 1) * k] != 0, axis=1)) for j in range(chol.first.m)]
+    brute = len(chol.rest) == 1 and chol.scalar_rest and all(len(r) <= 1 for r in meets)
+    assert chol._diagonal_rest() == brute == diagonal
+
+
 def test_ranova_reduces_a_diagonal_term_as_lme4s_double_bar():
     """``Days in diag(Days | Subject)`` fits ``diag(1 | Subject)``: the row lmerTest gives
     ``(0 + Days | Subject)`` of ``(Days || Subject)``."""

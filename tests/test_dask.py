@@ -122,10 +122,16 @@ def assert_same_fit(fit0, fit1) -> None:
         assert _rel(post0[label].cov, post1[label].cov) < 1e-5
 
 
-def test_cluster_fit_equals_the_in_memory_fit(client):
+@pytest.mark.parametrize("client_sums", [8, 2])
+def test_cluster_fit_equals_the_in_memory_fit(client, client_sums, monkeypatch):
     """The issue's equality check, on 10⁵ rows, 5 unequal shuffled partitions (one empty),
     crossed (x1 | g) + (1 | h), numeric, categorical and string fixed effects, an
-    interaction, missing values and an unused category; REML and ML."""
+    interaction, missing values and an unused category; REML and ML. The partial sums added on
+    the client alone, and on the workers down to two (the cluster fixture's workers are
+    threads of this process, which sees the monkeypatch)."""
+    from hierlmm import partitioned as part_module
+
+    monkeypatch.setattr(part_module, "_CLIENT_SUMS", client_sums)
     df = simulate(100_000, seed=12)
     ddf = partitioned(df, seed=1)
     m0 = hl.LMM(FORMULA, df)
@@ -295,3 +301,32 @@ def test_terms_that_share_a_source_or_a_factor():
         with dask.config.set(scheduler="sync"):
             m1 = hl.LMM(formula, partitioned(df, seed=5))
         assert_same_fit(assert_same_model(m0, m1), m1.fit())
+
+
+def test_partial_a21_sums_in_every_storage(monkeypatch):
+    """The tree reduction's sum of two partial A21 (hierlmm.partitioned._sum_a21) is x + y in
+    every combination of storage; a saturated sum of two sparse ones turns dense, and a dense
+    one takes a sparse addend in place, a few rows at a time (three rows here, so that the
+    blocks' offsets are exercised)."""
+    import scipy.sparse as sp
+
+    from hierlmm import partitioned
+
+    monkeypatch.setattr(partitioned, "_ROWS_AT_ONCE", 3)
+    rng = np.random.default_rng(5)
+    for density in (0.05, 0.2):
+        x = sp.random(11, 40, density=density, format="csr", random_state=rng)
+        y = sp.random(11, 40, density=density, format="csr", random_state=rng)
+        want = x.toarray() + y.toarray()
+        got = partitioned._sum_a21(x.copy(), y.copy())
+        assert sp.issparse(got) == (x.nnz + y.nnz <= partitioned._SATURATED * x.shape[0] * x.shape[1])
+        np.testing.assert_allclose(_dense(got), want, rtol=0, atol=1e-15)
+        for a, b in ((x.toarray(), y), (x, y.toarray()), (x.toarray(), y.toarray())):
+            got = partitioned._sum_a21(a.copy(), b.copy())
+            assert not sp.issparse(got)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
+    # a sparse addend that holds an entry twice (CSR need not be canonical) adds both
+    twice = sp.csr_matrix((np.array([1.0, 2.0, 4.0]), np.array([3, 3, 0]), np.array([0, 2, 2, 3])), shape=(3, 5))
+    got = partitioned._sum_a21(np.ones((3, 5)), twice)
+    np.testing.assert_array_equal(got, np.ones((3, 5)) + twice.toarray())
+    assert got[0, 3] == 4.0
