@@ -16,6 +16,7 @@ the first factor of an expression without an intercept, which gets one indicator
 
 from __future__ import annotations
 
+import keyword
 import re
 
 import numpy as np
@@ -37,7 +38,8 @@ def plain_names(expr: str) -> tuple[list[str], bool] | None:
         tok = tok.strip()
         if tok in ("0", "1"):
             ones, zeros = ones + (tok == "1"), zeros + (tok == "0")
-        elif _NAME.match(tok) and tok not in names and tok not in ("Intercept", "C", "I", "Q"):
+        elif (_NAME.match(tok) and tok not in names and tok not in ("Intercept", "C", "I", "Q")
+              and not keyword.iskeyword(tok)):
             names.append(tok)
         else:
             return None

@@ -97,7 +97,7 @@ def test_what_the_plain_path_leaves_to_formulaic():
                        "k": pd.Categorical([1, 2, 1, 2]), "d": [1, "a", 2, "b"], "one": ["a"] * 4,
                        "z": [1 + 1j, 2, 3, 4], "my.x": [1.0, 2, 3, 4]})
     for rhs in ["x:o", "x*o", "log(x)", "I(x^2)", "o", "k", "d", "one", "z", "x - 2", "`my.x`", "my.x",
-                "0 + 1 + x", "x + x", "Intercept", "C(x)", "poly(x, 2)", "1 +", "x + + x"]:
+                "0 + 1 + x", "x + x", "Intercept", "C(x)", "poly(x, 2)", "1 +", "x + + x", "True", "x + None"]:
         assert plain_fixed("y", rhs, df) is None, rhs
     assert plain_fixed("log(y)", "x", df) is None
     assert plain_variables("y ~ x + f - 1") == {"y", "x", "f"}
