@@ -218,10 +218,10 @@ _ROWS_AT_ONCE = 64  # rows of a sparse A21 added into a dense one at a time
 def _sum_a21(x, y):
     """``x + y`` of two partial ``A21`` (CSR or dense). Once the sum is saturated (many of the
     pairs of levels occur: a crossed design at 10⁸ rows fills 64 % of A21) it is dense, and
-    further sums are added into it in place, a few rows of a sparse addend at a time: the
-    sum of two sparse matrices of ``s`` non-zeros holds three (``≈ 36 s`` bytes), a dense sum
-    one copy (``8 r q`` bytes) and a few rows of index arrays. The partials of the reduction
-    are each used once, so adding into ``x`` changes nothing another sum reads."""
+    further sums are added into it in place, a few rows of a sparse addend at a time: a sum
+    of two sparse matrices holds both and a third as large as both, a dense sum one copy
+    (``8 r q`` bytes) and a few rows of index arrays. The partials of the reduction are each
+    used once, so adding into one changes nothing another sum reads."""
     dense_x, dense_y = not sp.issparse(x), not sp.issparse(y)
     if not (dense_x or dense_y):
         size = x.shape[0] * x.shape[1]
@@ -680,8 +680,9 @@ def _finish(enc: Encoder, total: Partial, ddf) -> Design:
     p = int(keep.sum())
     q1 = cp.A11.shape[0] * cp.A11.shape[1]
     nnz = A21.nnz if sp.issparse(A21) else np.count_nonzero(A21)
-    if sparse_a21(nnz, len(rows), q1) and not (not sp.issparse(A21) and nnz > _SATURATED * A21.size):
-        A21 = sp.csr_matrix(A21)  # (a saturated sum stays dense: the factorisation copies it dense anyway)
+    saturated = not sp.issparse(A21) and nnz > _SATURATED * A21.size  # the factorisation copies it dense anyway
+    if sparse_a21(nnz, len(rows), q1) and not saturated:
+        A21 = sp.csr_matrix(A21)
     elif sp.issparse(A21):
         A21 = A21.toarray()
     R0, b0 = (cp.x_map[np.ix_(keep, keep)], cp.y_shift[keep])  # the partitions' premap (or I, 0)

@@ -52,8 +52,8 @@ def _kind(col: pd.Series) -> str | None:
     """``"numeric"``, ``"factor"`` (unordered categorical of strings, strings, booleans) or
     ``None`` (formulaic decides: ordered factors, numbers as objects or categories, …)."""
     dtype = col.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return "factor" if dtype == bool else None
+    if pd.api.types.is_bool_dtype(dtype):  # both values present (formulaic decides a constant one)
+        return "factor" if dtype == bool and 0 < int(col.sum()) < len(col) else None
     if isinstance(dtype, pd.CategoricalDtype):
         ok = not dtype.ordered and all(isinstance(c, str) for c in dtype.categories)
         return "factor" if ok else None

@@ -94,9 +94,10 @@ def test_plain_fixed_part_is_formulaics(case):
 
 def test_what_the_plain_path_leaves_to_formulaic():
     df = pd.DataFrame({"y": [1.0, 2, 3, 4], "x": [1.0, 2, 3, 5], "o": pd.Categorical(list("abab"), ordered=True),
+                       "t": [True] * 4,
                        "k": pd.Categorical([1, 2, 1, 2]), "d": [1, "a", 2, "b"], "one": ["a"] * 4,
                        "z": [1 + 1j, 2, 3, 4], "my.x": [1.0, 2, 3, 4]})
-    for rhs in ["x:o", "x*o", "log(x)", "I(x^2)", "o", "k", "d", "one", "z", "x - 2", "`my.x`", "my.x",
+    for rhs in ["t", "x + t", "x:o", "x*o", "log(x)", "I(x^2)", "o", "k", "d", "one", "z", "x - 2", "`my.x`", "my.x",
                 "0 + 1 + x", "x + x", "Intercept", "C(x)", "poly(x, 2)", "1 +", "x + + x", "True", "x + None"]:
         assert plain_fixed("y", rhs, df) is None, rhs
     assert plain_fixed("log(y)", "x", df) is None
