@@ -46,8 +46,12 @@ CASES = {
     "sleep_uncorr": ("sleepstudy", "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", False),
     "sim_corr": ("sim", "y ~ x + (x | g)", True),
     "sim_uncorr": ("sim", "y ~ x + (1 | g) + (0 + x | g)", False),
+    # the sampler issue's two models: five effects per group, and two crossed factors
+    "quartic": ("quartic", "y ~ x + (1 + x + I(x**2) + I(x**3) + I(x**4) | g)", True),
+    "crossed": ("crossed", "y ~ x + (1 | a) + (1 | b)", False),
 }
-LABELS = {"sleepstudy": "sleepstudy (180 rows, 18 subjects)", "sim": "simulated, 10^5 rows, 2000 groups"}
+LABELS = {"sleepstudy": "sleepstudy (180 rows, 18 subjects)", "sim": "simulated, 10^5 rows, 2000 groups",
+          "quartic": "simulated, 360 rows, 40 groups, k = 5", "crossed": "simulated, 10^4 rows, 300 x 50 crossed"}
 SAMPLERS = {
     "sleep_corr": ["collapsed", "hierarchical", "pymc"],
     "sleep_uncorr": ["collapsed", "pymc", "bambi"],
@@ -55,6 +59,8 @@ SAMPLERS = {
     # the collapsed density of (1 | g) + (0 + x | g) factors a dense 2000 x 2000 block per
     # gradient (the second term's columns): not run, see the benchmark page
     "sim_uncorr": ["pymc", "bambi"],
+    "quartic": ["collapsed", "pymc"],
+    "crossed": ["collapsed", "pymc"],
 }
 
 
@@ -64,6 +70,19 @@ def data(name):
     if name == "sleepstudy":
         return hl.datasets.load("sleepstudy")
     rng = np.random.default_rng(1)
+    if name == "quartic":
+        m, per = 40, 9
+        g = np.repeat(np.arange(m), per)
+        x = rng.uniform(-1, 1, m * per)
+        coef = rng.normal(size=(m, 5)) * [1.0, 0.6, 0.4, 0.3, 0.2]
+        y = 1 + 0.5 * x + np.sum(coef[g] * x[:, None] ** np.arange(5), axis=1) + rng.normal(0, 0.5, m * per)
+        return pd.DataFrame({"y": y, "x": x, "g": pd.Categorical(g)})
+    if name == "crossed":
+        n, A, B = 10_000, 300, 50
+        a, b = rng.integers(0, A, n), rng.integers(0, B, n)
+        x = rng.normal(size=n)
+        y = 1 + 0.5 * x + 0.8 * rng.normal(size=A)[a] + 0.5 * rng.normal(size=B)[b] + rng.normal(size=n)
+        return pd.DataFrame({"y": y, "x": x, "a": pd.Categorical(a), "b": pd.Categorical(b)})
     n, m = 100_000, 2000
     g = rng.integers(0, m, n)
     x = rng.normal(size=n)

@@ -692,18 +692,41 @@ def test_kernel_on_random_models():
 
 def test_a_cold_kernel_cache_is_detected(tmp_path, monkeypatch):
     """The first sample() on a machine says that it compiles: numba keeps the kernel where
-    NUMBA_CACHE_DIR says; no index there (or one older than the source) means a compilation."""
+    NUMBA_CACHE_DIR says; no index there, or one that numba would not use (another numba,
+    another source), means a compilation; an index of these bytes does not, whatever the
+    source file's time (numba 0.68 stamps the source by its SHA-256: a reinstall or a checkout
+    that touches the file leaves the cache valid, and an mtime check took it for cold)."""
+    import hashlib
+    import importlib.metadata
+    import importlib.util
     import os
+    import pickle
 
     from hierlmm.bayes import kernel
+
+    source = importlib.util.find_spec("hierlmm.bayes._kernel_impl").origin
+    digest = hashlib.sha256(open(source, "rb").read()).digest()
+    version = importlib.metadata.version("numba")
+
+    def index(name, stamp, numba_version=version):
+        path = tmp_path / f"_kernel_impl.{name}-525.py312.nbi"
+        path.write_bytes(pickle.dumps(numba_version) + pickle.dumps((stamp, {})))
+        os.utime(path, (0, 0))  # older than the source: not what decides
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     assert kernel._cache_is_cold()
     for name in ("logp_c", "expand_c"):
-        (tmp_path / f"_kernel_impl.{name}-525.py312.nbi").write_bytes(b"")
+        index(name, digest)
     assert not kernel._cache_is_cold()
-    os.utime(tmp_path / "_kernel_impl.logp_c-525.py312.nbi", (0, 0))  # older than the source: stale
+    index("logp_c", hashlib.sha256(b"another source").digest())
     assert kernel._cache_is_cold()
+    index("logp_c", digest, numba_version="0.1.0")
+    assert kernel._cache_is_cold()
+    (tmp_path / "_kernel_impl.logp_c-525.py312.nbi").write_bytes(b"")  # unreadable
+    assert kernel._cache_is_cold()
+    st = os.stat(source)
+    index("logp_c", (st.st_mtime, st.st_size))  # older numbas' stamp
+    assert not kernel._cache_is_cold()
 
 
 def test_a_cold_kernel_compiles_in_the_background_and_sample_waits(tmp_path, monkeypatch, capsys):

@@ -101,21 +101,44 @@ _KERNEL = {}
 def _cache_is_cold() -> bool:
     """Whether numba has no up-to-date cache of the kernel: an index file of its C callbacks
     (compiled when :mod:`hierlmm.bayes._kernel_impl` is imported) is missing from the places
-    numba keeps them (``__pycache__`` beside the source, ``NUMBA_CACHE_DIR``), or is older
-    than the source (hierlmm updated)."""
+    numba keeps them (``__pycache__`` beside the source, ``NUMBA_CACHE_DIR``), or was written
+    by another numba or for another source. Fresh is what numba itself checks: the index's
+    numba version and its stamp of the source, the SHA-256 of the file's bytes (numba ≥ 0.61;
+    its modification time and size before), so a source whose time changed but not its bytes
+    (a reinstall, a checkout) is not taken for a cold cache."""
     import glob
+    import hashlib
+    import importlib.metadata
     import importlib.util
     import os
+    import pickle
 
     source = importlib.util.find_spec("hierlmm.bayes._kernel_impl").origin
-    stamp = os.path.getmtime(source)
+    st = os.stat(source)
+    with open(source, "rb") as f:
+        fresh = (hashlib.sha256(f.read()).digest(), (st.st_mtime, st.st_size))
+    try:
+        version = importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        return True
     if os.environ.get("NUMBA_CACHE_DIR"):  # numba then uses only that
         places = [os.environ["NUMBA_CACHE_DIR"]]
     else:  # beside the source, or the user's cache where the source's folder is read-only
         places = [os.path.join(os.path.dirname(source), "__pycache__"), os.path.expanduser("~/.cache/numba")]
+
+    def current(index: str) -> bool:
+        try:
+            with open(index, "rb") as f:
+                if pickle.load(f) != version:
+                    return False
+                stamp = pickle.loads(f.read())[0]
+        except Exception:  # noqa: BLE001 - unreadable: numba would not use it either
+            return False
+        return any(stamp == s for s in fresh)
+
     for name in ("logp_c", "expand_c"):
         found = [f for d in places for f in glob.glob(os.path.join(d, "**", f"_kernel_impl.{name}-*.nbi"), recursive=True)]
-        if not any(os.path.getmtime(f) >= stamp for f in found):
+        if not any(current(f) for f in found):
             return True
     return False
 
