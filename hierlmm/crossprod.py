@@ -317,16 +317,17 @@ def _times(z: np.ndarray, col: np.ndarray) -> np.ndarray | None:
     return z * col
 
 
-def rest_gram(rest: list[ReTerm]) -> np.ndarray:
-    """``Z_r'Z_r`` (dense) of the rest terms: each term's own block diagonal (its
-    :func:`level_blocks`, by bincounts), the products of two terms' sparse ``Z`` between them."""
+def rest_gram(rest: list[ReTerm], mats: list[sp.csr_matrix]) -> np.ndarray:
+    """``Z_r'Z_r`` (dense) of the rest terms (``mats``: their :func:`term_matrix`): each term's
+    own block diagonal (its :func:`level_blocks`, by bincounts), the products of two terms'
+    sparse ``Z`` between them."""
     offsets = np.cumsum([0] + [t.q for t in rest])
     out = np.zeros((offsets[-1], offsets[-1]))
     for i, s_ in enumerate(rest):
         idx = offsets[i] + np.arange(s_.q).reshape(s_.m, s_.k)
         out[idx[:, :, None], idx[:, None, :]] = level_blocks(s_)
         for j in range(i + 1, len(rest)):
-            C = (term_matrix(s_).T @ term_matrix(rest[j])).toarray()
+            C = (mats[i].T @ mats[j]).toarray()
             out[offsets[i]:offsets[i + 1], offsets[j]:offsets[j + 1]] = C
             out[offsets[j]:offsets[j + 1], offsets[i]:offsets[i + 1]] = C.T
     return out
@@ -391,12 +392,13 @@ def crossproduct(design: Design, sparse: bool | None = None, raw: bool = False, 
     y_shift = scipy.linalg.solve_triangular(x_map, b0, lower=False, check_finite=False) if p else b0
     if not rest:
         return CrossProduct(A11, np.ascontiguousarray(bottom), XYtXY, 0, p, design.n, x_map, y_shift, log_weights)
-    Zr = term_matrix(rest[0]) if len(rest) == 1 else sp.hstack([term_matrix(t) for t in rest], format="csr")
+    mats = [term_matrix(t) for t in rest]
+    Zr = mats[0] if len(rest) == 1 else sp.hstack(mats, format="csr")
     q_rest = Zr.shape[1]
     top = (Zr.T @ term_matrix(first)).tocsr()  # q_rest x q1
     r = q_rest + p + 1
     A22 = np.empty((r, r))
-    A22[:q_rest, :q_rest] = rest_gram(rest)
+    A22[:q_rest, :q_rest] = rest_gram(rest, mats)
     ZrXY = np.column_stack([np.asarray(Zr.T @ col).ravel() for col in columns]) * unscale
     A22[:q_rest, q_rest:] = ZrXY
     A22[q_rest:, :q_rest] = ZrXY.T

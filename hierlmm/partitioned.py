@@ -229,7 +229,7 @@ def _sum_a21(x, y):
             return x + y
     if not dense_x and dense_y:
         x, y = y, x
-    out = x if dense_x or dense_y else x.toarray()
+    out = x.toarray() if sp.issparse(x) else x
     if not sp.issparse(y):
         out += y
         return out

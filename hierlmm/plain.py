@@ -75,10 +75,11 @@ def _factor(col: pd.Series) -> tuple[np.ndarray, list[str]]:
     return codes.astype(np.intp), levels.tolist()
 
 
-def plain_matrix(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]] | None:
+def plain_matrix(expr: str, frame: pd.DataFrame, factors: bool = True) -> tuple[np.ndarray, list[str]] | None:
     """``(X, R's column names)`` of ``expr`` on ``frame`` (complete rows, unused categories
-    dropped), or ``None`` where formulaic is needed. A factor with fewer than two levels, and
-    names R would give two columns, are left to formulaic (and its messages)."""
+    dropped), or ``None`` where formulaic is needed (with ``factors=False``, also wherever
+    ``expr`` names a factor). A factor with fewer than two levels, and names R would give two
+    columns, are left to formulaic (and its messages)."""
     plain = plain_names(expr)
     if plain is None:
         return None
@@ -90,7 +91,7 @@ def plain_matrix(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]]
         if name not in frame.columns:
             return None
         kinds.append(_kind(frame[name]))
-        if kinds[-1] is None:
+        if kinds[-1] is None or (kinds[-1] == "factor" and not factors):
             return None
     n = len(frame)
     labels = ["(Intercept)"] if intercept else []
@@ -128,12 +129,9 @@ def plain_columns(expr: str, frame: pd.DataFrame) -> tuple[np.ndarray, list[str]
     """A random term's ``Z``: :func:`plain_matrix` of plain numeric columns only (a factor
     left of the bar goes through formulaic), the intercept-only ``(1 | g)`` as a read-only
     column of ones that takes no memory."""
-    plain = plain_names(expr)
-    if plain is None or not all(c in frame.columns and _kind(frame[c]) == "numeric" for c in plain[0]):
-        return None
-    if plain == ([], True):
+    if plain_names(expr) == ([], True):
         return np.broadcast_to(np.ones((1, 1)), (len(frame), 1)), ["(Intercept)"]
-    return plain_matrix(expr, frame)
+    return plain_matrix(expr, frame, factors=False)
 
 
 def plain_variables(expr: str) -> set[str] | None:
