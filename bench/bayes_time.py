@@ -1,5 +1,6 @@
 """Time to a posterior, and ESS per second of the variance parameters: hierlmm's samplers
-against a plain non-centred PyMC model (nutpie) and bambi (nutpie), in the same run.
+against a plain non-centred PyMC model (nutpie), bambi (nutpie) and brms (Stan, through
+``bench/brms_time.R``), in the same run.
 
     python bench/bayes_time.py [--out docs/bayes-benchmark.md] [--cases sleep_corr,...] [--load CASES]
 
@@ -19,8 +20,14 @@ informative priors; it has no flat prior on a standard deviation). ESS is the sm
 ESS over the variance parameters (rank-normalised, so the same for a variance and its SD);
 ESS/s divides it by the first call's sampling time. Ratios are to hierlmm's collapsed
 sampler on the same case. bambi cannot fit correlated group effects, so it runs on the
-uncorrelated model only. ``--load`` repeats the given cases beside a background process that
-keeps one core busy with BLAS work (``bench/load.py``).
+uncorrelated model only. brms runs flat priors on the fixed effects, the SDs and σ and LKJ(1)
+on correlations (its nearest to hierlmm's ``flat_sd``); its **compile** is Stan's C++ build,
+its second call ``update(newdata=..., recompile=FALSE)``. ``--load`` repeats the given cases
+beside a background process that keeps one core busy with BLAS work (``bench/load.py``).
+
+Results accumulate in ``bayes_time_last.csv`` by (case, sampler, load), each row with the
+run (date and time) that measured it; ``--out`` writes the page from all of them, so a run of a few cases
+updates their rows and keeps the others (the ratio columns compare rows of one run only).
 """
 
 from __future__ import annotations
@@ -49,26 +56,30 @@ CASES = {
     # the sampler issue's two models: five effects per group, and two crossed factors
     "quartic": ("quartic", "y ~ x + (1 + x + I(x**2) + I(x**3) + I(x**4) | g)", True),
     "crossed": ("crossed", "y ~ x + (1 | a) + (1 | b)", False),
+    # beyond the compiled kernel (a dense rest block of 1,128 + 14 levels): the independence sampler
+    "insteval": ("InstEval", "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)", False),
 }
 LABELS = {"sleepstudy": "sleepstudy (180 rows, 18 subjects)", "sim": "simulated, 10^5 rows, 2000 groups",
-          "quartic": "simulated, 360 rows, 40 groups, k = 5", "crossed": "simulated, 10^4 rows, 300 x 50 crossed"}
+          "quartic": "simulated, 360 rows, 40 groups, k = 5", "crossed": "simulated, 10^4 rows, 300 x 50 crossed",
+          "InstEval": "InstEval (73,421 rows, 2972 x 1128 x 14 crossed)"}
 SAMPLERS = {
-    "sleep_corr": ["collapsed", "hierarchical", "pymc"],
+    "sleep_corr": ["collapsed", "hierarchical", "pymc", "brms"],
     "sleep_uncorr": ["collapsed", "pymc", "bambi"],
     "sim_corr": ["collapsed", "pymc"],
     # the collapsed density of (1 | g) + (0 + x | g) factors a dense 2000 x 2000 block per
     # gradient (the second term's columns): not run, see the benchmark page
     "sim_uncorr": ["pymc", "bambi"],
-    "quartic": ["collapsed", "pymc"],
-    "crossed": ["collapsed", "pymc"],
+    "quartic": ["collapsed", "pymc", "brms"],
+    "crossed": ["collapsed", "pymc", "brms"],
+    "insteval": ["collapsed"],
 }
 
 
 def data(name):
     import hierlmm as hl
 
-    if name == "sleepstudy":
-        return hl.datasets.load("sleepstudy")
+    if name in ("sleepstudy", "InstEval"):
+        return hl.datasets.load(name)
     rng = np.random.default_rng(1)
     if name == "quartic":
         m, per = 40, 9
@@ -183,6 +194,20 @@ def one(case, sampler):
                 out["compile_s"], out["sample_s"] = tc - t, te - tc
                 out["ess"] = _ess_x(trace, layout)
                 out["divergences"] = int(trace["sample_stats"]["diverging"].to_numpy().sum())
+    elif sampler == "brms":
+        import os
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = [os.path.join(tmp, f"{label}.csv") for label in ("first", "second")]
+            df.to_csv(paths[0], index=False)
+            df2.to_csv(paths[1], index=False)
+            res = subprocess.run(["Rscript", str(HERE / "brms_time.R"), *paths, formula.replace("**", "^"),
+                                  str(os.cpu_count())], capture_output=True, text=True)
+        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise RuntimeError(res.stderr[-3000:])
+        out.update(json.loads(lines[-1]))
     else:  # bambi, nutpie backend
         import arviz as az
 
@@ -216,6 +241,7 @@ def main():
     from load import background_load
 
     rows = []
+    run_id = time.strftime("%Y-%m-%d %H:%M")
     runs = [(case, False) for case in args.cases.split(",")] + \
         [(case, True) for case in args.load.split(",") if case]
     for case, loaded in runs:
@@ -230,44 +256,60 @@ def main():
             if not lines:
                 print(f"{case} {sampler} failed:\n{res.stderr[-3000:]}", flush=True)
                 continue
-            rows.append({**json.loads(lines[-1]), "load": loaded})
+            rows.append({**json.loads(lines[-1]), "load": loaded, "run": run_id})
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)
-    table.to_csv(HERE / "bayes_time_last.csv", index=False)
+    last = HERE / "bayes_time_last.csv"
+    if last.exists() and len(table):  # earlier runs' rows of the cases not run now stay
+        old = pd.read_csv(last)
+        new = set(zip(table.case, table.sampler, table.load))
+        old = old[[k not in new for k in zip(old.case, old.sampler, old.load)]]
+        table = pd.concat([old, table], ignore_index=True)
+    table.to_csv(last, index=False)
     if args.out:
         write_page(table, Path(args.out))
 
 
 def write_page(table, path):
-    table = table.assign(ess_per_s=table.ess / table.sample_s)
+    """The table, then whatever prose followed the table on the page already there."""
+    prose = []
+    if path.exists():
+        old = path.read_text().splitlines()
+        started = [i for i, ln in enumerate(old) if ln.startswith("|")]
+        if started:
+            end = started[0]
+            while end < len(old) and old[end].startswith("|"):
+                end += 1
+            prose = old[end:]
+    table = table.assign(ess_per_s=table.ess / table.sample_s).sort_values("load", kind="stable")
     lines = [
         "# Bayesian samplers: time to a posterior, and ESS per second", "",
         "Produced by `python bench/bayes_time.py --out docs/bayes-benchmark.md` on this machine "
         "(2 cores, shared). Each row is a fresh Python process that has imported the Bayesian modules; "
         "4 chains x (1000 tune + 1000 draws). **first**: from `sample()` (PyMC: build + compile + "
-        "sample; bambi: `fit`) to a posterior; **compile** is part of it; **second**: a model of the same "
+        "sample; bambi: `fit`; brms: Stan's compile + sampling) to a posterior; **compile** is part of it; **second**: a model of the same "
         "structure on another response. ESS: smallest bulk ESS over the variance parameters; ESS/s per "
         "second of the first call's sampling. Columns marked *x* are ratios to hierlmm's collapsed sampler "
         "on the same model (below 1: faster / fewer; for ESS/s above 1: better). The seconds are this "
         "machine's, for scale only.", "",
         "| data | model | sampler | first (s) | of which compile (s) | second (s) | ESS | ESS/s | "
-        "first x | second x | ESS/s x | divergences |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        "first x | second x | ESS/s x | divergences | run |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     names = {"collapsed": "hierlmm collapsed", "hierarchical": "hierlmm hierarchical",
-             "pymc": "PyMC non-centred (nutpie)", "bambi": "bambi (nutpie)"}
+             "pymc": "PyMC non-centred (nutpie)", "bambi": "bambi (nutpie)", "brms": "brms (Stan)"}
     for (loaded, case), grp in table.groupby(["load", "case"], sort=False):
         dname, formula, _ = CASES[case]
-        base = grp[grp.sampler == "collapsed"]
-        base = base.iloc[0] if len(base) else None
         for _, r in grp.iterrows():
-            def ratio(col, r=r):
-                return "" if base is None else f"{r[col] / base[col]:.2f}"
+            base = grp[(grp.sampler == "collapsed") & (grp.run == r.run)]  # ratios within one run
+
+            def ratio(col, r=r, base=base):
+                return "" if base.empty else f"{r[col] / base[col].iloc[0]:.2f}"
             comp = "" if np.isnan(r.compile_s) else f"{r.compile_s:.1f}"
             lines.append(
                 f"| {LABELS[dname]}{' **(under load)**' if loaded else ''} | `{formula.replace('|', chr(92) + '|')}` | {names[r.sampler]} | "
                 f"{r.first_s:.1f} | {comp} | {r.second_s:.1f} | {r.ess:.0f} | {r.ess_per_s:.0f} | "
-                f"{ratio('first_s')} | {ratio('second_s')} | {ratio('ess_per_s')} | {int(r.divergences)} |")
-    path.write_text("\n".join(lines) + "\n")
+                f"{ratio('first_s')} | {ratio('second_s')} | {ratio('ess_per_s')} | {int(r.divergences)} | {r.run} |")
+    path.write_text("\n".join(lines + prose) + "\n")
 
 
 if __name__ == "__main__":

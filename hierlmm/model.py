@@ -438,7 +438,11 @@ class LMM:
             (:func:`hierlmm.bayes.check_propriety`).
         sampler : {"collapsed", "hierarchical"}
             ``"collapsed"`` (default): NUTS over (σ², D) only, β and b drawn exactly given
-            each draw; ``"hierarchical"``: the model as stated, non-centred.
+            each draw (for a model beyond the compiled kernel's size, e.g. crossed factors
+            of thousands of levels, an independence Metropolis–Hastings sampler at the
+            posterior mode instead: one factorisation per draw, ``tune`` draws discarded;
+            :mod:`hierlmm.bayes.independence`); ``"hierarchical"``: the model as stated,
+            non-centred.
         draws, tune, chains, random_seed, progressbar
             As PyMC's (4 chains, as Stan and brms: with 2, R-hat and ESS were too optimistic to
             catch a hierarchical run on Penicillin whose median was 5 Monte Carlo SEs off);
@@ -460,8 +464,11 @@ class LMM:
         random_seed = seed(random_seed)
         if max_draws is not None:
             max_draws = count(max_draws, "max_draws", minimum=draws)
-        self.require("sample()", instead="the Bayesian side implements the hierarchical model with iid "
-                     "residuals only (it would sample that model instead); fit this one with .fit()")
+        why = ("the samplers draw the hierarchical model with independent residuals of one variance, whose "
+               "likelihood with β and b integrated out is a function of A = [Z X y]'[Z X y]; residual correlations "
+               "or variances would change A at every draw (the rows' whitening, from the rows); "
+               if self.residual is not None or self.variance is not None else "")
+        self.require("sample()", instead=why + "fit this one with .fit()")
         from hierlmm.bayes.sample import sample
 
         return sample(self, prior=prior, sampler=sampler, draws=draws, tune=tune, chains=chains,

@@ -59,26 +59,45 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
 
     ``(u, β) | σ², D, y ~ N(x̂, σ²(L₋L₋')⁻¹)``: drawn as ``L₋^{-T}(c + σz)`` with the core's
     blocked factor (:meth:`hierlmm.deviance.Deviance.backsolve`), or, where the compiled
-    kernel applies, the same computation in compiled code
+    kernel applies and is compiled, the same computation in compiled code
     (:func:`hierlmm.bayes.kernel.conditional_draws`; 4000 draws of sleepstudy in 0.02 s
     instead of 0.8 s)."""
     import hierlmm.bayes.kernel as kernel
 
     design = deviance.design
     nd = x_draws.shape[0]
-    if kernel.supported(design, deviance.cp):
+    if kernel.supported(design, deviance.cp) and not kernel.compiling():
         betas, _, bs = kernel.conditional_draws(design, deviance.cp, x_draws, rng)
         return betas, bs
     size = design.q + design.p
     betas = np.empty((nd, design.p))
     bs = [np.empty((nd, t.m, t.k)) for t in design.terms]
-    for i in range(nd):
-        _, _, theta, sigma = layout.theta_sigma(x_draws[i])
+
+    def draw(rows, z):  # the draws at one point x: one factorisation
+        _, _, theta, sigma = layout.theta_sigma(x_draws[rows[0]])
         f = deviance.chol.factor(theta)
-        beta, _, b = deviance.backsolve(theta, f, noise=sigma * rng.standard_normal(size))
-        betas[i] = beta
-        for out, bt in zip(bs, b):
-            out[i] = bt
+        for i, zi in zip(rows, z):
+            beta, _, b = deviance.backsolve(theta, f, noise=sigma * zi)
+            betas[i] = beta
+            for out, bt in zip(bs, b):
+                out[i] = bt
+
+    # a chain that stays put repeats its draw of x (the independence sampler's rejections):
+    # one factorisation per distinct point, and the points in threads (LAPACK releases the GIL)
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hierlmm.threads import one_blas_thread
+
+    chunk = max(1, min(nd, 2**25 // max(size, 1)))  # z for a chunk of draws: at most 256 MB
+    with one_blas_thread(), ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4))) as pool:
+        for start in range(0, nd, chunk):
+            stop = min(nd, start + chunk)
+            z = rng.standard_normal((stop - start, size))
+            which = np.unique(x_draws[start:stop], axis=0, return_inverse=True)[1].ravel()
+            order = np.argsort(which, kind="stable")
+            groups = np.split(order, np.cumsum(np.bincount(which))[:-1])
+            list(pool.map(lambda g: draw(start + g, z[g]), groups))
     return betas, bs
 
 

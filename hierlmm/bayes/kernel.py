@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["pack", "compiled_model", "conditional_draws", "logp_grad", "supported", "beyond_its_size",
-           "compile_in_background"]
+           "compile_in_background", "compiling"]
 
 HEADER = 20
 LOG2PI = float(np.log(2 * np.pi))
@@ -63,8 +63,8 @@ def supported(design, cp, prior=None) -> bool:
 def beyond_its_size(design, cp) -> bool:
     """The model is outside the kernel by its size alone (a rest block of more than
     ``_MAX_R`` rows, an ``A21`` too large to hold dense, a first term of more than ``_MAX_K``
-    effects): the numpy density on the core's factor samples it
-    (:mod:`hierlmm.bayes.numpy_density`)."""
+    effects): the independence sampler on the core's factor samples it
+    (:mod:`hierlmm.bayes.independence`, :mod:`hierlmm.bayes.numpy_density`)."""
     return design.terms[0].k > _MAX_K or cp.r > _MAX_R or cp.r * cp.A11.shape[0] * cp.A11.shape[1] > 4_000_000
 
 
@@ -216,6 +216,16 @@ def compile_in_background(command=None) -> bool:
         return False
     _BACKGROUND.update(pid=pid, started=time.time())
     return True
+
+
+def compiling() -> bool:
+    """Whether the kernel is not loaded in this process and a background compilation
+    (:func:`compile_in_background`, this process's or another's) is filling its cold cache
+    right now: then ``sample()`` does not wait for it (:mod:`hierlmm.bayes.independence`)."""
+    if _KERNEL:
+        return False
+    pid = _BACKGROUND.get("pid") or _lock_pid()
+    return bool(pid) and _alive(pid) and _cache_is_cold()
 
 
 def _wait_for_background(timeout: float = 600.0) -> None:

@@ -3,7 +3,9 @@ models the compiled kernel (:mod:`hierlmm.bayes.kernel`) does not cover because 
 a rest block of more than ``kernel._MAX_R`` rows (crossed factors with many levels, InstEval)
 or an ``A21`` too large to hold dense. For these the PyTensor graph of the dense ``A``
 (:mod:`hierlmm.bayes.collapsed`) is far too slow (one NUTS step per evaluation of a graph as
-large as ``A``); here one evaluation is one factorisation and one reverse pass of the core
+large as ``A``); here one value is one factorisation of the core (:meth:`NumpyDensity.value`,
+what the independence sampler of :mod:`hierlmm.bayes.independence` needs) and a gradient adds
+one reverse pass
 (:func:`hierlmm.gradient.criterion_gradient`), whatever its storage path (sparse downdate maps,
 the diagonal rest block of nestings, a cross-product reduced by Dask).
 
@@ -57,6 +59,22 @@ class NumpyDensity:
         other = copy.copy(self)
         other._extra = self._extra.copy()
         return other
+
+    def value(self, x) -> float:
+        """``log p(x | y)`` alone: one factorisation, no reverse pass; ``-inf`` where the factor
+        does not exist or a number overflows."""
+        x = np.asarray(x, dtype=float)
+        dev = self.dev
+        try:
+            with np.errstate(all="ignore"):
+                _, s2, theta, _ = self.layout.theta_sigma(x)
+                f = dev.chol.factor(theta) if np.all(np.isfinite(theta)) and s2 > 0 else None
+                if f is None:
+                    return -np.inf
+                value = -0.5 * dev.from_parts(f, sigma2=s2) + float(self._extra(x)[0])
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            return -np.inf
+        return value if np.isfinite(value) else -np.inf
 
     def __call__(self, x) -> tuple[float, np.ndarray]:
         """``(log p(x | y), ∇_x)``; ``(-inf, zeros)`` where the factor does not exist or a

@@ -23,7 +23,12 @@ def start_point(fit, layout):
 _BY_STRUCTURE: dict = {}
 
 
-def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts_kwargs, init_mean=None):
+def _run_chains(compiled, draws, tune, chains, random_seed, progressbar, nuts_kwargs, init_mean=None):
+    """The chains' trace: nutpie's NUTS, or the independence sampler's (models beyond the kernel)."""
+    from hierlmm.bayes.independence import IndependenceSampler
+
+    if isinstance(compiled, IndependenceSampler):  # no NUTS: nothing to tune, one density value per draw
+        return compiled.sample(draws, tune, chains, random_seed, progressbar)
     import nutpie
 
     trace = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=random_seed,
@@ -38,8 +43,10 @@ def _nutpie_sample(compiled, draws, tune, chains, random_seed, progressbar, nuts
 
 def _compiled_collapsed(model, design, prior, x0):
     """The compiled collapsed sampler of ``model``: the precompiled kernel on this model's A
-    where it applies (:mod:`hierlmm.bayes.kernel`); the core's factor and gradient
-    (:mod:`hierlmm.bayes.numpy_density`) where the model is too large for it; else the PyTensor
+    where it applies (:mod:`hierlmm.bayes.kernel`); where the model is too large for it, the
+    independence sampler at the posterior mode (:mod:`hierlmm.bayes.independence`: one
+    factorisation per draw), or NUTS on the core's factor and gradient
+    (:mod:`hierlmm.bayes.numpy_density`) where no mode is found; else the PyTensor
     graph, from the structure cache when a model of the same structure and prior was compiled
     in this session (its data swapped in), else compiled and remembered."""
     import nutpie
@@ -49,11 +56,22 @@ def _compiled_collapsed(model, design, prior, x0):
 
     cp = model.deviance_function().cp
     if kernel.supported(design, cp, prior):  # nothing to compile: the cached hand-written kernel
+        # the first sample() on a machine: no waiting while it compiles, for the models with few
+        # covariance parameters (an independence sampler's acceptance falls with the dimension:
+        # 0.65 at 3-4 parameters on sleepstudy, too few draws kept at 16, k = 5)
+        if kernel.compiling() and len(x0) <= 10:
+            from hierlmm.bayes.independence import independence_sampler
+
+            interim = independence_sampler(model, prior, x0)
+            if interim is not None:
+                interim.interim = True
+                return interim
         return kernel.compiled_model(design, cp, prior, x0)
-    if kernel.beyond_its_size(design, cp):  # the core's own factor and its reverse pass
+    if kernel.beyond_its_size(design, cp):  # the core's own factor (and its reverse pass)
+        from hierlmm.bayes.independence import independence_sampler
         from hierlmm.bayes.numpy_density import numpy_model
 
-        return numpy_model(model, prior, x0)
+        return independence_sampler(model, prior, x0) or numpy_model(model, prior, x0)
     blocked = design.terms[0].k <= 4 and not cp.a21_sparse
     try:
         key = (prior, structure_key(design, cp)) if blocked else None
@@ -96,7 +114,7 @@ def _check_structured(terms, prior, sampler) -> None:
 def _stats(trace):
     st = trace["sample_stats"]
     out = {}
-    for name in ("diverging", "step_size", "depth", "energy", "n_steps", "mean_tree_accept"):
+    for name in ("diverging", "step_size", "depth", "energy", "n_steps", "mean_tree_accept", "acceptance_rate", "lp"):
         if name in st:
             out[name] = st[name].to_numpy()
     return out
@@ -112,6 +130,14 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     again, with the compiled model, with as many draws as the shortfall asks for (times 1.2;
     at least twice as many for R-hat), up to ``max_draws`` per chain (default ``4 * draws``);
     only then do the checks warn.
+
+    The first session on a machine compiles the kernel in the background
+    (:func:`hierlmm.bayes.kernel.compile_in_background`). Until it is done, the collapsed
+    sampler of a model the kernel covers, with at most 10 covariance parameters, does not
+    wait: it runs the independence sampler on
+    the core's factor (:mod:`hierlmm.bayes.independence`, nothing to compile), the same
+    posterior; where its chains fall short of the checks above, it waits for the kernel and
+    runs NUTS instead.
     """
     import nutpie
 
@@ -153,23 +179,30 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
                                                    centred_terms(fit))
             cache[key] = nutpie.compile_pymc_model(pm_model)
     compiled = cache[key]
+    interim = getattr(compiled, "interim", False)
+    if interim:  # stands in while the kernel compiles: not kept
+        del cache[key]
     # the start: this model's REML point (a compiled graph shared across models of one
     # structure carries the first model's initial value)
     init_mean = x0 if sampler == "collapsed" else None
 
     def run(n_draws, seed):
-        trace = _nutpie_sample(compiled, n_draws, tune, chains, seed, progressbar, nuts_kwargs, init_mean)
+        trace = _run_chains(compiled, n_draws, tune, chains, seed, progressbar, nuts_kwargs, init_mean)
         return Posterior(assemble(model, layout, *_draws(trace, sampler, model, layout, rng),
                                   sample_stats=_stats(trace)), model, prior, sampler, layout)
 
     post = run(draws, seed)
+    if interim and check and not _mixed(post):  # far from Gaussian: NUTS on the kernel, compiled
+        import hierlmm.bayes.kernel as kernel
+
+        compiled = cache[key] = kernel.compiled_model(design, model.deviance_function().cp, prior, x0)
+        post = run(draws, seed)
     max_draws = 4 * draws if max_draws is None else int(max_draws)
-    while check:
+    # until enough; or the budget is spent; or divergences, which more draws do not cure
+    while check and not (_mixed(post) or draws >= max_draws or post.divergences()):
         diag = post.diagnostics()
         short = float(np.nanmin(diag[["ess_bulk", "ess_tail"]].to_numpy()))
         mixing = bool((diag.r_hat > RHAT_MAX).any())
-        if (short >= ESS_MIN and not mixing) or draws >= max_draws or post.divergences():
-            break  # enough; or the budget is spent; or divergences, which more draws do not cure
         grow = max(1.2 * ESS_MIN / max(short, 1.0), 2.0 if mixing else 1.0)
         draws = min(max_draws, int(np.ceil(draws * grow)))
         post = run(draws, int(rng.integers(2**31 - 1)))
@@ -177,6 +210,14 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     if check:
         post.check()
     return post
+
+
+def _mixed(post) -> bool:
+    """Every variance parameter's bulk and tail ESS at least 400 and R-hat at most 1.01."""
+    from hierlmm.bayes.posterior import ESS_MIN, RHAT_MAX
+
+    diag = post.diagnostics()
+    return bool(np.nanmin(diag[["ess_bulk", "ess_tail"]].to_numpy()) >= ESS_MIN and not (diag.r_hat > RHAT_MAX).any())
 
 
 def _draws(trace, sampler, model, layout, rng):
