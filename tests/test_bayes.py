@@ -60,10 +60,16 @@ def test_posterior_quantiles_match_exact(case, prior, sampler):
     model = hl.LMM(formula, hl.datasets.load(data))
     extra = {"target_accept": 0.95} if sampler == "hierarchical" else {}
     post = _sample(model, prior=prior, sampler=sampler, draws=2000, tune=1000, chains=2, random_seed=11, **extra)
+    _assert_matches_reference(post, case, prior)
+
+
+def _assert_matches_reference(post, case, prior):
+    """σ²'s and τ²'s 2.5 %, 50 % and 97.5 % quantiles within 5 Monte Carlo SEs of the exact
+    flat posterior of ``case`` (tests/reference, by brute force on a grid)."""
     exact = load_ref(f"{case}_flat_posterior")[PRIOR_KEY[prior]]
     var_name = next(v for v in post.posterior.data_vars if v.startswith("var_"))
     for key, name in (("sigma2", "sigma2"), ("tau2", var_name)):
-        draws = post.posterior[name].to_numpy().reshape(2, -1)
+        draws = post.posterior[name].to_numpy().reshape(post.posterior.sizes["chain"], -1)
         for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
             est = np.quantile(draws, q)
             assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
@@ -504,12 +510,7 @@ def test_same_structure_reuses_the_compiled_sampler_with_its_own_data(monkeypatc
     model = hl.LMM("Reaction ~ Days + (1 | Subject)", d)
     post = _sample(model, draws=2000, tune=1000, chains=2, random_seed=11)
     assert len(sample_module._BY_STRUCTURE) == compiled  # reused, not compiled again
-    exact = load_ref("sleepstudy_int_flat_posterior")[PRIOR_KEY["flat"]]
-    for key, name in (("sigma2", "sigma2"), ("tau2", "var_Subject")):
-        draws = post.posterior[name].to_numpy().reshape(2, -1)
-        for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
-            est = np.quantile(draws, q)
-            assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
+    _assert_matches_reference(post, "sleepstudy_int", "flat")
 
 
 KERNEL_CASES = [  # data, formula, model options, the prior whose gradient is checked
@@ -793,13 +794,7 @@ def test_first_sample_while_the_kernel_compiles_is_exact_and_does_not_wait(monke
         post = model.sample(random_seed=12, progressbar=False)
     assert "acceptance_rate" in post.idata.sample_stats and "n_steps" not in post.idata.sample_stats
     assert not model._compiled  # stood in for the kernel: not kept for later calls
-    exact = load_ref(f"{case}_flat_posterior")["flat_on_variances"]
-    var_name = next(v for v in post.posterior.data_vars if v.startswith("var_"))
-    for key, name in (("sigma2", "sigma2"), ("tau2", var_name)):
-        draws = post.posterior[name].to_numpy().reshape(4, -1)
-        for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
-            est = np.quantile(draws, q)
-            assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
+    _assert_matches_reference(post, case, "flat")
 
 
 def test_first_sample_falls_back_to_the_kernel_when_its_chains_fall_short(monkeypatch):
@@ -832,12 +827,7 @@ def test_structured_term_samples_the_exact_posterior(prior):
     model = hl.LMM("Yield ~ 1 + homdiag(1 | Batch)", hl.datasets.load("Dyestuff"))
     with pytest.warns(ProprietyNotVerifiedWarning, match=r"homdiag\(1 \| Batch\)"):
         post = _sample(model, prior=prior, draws=2000, tune=1000, chains=2, random_seed=11)
-    exact = load_ref("dyestuff_flat_posterior")[PRIOR_KEY[prior]]
-    for key, name in (("sigma2", "sigma2"), ("tau2", "var_Batch")):
-        draws = post.posterior[name].to_numpy().reshape(2, -1)
-        for q, label in ((0.025, "q025"), (0.5, "median"), (0.975, "q975")):
-            est = np.quantile(draws, q)
-            assert abs(est - exact[key][label]) < 5 * _mcse_quantile(draws, q), (key, label, est, exact[key][label])
+    _assert_matches_reference(post, "dyestuff", prior)
 
 
 @pytest.mark.slow
