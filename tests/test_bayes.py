@@ -781,11 +781,12 @@ def _kernel_unavailable(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_first_sample_while_the_kernel_compiles_is_exact_and_does_not_wait(monkeypatch, case):
+def test_first_sample_while_the_kernel_compiles_is_exact_and_does_not_wait(monkeypatch, capsys, case):
     """While the kernel compiles in the background, sample() (defaults: 4 chains, 1000 + 1000)
     of a model the kernel covers runs the independence sampler on the core's factor, loads and
     waits for nothing, and its posterior is the exact one (quantiles of σ² and τ² within 5
-    Monte Carlo SEs), with no warning, also for 6 groups (Dyestuff, Rail: heavy tails)."""
+    Monte Carlo SEs), with no warning, also for 6 groups (Dyestuff, Rail: heavy tails); it
+    says so on stderr."""
     _kernel_unavailable(monkeypatch)
     data, formula = CASES[case]
     model = hl.LMM(formula, hl.datasets.load(data))
@@ -794,6 +795,7 @@ def test_first_sample_while_the_kernel_compiles_is_exact_and_does_not_wait(monke
         post = model.sample(random_seed=12, progressbar=False)
     assert "acceptance_rate" in post.idata.sample_stats and "n_steps" not in post.idata.sample_stats
     assert not model._compiled  # stood in for the kernel: not kept for later calls
+    assert "meanwhile sample() draws the same posterior" in capsys.readouterr().err  # says what it does
     _assert_matches_reference(post, case, "flat")
 
 

@@ -64,6 +64,11 @@ def _compiled_collapsed(model, design, prior, x0):
 
             interim = independence_sampler(model, prior, x0)
             if interim is not None:
+                import sys
+
+                print("hierlmm: the sampler's kernel is still being compiled in the background (once per machine "
+                      "and hierlmm version); meanwhile sample() draws the same posterior with an independence "
+                      "sampler on the REML engine's factor", file=sys.stderr, flush=True)
                 interim.interim = True
                 return interim
         return kernel.compiled_model(design, cp, prior, x0)
