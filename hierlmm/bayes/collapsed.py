@@ -83,21 +83,15 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
                 out[i] = bt
 
     # a chain that stays put repeats its draw of x (the independence sampler's rejections):
-    # one factorisation per distinct point, and the points in threads (LAPACK releases the GIL)
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from hierlmm.threads import one_blas_thread
-
+    # one factorisation per distinct point
     chunk = max(1, min(nd, 2**25 // max(size, 1)))  # z for a chunk of draws: at most 256 MB
-    with one_blas_thread(), ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 4))) as pool:
-        for start in range(0, nd, chunk):
-            stop = min(nd, start + chunk)
-            z = rng.standard_normal((stop - start, size))
-            which = np.unique(x_draws[start:stop], axis=0, return_inverse=True)[1].ravel()
-            order = np.argsort(which, kind="stable")
-            groups = np.split(order, np.cumsum(np.bincount(which))[:-1])
-            list(pool.map(lambda g: draw(start + g, z[g]), groups))
+    for start in range(0, nd, chunk):
+        stop = min(nd, start + chunk)
+        z = rng.standard_normal((stop - start, size))
+        which = np.unique(x_draws[start:stop], axis=0, return_inverse=True)[1].ravel()
+        order = np.argsort(which, kind="stable")
+        for g in np.split(order, np.cumsum(np.bincount(which))[:-1]):
+            draw(start + g, z[g])
     return betas, bs
 
 
