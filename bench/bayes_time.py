@@ -242,7 +242,7 @@ def main():
 
     rows = []
     run_id = time.strftime("%Y-%m-%d %H:%M")
-    runs = [(case, False) for case in args.cases.split(",")] + \
+    runs = [(case, False) for case in args.cases.split(",") if case] + \
         [(case, True) for case in args.load.split(",") if case]
     for case, loaded in runs:
         for sampler in SAMPLERS[case]:

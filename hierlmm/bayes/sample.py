@@ -139,10 +139,9 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     The first session on a machine compiles the kernel in the background
     (:func:`hierlmm.bayes.kernel.compile_in_background`). Until it is done, the collapsed
     sampler of a model the kernel covers, with at most 10 covariance parameters, does not
-    wait: it runs the independence sampler on
-    the core's factor (:mod:`hierlmm.bayes.independence`, nothing to compile), the same
-    posterior; where its chains fall short of the checks above, it waits for the kernel and
-    runs NUTS instead.
+    wait: it runs the independence sampler on the core's factor
+    (:mod:`hierlmm.bayes.independence`, nothing to compile), the same posterior; where its
+    chains fall short of the checks above, it waits for the kernel and runs NUTS instead.
     """
     import nutpie
 
