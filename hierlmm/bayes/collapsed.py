@@ -83,15 +83,17 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
                 out[i] = bt
 
     # a chain that stays put repeats its draw of x (the independence sampler's rejections):
-    # one factorisation per distinct point
+    # one factorisation per distinct point, in threads where it is a large one
+    from hierlmm.threads import map_one_blas_thread
+
     chunk = max(1, min(nd, 2**25 // max(size, 1)))  # z for a chunk of draws: at most 256 MB
     for start in range(0, nd, chunk):
         stop = min(nd, start + chunk)
         z = rng.standard_normal((stop - start, size))
         which = np.unique(x_draws[start:stop], axis=0, return_inverse=True)[1].ravel()
         order = np.argsort(which, kind="stable")
-        for g in np.split(order, np.cumsum(np.bincount(which))[:-1]):
-            draw(start + g, z[g])
+        groups = np.split(order, np.cumsum(np.bincount(which))[:-1])
+        map_one_blas_thread(lambda g, start=start, z=z: draw(start + g, z[g]), groups)
     return betas, bs
 
 

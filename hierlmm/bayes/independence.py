@@ -17,8 +17,9 @@ density value per draw:
   ``q``'s polynomial tails heavier than the posterior's exponential ones in ``x``, ``w`` is
   bounded and the chain is uniformly ergodic (Tierney 1994, Mengersen & Tweedie 1996);
 * the proposals do not depend on the chain, so all of them are drawn and their densities
-  evaluated first, then each chain, started at the mode, accepts or rejects in one pass; its
-  first ``tune`` draws are discarded.
+  evaluated first (in threads where a value is a large factorisation: LAPACK releases the
+  GIL), then each chain, started at the mode, accepts or rejects in one pass; its first
+  ``tune`` draws are discarded.
 
 R-hat and ESS are computed from the chains as for NUTS (:meth:`Posterior.check`); a posterior
 far from Gaussian shows as a low acceptance rate and a short ESS, which ``sample()`` answers
@@ -60,19 +61,22 @@ class IndependenceSampler:
         return -0.5 * (NU + self.mode.size) * np.log1p(np.einsum("ij,ij->i", delta, delta) / NU)
 
     def _values(self, xs: np.ndarray, progressbar: bool) -> np.ndarray:
-        """``log p(x | y)`` at every row of ``xs``, one after another: on InstEval (a dense
-        block of 1,145 rows per factorisation) two threads of one BLAS thread each took 8.2 s
-        for 400 values, one thread with BLAS's own threads 6.5 s; on sleepstudy 3.0 s and
-        1.9 s for 8000 (the GIL)."""
-        from hierlmm.progress import progress
+        """``log p(x | y)`` at every row of ``xs``, in threads where one value is a large
+        factorisation (:func:`hierlmm.threads.map_one_blas_thread`)."""
+        import threading
 
-        out = np.empty(len(xs))
+        from hierlmm.progress import progress
+        from hierlmm.threads import map_one_blas_thread
+
+        local = threading.local()  # a compiled PyTensor function per thread (it keeps its own storage)
         with progress(len(xs), "independence sampler", show=None if progressbar else False) as bar:
-            for j, x in enumerate(xs):
-                out[j] = self.density.value(x)
-                if j % 64 == 63 or j == len(xs) - 1:
-                    bar.update(j % 64 + 1)
-        return out
+            def value(x):
+                if not hasattr(local, "density"):
+                    local.density = self.density.for_a_chain()
+                bar.update(1)
+                return local.density.value(x)
+
+            return np.array(map_one_blas_thread(value, xs), dtype=float)
 
     def sample(self, draws: int, tune: int, chains: int, seed: int, progressbar: bool = False) -> dict:
         """``{"posterior": {"x": (chains, draws, d)}, "sample_stats": {...}}`` (xarray), as the
