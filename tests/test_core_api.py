@@ -482,31 +482,29 @@ def test_warnings_point_at_the_users_line(sleep):
 
 def test_map_one_blas_thread_in_order_or_in_threads(monkeypatch):
     """hierlmm.threads.map_one_blas_thread: the results of fn in the items' order, every call
-    with one BLAS thread, in threads when the first call is slow and in order (the calling
-    thread only) when it is quick or there is one core."""
+    with one BLAS thread, in threads when the first call takes ``slow`` seconds or more and in
+    order (the calling thread only) when it is quicker or there is one core."""
     import threading
-    import time
 
     from threadpoolctl import threadpool_info
 
     import hierlmm.threads as T
 
-    def run(pause):
+    def run(slow):
         seen = []
 
         def fn(i):
             seen.append((threading.get_ident(), [x["num_threads"] for x in threadpool_info()
                                                  if x["user_api"] == "blas"]))
-            time.sleep(pause)
             return i * i
 
-        assert T.map_one_blas_thread(fn, range(12)) == [i * i for i in range(12)]
+        assert T.map_one_blas_thread(fn, range(12), slow=slow) == [i * i for i in range(12)]
         assert all(set(n) <= {1} for _, n in seen)
         return {ident for ident, _ in seen}
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert run(0.0) == {threading.get_ident()}
-    assert len(run(0.005) - {threading.get_ident()}) >= 1  # worker threads took part
+    assert run(slow=1e3) == {threading.get_ident()}  # the first call was quick: in order
+    assert len(run(slow=0.0) - {threading.get_ident()}) >= 1  # slow: worker threads took part
     monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert run(0.005) == {threading.get_ident()}
+    assert run(slow=0.0) == {threading.get_ident()}
     assert T.map_one_blas_thread(lambda i: i, []) == []
