@@ -60,18 +60,22 @@ class NumpyDensity:
         other._extra = self._extra.copy()
         return other
 
+    def _factor(self, x: np.ndarray):
+        """``(σ², θ, σ, L_θ)`` at ``x``; ``L_θ`` is ``None`` where θ is not finite, σ² not
+        positive or ``Λ'AΛ + I`` not positive definite."""
+        _, s2, theta, sigma = self.layout.theta_sigma(x)
+        return s2, theta, sigma, self.dev.chol.factor(theta) if np.all(np.isfinite(theta)) and s2 > 0 else None
+
     def value(self, x) -> float:
         """``log p(x | y)`` alone: one factorisation, no reverse pass; ``-inf`` where the factor
         does not exist or a number overflows."""
         x = np.asarray(x, dtype=float)
-        dev = self.dev
         try:
             with np.errstate(all="ignore"):
-                _, s2, theta, _ = self.layout.theta_sigma(x)
-                f = dev.chol.factor(theta) if np.all(np.isfinite(theta)) and s2 > 0 else None
+                s2, _, _, f = self._factor(x)
                 if f is None:
                     return -np.inf
-                value = -0.5 * dev.from_parts(f, sigma2=s2) + float(self._extra(x)[0])
+                value = -0.5 * self.dev.from_parts(f, sigma2=s2) + float(self._extra(x)[0])
         except (ArithmeticError, ValueError, np.linalg.LinAlgError):
             return -np.inf
         return value if np.isfinite(value) else -np.inf
@@ -83,8 +87,7 @@ class NumpyDensity:
         dev, layout = self.dev, self.layout
         try:
             with np.errstate(all="ignore"):
-                _, s2, theta, sigma = layout.theta_sigma(x)
-                f = dev.chol.factor(theta) if np.all(np.isfinite(theta)) and s2 > 0 else None
+                s2, theta, sigma, f = self._factor(x)
                 g = None if f is None else criterion_gradient(dev.chol, theta, dev.n, dev.p, True, f=f, sigma2=s2)
                 extra, extra_grad = self._extra(x)
         except (ArithmeticError, ValueError, np.linalg.LinAlgError):
