@@ -33,7 +33,7 @@ import numpy as np
 
 from hierlmm.bayes.numpy_density import NumpyDensity
 
-__all__ = ["IndependenceSampler", "independence_sampler"]
+__all__ = ["IndependenceSampler", "independence_sampler", "unit_scale"]
 
 NU = 5.0
 SCALE = 1.25
@@ -114,39 +114,72 @@ class IndependenceSampler:
                                             "diverging": (dims, np.zeros((chains, draws), dtype=bool))})}
 
 
+def unit_scale(density: NumpyDensity, x0: np.ndarray) -> np.ndarray:
+    """Per entry of ``x``, a unit for the search of the mode and the Hessian's steps, so that
+    neither depends on the data's units: 1 for the logs (of σ², of a factor's diagonal, of a
+    structure's SDs) and for a structure's correlation parameters; for an entry of a factor off
+    its diagonal, ``η_e = σ θ_e = σ φ_e / s_r`` with ``φ_e = s_r θ_e`` the REML optimiser's
+    unit-free coordinate (:func:`hierlmm.optimize.theta_scale`: ``s_r`` the RMS of the row's
+    column of ``Z``), so its unit is ``σ₀ / s_r`` at ``x0``'s σ₀ (a random slope of ``Days`` in
+    units of 1e-8 days has off-diagonal entries 1e8 times smaller, and gradients 1e8 times larger)."""
+    from hierlmm.optimize import theta_scale
+
+    layout = density.layout
+    unit = np.ones(layout.size)
+    linear = layout.scaled & ~layout.exponential
+    s_r = theta_scale(density.dev)[: layout.n_eta]
+    sigma0 = float(np.exp(0.5 * x0[layout.n_eta]))
+    ok = linear & (s_r > 0) & np.isfinite(s_r)
+    if np.isfinite(sigma0) and sigma0 > 0:
+        unit[: layout.n_eta][ok] = sigma0 / s_r[ok]
+    return unit
+
+
 def independence_sampler(model, prior, x0) -> IndependenceSampler | None:
     """The sampler at the mode of ``log p(x | y)`` found from ``x0``, or ``None`` where the
     mode or a negative definite Hessian there is not found (the posterior is then far from
-    Gaussian: NUTS)."""
+    Gaussian: NUTS).
+
+    The search and the Hessian work on ``u = (x − x0) / unit`` (:func:`unit_scale`), and the
+    mode is judged by the Newton decrement ``λ² = g'(−H)⁻¹g`` (twice the log density that a
+    Newton step would still gain), which is the same in any linear coordinates: a mode is
+    found or not whatever the data's units."""
     import scipy.optimize
 
     density = NumpyDensity(model, prior)
+    x0 = np.asarray(x0, dtype=float)
+    unit = unit_scale(density, x0)
 
-    def neg(x):
-        value, grad = density(x)
+    def at(u):
+        value, grad = density(x0 + unit * u)
+        return value, grad * unit
+
+    def neg(u):
+        value, grad = at(u)
         if not np.isfinite(value):
-            return np.inf, np.zeros_like(x)
+            return np.inf, np.zeros_like(u)
         return -value, -grad
 
-    x0 = np.asarray(x0, dtype=float)
-    res = scipy.optimize.minimize(neg, x0, jac=True, method="BFGS", options={"gtol": 1e-6, "maxiter": 500})
-    m = res.x
-    value, grad = density(m)
-    if not np.isfinite(value) or np.max(np.abs(grad)) > 1e-2:  # no mode: the posterior runs off
+    res = scipy.optimize.minimize(neg, np.zeros_like(x0), jac=True, method="BFGS",
+                                  options={"gtol": 1e-6, "maxiter": 500})
+    u = res.x
+    value, grad = at(u)
+    if not np.isfinite(value):
         return None
-    d = m.size
+    d = u.size
     H = np.empty((d, d))
     for i in range(d):
-        h = 1e-4 * max(1.0, abs(m[i]))
+        h = 1e-4 * max(1.0, abs(u[i]))
         e = np.zeros(d)
         e[i] = h
-        gp, gm = density(m + e)[1], density(m - e)[1]
-        H[:, i] = (gp - gm) / (2 * h)
+        H[:, i] = (at(u + e)[1] - at(u - e)[1]) / (2 * h)
     H = 0.5 * (H + H.T)
     try:
-        chol = np.linalg.cholesky(np.linalg.inv(-H))
+        chol_neg_h = np.linalg.cholesky(-H)
+        root = np.linalg.inv(chol_neg_h).T  # (−H)⁻¹ = root root'
     except np.linalg.LinAlgError:
         return None
-    if not np.all(np.isfinite(chol)):
+    step = root.T @ grad
+    if not np.all(np.isfinite(root)) or float(step @ step) > 1e-2:  # no mode: the posterior runs off
         return None
-    return IndependenceSampler(density, m, chol)
+    return IndependenceSampler(density, x0 + unit * u, unit[:, None] * root)
