@@ -78,7 +78,8 @@ def peaks(client) -> list[float]:
     return sorted(client.run(_maxrss_mb).values())
 
 
-def dask_stages(path: Path, files: int, sample_draws: int, with_fit: bool = True) -> dict:
+def dask_stages(path: Path, files: int, sample_draws: int, with_fit: bool = True, crossed_draws: int = 0,
+                crossed_tune: int = 50) -> dict:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
 
@@ -129,6 +130,21 @@ def dask_stages(path: Path, files: int, sample_draws: int, with_fit: bool = True
         out["eval_s"] = (time.perf_counter() - t) / 3
         out["theta"] = fit.solution.theta.tolist()
         out["fixef"] = fit.fixef.round(6).tolist()
+
+        if crossed_draws:  # the crossed model's posterior: the independence sampler, one value per draw
+            t = time.perf_counter()
+            post = model.sample(draws=crossed_draws, tune=crossed_tune, chains=4, random_seed=1,
+                                progressbar=False, max_draws=crossed_draws)
+            out["crossed_sample_s"] = time.perf_counter() - t
+            out["crossed_draws"], out["crossed_tune"] = crossed_draws, crossed_tune
+            summ = post.summary()
+            rows = [i for i in summ.index if i.startswith(("var_", "sigma2"))]
+            out["crossed_min_ess"] = float(summ.loc[rows, "ess_bulk"].min())
+            out["crossed_max_rhat"] = float(summ.loc[rows, "r_hat"].max())
+            stats = post.idata.sample_stats
+            out["crossed_acceptance"] = float(stats["acceptance_rate"].mean())
+            out["crossed_sampler"] = "independence" if "n_steps" not in stats else "nuts"
+            out["crossed_summary"] = summ.loc[rows, ["mean", "sd", "ess_bulk", "r_hat"]].to_dict()
 
         if sample_draws:
             client.restart()
@@ -203,6 +219,9 @@ def main(argv=None) -> None:
     ap.add_argument("--reference-rows", type=float, default=1e7)
     ap.add_argument("--reference-limit", type=float, default=1800)
     ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--crossed-draws", type=int, default=0,
+                    help="draws per chain of the crossed model's posterior at --rows (0: not sampled)")
+    ap.add_argument("--crossed-tune", type=int, default=50)
     ap.add_argument("--skip-dask", action="store_true", help="only the in-memory reference")
     ap.add_argument("--no-fit", action="store_true", help="the Dask stages up to the reduction only")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/hierlmm-dask"))
@@ -214,7 +233,8 @@ def main(argv=None) -> None:
     print(f"data: {rows} rows in {args.dir} ({time.perf_counter() - t:.0f} s)", flush=True)
     results = []
     for n in [] if args.skip_dask else sorted({int(a) for a in args.also} | {rows}):
-        res = dask_stages(args.dir, -(-n // PER_FILE), args.draws if n == rows else 0, with_fit=not args.no_fit)
+        res = dask_stages(args.dir, -(-n // PER_FILE), args.draws if n == rows else 0, with_fit=not args.no_fit,
+                          crossed_draws=args.crossed_draws if n == rows else 0, crossed_tune=args.crossed_tune)
         print(json.dumps(res), flush=True)
         results.append(res)
     ref = reference(args.dir, -(-int(args.reference_rows) // PER_FILE), args.reference_limit) \
@@ -249,6 +269,11 @@ def report(results, ref) -> str:
                   f"rows: 4 chains × (1000 + {1000}) in {last['sample_s']:.1f} s "
                   f"({last['sample_s'] / last['reduce_g_s']:.2f} × its reduction), min bulk ESS "
                   f"{last['sample_min_ess']:.0f}, max R-hat {last['sample_max_rhat']:.3f}."]
+    if "crossed_sample_s" in last:
+        lines += ["", f"Posterior of the crossed model on the same {last['rows']:.0e} rows ({last['crossed_sampler']} "
+                  f"sampler): 4 chains × ({last['crossed_tune']} + {last['crossed_draws']}) in "
+                  f"{last['crossed_sample_s']:.0f} s, min bulk ESS of the variances {last['crossed_min_ess']:.0f}, "
+                  f"max R-hat {last['crossed_max_rhat']:.3f}, acceptance {last['crossed_acceptance']:.2f}."]
     if ref:
         lines += ["", f"In memory on the first {ref['rows']:.0e} rows: hierlmm fit {_fmt(ref.get('hl_fit_s'))} s "
                   f"(+ {_fmt(ref.get('hl_read_s', float('nan')))} s to read), peak RSS "

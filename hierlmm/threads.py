@@ -32,9 +32,10 @@ def one_blas_thread():
     return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 
 
-def map_one_blas_thread(fn, items, slow: float = 2e-3) -> list:
+def map_one_blas_thread(fn, items, slow: float = 2e-3, threads: bool | None = None) -> list:
     """``[fn(item) for item in items]`` with one BLAS thread: the first call timed, then the rest
-    in a thread per core (up to 4) if it took ``slow`` seconds or more, else in order. LAPACK
+    in a thread per core (up to 4) if it took ``slow`` seconds or more, else in order; with
+    ``threads`` given, all in threads (``True``) or in order (``False``), nothing timed. LAPACK
     releases the GIL, so large factorisations gain from threads; small ones are bound by
     Python and the GIL and run faster in order. Measured on this project's 2-core machine
     (values of the collapsed density, :mod:`hierlmm.bayes.independence`): InstEval (a dense
@@ -48,16 +49,20 @@ def map_one_blas_thread(fn, items, slow: float = 2e-3) -> list:
     items = list(items)
     if not items:
         return []
+    workers = min(os.cpu_count() or 1, 4, len(items))
     with one_blas_thread():
-        start = time.perf_counter()
-        first = fn(items[0])
-        workers = min(os.cpu_count() or 1, 4)
-        if time.perf_counter() - start < slow or workers < 2:
-            return [first] + [fn(item) for item in items[1:]]
+        first = []
+        if threads is None:
+            start = time.perf_counter()
+            first = [fn(items[0])]
+            items = items[1:]
+            threads = time.perf_counter() - start >= slow
+        if not threads or workers < 2:
+            return first + [fn(item) for item in items]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as pool:
-            return [first] + list(pool.map(fn, items[1:]))
+            return first + list(pool.map(fn, items))
 
 
 @functools.cache

@@ -953,6 +953,37 @@ def test_beyond_the_kernel_the_posterior_does_not_depend_on_the_units(monkeypatc
             assert abs(np.quantile(da, q) - np.quantile(db, q)) < tol, (name, j, q)
 
 
+@pytest.mark.slow
+def test_beyond_the_kernel_beta_and_b_are_exact_given_each_draw(monkeypatch):
+    """The independence sampler draws (β, b) beside each move (hierlmm/bayes/independence.py):
+    on Dyestuff (balanced, one-way), given τ² and σ², exactly β ~ N(ȳ, V_β), V_β = (τ² + σ²/n)/m,
+    and b_i ~ N(s(ȳ_i − ȳ), (1 − s)τ² + s²V_β), s = τ²/(τ² + σ²/n). Standardised by each draw's
+    own τ² and σ², β and every b_i have mean 0 and mean square 1 within 5 Monte Carlo SEs (a draw
+    of (β, b) at another draw's point, or without its noise, breaks the mean square)."""
+    from hierlmm.bayes import kernel
+
+    monkeypatch.setattr(kernel, "supported", lambda *a: False)
+    monkeypatch.setattr(kernel, "beyond_its_size", lambda *a: True)
+    d = hl.datasets.load("Dyestuff")
+    post = hl.LMM("Yield ~ 1 + (1 | Batch)", d).sample(random_seed=8, progressbar=False)
+    assert "n_steps" not in post.idata.sample_stats
+    p = post.posterior
+    levels = list(p["b_Batch"].coords["Batch_level"].to_numpy())
+    means = d.groupby("Batch", observed=True)["Yield"].mean()
+    ybar, n, m = d["Yield"].mean(), len(d) // len(means), len(means)
+    tau2, sigma2 = p["var_Batch"].to_numpy()[..., 0], p["sigma2"].to_numpy()
+    v_beta = (tau2 + sigma2 / n) / m
+    s = tau2 / (tau2 + sigma2 / n)
+    zs = [(p["beta"].to_numpy()[..., 0] - ybar) / np.sqrt(v_beta)]
+    for i, level in enumerate(levels):
+        b = p["b_Batch"].to_numpy()[:, :, i, 0]
+        zs.append((b - s * (means[level] - ybar)) / np.sqrt((1 - s) * tau2 + s**2 * v_beta))
+    for z in zs:
+        for stat, target in ((z, 0.0), (z**2, 1.0)):
+            mcse = float(az.mcse(xr.DataArray(stat, dims=("chain", "draw")), method="mean"))
+            assert abs(stat.mean() - target) < 5 * mcse, (stat.mean(), target, mcse)
+
+
 def test_numpy_density_never_raises_into_the_sampler():
     """A point where nothing can be computed is -inf with a zero gradient (an exception would
     abort nutpie's thread, a panic)."""

@@ -490,7 +490,7 @@ def test_map_one_blas_thread_in_order_or_in_threads(monkeypatch):
 
     import hierlmm.threads as T
 
-    def run(slow):
+    def run(slow, threads=None):
         seen = []
 
         def fn(i):
@@ -498,13 +498,16 @@ def test_map_one_blas_thread_in_order_or_in_threads(monkeypatch):
                                                  if x["user_api"] == "blas"]))
             return i * i
 
-        assert T.map_one_blas_thread(fn, range(12), slow=slow) == [i * i for i in range(12)]
+        assert T.map_one_blas_thread(fn, range(12), slow=slow, threads=threads) == [i * i for i in range(12)]
         assert all(set(n) <= {1} for _, n in seen)
         return {ident for ident, _ in seen}
 
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert run(slow=1e3) == {threading.get_ident()}  # the first call was quick: in order
     assert len(run(slow=0.0) - {threading.get_ident()}) >= 1  # slow: worker threads took part
+    # decided by the caller: nothing timed, every item in workers, or every item in order
+    assert threading.get_ident() not in run(slow=1e3, threads=True)
+    assert run(slow=0.0, threads=False) == {threading.get_ident()}
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert run(slow=0.0) == {threading.get_ident()}
     assert T.map_one_blas_thread(lambda i: i, []) == []

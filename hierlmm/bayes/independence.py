@@ -16,10 +16,10 @@ density value per draw:
   ``w = p(x | y)/q(x)``: a Metropolis–Hastings kernel that leaves ``p(x | y)`` invariant; with
   ``q``'s polynomial tails heavier than the posterior's exponential ones in ``x``, ``w`` is
   bounded and the chain is uniformly ergodic (Tierney 1994, Mengersen & Tweedie 1996);
-* the proposals do not depend on the chain, so all of them are drawn and their densities
-  evaluated first (in threads where a value is a large factorisation: LAPACK releases the
-  GIL), then each chain, started at the mode, accepts or rejects in one pass; its first
-  ``tune`` draws are discarded.
+* each chain, started at the mode, goes through its proposals, one factorisation each, and
+  at each move draws ``(β, b)`` exactly from that factor (:meth:`IndependenceSampler.sample`),
+  so nothing is factorised again afterwards; its first ``tune`` draws are discarded. Where a
+  value is a large factorisation the chains run in threads (LAPACK releases the GIL).
 
 R-hat and ESS are computed from the chains as for NUTS (:meth:`Posterior.check`); a posterior
 far from Gaussian shows as a low acceptance rate and a short ESS, which ``sample()`` answers
@@ -60,58 +60,71 @@ class IndependenceSampler:
         delta = np.linalg.solve(self.chol, (x - self.mode).T).T / SCALE
         return -0.5 * (NU + self.mode.size) * np.log1p(np.einsum("ij,ij->i", delta, delta) / NU)
 
-    def _values(self, xs: np.ndarray, progressbar: bool) -> np.ndarray:
-        """``log p(x | y)`` at every row of ``xs``, in threads where one value is a large
-        factorisation (:func:`hierlmm.threads.map_one_blas_thread`)."""
+    def sample(self, draws: int, tune: int, chains: int, seed: int, progressbar: bool = False) -> dict:
+        """``{"posterior": {"x": (chains, draws, d)}, "sample_stats": {...}, "conditional": {"beta",
+        "b"}}`` (xarray for the first two, as the NUTS path returns); the stats are
+        ``acceptance_rate`` (whether the draw was a move), ``lp`` and ``diverging`` (never).
+
+        Each chain, started at the mode, goes through its proposals in order: the value (one
+        factorisation), the accept/reject step, and at each move an exact draw of ``(β, b)``
+        given ``x`` from the same factor (:meth:`NumpyDensity.draw`). This is the independence
+        sampler of ``(x, β, b)`` with proposal ``q(x) p(β, b | x, y)``: its weights are
+        ``p(x | y)/q(x)`` again, so it accepts the same moves, and a chain that stays keeps its
+        draw of ``(β, b)`` as it keeps ``x``. One factorisation per proposal, none after. Where
+        one value is a large factorisation the chains run in threads of one BLAS thread each
+        (LAPACK releases the GIL), else one after another."""
         import threading
+        import time
+
+        import xarray as xr
 
         from hierlmm.progress import progress
         from hierlmm.threads import map_one_blas_thread
 
-        local = threading.local()  # a compiled PyTensor function per thread (it keeps its own storage)
-        with progress(len(xs), "independence sampler", show=None if progressbar else False) as bar:
-            def value(x):
-                if not hasattr(local, "density"):
-                    local.density = self.density.for_a_chain()
-                bar.update(1)
-                return local.density.value(x)
-
-            return np.array(map_one_blas_thread(value, xs), dtype=float)
-
-    def sample(self, draws: int, tune: int, chains: int, seed: int, progressbar: bool = False) -> dict:
-        """``{"posterior": {"x": (chains, draws, d)}, "sample_stats": {...}}`` (xarray), as the
-        NUTS path returns; the stats are ``acceptance_rate`` (whether the draw was a move),
-        ``lp`` and ``diverging`` (never)."""
-        import xarray as xr
-
         rng = np.random.default_rng(seed)
         n = tune + draws
         xs, lq = self._propose(chains * n, rng)
-        lp = self._values(xs, progressbar)
-        lw = np.where(np.isfinite(lp), lp - lq, -np.inf)
-        # every chain starts at the mode (as NUTS starts at the REML point), a state of finite density
-        xs, lp = np.vstack([xs, self.mode]), np.append(lp, self.density.value(self.mode))
-        lw = np.append(lw, lp[-1] - self._log_q(self.mode[None])[0])
         logu = np.log(rng.uniform(size=chains * n))
-        d = self.mode.size
-        x_out = np.empty((chains, draws, d))
-        lp_out = np.empty((chains, draws))
+        noise = rng.spawn(chains)  # the draws of (β, b): one stream per chain, whatever runs when
+        design = self.density.dev.design
+        size, d = design.q + design.p, self.mode.size
+        x_out, lp_out = np.empty((chains, draws, d)), np.empty((chains, draws))
         moved = np.zeros((chains, draws), dtype=bool)
-        for c in range(chains):
-            cur = len(xs) - 1
+        beta_out = np.empty((chains, draws, design.p))
+        b_out = [np.empty((chains, draws, t.m, t.k)) for t in design.terms]
+        start = time.perf_counter()
+        lp_mode, parts_mode = self.density.value_and_factor(self.mode)  # a state of finite density
+        slow = time.perf_counter() - start >= 2e-3
+        lw_mode = lp_mode - self._log_q(self.mode[None])[0]
+        lock = threading.Lock()
+
+        def chain(c):
+            density = self.density.for_a_chain()  # a compiled PyTensor function keeps its own storage
+            x, lp, lw = self.mode, lp_mode, lw_mode
+            beta, bs = density.draw(parts_mode, noise[c].standard_normal(size))
             for t in range(n):
                 i = c * n + t
-                step = bool(logu[i] < lw[i] - lw[cur])  # never to a proposal of density 0 (lw = -inf)
+                lp_i, parts = density.value_and_factor(xs[i])
+                with lock:
+                    bar.update(1)
+                lw_i = lp_i - lq[i] if parts is not None else -np.inf
+                step = bool(logu[i] < lw_i - lw)  # never to a proposal of density 0 (lw = -inf)
                 if step:
-                    cur = i
+                    x, lp, lw = xs[i], lp_i, lw_i
+                    beta, bs = density.draw(parts, noise[c].standard_normal(size))
                 if t >= tune:
-                    x_out[c, t - tune] = xs[cur]
-                    lp_out[c, t - tune] = lp[cur]
-                    moved[c, t - tune] = step
+                    j = t - tune
+                    x_out[c, j], lp_out[c, j], moved[c, j], beta_out[c, j] = x, lp, step, beta
+                    for out, b in zip(b_out, bs):
+                        out[c, j] = b
+
+        with progress(chains * n, "independence sampler", show=None if progressbar else False) as bar:
+            map_one_blas_thread(chain, range(chains), threads=slow)
         dims = ("chain", "draw")
         return {"posterior": xr.Dataset({"x": (dims + ("unconstrained_parameter",), x_out)}),
                 "sample_stats": xr.Dataset({"acceptance_rate": (dims, moved.astype(float)), "lp": (dims, lp_out),
-                                            "diverging": (dims, np.zeros((chains, draws), dtype=bool))})}
+                                            "diverging": (dims, np.zeros((chains, draws), dtype=bool))}),
+                "conditional": {"beta": beta_out, "b": b_out}}
 
 
 def unit_scale(density: NumpyDensity, x0: np.ndarray) -> np.ndarray:

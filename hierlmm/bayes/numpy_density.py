@@ -69,16 +69,29 @@ class NumpyDensity:
     def value(self, x) -> float:
         """``log p(x | y)`` alone: one factorisation, no reverse pass; ``-inf`` where the factor
         does not exist or a number overflows."""
+        return self.value_and_factor(x)[0]
+
+    def value_and_factor(self, x) -> tuple[float, tuple | None]:
+        """``(log p(x | y), (θ, σ, L_θ))``, the factor kept for :meth:`draw` at the same point;
+        ``(-inf, None)`` where there is none."""
         x = np.asarray(x, dtype=float)
         try:
             with np.errstate(all="ignore"):
-                s2, _, _, f = self._factor(x)
+                s2, theta, sigma, f = self._factor(x)
                 if f is None:
-                    return -np.inf
+                    return -np.inf, None
                 value = -0.5 * self.dev.from_parts(f, sigma2=s2) + float(self._extra(x)[0])
         except (ArithmeticError, ValueError, np.linalg.LinAlgError):
-            return -np.inf
-        return value if np.isfinite(value) else -np.inf
+            return -np.inf, None
+        return (value, (theta, sigma, f)) if np.isfinite(value) else (-np.inf, None)
+
+    def draw(self, parts, z) -> tuple[np.ndarray, list[np.ndarray]]:
+        """An exact draw of ``(β, [b_t])`` given ``x`` from its factor ``parts``
+        (:meth:`value_and_factor`) and ``z ~ N(0, I_{q+p})``
+        (:meth:`hierlmm.deviance.Deviance.backsolve`: ``L₋^{-T}(c + σz)``)."""
+        theta, sigma, f = parts
+        beta, _, bs = self.dev.backsolve(theta, f, noise=sigma * z)
+        return beta, bs
 
     def __call__(self, x) -> tuple[float, np.ndarray]:
         """``(log p(x | y), ∇_x)``; ``(-inf, zeros)`` where the factor does not exist or a

@@ -233,7 +233,12 @@ def _draws(trace, sampler, model, layout, rng):
     if sampler == "collapsed":
         x = trace["posterior"]["x"].to_numpy()
         nc, nd = x.shape[:2]
-        beta, bs = exact_conditional_draws(model.deviance_function(), layout, x.reshape(nc * nd, -1), rng)
+        if "conditional" in trace:  # drawn beside x (the independence sampler)
+            drawn = trace["conditional"]
+            beta = drawn["beta"].reshape(nc * nd, -1)
+            bs = [b.reshape(nc * nd, *b.shape[2:]) for b in drawn["b"]]
+        else:
+            beta, bs = exact_conditional_draws(model.deviance_function(), layout, x.reshape(nc * nd, -1), rng)
     else:
         post = trace["posterior"]
         x = post["x"].to_numpy()
