@@ -137,10 +137,11 @@ def dask_stages(path: Path, files: int, sample_draws: int, with_fit: bool = True
                                 progressbar=False, max_draws=crossed_draws)
             out["crossed_sample_s"] = time.perf_counter() - t
             out["crossed_draws"], out["crossed_tune"] = crossed_draws, crossed_tune
+            diag = post.diagnostics()  # the variance parameters'
+            out["crossed_min_ess"] = float(diag["ess_bulk"].min())
+            out["crossed_max_rhat"] = float(diag["r_hat"].max())
             summ = post.summary()
-            rows = [i for i in summ.index if i.startswith(("var_", "sigma2"))]
-            out["crossed_min_ess"] = float(summ.loc[rows, "ess_bulk"].min())
-            out["crossed_max_rhat"] = float(summ.loc[rows, "r_hat"].max())
+            rows = [i for i in summ.index if i.startswith(("sd_", "sigma"))]
             stats = post.idata.sample_stats
             out["crossed_acceptance"] = float(stats["acceptance_rate"].mean())
             out["crossed_sampler"] = "independence" if "n_steps" not in stats else "nuts"
