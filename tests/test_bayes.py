@@ -984,6 +984,35 @@ def test_beyond_the_kernel_beta_and_b_are_exact_given_each_draw(monkeypatch):
             assert abs(stat.mean() - target) < 5 * mcse, (stat.mean(), target, mcse)
 
 
+def test_nuts_settings_are_not_silently_ignored(monkeypatch):
+    """A model beyond the kernel (the independence sampler) given NUTS's settings says they are
+    ignored, by name; while the kernel compiles, NUTS's settings make sample() wait for it
+    rather than stand the independence sampler in."""
+    from hierlmm.bayes import kernel
+
+    d = hl.datasets.load("Dyestuff")
+    monkeypatch.setattr(kernel, "supported", lambda *a: False)
+    monkeypatch.setattr(kernel, "beyond_its_size", lambda *a: True)
+    with pytest.warns(hl.HierlmmWarning, match="target_accept ignored: NUTS's settings") as record:
+        hl.LMM("Yield ~ 1 + (1 | Batch)", d).sample(draws=200, tune=50, chains=2, check=False, random_seed=1,
+                                                    progressbar=False, target_accept=0.95)
+    assert record[0].filename == __file__  # the user's line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hl.HierlmmWarning)
+        hl.LMM("Yield ~ 1 + (1 | Batch)", d).sample(draws=200, tune=50, chains=2, check=False, random_seed=1,
+                                                    progressbar=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(kernel, "compiling", lambda: True)
+
+    def wait(*args):
+        raise RuntimeError("waited for the kernel")
+
+    monkeypatch.setattr(kernel, "compiled_model", wait)
+    with pytest.raises(RuntimeError, match="waited for the kernel"):
+        hl.LMM("Yield ~ 1 + (1 | Batch)", d).sample(draws=200, tune=50, chains=2, check=False, random_seed=1,
+                                                    progressbar=False, target_accept=0.95)
+
+
 def test_numpy_density_never_raises_into_the_sampler():
     """A point where nothing can be computed is -inf with a zero gradient (an exception would
     abort nutpie's thread, a panic)."""

@@ -41,14 +41,16 @@ def _run_chains(compiled, draws, tune, chains, random_seed, progressbar, nuts_kw
     return trace
 
 
-def _compiled_collapsed(model, design, prior, x0):
+def _compiled_collapsed(model, design, prior, x0, interim_ok: bool = True):
     """The compiled collapsed sampler of ``model``: the precompiled kernel on this model's A
     where it applies (:mod:`hierlmm.bayes.kernel`); where the model is too large for it, the
     independence sampler at the posterior mode (:mod:`hierlmm.bayes.independence`: one
     factorisation per draw), or NUTS on the core's factor and gradient
     (:mod:`hierlmm.bayes.numpy_density`) where no mode is found; else the PyTensor
     graph, from the structure cache when a model of the same structure and prior was compiled
-    in this session (its data swapped in), else compiled and remembered."""
+    in this session (its data swapped in), else compiled and remembered. ``interim_ok``:
+    whether the independence sampler may stand in while the kernel compiles (not where the
+    user gave NUTS settings)."""
     import nutpie
 
     import hierlmm.bayes.kernel as kernel
@@ -59,7 +61,7 @@ def _compiled_collapsed(model, design, prior, x0):
         # the first sample() on a machine: no waiting while it compiles, for the models with few
         # covariance parameters (an independence sampler's acceptance falls with the dimension:
         # 0.65 at 3-4 parameters on sleepstudy, too few draws kept at 16, k = 5)
-        if kernel.compiling() and len(x0) <= 10:
+        if interim_ok and kernel.compiling() and len(x0) <= 10:
             from hierlmm.bayes.independence import independence_sampler
 
             interim = independence_sampler(model, prior, x0)
@@ -142,6 +144,9 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     wait: it runs the independence sampler on the core's factor
     (:mod:`hierlmm.bayes.independence`, nothing to compile), the same posterior; where its
     chains fall short of the checks above, it waits for the kernel and runs NUTS instead.
+    NUTS's own settings (``target_accept``, …) given by the user make it wait for the kernel;
+    for a model beyond the kernel, sampled by the independence sampler, they are ignored
+    with a warning.
     """
     import nutpie
 
@@ -149,6 +154,7 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     from hierlmm.bayes.priors import Layout, resolve_prior
     from hierlmm.bayes.propriety import check_propriety
 
+    asked = sorted(nuts_kwargs)  # the user's NUTS settings
     nuts_kwargs.setdefault("target_accept", 0.9)
     design = model.design
     prior = resolve_prior(prior, design.response_sd)
@@ -175,7 +181,7 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
     key = (sampler, prior)
     if key not in cache:
         if sampler == "collapsed":
-            cache[key] = _compiled_collapsed(model, design, prior, x0)
+            cache[key] = _compiled_collapsed(model, design, prior, x0, interim_ok=not asked)
         else:
             from hierlmm.bayes.hierarchical import build_hierarchical_model, centred_terms
 
@@ -184,6 +190,14 @@ def sample(model, prior="flat", sampler="collapsed", draws: int = 1000, tune: in
             cache[key] = nutpie.compile_pymc_model(pm_model)
     compiled = cache[key]
     interim = getattr(compiled, "interim", False)
+    from hierlmm.bayes.independence import IndependenceSampler
+
+    if asked and isinstance(compiled, IndependenceSampler):
+        from hierlmm.errors import HierlmmWarning
+
+        warnings.warn(f"{', '.join(asked)} ignored: NUTS's settings, and this model is sampled by an independence "
+                      "sampler (beyond the compiled kernel's size, one factorisation per draw), which has none",
+                      HierlmmWarning, stacklevel=3)
     if interim:  # stands in while the kernel compiles: not kept
         del cache[key]
     # the start: this model's REML point (a compiled graph shared across models of one
