@@ -94,6 +94,12 @@ _MAP_MAX_ENTRIES = 60_000_000
 # 10⁸ rows: 64% filled) then costs one BLAS product per evaluation, 4 s, not scipy's sparse
 # product of the 6.4e7 non-zeros with themselves, 93 s
 _DENSE_PRODUCT_MAX = 150_000_000
+# A21 stored (or copied) dense: the product A21 G G' A21' costs m k r² multiply-adds an
+# evaluation; at 10⁸ rows crossed 10⁵ x 10³ (64% filled) 1e11, 2.8 s. Where that is at least
+# this many and the "grouped" map has at most 1/8 of them and no more entries than twice A21
+# (or _MAP_MAX_ENTRIES), the grouped map is used instead: the 10⁵ levels fall in a few hundred
+# groups of equal row counts.
+_DENSE_GROUPED_MIN = 100_000_000
 
 
 class BlockedCholesky:
@@ -114,17 +120,21 @@ class BlockedCholesky:
         starts = np.cumsum([0] + [t.n_theta for t in terms])
         self.slices = [slice(a, b) for a, b in zip(starts[:-1], starts[1:])]
         self.scalar_rest = all(t.k == 1 for t in self.rest)
-        # the sparse downdate (A21 sparse): "grouped", "map" or "product", built on the first
-        # factorisation (_downdate_groups, _downdate_map) so that a model only fitted by
-        # another engine never pays for it
+        # the downdate: "grouped", "map" or "product" (A21 sparse), "dense" (A21 dense, or a
+        # sparse one copied dense), or "grouped" again in place of an expensive dense product;
+        # the maps are built on the first factorisation (_downdate_groups, _downdate_map) so
+        # that a model only fitted by another engine never pays for them
         self._S = self._B = None
-        if cp.a21_sparse:
-            k, m = self.first.k, self.first.m
+        k, m = self.first.k, self.first.m
+        self._downdate = "dense"
+        product = float(m) * k * cp.r * cp.r  # an evaluation's multiply-adds of the dense product
+        if cp.a21_sparse or product >= _DENSE_GROUPED_MIN:
             # levels with equal A11 blocks have equal W_j at every θ
             _, self._rep, self._group = np.unique(cp.A11.reshape(m, k * k), axis=0, return_index=True,
                                                   return_inverse=True)
             self._group = self._group.ravel()
             grouped = float(len(self._rep)) * k * k * cp.r * (cp.r + 1) / 2
+        if cp.a21_sparse:
             # the map's size: per level of the first term, the pairs of A21's entries in its columns
             per_level = np.bincount(cp.A21.indices // k, minlength=m)
             mapped = float(np.sum(per_level * (per_level + 1) / 2))
@@ -132,6 +142,9 @@ class BlockedCholesky:
                               "map" if mapped <= _MAP_MAX_ENTRIES else "product")
             if self._downdate == "product" and cp.r * m * k <= _DENSE_PRODUCT_MAX:
                 self._downdate = "dense"
+        if self._downdate == "dense" and product >= _DENSE_GROUPED_MIN and 8 * grouped <= product \
+                and grouped <= max(_MAP_MAX_ENTRIES, 2.0 * m * k * cp.r):
+            self._downdate = "grouped"
         # A21 as the evaluations use it: dense when stored dense or copied dense (above)
         self._a21 = cp.A21.toarray() if cp.a21_sparse and self._downdate == "dense" else cp.A21
         self._sparse = sp.issparse(self._a21)
@@ -193,7 +206,7 @@ class BlockedCholesky:
         r = cp.r
         self._trow, self._tcol = np.tril_indices(r)
         self._targets = self._trow * r + self._tcol
-        csc = cp.A21.tocsc()
+        A21 = cp.A21.tocsc() if cp.a21_sparse else np.asarray(cp.A21)
         ngroups = len(self._rep)
         B = np.zeros((self._trow.size, ngroups * k * k))
         order = np.argsort(self._group, kind="stable")
@@ -201,9 +214,12 @@ class BlockedCholesky:
         for d in range(ngroups):
             levels = order[bounds[d]:bounds[d + 1]]
             for a in range(k):
-                Ca = csc[:, levels * k + a]
+                Ca = A21[:, levels * k + a]
                 for b in range(k):
-                    P = (Ca @ csc[:, levels * k + b].T).tocoo()
+                    if not cp.a21_sparse:  # A21 stored dense: one BLAS product per group
+                        B[:, d * k * k + a * k + b] = (Ca @ A21[:, levels * k + b].T)[self._trow, self._tcol]
+                        continue
+                    P = (Ca @ A21[:, levels * k + b].T).tocoo()
                     low = P.row >= P.col
                     row, col = P.row[low].astype(np.int64), P.col[low].astype(np.int64)
                     B[row * (row + 1) // 2 + col, d * k * k + a * k + b] = P.data[low]
@@ -428,7 +444,7 @@ class BlockedCholesky:
             M = np.asarray(lam.T @ np.asarray(lam.T @ cp.A22).T)
         M[self._eye_rest, self._eye_rest] += 1.0
         L21 = None
-        if self._sparse and self._downdate != "product":
+        if self._downdate in ("grouped", "map"):
             if self._S is None and self._B is None:
                 self._downdate_groups() if self._downdate == "grouped" else self._downdate_map()
             M = self._lower_downdate(G, lam, M)

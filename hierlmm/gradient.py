@@ -112,7 +112,7 @@ def _schur(chol: BlockedCholesky, G: np.ndarray, need_b: bool = True):
     first level, is not None). Through the precomputed sparse map's transpose where the
     forward pass used one (reading ``N``'s lower triangle only), else products with ``A21``."""
     cp, k = chol.cp, chol.first.k
-    if chol._sparse and (chol._S is not None or chol._B is not None):
+    if chol._S is not None or chol._B is not None:
         grouped = chol._B is not None
         B = cp.A22 - chol.downdate_dense(chol.downdate_values(G)) if need_b else None
         mult = np.where(chol._trow == chol._tcol, 1.0, 2.0)
@@ -172,7 +172,7 @@ def criterion_gradient(chol: BlockedCholesky, theta, n: int, p: int, reml: bool,
         Mbar, N, B, rep = None, None, None, None
     else:
         # the sparse map's adjoint reads N's lower triangle only
-        mapped = chol._sparse and (chol._S is not None or chol._B is not None)
+        mapped = chol._S is not None or chol._B is not None
         Mbar = _mbar(f, c, full=not (mapped and (scalar or lam is None)))
         if Mbar is None:
             return None

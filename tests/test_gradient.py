@@ -104,13 +104,13 @@ FORMULAS = [
 ]
 
 
-@pytest.mark.parametrize("path", ["dense", "map", "grouped", "product", "dense copy"])
+@pytest.mark.parametrize("path", ["dense", "map", "grouped", "product", "dense copy", "dense grouped"])
 @pytest.mark.parametrize("formula", FORMULAS)
 def test_every_storage_path_of_the_factor(formula, path, monkeypatch):
     """The reverse pass follows each way the forward pass computes the downdate
     ``A21 W A21'`` (cholesky: a dense A21; the sparse map; the map by groups of levels with
-    equal A11 blocks; a sparse product; a dense copy of a sparse A21), with structured terms,
-    weights and an offset."""
+    equal A11 blocks; a sparse product; a dense copy of a sparse A21; a dense A21 through the
+    map by groups), with structured terms, weights and an offset."""
     d = _crossed()
     model = hl.LMM(formula, d, weights="w" if "offset" in formula else None)
     if path != "dense":
@@ -119,16 +119,21 @@ def test_every_storage_path_of_the_factor(formula, path, monkeypatch):
         if path in ("product", "dense copy"):
             monkeypatch.setattr(cholesky_module, "_MAP_MAX_ENTRIES", 0)
             monkeypatch.setattr(cholesky_module, "_DENSE_PRODUCT_MAX", 0 if path == "product" else 10**12)
+        if path == "dense grouped":  # the groups are found for any dense A21
+            monkeypatch.setattr(cholesky_module, "_DENSE_GROUPED_MIN", 0)
     rng = np.random.default_rng(3)
     for reml in (True, False):
-        cp = crossproduct(model.design, sparse=path != "dense")
+        cp = crossproduct(model.design, sparse=path not in ("dense", "dense grouped"))
         dev = Deviance(model.design, reml=reml, cp=cp)
+        if path == "dense grouped":
+            assert not dev.chol._sparse
+            dev.chol._downdate = "grouped"
         if path == "map" and dev.chol._downdate == "grouped":
             # the grouped map wins when it is smaller: make the per-level map the cheaper one
             monkeypatch.setattr(cholesky_module.BlockedCholesky, "_downdate_groups",
                                 cholesky_module.BlockedCholesky._downdate_map)
         expected = {"dense": None, "map": ("map", "grouped"), "grouped": ("grouped", "map"),
-                    "product": ("product",), "dense copy": ("dense",)}[path]
+                    "product": ("product",), "dense copy": ("dense",), "dense grouped": ("grouped",)}[path]
         if expected:
             assert dev.chol._downdate in expected
         for theta in points(dev, rng):

@@ -169,7 +169,8 @@ def test_shift_and_scale_of_response(case, c, k):
 def test_sparse_and_dense_storage_agree(data, formula, monkeypatch):
     """The code paths of the blocked Cholesky (A21 sparse, with each of its downdates: by
     groups of equal A11 blocks, the per-level map, a sparse product, a dense copy where the map
-    would be too large; A21 dense) give the same deviance and solution."""
+    would be too large; A21 dense, and dense with the downdate by groups) give the same
+    deviance and solution."""
     from hierlmm import cholesky
     from hierlmm.crossprod import crossproduct
     from hierlmm.deviance import Deviance
@@ -177,16 +178,21 @@ def test_sparse_and_dense_storage_agree(data, formula, monkeypatch):
     design = hl.LMM(formula, hl.datasets.load(data)).design
     rng = np.random.default_rng(1)
     for reml, downdate in ((True, "grouped"), (False, "grouped"), (True, "map"), (False, "product"),
-                           (True, "dense"), (False, "dense")):
+                           (True, "dense"), (False, "dense"), (True, "dense grouped"), (False, "dense grouped")):
         dense = Deviance(design, reml, cp=crossproduct(design, sparse=False))
         with monkeypatch.context() as mp:
             if downdate == "dense":  # the map "too large": the sparse A21 copied dense at construction
                 mp.setattr(cholesky, "_MAP_MAX_ENTRIES", 0)
-            sparse = Deviance(design, reml, cp=crossproduct(design, sparse=True))
-        assert sparse.cp.a21_sparse
-        if downdate == "dense":
-            assert sparse.chol._downdate == "dense" and not sparse.chol._sparse
+            if downdate == "dense grouped":  # A21 stored dense, its downdate by groups of levels
+                mp.setattr(cholesky, "_DENSE_GROUPED_MIN", 0)
+            sparse = Deviance(design, reml, cp=crossproduct(design, sparse=downdate != "dense grouped"))
+        if downdate == "dense grouped":
+            assert not sparse.cp.a21_sparse and not sparse.chol._sparse
+            sparse.chol._downdate = "grouped"
+        elif downdate == "dense":
+            assert sparse.cp.a21_sparse and sparse.chol._downdate == "dense" and not sparse.chol._sparse
         else:
+            assert sparse.cp.a21_sparse
             sparse.chol._downdate = downdate
         for _ in range(3):
             theta = np.where(dense.lower == 0, rng.uniform(0.1, 2, dense.lower.size), rng.normal(0, 0.3, dense.lower.size))

@@ -446,7 +446,7 @@ def logp_grad(x, d, grad):
     return loglik + lp
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)  # chunks of draws run in threads (kernel.conditional_draws)
 def draws(xs, d, z, beta, u, bout):
     """Per row i of ``xs``: ``(u, β) = L₋^{-T}(c + σ z_i)`` (``z_i``: the first term's ``q1``
     entries, then the rest's ``q_r + p``), into ``beta[i]`` (on ``X``'s scale), ``u[i]``

@@ -283,7 +283,14 @@ def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
     ``L₋^{-T}(c + σz)`` through the blocked factor, and ``b = Λ_θ u``: what
     :meth:`hierlmm.deviance.Deviance.backsolve` returns with ``noise=σz``, all in compiled
     code: ``β`` (draws × p), then ``u`` and ``b`` per term (draws × m × k). ``rng`` gives ``z``,
-    in chunks of ``chunk`` draws."""
+    in chunks of ``chunk`` draws, drawn in order; the chunks run in threads, one per core (the
+    compiled function releases the GIL), at most one chunk per thread in flight."""
+    import os
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hierlmm.threads import one_blas_thread
+
     k = _build()
     buf = pack(design, cp, "flat")  # the prior does not enter the draws
     nd = x_draws.shape[0]
@@ -291,12 +298,23 @@ def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
     beta = np.empty((nd, design.p))
     u = np.empty((nd, design.q))
     b = np.empty((nd, design.q))
-    for start in range(0, nd, chunk):
-        stop = min(nd, start + chunk)
-        z = rng.standard_normal((stop - start, size))
-        if not k["draws"](np.ascontiguousarray(x_draws[start:stop], dtype=float), buf, z,
-                          beta[start:stop], u[start:stop], b[start:stop]):
-            raise FloatingPointError("the penalised system is not positive definite at a posterior draw")
+    xs = np.ascontiguousarray(x_draws, dtype=float)
+
+    def run(start, stop, z):
+        return k["draws"](xs[start:stop], buf, z, beta[start:stop], u[start:stop], b[start:stop])
+
+    workers = max(1, min(os.cpu_count() or 1, 4))
+    ok, pending = True, deque()
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+        for start in range(0, nd, chunk):
+            stop = min(nd, start + chunk)
+            pending.append(pool.submit(run, start, stop, rng.standard_normal((stop - start, size))))
+            if len(pending) >= workers:
+                ok &= bool(pending.popleft().result())
+        while pending:
+            ok &= bool(pending.popleft().result())
+    if not ok:
+        raise FloatingPointError("the penalised system is not positive definite at a posterior draw")
     beta = cp.beta(beta)  # the kernel's β̃ on the user's scale
     us, bs, at = [], [], 0
     for t in design.terms:
