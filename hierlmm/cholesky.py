@@ -60,6 +60,14 @@ class BlockedFactor:
             self._l21 = chol.l21(G, lam)
         return self._l21
 
+    def l21_t(self, v) -> np.ndarray:
+        """``L21' v`` (a vector or columns), without forming ``L21`` where it is not formed
+        (:meth:`BlockedCholesky.l21_t`: a product with ``A21'``, not a copy of it)."""
+        if self._l21 is not None:
+            return np.asarray(self._l21.T @ v)
+        chol, G, lam = self._l21_args
+        return chol.l21_t(G, lam, v)
+
     @property
     def r2(self) -> float:
         """Penalised residual sum of squares ``r²(θ)``."""
@@ -349,6 +357,20 @@ class BlockedCholesky:
         if lam is not None:
             B = B * lam[:, None] if self.scalar_rest else np.asarray(lam.T @ B)
         return B
+
+    def l21_t(self, G, lam, v) -> np.ndarray:
+        """``L21' v = blockdiag(G_j)' A21' Λ_r v`` (:meth:`l21`'s transpose times ``v``, a
+        vector or columns): what a back substitution needs of ``L21``, in O(nnz(A21)) without
+        the copy of ``A21`` that forming ``L21`` makes (800 MB at 10⁵ x 10³ crossed levels)."""
+        k1, m1 = self.first.k, self.first.m
+        if lam is not None:
+            v = v * (lam if v.ndim == 1 else lam[:, None]) if self.scalar_rest else np.asarray(lam @ v)
+        w = np.asarray(self.cp.A21.T @ v)
+        if k1 == 1:
+            return w * (G if w.ndim == 1 else G[:, None])
+        w = w.reshape((m1, k1) + w.shape[1:])
+        out = np.einsum("jab,ja...->jb...", G, w)
+        return out.reshape((m1 * k1,) + out.shape[2:])
 
     # --- the rest block's factor ----------------------------------------------------------
     def _diagonal_rest(self) -> bool:

@@ -349,7 +349,9 @@ class Deviance:
         """
         q, p = f.q_rest, f.p
         c2 = f.L22[-1, :-1]
-        c1 = np.asarray(f.L21[-1].toarray()).ravel() if sp.issparse(f.L21) else f.L21[-1]
+        last = np.zeros(f.L22.shape[0])
+        last[-1] = 1.0
+        c1 = f.l21_t(last)  # L21's last row
         if noise is not None:
             first_q = self.design.terms[0].q
             c1, c2 = c1 + noise[:first_q], c2 + noise[first_q:]
@@ -376,7 +378,7 @@ class Deviance:
         x2 = scipy.linalg.solve_triangular(f.L22[:k, :k], c2, trans="T", lower=True, check_finite=False)
         padded = np.zeros((f.L22.shape[0],) + x2.shape[1:])
         padded[:k] = x2
-        v = (c1 - np.asarray(f.L21.T @ padded).reshape(np.shape(c1))).reshape(first.m, first.k, -1)
+        v = (c1 - f.l21_t(padded).reshape(np.shape(c1))).reshape(first.m, first.k, -1)
         if first.k == 1:
             x1 = v / f.L11[:, None, None]
         else:  # L_j' x_j = v_j per level
