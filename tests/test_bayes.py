@@ -648,18 +648,20 @@ def test_kernel_conditional_draws_are_the_core_backsolve(data, formula):
             np.testing.assert_allclose(b[i], bc, rtol=1e-9, atol=1e-9)
 
 
-def test_kernel_on_random_models():
+def test_kernel_on_random_models(monkeypatch):
     """On the differential suite's random models (intercepts, slopes, `||`, factor slopes,
     nested, crossed, weights, offsets, covariates on extreme scales; none chosen for the
     kernel), wherever the kernel applies: its value is the core's REML likelihood plus the
-    prior and log-Jacobian, and its gradient matches central differences."""
+    prior and log-Jacobian, and its gradient matches central differences; where the first
+    term's levels were packed in groups of equal A11 (kernel.pack), value and gradient equal
+    those of the same model packed level by level."""
     from generator import generate
 
     from hierlmm.bayes import kernel
     from hierlmm.bayes.priors import Layout
 
     rng = np.random.default_rng(8)
-    checked = 0
+    checked = grouped = 0
     cases = [c for c in generate(20261125, 40) if not c.ar1 and not c.structure]  # the Bayesian side: lme4's terms
     for case in cases:
         with warnings.catch_warnings():
@@ -683,12 +685,22 @@ def test_kernel_on_random_models():
         expected = -0.5 * dev.unprofiled(theta, np.sqrt(s2)) + layout.log_jacobian(v) + layout.log_prior(prior, Ls, s2)
         value, grad = kernel.logp_grad(v, buf)
         assert value == pytest.approx(expected, rel=1e-8), case.id
+        if buf[18] > 0:
+            grouped += 1
+            with monkeypatch.context() as mp:
+                mp.setattr(kernel, "_MAX_GROUPED", 0)
+                plain = kernel.pack(model.design, cp, prior)
+            assert plain[18] == 0
+            v_plain, g_plain = kernel.logp_grad(v, plain)
+            assert value == pytest.approx(v_plain, rel=1e-12), case.id
+            np.testing.assert_allclose(grad, g_plain, rtol=1e-9, atol=1e-9 * max(1.0, np.abs(g_plain).max()))
         h = 1e-5 * np.maximum(1.0, np.abs(v))
         numeric = [(kernel.logp_grad(v + hi * e, buf)[0] - kernel.logp_grad(v - hi * e, buf)[0]) / (2 * hi)
                    for hi, e in zip(h, np.eye(v.size))]
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(grad).max()),
                                    err_msg=case.id)
     assert checked >= 0.75 * len(cases)  # the kernel is the path of most models, not a corner
+    assert 3 <= grouped < checked, grouped  # both ways of packing the first term were checked
 
 
 def test_a_cold_kernel_cache_is_detected(tmp_path, monkeypatch):

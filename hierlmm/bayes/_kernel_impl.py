@@ -193,6 +193,38 @@ def _layout(d):
 
 
 @numba.njit(cache=True)
+def _diagonal(lam_rows, lam_cols) -> bool:
+    """Whether the rest terms' Λ_r is diagonal (every rest term scalar: crossed intercepts)."""
+    for e in range(lam_rows.size):
+        if lam_rows[e] != lam_cols[e]:
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def _groups(d):
+    """The first term's levels in groups of equal ``A11`` (a scalar first term; ``d[18]``
+    groups, 0 where the buffer has none): per level its group, per group its number of levels
+    and ``P_g = Σ_{j ∈ g} a_j a_j'`` (``a_j`` level j's column of ``A21``). ``G_j`` depends on
+    level j through ``A11_j`` alone, so ``C = Σ_j G_j² a_j a_j' = Σ_g G_g² P_g``: ``r²`` work
+    per group instead of per level (crossed factors: a few dozen row counts among hundreds of
+    levels)."""
+    k1 = int(d[1])
+    m1 = int(d[2])
+    r = int(d[3])
+    nt = int(d[10])
+    nlam = int(d[11])
+    ng = int(d[18])
+    pos = HEADER + 2 * nt + 3 * nlam + m1 * k1 * k1 + r * m1 * k1 + r * r + int(d[5])
+    group = d[pos:pos + (m1 if ng > 0 else 0)].astype(np.int64)
+    pos += group.size
+    size = d[pos:pos + ng]
+    pos += ng
+    P = d[pos:pos + ng * r * r].reshape((ng, r, r))
+    return ng, group, size, P
+
+
+@numba.njit(cache=True)
 def _theta(x, ks, offs, neta):
     """``θ = vech(L)/σ`` (``L_ii = e^{η_ii}``) and ``∂θ_e/∂η_e``."""
     sigma = np.exp(0.5 * x[neta])
@@ -271,15 +303,28 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
             for a in range(k1):
                 _acc(B[c, row], A21[row, a], G[a, c])
     C = np.zeros((r, r))
-    for c in range(k1):
-        C += _matmul(B[c], B[c].T)
+    ng, group, _, P = _groups(d)
+    if ng > 0:  # Σ_g G_g² P_g (_groups)
+        w = np.zeros(ng)
+        for j in range(m1):
+            w[group[j]] = G[0, 0, j] * G[0, 0, j]
+        C = np.dot(w, P.reshape((ng, r * r))).reshape((r, r))  # BLAS's matrix-vector product
+    else:
+        for c in range(k1):
+            C += _matmul(B[c], B[c].T)
     K = A22 - C
     if qr > 0:
         for i in range(qr):
             Lam[i, i] = 0.0
         for e in range(nlam):
             Lam[lam_rows[e], lam_cols[e]] = theta[lam_src[e]]
-        M = _matmul(_matmul(Lam.T, K), Lam)
+        if _diagonal(lam_rows, lam_cols):  # scalar rest terms: Λ'KΛ = K ⊙ λλ', no products
+            M = np.empty((r, r))
+            for a in range(r):
+                for b in range(r):
+                    M[a, b] = Lam[a, a] * K[a, b] * Lam[b, b]
+        else:
+            M = _matmul(_matmul(Lam.T, K), Lam)
         for i in range(qr):
             M[i, i] += 1.0
     else:
@@ -329,7 +374,18 @@ def logp_grad(x, d, grad):
     L22inv = np.zeros((r, r))
     _inv_lower(L22, L22inv)
     Mbar = _chol_rev(L22, L22inv, Lbar22)
-    if qr > 0:
+    if qr > 0 and _diagonal(lam_rows, lam_cols):  # Λ̄_ii = 2 Σ_a K_ia λ_a M̄_ai, C̄ = −M̄ ⊙ λλ'
+        for e in range(nlam):
+            i = lam_rows[e]
+            v = 0.0
+            for a in range(r):
+                v += K[i, a] * Lam[a, a] * Mbar[a, i]
+            thetabar[lam_src[e]] += 2.0 * v
+        Cbar = np.empty((r, r))
+        for a in range(r):
+            for b in range(r):
+                Cbar[a, b] = -Lam[a, a] * Mbar[a, b] * Lam[b, b]
+    elif qr > 0:
         Lambar = 2.0 * _matmul(_matmul(K, Lam), Mbar)
         for e in range(nlam):
             thetabar[lam_src[e]] += Lambar[lam_rows[e], lam_cols[e]]
@@ -337,12 +393,20 @@ def logp_grad(x, d, grad):
     else:
         Cbar = -Mbar
     Gbar = np.empty((k1, k1, m1))
-    for c in range(k1):
-        Bbar = 2.0 * _matmul(Cbar, B[c])  # r × m1
-        for a in range(k1):
-            Gbar[a, c, :] = 0.0
-            for row in range(r):
-                _acc(Gbar[a, c], A21[row, a], Bbar[row])
+    ng, group, size, P = _groups(d)
+    if ng > 0:
+        # Ḡ_j = 2 G_j a_j'C̄a_j; what follows is linear in Ḡ_j with coefficients of A11_j alone,
+        # so a group's sum 2 G_g <C̄, P_g>, spread evenly over its levels, gives the same result
+        sg = np.dot(P.reshape((ng, r * r)), np.ascontiguousarray(Cbar).reshape(r * r))
+        for j in range(m1):
+            Gbar[0, 0, j] = 2.0 * G[0, 0, j] * sg[group[j]] / size[group[j]]
+    else:
+        for c in range(k1):
+            Bbar = 2.0 * _matmul(Cbar, B[c])  # r × m1
+            for a in range(k1):
+                Gbar[a, c, :] = 0.0
+                for row in range(r):
+                    _acc(Gbar[a, c], A21[row, a], Bbar[row])
     # per level: T̄ += Ḡ L⁻¹ + 2 A T S̄,  L̄ = −L^{-T}Ḡ'G (lower) − diag(1/L),  S̄ = chol_rev(L, L̄)
     W = np.empty((k1, k1, m1))
     W2 = np.empty((k1, k1, m1))

@@ -37,6 +37,8 @@ _PRIORS = {"flat": 0, "flat_sd": 1}  # and 2: WeaklyInformative (resolved: scale
 # the rest block's size up to which its hand-written Cholesky (loops) costs little more than
 # LAPACK's in the PyTensor graph
 _MAX_R = 300
+# the most numbers the groups' r × r matrices P_g may take in the buffer (pack)
+_MAX_GROUPED = 4_000_000
 # the first term's effects per level up to which its k x k blocks are looped over (O(k³) per
 # level; the loops are written for any k: a k = 5 term on 360 rows samples in ~9 s, where the
 # PyTensor graph of the dense A took ~2 s per NUTS iteration)
@@ -70,7 +72,10 @@ def beyond_its_size(design, cp) -> bool:
 
 def pack(design, cp, prior) -> np.ndarray:
     """The buffer :func:`logp_grad` reads: header, term sizes and θ offsets, the rest terms'
-    ``Λ`` pattern (rows, columns, θ index), then ``A11``, ``A21`` (``r × m × k``), ``A22``."""
+    ``Λ`` pattern (rows, columns, θ index), then ``A11``, ``A21`` (``r × m × k``), ``A22``, X's
+    scale, and for a scalar first term whose levels fall in few groups of equal ``A11`` (at
+    most a quarter as many as levels, ``_MAX_GROUPED`` numbers) each level's group, the groups'
+    sizes and their ``P_g = Σ_{j ∈ g} a_j a_j'`` (:func:`hierlmm.bayes._kernel_impl._groups`)."""
     from hierlmm.reterms import lambda_entries
 
     terms = design.terms
@@ -84,12 +89,25 @@ def pack(design, cp, prior) -> np.ndarray:
              np.transpose(np.asarray(cp.A11, float), (1, 2, 0)).ravel(),
              a21.reshape(r, m, k).transpose(0, 2, 1).ravel(),
              np.asarray(cp.A22, float).ravel(), np.ones(cp.p)]  # β̃: mapped by cp.beta
+    ng = 0
+    if k == 1:  # the levels in groups of equal A11 (_kernel_impl._groups), where that saves work
+        _, group, size = np.unique(cp.A11[:, 0, 0], return_inverse=True, return_counts=True)
+        if size.size * r * r <= min(m * r * r / 4, _MAX_GROUPED):
+            P = np.zeros((size.size, r, r))
+            order = np.argsort(group, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(size)])
+            for g in range(size.size):
+                cols = a21[:, order[bounds[g]:bounds[g + 1]]]
+                P[g] = cols @ cols.T
+            ng = size.size
+            parts += [group.astype(float), size.astype(float), P.ravel()]
     n_dim = design.n_theta + 1
     header = np.zeros(HEADER)
     header[:14] = [n_dim, k, m, r, cp.q_rest, cp.p, design.n, cp.logdet_scale, cp.log_weights,
                    _prior_code(prior), len(terms), len(rows), 0.0, design.n_theta]
     if header[9] == 2:  # σ's scale, the SDs' scale, ν (0: half-normal), LKJ's η
         header[14:18] = [prior.sigma_scale, prior.sd_scale, prior.nu or 0.0, prior.eta]
+    header[18] = ng
     buf = np.concatenate([header, *parts])
     buf[12] = buf.size
     return np.ascontiguousarray(buf)
