@@ -244,6 +244,9 @@ def main():
     run_id = time.strftime("%Y-%m-%d %H:%M")
     runs = [(case, False) for case in args.cases.split(",") if case] + \
         [(case, True) for case in args.load.split(",") if case]
+    unknown = sorted({case for case, _ in runs} - set(CASES))
+    if unknown:  # before any run, not after the first cases' minutes
+        ap.error(f"unknown case(s) {', '.join(unknown)}; the cases are {', '.join(CASES)}")
     for case, loaded in runs:
         for sampler in SAMPLERS[case]:
             cmd = [sys.executable, __file__, "--one", case, sampler]
