@@ -952,6 +952,7 @@ def test_beyond_the_kernel_the_posterior_does_not_depend_on_the_units(monkeypatc
     for frame in (d, other):
         with warnings.catch_warnings():
             warnings.simplefilter("error", hl.ConvergenceWarning)
+            warnings.simplefilter("ignore", hl.ScaleWarning)  # Days' SD of 2.9e8: meant
             post = hl.LMM("Reaction ~ Days + (Days | Subject)", frame).sample(random_seed=7, progressbar=False)
         assert "n_steps" not in post.idata.sample_stats  # the independence sampler ran
         posts.append(post.posterior)
