@@ -10,7 +10,8 @@
    formula's columns once; hierlmm's reduction (``hl.LMM.from_parquet``: the levels pass and
    the cross-product pass); the REML fit on the reduced A (no data touched) and its cost per
    deviance evaluation; the collapsed sampler on the A of ``(1 | g)`` alone (the hand-written
-   kernel's range; for the crossed A the projected time is reported instead of a run).
+   kernel's range) and, with ``--crossed-draws``, on the crossed A (the independence sampler;
+   ``--crossed-load``: beside a process that keeps one core busy, ``bench/load.py``).
 3. For reference, in the same run and on the first ``--reference-rows`` rows: in-memory hierlmm
    (a subprocess, its peak RSS) and lme4 (``Rscript``, data.table's fread of a CSV), each
    under a time limit.
@@ -79,7 +80,7 @@ def peaks(client) -> list[float]:
 
 
 def dask_stages(path: Path, files: int, sample_draws: int, with_fit: bool = True, crossed_draws: int = 0,
-                crossed_tune: int = 50) -> dict:
+                crossed_tune: int = 50, crossed_load: bool = False) -> dict:
     import dask.dataframe as dd
     from distributed import Client, LocalCluster
 
@@ -132,10 +133,16 @@ def dask_stages(path: Path, files: int, sample_draws: int, with_fit: bool = True
         out["fixef"] = fit.fixef.round(6).tolist()
 
         if crossed_draws:  # the crossed model's posterior: the independence sampler, one value per draw
-            t = time.perf_counter()
-            post = model.sample(draws=crossed_draws, tune=crossed_tune, chains=4, random_seed=1,
-                                progressbar=False, max_draws=crossed_draws)
-            out["crossed_sample_s"] = time.perf_counter() - t
+            from contextlib import nullcontext
+
+            from load import background_load
+
+            with background_load(workers=1, limit=7200) if crossed_load else nullcontext():
+                t = time.perf_counter()
+                post = model.sample(draws=crossed_draws, tune=crossed_tune, chains=4, random_seed=1,
+                                    progressbar=False, max_draws=crossed_draws)
+                out["crossed_sample_s"] = time.perf_counter() - t
+            out["crossed_load"] = crossed_load
             out["crossed_draws"], out["crossed_tune"] = crossed_draws, crossed_tune
             diag = post.diagnostics()  # the variance parameters'
             out["crossed_min_ess"] = float(diag["ess_bulk"].min())
@@ -223,6 +230,8 @@ def main(argv=None) -> None:
     ap.add_argument("--crossed-draws", type=int, default=0,
                     help="draws per chain of the crossed model's posterior at --rows (0: not sampled)")
     ap.add_argument("--crossed-tune", type=int, default=50)
+    ap.add_argument("--crossed-load", action="store_true",
+                    help="sample the crossed model beside a process that keeps one core busy (bench/load.py)")
     ap.add_argument("--skip-dask", action="store_true", help="only the in-memory reference")
     ap.add_argument("--no-fit", action="store_true", help="the Dask stages up to the reduction only")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/hierlmm-dask"))
@@ -235,7 +244,8 @@ def main(argv=None) -> None:
     results = []
     for n in [] if args.skip_dask else sorted({int(a) for a in args.also} | {rows}):
         res = dask_stages(args.dir, -(-n // PER_FILE), args.draws if n == rows else 0, with_fit=not args.no_fit,
-                          crossed_draws=args.crossed_draws if n == rows else 0, crossed_tune=args.crossed_tune)
+                          crossed_draws=args.crossed_draws if n == rows else 0, crossed_tune=args.crossed_tune,
+                          crossed_load=args.crossed_load)
         print(json.dumps(res), flush=True)
         results.append(res)
     ref = reference(args.dir, -(-int(args.reference_rows) // PER_FILE), args.reference_limit) \
@@ -272,7 +282,7 @@ def report(results, ref) -> str:
                   f"{last['sample_min_ess']:.0f}, max R-hat {last['sample_max_rhat']:.3f}."]
     if "crossed_sample_s" in last:
         lines += ["", f"Posterior of the crossed model on the same {last['rows']:.0e} rows ({last['crossed_sampler']} "
-                  f"sampler): 4 chains × ({last['crossed_tune']} + {last['crossed_draws']}) in "
+                  f"sampler{', under load' if last.get('crossed_load') else ''}): 4 chains × ({last['crossed_tune']} + {last['crossed_draws']}) in "
                   f"{last['crossed_sample_s']:.0f} s, min bulk ESS of the variances {last['crossed_min_ess']:.0f}, "
                   f"max R-hat {last['crossed_max_rhat']:.3f}, acceptance {last['crossed_acceptance']:.2f}."]
     if ref:

@@ -88,6 +88,32 @@ class BlockedFactor:
         return 2.0 * float(np.log(np.diag(self.L22)[q : q + self.p]).sum()) + self.logdet_RX_shift
 
 
+def dense_cholesky(M: np.ndarray) -> np.ndarray:
+    """The lower Cholesky factor of ``M`` (which it may overwrite), ``LinAlgError`` where it
+    is not positive definite. In the main thread scipy's LAPACK, in any other numpy's: the
+    wheels bundle different OpenBLAS builds, and on this project's 2-core machine (one BLAS thread,
+    order 1,145: InstEval's rest block) scipy's factors alone in 16-19 ms against numpy's
+    27 ms, but two threads factoring at once get no more from scipy's (18-19 ms a factor)
+    while numpy's run side by side (12.7 ms): the independence sampler's chains in threads
+    (:mod:`hierlmm.bayes.independence`) value InstEval in 15-18 ms, not 24 ms."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        return scipy.linalg.cholesky(M, lower=True, overwrite_a=True, check_finite=False)
+    return np.linalg.cholesky(M)
+
+
+def equal_a11_groups(A11):
+    """The first term's levels grouped by equal ``A11`` blocks (``(m, k, k)``): a
+    representative level per group, each level's group and the groups' sizes. Levels of a
+    group have equal ``W_j`` at every θ (the grouped downdate here, the kernel's grouped
+    pass): a balanced design has one group."""
+    m = A11.shape[0]
+    _, rep, group, size = np.unique(np.asarray(A11).reshape(m, -1), axis=0, return_index=True,
+                                    return_inverse=True, return_counts=True)
+    return rep, group.ravel(), size
+
+
 # The downdate L21 L21' = Λ_r'A21 W A21'Λ_r with A21 sparse, cheapest first:
 # * "grouped": a dense map of the weights of the groups of first-term levels with equal A11
 #   blocks (8 bytes per lower-triangle entry of A22 and group; (1 | g) + (1 | h) with 5e4 x 500
@@ -138,9 +164,7 @@ class BlockedCholesky:
         product = float(m) * k * cp.r * cp.r  # an evaluation's multiply-adds of the dense product
         if cp.a21_sparse or product >= _DENSE_GROUPED_MIN:
             # levels with equal A11 blocks have equal W_j at every θ
-            _, self._rep, self._group = np.unique(cp.A11.reshape(m, k * k), axis=0, return_index=True,
-                                                  return_inverse=True)
-            self._group = self._group.ravel()
+            self._rep, self._group, _ = equal_a11_groups(cp.A11)
             grouped = float(len(self._rep)) * k * k * cp.r * (cp.r + 1) / 2
         if cp.a21_sparse:
             # the map's size: per level of the first term, the pairs of A21's entries in its columns
@@ -477,7 +501,7 @@ class BlockedCholesky:
             L21 = self.l21(G, lam)
             M -= L21 @ L21.T
         try:
-            L22 = scipy.linalg.cholesky(M, lower=True, overwrite_a=True, check_finite=False)
+            L22 = dense_cholesky(M)
         except (np.linalg.LinAlgError, ValueError):
             return None
         return BlockedFactor(L11=L11, G=G, L22=L22, q_rest=cp.q_rest, p=cp.p,

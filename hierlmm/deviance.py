@@ -348,14 +348,14 @@ class Deviance:
         uses for every posterior draw.
         """
         q, p = f.q_rest, f.p
+        first_q = self.design.terms[0].q
         c2 = f.L22[-1, :-1]
-        last = np.zeros(f.L22.shape[0])
-        last[-1] = 1.0
-        c1 = f.l21_t(last)  # L21's last row
+        # c1 = L21's last row (+ noise) is folded into the back substitution's product with
+        # L21' (last_row=True): one pass over A21 per draw, not two
+        c1 = np.zeros(first_q) if noise is None else noise[:first_q]
         if noise is not None:
-            first_q = self.design.terms[0].q
-            c1, c2 = c1 + noise[:first_q], c2 + noise[first_q:]
-        x1, x2 = self._back_substitute(f, c1, c2, q + p)
+            c2 = c2 + noise[first_q:]
+        x1, x2 = self._back_substitute(f, c1, c2, q + p, last_row=True)
         us = [x1]
         start = 0
         for t in self.design.terms[1:]:
@@ -365,10 +365,12 @@ class Deviance:
         bs = [u @ t.template(theta[s]).T for t, u, s in zip(self.design.terms, us, self.slices)]
         return beta, us, bs
 
-    def _back_substitute(self, f: BlockedFactor, c1, c2, k: int):
+    def _back_substitute(self, f: BlockedFactor, c1, c2, k: int, last_row: bool = False):
         """Solve ``[[L11', L21[:k]'], [0, L22[:k, :k]']] [x1; x2] = [c1; c2]``: back through
         ``L``'s first ``q1 + k`` columns (``k = q_rest + p`` for ``(u, β)``, ``k = q_rest`` for
         the random effects alone), for one right-hand side (vectors) or several (columns).
+        With ``last_row`` (one vector, ``k`` short of ``L``'s last row), ``c1`` is taken plus
+        ``L21``'s last row: ``L21'(e_last − [x2; 0])`` in one product.
 
         Returns ``x1`` per level of the first term (``(m1, k1)``, or ``(m1, k1, columns)``)
         and ``x2``. ``L21[:k]' x2`` is taken as ``L21' [x2; 0]``: slicing rows of a sparse
@@ -378,6 +380,8 @@ class Deviance:
         x2 = scipy.linalg.solve_triangular(f.L22[:k, :k], c2, trans="T", lower=True, check_finite=False)
         padded = np.zeros((f.L22.shape[0],) + x2.shape[1:])
         padded[:k] = x2
+        if last_row:
+            padded[-1] = -1.0
         v = (c1 - f.l21_t(padded).reshape(np.shape(c1))).reshape(first.m, first.k, -1)
         if first.k == 1:
             x1 = v / f.L11[:, None, None]

@@ -23,7 +23,15 @@ from __future__ import annotations
 import contextlib
 import functools
 
-__all__ = ["one_blas_thread", "map_one_blas_thread"]
+__all__ = ["one_blas_thread", "map_one_blas_thread", "workers"]
+
+
+def workers(tasks: int | None = None) -> int:
+    """Threads for hierlmm's parallel loops: one per core, at most 4 (and at most ``tasks``)."""
+    import os
+
+    n = min(os.cpu_count() or 1, 4)
+    return max(1, n if tasks is None else min(n, tasks))
 
 
 def one_blas_thread():
@@ -39,17 +47,17 @@ def map_one_blas_thread(fn, items, slow: float = 2e-3, threads: bool | None = No
     releases the GIL, so large factorisations gain from threads; small ones are bound by
     Python and the GIL and run faster in order. Measured on this project's 2-core machine
     (values of the collapsed density, :mod:`hierlmm.bayes.independence`): InstEval (a dense
-    block of 1,145 rows) 20.5 ms per value in two threads, 16 ms in order with BLAS's own two
-    threads, 23 ms with one; beside a process that keeps one core busy 39 ms in two threads
-    and 140 ms in order with BLAS's threads (the stall above); sleepstudy 0.24 ms in order,
-    0.38 ms in two threads."""
-    import os
+    block of 1,145 rows) 15-18 ms per value in two threads (20.5 ms before worker threads
+    factored with numpy's LAPACK: :func:`hierlmm.cholesky.dense_cholesky`), 16 ms in order
+    with BLAS's own two threads, 23 ms with one; beside a process that keeps one core busy
+    23-29 ms in two threads and 140 ms in order with BLAS's threads (the stall above);
+    sleepstudy 0.24 ms in order, 0.38 ms in two threads."""
     import time
 
     items = list(items)
     if not items:
         return []
-    workers = min(os.cpu_count() or 1, 4, len(items))
+    n_workers = workers(len(items))
     with one_blas_thread():
         first = []
         if threads is None:
@@ -57,11 +65,11 @@ def map_one_blas_thread(fn, items, slow: float = 2e-3, threads: bool | None = No
             first = [fn(items[0])]
             items = items[1:]
             threads = time.perf_counter() - start >= slow
-        if not threads or workers < 2:
+        if not threads or n_workers < 2:
             return first + [fn(item) for item in items]
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(workers) as pool:
+        with ThreadPoolExecutor(n_workers) as pool:
             return first + list(pool.map(fn, items))
 
 

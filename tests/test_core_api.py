@@ -511,3 +511,33 @@ def test_map_one_blas_thread_in_order_or_in_threads(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 1)
     assert run(slow=0.0) == {threading.get_ident()}
     assert T.map_one_blas_thread(lambda i: i, []) == []
+
+
+def test_factor_in_a_worker_thread_is_the_main_threads(monkeypatch):
+    """hierlmm.cholesky.dense_cholesky takes scipy's LAPACK in the main thread and numpy's in
+    any other (they run side by side): the blocked factor and the deviance of a crossed model
+    (a dense rest block of 51 rows) are the same in both to rounding, and a matrix that is
+    not positive definite raises LinAlgError in both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hierlmm.cholesky import dense_cholesky
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 40, 600), rng.integers(0, 50, 600)
+    df = pd.DataFrame({"y": rng.normal(size=600) + rng.normal(size=40)[a] + rng.normal(size=50)[b],
+                       "a": pd.Categorical(a), "b": pd.Categorical(b)})
+    dev = hl.LMM("y ~ 1 + (1 | a) + (1 | b)", df).deviance_function()
+    theta = np.array([0.8, 1.3])
+    assert not dev.chol._diagonal_rest()  # the dense factor of the rest block
+    calls = []
+    numpy_cholesky = np.linalg.cholesky
+    monkeypatch.setattr(np.linalg, "cholesky", lambda M: calls.append(M.shape) or numpy_cholesky(M))
+    with ThreadPoolExecutor(1) as pool:
+        f_main, f_worker = dev.chol.factor(theta), pool.submit(dev.chol.factor, theta).result()
+        bad = np.diag([1.0, -1.0, 2.0])
+        for run in (lambda g: g(), lambda g: pool.submit(g).result()):
+            with pytest.raises(np.linalg.LinAlgError):
+                run(lambda: dense_cholesky(bad.copy()))
+    np.testing.assert_allclose(f_worker.L22, f_main.L22, rtol=1e-12, atol=1e-12)
+    assert dev.from_parts(f_worker) == pytest.approx(dev.from_parts(f_main), rel=1e-13)
+    assert calls == [f_main.L22.shape, (3, 3)]  # numpy's: the worker's two calls only

@@ -302,7 +302,6 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
             B[c, row, :] = 0.0
             for a in range(k1):
                 _acc(B[c, row], A21[row, a], G[a, c])
-    C = np.zeros((r, r))
     ng, group, _, P = _groups(d)
     if ng > 0:  # Σ_g G_g² P_g (_groups)
         w = np.zeros(ng)
@@ -310,6 +309,7 @@ def _forward(theta, d, ks, offs, lam_rows, lam_cols, lam_src, A11, A21, A22):
             w[group[j]] = G[0, 0, j] * G[0, 0, j]
         C = np.dot(w, P.reshape((ng, r * r))).reshape((r, r))  # BLAS's matrix-vector product
     else:
+        C = np.zeros((r, r))
         for c in range(k1):
             C += _matmul(B[c], B[c].T)
     K = A22 - C

@@ -82,8 +82,8 @@ def exact_conditional_draws(deviance, layout: Layout, x_draws: np.ndarray, rng) 
             for out, bt in zip(bs, b):
                 out[i] = bt
 
-    # a chain that stays put repeats its draw of x (the independence sampler's rejections):
-    # one factorisation per distinct point, in threads where it is a large one
+    # a chain that stays put repeats its draw of x: one factorisation per distinct point, in
+    # threads where it is a large one
     from hierlmm.threads import map_one_blas_thread
 
     chunk = max(1, min(nd, 2**25 // max(size, 1)))  # z for a chunk of draws: at most 256 MB

@@ -76,6 +76,7 @@ def pack(design, cp, prior) -> np.ndarray:
     scale, and for a scalar first term whose levels fall in few groups of equal ``A11`` (at
     most a quarter as many as levels, ``_MAX_GROUPED`` numbers) each level's group, the groups'
     sizes and their ``P_g = Σ_{j ∈ g} a_j a_j'`` (:func:`hierlmm.bayes._kernel_impl._groups`)."""
+    from hierlmm.cholesky import equal_a11_groups
     from hierlmm.reterms import lambda_entries
 
     terms = design.terms
@@ -91,7 +92,7 @@ def pack(design, cp, prior) -> np.ndarray:
              np.asarray(cp.A22, float).ravel(), np.ones(cp.p)]  # β̃: mapped by cp.beta
     ng = 0
     if k == 1:  # the levels in groups of equal A11 (_kernel_impl._groups), where that saves work
-        _, group, size = np.unique(cp.A11[:, 0, 0], return_inverse=True, return_counts=True)
+        _, group, size = equal_a11_groups(cp.A11)
         if size.size * r * r <= min(m * r * r / 4, _MAX_GROUPED):
             P = np.zeros((size.size, r, r))
             order = np.argsort(group, kind="stable")
@@ -303,11 +304,10 @@ def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
     code: ``β`` (draws × p), then ``u`` and ``b`` per term (draws × m × k). ``rng`` gives ``z``,
     in chunks of ``chunk`` draws, drawn in order; the chunks run in threads, one per core (the
     compiled function releases the GIL), at most one chunk per thread in flight."""
-    import os
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from hierlmm.threads import one_blas_thread
+    from hierlmm.threads import one_blas_thread, workers
 
     k = _build()
     buf = pack(design, cp, "flat")  # the prior does not enter the draws
@@ -321,13 +321,13 @@ def conditional_draws(design, cp, x_draws: np.ndarray, rng, chunk: int = 256):
     def run(start, stop, z):
         return k["draws"](xs[start:stop], buf, z, beta[start:stop], u[start:stop], b[start:stop])
 
-    workers = max(1, min(os.cpu_count() or 1, 4))
+    n_workers = workers()
     ok, pending = True, deque()
-    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+    with one_blas_thread(), ThreadPoolExecutor(n_workers) as pool:
         for start in range(0, nd, chunk):
             stop = min(nd, start + chunk)
             pending.append(pool.submit(run, start, stop, rng.standard_normal((stop - start, size))))
-            if len(pending) >= workers:
+            if len(pending) >= n_workers:
                 ok &= bool(pending.popleft().result())
         while pending:
             ok &= bool(pending.popleft().result())
