@@ -352,9 +352,10 @@ class Deviance:
         c2 = f.L22[-1, :-1]
         # c1 = L21's last row (+ noise) is folded into the back substitution's product with
         # L21' (last_row=True): one pass over A21 per draw, not two
-        c1 = np.zeros(first_q) if noise is None else noise[:first_q]
-        if noise is not None:
-            c2 = c2 + noise[first_q:]
+        if noise is None:
+            c1 = np.zeros(first_q)
+        else:
+            c1, c2 = noise[:first_q], c2 + noise[first_q:]
         x1, x2 = self._back_substitute(f, c1, c2, q + p, last_row=True)
         us = [x1]
         start = 0

@@ -516,8 +516,8 @@ def test_map_one_blas_thread_in_order_or_in_threads(monkeypatch):
 def test_factor_in_a_worker_thread_is_the_main_threads(monkeypatch):
     """hierlmm.cholesky.dense_cholesky takes scipy's LAPACK in the main thread and numpy's in
     any other (they run side by side): the blocked factor and the deviance of a crossed model
-    (a dense rest block of 51 rows) are the same in both to rounding, and a matrix that is
-    not positive definite raises LinAlgError in both."""
+    (a dense rest block of 42 rows: a's 40 levels, X and y) are the same in both to rounding,
+    and a matrix that is not positive definite raises LinAlgError in both."""
     from concurrent.futures import ThreadPoolExecutor
 
     from hierlmm.cholesky import dense_cholesky
@@ -528,7 +528,7 @@ def test_factor_in_a_worker_thread_is_the_main_threads(monkeypatch):
                        "a": pd.Categorical(a), "b": pd.Categorical(b)})
     dev = hl.LMM("y ~ 1 + (1 | a) + (1 | b)", df).deviance_function()
     theta = np.array([0.8, 1.3])
-    assert not dev.chol._diagonal_rest()  # the dense factor of the rest block
+    assert not dev.chol._diagonal_rest() and dev.cp.r == 40 + 1 + 1  # the dense factor of the rest block
     calls = []
     numpy_cholesky = np.linalg.cholesky
     monkeypatch.setattr(np.linalg, "cholesky", lambda M: calls.append(M.shape) or numpy_cholesky(M))
