@@ -3,6 +3,7 @@ against a plain non-centred PyMC model (nutpie), bambi (nutpie) and brms (Stan, 
 ``bench/brms_time.R``), in the same run.
 
     python bench/bayes_time.py [--out docs/bayes-benchmark.md] [--cases sleep_corr,...] [--load CASES]
+                               [--samplers collapsed,brms] [--limit SECONDS]
 
 Every (case, sampler) runs in a fresh Python process that first imports hierlmm, PyMC,
 nutpie, ArviZ (and bambi) -- "a session that has imported the Bayesian modules once" -- and
@@ -24,6 +25,9 @@ uncorrelated model only. brms runs flat priors on the fixed effects, the SDs and
 on correlations (its nearest to hierlmm's ``flat_sd``); its **compile** is Stan's C++ build,
 its second call ``update(newdata=..., recompile=FALSE)``. ``--load`` repeats the given cases
 beside a background process that keeps one core busy with BLAS work (``bench/load.py``).
+``--samplers`` runs only those samplers of each case; ``--limit`` stops a (case, sampler) run
+(with its Rscript) after that many seconds and leaves it out. brms samples InstEval once
+(``FIRST_ONLY``: its first call takes about 45 minutes here), so that row has no second call.
 
 Results accumulate in ``bayes_time_last.csv`` by (case, sampler, load), each row with the
 run (date and time) that measured it; ``--out`` writes the page from all of them, so a run of a few cases
@@ -34,6 +38,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -71,8 +77,11 @@ SAMPLERS = {
     "sim_uncorr": ["pymc", "bambi"],
     "quartic": ["collapsed", "pymc", "brms"],
     "crossed": ["collapsed", "pymc", "brms"],
-    "insteval": ["collapsed", "pymc"],  # brms: hours on this machine
+    "insteval": ["collapsed", "pymc", "brms"],
 }
+# brms's first call on InstEval takes about 45 minutes here (4 chains on 2 cores): a second
+# would double that, so it samples once
+FIRST_ONLY = {("insteval", "brms")}
 
 
 def data(name):
@@ -195,13 +204,15 @@ def one(case, sampler):
                 out["ess"] = _ess_x(trace, layout)
                 out["divergences"] = int(trace["sample_stats"]["diverging"].to_numpy().sum())
     elif sampler == "brms":
-        import os
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             paths = [os.path.join(tmp, f"{label}.csv") for label in ("first", "second")]
             df.to_csv(paths[0], index=False)
-            df2.to_csv(paths[1], index=False)
+            if (case, sampler) in FIRST_ONLY:
+                paths[1] = "-"
+            else:
+                df2.to_csv(paths[1], index=False)
             res = subprocess.run(["Rscript", str(HERE / "brms_time.R"), *paths, formula.replace("**", "^"),
                                   str(os.cpu_count())], capture_output=True, text=True)
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
@@ -232,6 +243,9 @@ def main():
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--one", nargs=2, metavar=("CASE", "SAMPLER"))
     ap.add_argument("--load", default="", help="cases to repeat under a background load")
+    ap.add_argument("--samplers", default="", help="run only these samplers (default: each case's all)")
+    ap.add_argument("--limit", type=float, default=2 * 3600.0,
+                    help="seconds after which a (case, sampler) run is stopped and left out")
     args = ap.parse_args()
     if args.one:
         with warnings.catch_warnings():
@@ -247,30 +261,53 @@ def main():
     unknown = sorted({case for case, _ in runs} - set(CASES))
     if unknown:  # before any run, not after the first cases' minutes
         ap.error(f"unknown case(s) {', '.join(unknown)}; the cases are {', '.join(CASES)}")
+    only = [s for s in args.samplers.split(",") if s]
+    known = {s for samplers in SAMPLERS.values() for s in samplers}
+    if set(only) - known:
+        ap.error(f"unknown sampler(s) {', '.join(sorted(set(only) - known))}; the samplers are {', '.join(sorted(known))}")
     for case, loaded in runs:
         for sampler in SAMPLERS[case]:
+            if only and sampler not in only:
+                continue
             cmd = [sys.executable, __file__, "--one", case, sampler]
-            if loaded:
-                with background_load(workers=1):
-                    res = subprocess.run(cmd, capture_output=True, text=True)
-            else:
-                res = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+            with background_load(workers=int(loaded), limit=args.limit + 60):
+                stdout, stderr = _run(cmd, args.limit)
+            lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
             if not lines:
-                print(f"{case} {sampler} failed:\n{res.stderr[-3000:]}", flush=True)
+                print(f"{case} {sampler} failed:\n{stderr[-3000:]}", flush=True)
                 continue
             rows.append({**json.loads(lines[-1]), "load": loaded, "run": run_id})
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)
     last = HERE / "bayes_time_last.csv"
-    if last.exists() and len(table):  # earlier runs' rows of the cases not run now stay
+    if last.exists():  # earlier runs' rows of the cases not run now stay (no cases: the page is rewritten)
         old = pd.read_csv(last)
-        new = set(zip(table.case, table.sampler, table.load))
-        old = old[[k not in new for k in zip(old.case, old.sampler, old.load)]]
-        table = pd.concat([old, table], ignore_index=True)
+        if len(table):
+            new = set(zip(table.case, table.sampler, table.load))
+            old = old[[k not in new for k in zip(old.case, old.sampler, old.load)]]
+            table = pd.concat([old, table], ignore_index=True)
+        else:
+            table = old
     table.to_csv(last, index=False)
     if args.out:
         write_page(table, Path(args.out))
+
+
+def _run(cmd, limit):
+    """Output of ``cmd``; after ``limit`` seconds it and its children (Rscript) are stopped.
+
+    ``cmd`` gets a process group of its own (to stop its children with it) but stays in this
+    session: Linux's autogroup scheduler shares the cores between sessions first, so in a
+    session of its own the run would have a whole core against the load's whole core, not
+    the share beside it that the earlier under-load rows had."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            process_group=0)
+    try:
+        return proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return "", f"stopped after {limit:.0f} s"
 
 
 def write_page(table, path):
@@ -302,15 +339,17 @@ def write_page(table, path):
              "pymc": "PyMC non-centred (nutpie)", "bambi": "bambi (nutpie)", "brms": "brms (Stan)"}
     for (loaded, case), grp in table.groupby(["load", "case"], sort=False):
         dname, formula, _ = CASES[case]
+        grp = grp.sort_values("sampler", key=lambda s, case=case: s.map(SAMPLERS[case].index), kind="stable")
         for _, r in grp.iterrows():
             base = grp[(grp.sampler == "collapsed") & (grp.run == r.run)]  # ratios within one run
 
             def ratio(col, r=r, base=base):
-                return "" if base.empty else f"{r[col] / base[col].iloc[0]:.2f}"
+                value = np.nan if base.empty else r[col] / base[col].iloc[0]
+                return "" if np.isnan(value) else f"{value:{'.2f' if value >= 0.01 else '.1g'}}"
             comp = "" if np.isnan(r.compile_s) else f"{r.compile_s:.1f}"
             lines.append(
                 f"| {LABELS[dname]}{' **(under load)**' if loaded else ''} | `{formula.replace('|', chr(92) + '|')}` | {names[r.sampler]} | "
-                f"{r.first_s:.1f} | {comp} | {r.second_s:.1f} | {r.ess:.0f} | {r.ess_per_s:.0f} | "
+                f"{r.first_s:.1f} | {comp} | {'' if np.isnan(r.second_s) else f'{r.second_s:.1f}'} | {r.ess:.0f} | {r.ess_per_s:{'.0f' if r.ess_per_s >= 10 else '.2g'}} | "
                 f"{ratio('first_s')} | {ratio('second_s')} | {ratio('ess_per_s')} | {int(r.divergences)} | {r.run} |")
     path.write_text("\n".join(lines + prose) + "\n")
 

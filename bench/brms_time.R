@@ -3,6 +3,7 @@
 # 1000), flat priors on the fixed effects (the intercept included), on the SDs and on sigma
 # (brms's lower bound of 0), LKJ(1) on the correlations. Prints one JSON line.
 #   Rscript bench/brms_time.R DATA.csv DATA2.csv "FORMULA" CORES
+# DATA2.csv "-": no second call (second_s is null).
 args <- commandArgs(trailingOnly = TRUE)
 # Debian's r-cran-bh is a virtual package (Boost is in /usr/include) and rstan looks for BH's
 # include folder: a library folder with BH's files and that link satisfies it
@@ -15,7 +16,7 @@ if (!nzchar(system.file("include", package = "BH")) && dir.exists("/usr/include/
 }
 suppressMessages(library(brms))
 d1 <- read.csv(args[1], stringsAsFactors = TRUE)
-d2 <- read.csv(args[2], stringsAsFactors = TRUE)
+d2 <- if (args[2] == "-") NULL else read.csv(args[2], stringsAsFactors = TRUE)
 form <- as.formula(args[3])
 cores <- as.integer(args[4])
 pr <- c(set_prior("", class = "Intercept"), set_prior("", class = "sd"), set_prior("", class = "sigma"))
@@ -28,11 +29,12 @@ run <- function(data) update(fit0, newdata = data, recompile = FALSE, chains = 4
                              warmup = 1000, seed = 1, refresh = 0, silent = 2)
 fit1 <- suppressWarnings(run(d1))
 t2 <- Sys.time()
-fit2 <- suppressWarnings(run(d2))
+if (!is.null(d2)) fit2 <- suppressWarnings(run(d2))
 t3 <- Sys.time()
+second <- if (is.null(d2)) "null" else sprintf("%.3f", secs(t3 - t2))
 s <- posterior::summarise_draws(posterior::as_draws_df(fit1), "ess_bulk")
 ess <- min(s$ess_bulk[grepl("^(sd_|sigma$|cor_)", s$variable)])
 np <- nuts_params(fit1)
 div <- sum(np$Value[np$Parameter == "divergent__"])
-cat(sprintf('{"compile_s": %.3f, "sample_s": %.3f, "first_s": %.3f, "second_s": %.3f, "ess": %.1f, "divergences": %d}\n',
-            secs(t1 - t0), secs(t2 - t1), secs(t2 - t0), secs(t3 - t2), ess, as.integer(div)))
+cat(sprintf('{"compile_s": %.3f, "sample_s": %.3f, "first_s": %.3f, "second_s": %s, "ess": %.1f, "divergences": %d}\n',
+            secs(t1 - t0), secs(t2 - t1), secs(t2 - t0), second, ess, as.integer(div)))
