@@ -294,12 +294,8 @@ def main():
 
 
 def _run(cmd, limit):
-    """Output of ``cmd``; after ``limit`` seconds it and its children (Rscript) are stopped.
-
-    ``cmd`` gets a process group of its own (to stop its children with it) but stays in this
-    session: Linux's autogroup scheduler shares the cores between sessions first, so in a
-    session of its own the run would have a whole core against the load's whole core, not
-    the share beside it that the earlier under-load rows had."""
+    """Output of ``cmd``; after ``limit`` seconds it and its children (Rscript) are stopped:
+    ``cmd`` leads a process group of its own, in this session (as the load's process)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             process_group=0)
     try:
