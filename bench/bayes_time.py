@@ -276,7 +276,8 @@ def main():
             if not lines:
                 print(f"{case} {sampler} failed:\n{stderr[-3000:]}", flush=True)
                 continue
-            rows.append({**json.loads(lines[-1]), "load": loaded, "run": run_id})
+            row = {k: np.nan if v is None else v for k, v in json.loads(lines[-1]).items()}  # brms's null second call
+            rows.append({**row, "load": loaded, "run": run_id})
             print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     table = pd.DataFrame(rows)
     last = HERE / "bayes_time_last.csv"
