@@ -319,9 +319,10 @@ def write_page(table, path):
             while end < len(old) and old[end].startswith("|"):
                 end += 1
             prose = old[end:]
-    order = {case: i for i, case in enumerate(CASES)}  # the cases in CASES's order, quiet ones first
-    table = (table.assign(ess_per_s=table.ess / table.sample_s, order=table.case.map(order))
-             .sort_values(["load", "order"], kind="stable"))
+    cases = list(CASES)  # quiet rows first, then the cases in CASES's order, a case's samplers in SAMPLERS's
+    table = (table.assign(ess_per_s=table.ess / table.sample_s, case_rank=table.case.map(cases.index),
+                          sampler_rank=[SAMPLERS[c].index(s) for c, s in zip(table.case, table.sampler)])
+             .sort_values(["load", "case_rank", "sampler_rank"], kind="stable"))
     lines = [
         "# Bayesian samplers: time to a posterior, and ESS per second", "",
         "Produced by `python bench/bayes_time.py --out docs/bayes-benchmark.md` on this machine "
@@ -341,7 +342,6 @@ def write_page(table, path):
     # does not split a cell inside backticks, and would show a backslash before an escaped bar
     for (loaded, case), grp in table.groupby(["load", "case"], sort=False):
         dname, formula, _ = CASES[case]
-        grp = grp.sort_values("sampler", key=lambda s, case=case: s.map(SAMPLERS[case].index), kind="stable")
         for _, r in grp.iterrows():
             base = grp[(grp.sampler == "collapsed") & (grp.run == r.run)]  # ratios within one run
 
